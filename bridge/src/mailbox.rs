@@ -1,0 +1,162 @@
+//! The cosigner-pool mailbox, with the semantics of Electrum's cosigner pool.
+//!
+//! One slot per keyhash (`hex(sha256d(pubkey))`, 64 hex characters); `put` overwrites the
+//! slot, `get` returns the message or nothing, `delete` empties it. Messages are base64
+//! text (ECIES "BIE1" ciphertexts in practice; the bridge does not look inside them here),
+//! checked for size after decoding, and expire after a configured time. A put is answered
+//! only once it is durable, so a crash right after the answer loses nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+
+use crate::store::{Store, StoreError};
+
+/// Why a mailbox call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    /// The keyhash is not 64 hex characters.
+    #[error("keyhash must be 64 hex characters (sha256d of a public key): {reason}")]
+    BadKeyhash {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The message is not valid base64.
+    #[error("message must be standard base64 text: {reason}")]
+    BadMessage {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The decoded message is over the configured limit.
+    #[error("message is {size} bytes decoded; the limit is {max}")]
+    TooLarge {
+        /// Decoded size.
+        size: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// Storage failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A slot name: the 32 bytes behind a keyhash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Keyhash(pub [u8; 32]);
+
+impl std::str::FromStr for Keyhash {
+    type Err = MailboxError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 {
+            return Err(MailboxError::BadKeyhash {
+                reason: format!("got {} characters", s.len()),
+            });
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|e| MailboxError::BadKeyhash {
+            reason: e.to_string(),
+        })?;
+        Ok(Keyhash(out))
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The mailbox service over the bridge's store.
+#[derive(Clone)]
+pub struct Mailbox {
+    store: Store,
+    ttl: Duration,
+    max_message_bytes: usize,
+}
+
+impl Mailbox {
+    /// A mailbox whose entries live `ttl` and hold at most `max_message_bytes` decoded.
+    pub fn new(store: Store, ttl: Duration, max_message_bytes: usize) -> Mailbox {
+        Mailbox {
+            store,
+            ttl,
+            max_message_bytes,
+        }
+    }
+
+    /// Checks a message: standard base64, decoded size within the limit.
+    pub fn check_message(&self, message: &str) -> Result<(), MailboxError> {
+        // Refuse by length before decoding anything: base64 is 4 characters per 3 bytes.
+        let upper_bound = message.len() / 4 * 3;
+        if upper_bound > self.max_message_bytes + 2 {
+            return Err(MailboxError::TooLarge {
+                size: upper_bound,
+                max: self.max_message_bytes,
+            });
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(message)
+            .map_err(|e| MailboxError::BadMessage {
+                reason: e.to_string(),
+            })?;
+        if decoded.is_empty() {
+            return Err(MailboxError::BadMessage {
+                reason: "message is empty".into(),
+            });
+        }
+        if decoded.len() > self.max_message_bytes {
+            return Err(MailboxError::TooLarge {
+                size: decoded.len(),
+                max: self.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts `message` into the slot, replacing any earlier one; returns once durable.
+    pub async fn put(&self, key: Keyhash, message: String) -> Result<(), MailboxError> {
+        self.check_message(&message)?;
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let expires = now_ms().saturating_add(ttl_ms);
+        self.store.mailbox_put(key.0, expires, message).await?;
+        tracing::debug!(keyhash = %hex::encode(key.0), "mailbox put");
+        Ok(())
+    }
+
+    /// The slot's message, or `None` when empty or expired.
+    pub async fn get(&self, key: Keyhash) -> Result<Option<String>, MailboxError> {
+        let entry = self.store.mailbox_get(key.0).await?;
+        Ok(entry
+            .filter(|e| e.expires_at_ms > now_ms())
+            .map(|e| e.message))
+    }
+
+    /// Empties the slot; returns whether it held a live message.
+    pub async fn delete(&self, key: Keyhash) -> Result<bool, MailboxError> {
+        let removed = self.store.mailbox_delete(key.0).await?;
+        Ok(removed.is_some_and(|expiry| expiry > now_ms()))
+    }
+
+    /// Removes expired entries now and then, so the database does not grow without bound.
+    /// Expired entries are never served even before they are swept.
+    pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let every = (self.ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(300));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match store.mailbox_purge_expired(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired mailbox entries swept"),
+                    Err(StoreError::WriterStopped) => break,
+                    Err(e) => tracing::warn!(error = %e, "mailbox sweep failed"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! JSON-RPC error codes and the error type every method returns.
+//!
+//! All codes the bridge can send live here, so that clients (the plugin, scripts) and
+//! `schemas/openrpc.json` have one place to agree with. Standard JSON-RPC 2.0 codes are
+//! used for protocol-level failures; application errors use the `-320xx` server range.
+//! Every error carries a `data` object naming what was wrong (a parameter, a size, a limit).
+
+use jsonrpsee::types::ErrorObjectOwned;
+use serde_json::json;
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i32 = -32700;
+/// The JSON sent is not a valid request object (or is an empty batch).
+pub const INVALID_REQUEST: i32 = -32600;
+/// The method does not exist.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+/// Wrong number or type of parameters, or a parameter value that is not acceptable.
+pub const INVALID_PARAMS: i32 = -32602;
+/// The bridge failed internally (storage, I/O); the request may be retried.
+pub const INTERNAL_ERROR: i32 = -32603;
+/// The client asked for a protocol version range the bridge does not speak.
+pub const UNSUPPORTED_PROTOCOL: i32 = -32001;
+/// A request line or body exceeded the configured size limit.
+pub const OVERSIZED_REQUEST: i32 = -32007;
+/// A batch held more calls than the configured limit.
+pub const BATCH_TOO_LARGE: i32 = -32010;
+
+/// An error a JSON-RPC method returns; converted to a JSON-RPC error object on the wire.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RpcError {
+    /// Parameter count is outside what the method takes.
+    #[error("{method} takes {min} to {max} parameters, got {got}")]
+    ParamCount {
+        /// Method called.
+        method: &'static str,
+        /// Fewest parameters accepted.
+        min: usize,
+        /// Most parameters accepted.
+        max: usize,
+        /// Parameters received.
+        got: usize,
+    },
+    /// Params were neither absent nor a JSON array (this API is positional, as Electrum's).
+    #[error("params must be an array (positional), as in the Electrum protocol")]
+    ParamsNotArray,
+    /// One parameter has the wrong type or value.
+    #[error("parameter {index} ({name}): {reason}")]
+    InvalidParam {
+        /// Zero-based position of the parameter.
+        index: usize,
+        /// Name of the parameter in `schemas/openrpc.json`.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The decoded mailbox message is larger than allowed.
+    #[error("message is {size} bytes decoded; the limit is {max}")]
+    MessageTooLarge {
+        /// Decoded size received.
+        size: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// No protocol version in the client's range is spoken here.
+    #[error("unsupported protocol version: client wants {client_min}..={client_max}, bridge speaks {server}")]
+    UnsupportedProtocol {
+        /// Lowest version the client accepts.
+        client_min: String,
+        /// Highest version the client accepts.
+        client_max: String,
+        /// The version the bridge speaks.
+        server: &'static str,
+    },
+    /// Storage failed; nothing was changed by this call.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl RpcError {
+    /// The JSON-RPC error code for this error.
+    pub fn code(&self) -> i32 {
+        match self {
+            RpcError::ParamCount { .. }
+            | RpcError::ParamsNotArray
+            | RpcError::InvalidParam { .. }
+            | RpcError::MessageTooLarge { .. } => INVALID_PARAMS,
+            RpcError::UnsupportedProtocol { .. } => UNSUPPORTED_PROTOCOL,
+            RpcError::Storage(_) => INTERNAL_ERROR,
+        }
+    }
+
+    fn data(&self) -> Option<serde_json::Value> {
+        match self {
+            RpcError::ParamCount { min, max, got, .. } => {
+                Some(json!({"min": min, "max": max, "got": got}))
+            }
+            RpcError::ParamsNotArray => None,
+            RpcError::InvalidParam { index, name, .. } => {
+                Some(json!({"index": index, "param": name}))
+            }
+            RpcError::MessageTooLarge { size, max } => {
+                Some(json!({"param": "message", "size": size, "max": max}))
+            }
+            RpcError::UnsupportedProtocol { server, .. } => {
+                Some(json!({"protocol_min": server, "protocol_max": server}))
+            }
+            RpcError::Storage(_) => None,
+        }
+    }
+}
+
+impl From<RpcError> for ErrorObjectOwned {
+    fn from(e: RpcError) -> Self {
+        ErrorObjectOwned::owned(e.code(), e.to_string(), e.data())
+    }
+}
+
+/// A protocol-level error (parse, invalid request, oversize) as a response line with `id: null`.
+pub fn protocol_error_line(code: i32, message: &str) -> String {
+    json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": null}).to_string()
+}
