@@ -89,11 +89,18 @@ impl Mailbox {
 
     /// Checks a message: standard base64, decoded size within the limit.
     pub fn check_message(&self, message: &str) -> Result<(), MailboxError> {
-        // Refuse by length before decoding anything: base64 is 4 characters per 3 bytes.
-        let upper_bound = message.len() / 4 * 3;
-        if upper_bound > self.max_message_bytes + 2 {
+        // Refuse by length before decoding anything: padded base64 is 4 characters per
+        // 3 bytes, less one byte per trailing `=`.
+        let padding = message
+            .bytes()
+            .rev()
+            .take_while(|&b| b == b'=')
+            .count()
+            .min(2);
+        let size = (message.len() / 4 * 3).saturating_sub(padding);
+        if size > self.max_message_bytes {
             return Err(MailboxError::TooLarge {
-                size: upper_bound,
+                size,
                 max: self.max_message_bytes,
             });
         }
@@ -158,5 +165,90 @@ impl Mailbox {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(dir: &tempfile::TempDir, ttl: Duration, max: usize) -> Mailbox {
+        let store = Store::open(&dir.path().join("m.redb")).expect("store");
+        Mailbox::new(store, ttl, max)
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_not_served_even_before_the_sweep() {
+        // No sweeper runs here: expiry must hold on the read path alone.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mb = mailbox(&dir, Duration::from_millis(200), 100);
+        let key = Keyhash([7; 32]);
+        mb.put(key, "aGVsbG8=".into()).await.expect("put");
+        assert_eq!(mb.get(key).await.expect("get").as_deref(), Some("aGVsbG8="));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(mb.get(key).await.expect("get"), None);
+        assert!(
+            !mb.delete(key).await.expect("delete"),
+            "an expired entry is not live"
+        );
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_only_expired_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb")).expect("store");
+        store
+            .mailbox_put([1; 32], 1_000, "AA==".into())
+            .await
+            .expect("put");
+        store
+            .mailbox_put([2; 32], 5_000, "AQ==".into())
+            .await
+            .expect("put");
+        assert_eq!(store.mailbox_purge_expired(2_000).await.expect("purge"), 1);
+        assert_eq!(store.mailbox_get([1; 32]).await.expect("get"), None);
+        assert_eq!(
+            store
+                .mailbox_get([2; 32])
+                .await
+                .expect("get")
+                .map(|e| e.message),
+            Some("AQ==".to_owned())
+        );
+    }
+
+    #[test]
+    fn message_checks_name_the_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mb = mailbox(&dir, Duration::from_secs(1), 3);
+        assert!(mb.check_message("AAAA").is_ok());
+        assert!(matches!(
+            mb.check_message("AAAAAA=="),
+            Err(MailboxError::TooLarge { size: 4, max: 3 })
+        ));
+        assert!(matches!(
+            mb.check_message("A!AA"),
+            Err(MailboxError::BadMessage { .. })
+        ));
+        assert!(matches!(
+            mb.check_message(""),
+            Err(MailboxError::BadMessage { .. })
+        ));
+        // A huge message is refused by length, before any decoding.
+        let huge = "A".repeat(4_000_000);
+        assert!(matches!(
+            mb.check_message(&huge),
+            Err(MailboxError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn keyhash_parsing() {
+        assert!("00".repeat(32).parse::<Keyhash>().is_ok());
+        assert!("AB".repeat(32).parse::<Keyhash>().is_ok());
+        assert!("0".repeat(63).parse::<Keyhash>().is_err());
+        assert!("zz".repeat(32).parse::<Keyhash>().is_err());
+        // Multi-byte characters must not panic the length check.
+        assert!("é".repeat(32).parse::<Keyhash>().is_err());
     }
 }
