@@ -48,7 +48,7 @@ async fn concurrent_clients_see_a_serializable_mailbox() {
             // Per shared key: every value this connection put, every value it read, its last write.
             let mut log: Vec<(String, Op, Value)> = Vec::new();
             for i in 0..OPS {
-                let key = if rng.next() % 2 == 0 {
+                let key = if rng.next().is_multiple_of(2) {
                     own.clone()
                 } else {
                     shared[(rng.next() % SHARED as u64) as usize].clone()

@@ -33,8 +33,10 @@ impl Harness {
 
 /// A config on ephemeral loopback ports in a fresh temporary data directory.
 pub fn test_config(dir: &tempfile::TempDir) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.path().join("data");
+    let mut c = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
     c.electrum.tcp = "127.0.0.1:0".into();
     c.http.listen = "127.0.0.1:0".into();
     c
