@@ -186,7 +186,10 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "{}",
-        table(&["scenario", "req/s", "p50 ms", "p99 ms", "requests"], &rows)
+        table(
+            &["scenario", "req/s", "p50 ms", "p99 ms", "requests"],
+            &rows
+        )
     );
     println!(
         "server.ping / echo baseline: {:.2} (goal >= 0.50); durable puts/s: {:.0} (goal >= 5000)",
