@@ -1,0 +1,469 @@
+//! The cosigner's request handler: loads state, asks the pure [`crate::decision`] for a
+//! verdict, and makes it durable in the same write transaction before answering.
+//!
+//! One write transaction per request serializes decisions: two requests can never both
+//! read the ledger before either debits it. A signature is returned only after the commit
+//! that records it, so a crash at any point either loses the request (the bridge retries,
+//! and the retry is judged afresh) or finds it recorded (the retry gets the same signatures
+//! and the ledger is not debited again).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::Network;
+use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
+
+use crate::decision::{self, Decision, DecisionInput, LedgerEntry, OutpointRecord, Rules};
+use crate::keys::CosignerKey;
+use crate::policy::PolicyChange;
+use crate::protocol::{
+    Info, PolicyOutcome, RegisterOutcome, RegisterWallet, Request, Response, SignOutcome,
+    SignResponse, UpdatePolicy, PROTOCOL_VERSION,
+};
+use crate::refusal::Refusal;
+use crate::state::{
+    self, db_err, from_bytes, to_bytes, AuditEntry, SignedRecord, StateError, WalletRecord,
+    OUTPOINTS, SIGNED, WALLETS,
+};
+use crate::wallet::{Wallet, WalletId};
+
+/// Operator settings of the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Network served.
+    pub network: Network,
+    /// Approval age and clock skew limits.
+    pub rules: Rules,
+    /// Seconds a loosening policy change waits.
+    pub policy_loosen_delay_secs: u64,
+}
+
+/// The cosigner: its key, its database, its settings.
+pub struct Cosigner {
+    key: CosignerKey,
+    db: Database,
+    settings: Settings,
+    secp: Secp256k1<All>,
+    wallets: Mutex<HashMap<WalletId, Arc<Wallet>>>,
+}
+
+impl std::fmt::Debug for Cosigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cosigner")
+            .field("key", &self.key)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn internal(e: StateError) -> Refusal {
+    Refusal::Internal {
+        reason: e.to_string(),
+    }
+}
+
+impl Cosigner {
+    /// Opens (creating if needed) the database at `db_path`.
+    pub fn open(
+        key: CosignerKey,
+        db_path: &Path,
+        settings: Settings,
+    ) -> Result<Cosigner, StateError> {
+        let db = Database::create(db_path).map_err(db_err)?;
+        let mut txn = db.begin_write().map_err(db_err)?;
+        txn.set_two_phase_commit(true);
+        state::create_tables(&txn)?;
+        txn.commit().map_err(db_err)?;
+        Ok(Cosigner {
+            key,
+            db,
+            settings,
+            secp: Secp256k1::new(),
+            wallets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cosigner's identity.
+    pub fn info(&self) -> Info {
+        Info {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: PROTOCOL_VERSION,
+            network: self.settings.network.to_string(),
+            descriptor_key: self.key.descriptor_key(),
+            electrum_xpub: self.key.electrum_xpub(),
+        }
+    }
+
+    /// Decodes and handles one encoded request; returns the encoded response.
+    pub fn handle_bytes(&self, bytes: &[u8], now: u64) -> Vec<u8> {
+        match Request::decode(bytes) {
+            Ok(req) => self.handle(&req, now),
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable request");
+                Response::Error {
+                    reason: e.to_string(),
+                }
+            }
+        }
+        .encode()
+    }
+
+    /// Handles one request at time `now` (unix seconds).
+    pub fn handle(&self, req: &Request, now: u64) -> Response {
+        let result = match req {
+            Request::Hello => Ok(Response::Info(self.info())),
+            Request::RegisterWallet(r) => self.register(r, now).map(Response::WalletRegistered),
+            Request::UpdatePolicy(u) => self.update_policy(u, now).map(Response::PolicyUpdated),
+            Request::Sign(s) => Ok(Response::Sign(SignResponse {
+                request_id: s.request_id,
+                outcome: self.sign(s, now),
+            })),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "request failed");
+            Response::Error {
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    fn begin(&self) -> Result<WriteTransaction, StateError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_two_phase_commit(true);
+        Ok(txn)
+    }
+
+    fn register(&self, r: &RegisterWallet, now: u64) -> Result<RegisterOutcome, StateError> {
+        let txn = self.begin()?;
+        let checked = Wallet::from_descriptors(&r.descriptors, &self.key)
+            .map_err(|e| e.to_string())
+            .and_then(|w| r.policy.check().map(|()| w).map_err(|e| e.to_string()));
+        let outcome = match checked {
+            Ok(wallet) => {
+                let mut table = txn.open_table(WALLETS).map_err(db_err)?;
+                let existing = table
+                    .get(&wallet.id.0)
+                    .map_err(db_err)?
+                    .map(|v| v.value().to_vec());
+                if existing.is_none() {
+                    let record = WalletRecord {
+                        descriptor: wallet.descriptor.clone(),
+                        policy: crate::policy::PolicyState::new(r.policy.clone()),
+                        registered_at: now,
+                    };
+                    table
+                        .insert(&wallet.id.0, to_bytes(&record).as_slice())
+                        .map_err(db_err)?;
+                }
+                // Registering again is idempotent and never replaces the policy: policy
+                // changes go through UpdatePolicy and its loosening delay.
+                RegisterOutcome::Registered {
+                    wallet_id: wallet.id,
+                }
+            }
+            Err(reason) => RegisterOutcome::Refused { reason },
+        };
+        let (wallet_id, result, detail) = match &outcome {
+            RegisterOutcome::Registered { wallet_id } => {
+                (Some(*wallet_id), "registered", String::new())
+            }
+            RegisterOutcome::Refused { reason } => (None, "refused", reason.clone()),
+        };
+        state::audit(
+            &txn,
+            &AuditEntry {
+                at: now,
+                action: "register".into(),
+                wallet_id,
+                request_id: None,
+                outcome: result.into(),
+                detail,
+            },
+        )?;
+        txn.commit().map_err(db_err)?;
+        tracing::info!(outcome = result, wallet = ?wallet_id.map(|w| w.to_string()), "wallet registration");
+        Ok(outcome)
+    }
+
+    fn update_policy(&self, u: &UpdatePolicy, now: u64) -> Result<PolicyOutcome, StateError> {
+        let txn = self.begin()?;
+        let outcome = {
+            let mut table = txn.open_table(WALLETS).map_err(db_err)?;
+            let record = table
+                .get(&u.wallet_id.0)
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec());
+            match record {
+                None => PolicyOutcome::Refused {
+                    reason: format!("wallet {} is not registered", u.wallet_id),
+                },
+                Some(bytes) => match u.policy.check() {
+                    Err(e) => PolicyOutcome::Refused {
+                        reason: e.to_string(),
+                    },
+                    Ok(()) => {
+                        let mut record: WalletRecord = from_bytes("wallets", &bytes)?;
+                        let change = record.policy.update(
+                            u.policy.clone(),
+                            now,
+                            self.settings.policy_loosen_delay_secs,
+                        );
+                        table
+                            .insert(&u.wallet_id.0, to_bytes(&record).as_slice())
+                            .map_err(db_err)?;
+                        PolicyOutcome::Changed(change)
+                    }
+                },
+            }
+        };
+        let (result, detail) = match &outcome {
+            PolicyOutcome::Changed(PolicyChange::Applied) => ("applied", String::new()),
+            PolicyOutcome::Changed(PolicyChange::Deferred { effective_at }) => {
+                ("deferred", format!("effective at {effective_at}"))
+            }
+            PolicyOutcome::Refused { reason } => ("refused", reason.clone()),
+        };
+        state::audit(
+            &txn,
+            &AuditEntry {
+                at: now,
+                action: "policy".into(),
+                wallet_id: Some(u.wallet_id),
+                request_id: None,
+                outcome: result.into(),
+                detail,
+            },
+        )?;
+        txn.commit().map_err(db_err)?;
+        Ok(outcome)
+    }
+
+    fn wallet(&self, id: &WalletId, descriptor: &str) -> Result<Arc<Wallet>, Refusal> {
+        let mut cache = self.wallets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = cache.get(id) {
+            return Ok(w.clone());
+        }
+        let w = Wallet::from_descriptors(&[descriptor.to_owned()], &self.key).map_err(|e| {
+            Refusal::Internal {
+                reason: format!("stored wallet no longer parses: {e}"),
+            }
+        })?;
+        let w = Arc::new(w);
+        cache.insert(*id, w.clone());
+        Ok(w)
+    }
+
+    fn sign(&self, req: &decision::SignRequest, now: u64) -> SignOutcome {
+        match self.sign_inner(req, now) {
+            Ok(outcome) => outcome,
+            Err(e) => SignOutcome::Refused(internal(e)),
+        }
+    }
+
+    fn sign_inner(&self, req: &decision::SignRequest, now: u64) -> Result<SignOutcome, StateError> {
+        let txn = self.begin()?;
+        let record: Option<WalletRecord> = {
+            let table = txn.open_table(WALLETS).map_err(db_err)?;
+            let v = table.get(&req.wallet_id.0).map_err(db_err)?;
+            match v {
+                Some(v) => Some(from_bytes("wallets", v.value())?),
+                None => None,
+            }
+        };
+        let wallet = match &record {
+            Some(r) => match self.wallet(&req.wallet_id, &r.descriptor) {
+                Ok(w) => Some(w),
+                Err(refusal) => return self.finish_refusal(txn, req, now, refusal),
+            },
+            None => None,
+        };
+        let policy = record.as_ref().map(|r| r.policy.effective(now).clone());
+        let ledger = match &policy {
+            Some(p) => {
+                state::ledger_since(&txn, &req.wallet_id, now.saturating_sub(p.period_secs))?
+            }
+            None => Vec::new(),
+        };
+        // Look up the outpoints this PSBT spends (if it decodes; the decision reports otherwise).
+        let mut signed_outpoints = BTreeMap::new();
+        if let Ok(psbt) = decision::decode_psbt(&req.psbt) {
+            let table = txn.open_table(OUTPOINTS).map_err(db_err)?;
+            for txin in &psbt.unsigned_tx.input {
+                if let Some(v) = table
+                    .get(&state::outpoint_key(&txin.previous_output))
+                    .map_err(db_err)?
+                {
+                    let rec: OutpointRecord = from_bytes("outpoints", v.value())?;
+                    signed_outpoints.insert(txin.previous_output, rec);
+                }
+            }
+        }
+        let input = DecisionInput {
+            key: &self.key,
+            wallet: wallet.as_deref().zip(policy.as_ref()),
+            ledger: &ledger,
+            signed_outpoints: &signed_outpoints,
+            request: req,
+            now,
+            rules: self.settings.rules,
+        };
+        match decision::decide(&input, &self.secp) {
+            Decision::Refuse(refusal) => self.finish_refusal(txn, req, now, refusal),
+            Decision::AlreadySigned { txid } => {
+                use bitcoin::hashes::Hash as _;
+                let stored: Option<SignedRecord> = {
+                    let table = txn.open_table(SIGNED).map_err(db_err)?;
+                    let v = table.get(txid.as_byte_array()).map_err(db_err)?;
+                    match v {
+                        Some(v) => Some(from_bytes("signed", v.value())?),
+                        None => None,
+                    }
+                };
+                let Some(stored) = stored else {
+                    return self.finish_refusal(
+                        txn,
+                        req,
+                        now,
+                        Refusal::Internal {
+                            reason: format!(
+                                "outpoints of {txid} are recorded but its signatures are not"
+                            ),
+                        },
+                    );
+                };
+                state::audit(
+                    &txn,
+                    &AuditEntry {
+                        at: now,
+                        action: "sign".into(),
+                        wallet_id: Some(req.wallet_id),
+                        request_id: Some(req.request_id),
+                        outcome: "retry".into(),
+                        detail: format!(
+                            "{txid} was signed before by request {}; stored signatures returned",
+                            stored.request_id
+                        ),
+                    },
+                )?;
+                txn.commit().map_err(db_err)?;
+                tracing::info!(request = %req.request_id, %txid, "identical retry answered from the record");
+                Ok(SignOutcome::Signed { psbt: stored.psbt })
+            }
+            Decision::Sign(signed) => {
+                use bitcoin::hashes::Hash as _;
+                let psbt_bytes = signed.psbt.serialize();
+                let txid = signed.spend.txid;
+                {
+                    let mut ledger_t = txn.open_table(state::LEDGER).map_err(db_err)?;
+                    if let Some(old) = signed.supersedes {
+                        // The replaced transaction can no longer confirm alongside this one.
+                        let stale: Vec<[u8; 40]> = ledger
+                            .iter()
+                            .filter(|e| e.request_id == old)
+                            .map(|e| state::ledger_key(&req.wallet_id, e.at, &e.request_id))
+                            .collect();
+                        for k in &stale {
+                            ledger_t.remove(k).map_err(db_err)?;
+                        }
+                    }
+                    let d: &LedgerEntry = &signed.debit;
+                    ledger_t
+                        .insert(
+                            &state::ledger_key(&req.wallet_id, d.at, &d.request_id),
+                            d.amount_sat,
+                        )
+                        .map_err(db_err)?;
+                    let mut outs = txn.open_table(OUTPOINTS).map_err(db_err)?;
+                    let rec = OutpointRecord {
+                        txid,
+                        request_id: req.request_id,
+                        wallet_id: req.wallet_id,
+                    };
+                    for plan in &signed.spend.inputs {
+                        outs.insert(
+                            &state::outpoint_key(&plan.outpoint),
+                            to_bytes(&rec).as_slice(),
+                        )
+                        .map_err(db_err)?;
+                    }
+                    let mut signed_t = txn.open_table(SIGNED).map_err(db_err)?;
+                    let record = SignedRecord {
+                        request_id: req.request_id,
+                        wallet_id: req.wallet_id,
+                        psbt: psbt_bytes.clone(),
+                    };
+                    signed_t
+                        .insert(txid.as_byte_array(), to_bytes(&record).as_slice())
+                        .map_err(db_err)?;
+                }
+                state::audit(
+                    &txn,
+                    &AuditEntry {
+                        at: now,
+                        action: "sign".into(),
+                        wallet_id: Some(req.wallet_id),
+                        request_id: Some(req.request_id),
+                        outcome: "signed".into(),
+                        detail: format!(
+                            "{txid}: {} sat leaving, fee {} sat ({} sat/vB), change {} sat, {} inputs",
+                            signed.spend.leaving_sat(),
+                            signed.spend.fee_sat,
+                            signed.spend.fee_rate_sat_vb(),
+                            signed.spend.change_sat,
+                            signed.spend.inputs.len()
+                        ),
+                    },
+                )?;
+                // Durable before the signature leaves this function.
+                txn.commit().map_err(db_err)?;
+                tracing::info!(request = %req.request_id, %txid, leaving_sat = signed.spend.leaving_sat(), "signed");
+                Ok(SignOutcome::Signed { psbt: psbt_bytes })
+            }
+        }
+    }
+
+    fn finish_refusal(
+        &self,
+        txn: WriteTransaction,
+        req: &decision::SignRequest,
+        now: u64,
+        refusal: Refusal,
+    ) -> Result<SignOutcome, StateError> {
+        state::audit(
+            &txn,
+            &AuditEntry {
+                at: now,
+                action: "sign".into(),
+                wallet_id: Some(req.wallet_id),
+                request_id: Some(req.request_id),
+                outcome: refusal.code().into(),
+                detail: refusal.to_string(),
+            },
+        )?;
+        txn.commit().map_err(db_err)?;
+        tracing::info!(request = %req.request_id, reason = refusal.code(), "refused");
+        Ok(SignOutcome::Refused(refusal))
+    }
+
+    /// The wallet's ledger entries after `since` (for operators and tests).
+    pub fn ledger(&self, wallet: &WalletId, since: u64) -> Result<Vec<LedgerEntry>, StateError> {
+        let txn = self.begin()?;
+        let entries = state::ledger_since(&txn, wallet, since)?;
+        txn.abort().map_err(db_err)?;
+        Ok(entries)
+    }
+
+    /// The whole audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StateError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(state::AUDIT).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            out.push(from_bytes("audit", v.value())?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,285 @@
+//! The cosigner's key: a 32-byte seed in a file only its owner can read, the BIP-32 master
+//! derived from it, and the BIP-48 P2WSH account (`m/48'/coin'/0'/2'`) whose xpub users add
+//! to their multisig wallets.
+//!
+//! The seed never leaves this module except to derive child keys for signing; `Debug` on
+//! every type here is redacted so a key cannot reach a log by accident.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::str::FromStr;
+
+use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpriv, Xpub};
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{base58, NetworkKind};
+
+/// SLIP-132 version bytes of Electrum's P2WSH multisig xpubs.
+const ZPUB: [u8; 4] = [0x02, 0xaa, 0x7e, 0xd3];
+const VPUB: [u8; 4] = [0x02, 0x57, 0x54, 0x83];
+
+/// Why a key could not be created or loaded. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// `init` refuses to replace an existing key.
+    #[error("key file {0} already exists; refusing to overwrite it")]
+    Exists(String),
+    /// The key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The key file's contents are not a 64-hex-character seed.
+    #[error("key file {0} does not hold a 32-byte hex seed")]
+    Malformed(String),
+    /// The key file can be read by others than its owner.
+    #[error("key file {path} has mode {mode:o}; it must be readable by its owner only (0600)")]
+    Permissions {
+        /// The file.
+        path: String,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// The OS's random generator failed.
+    #[error("the OS random generator failed: {0}")]
+    Random(String),
+    /// BIP-32 derivation failed (practically unreachable).
+    #[error("key derivation failed: {0}")]
+    Derivation(String),
+}
+
+/// The BIP-48 account path for P2WSH multisig on a network kind.
+pub fn account_path(network: NetworkKind) -> DerivationPath {
+    let coin = match network {
+        NetworkKind::Main => 0,
+        NetworkKind::Test => 1,
+    };
+    DerivationPath::from(vec![
+        ChildNumber::Hardened { index: 48 },
+        ChildNumber::Hardened { index: coin },
+        ChildNumber::Hardened { index: 0 },
+        ChildNumber::Hardened { index: 2 },
+    ])
+}
+
+/// The cosigner's signing key for one network kind.
+pub struct CosignerKey {
+    account: Xpriv,
+    account_xpub: Xpub,
+    master_fingerprint: Fingerprint,
+    path: DerivationPath,
+}
+
+impl std::fmt::Debug for CosignerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CosignerKey")
+            .field("master_fingerprint", &self.master_fingerprint)
+            .field("account_xpub", &self.account_xpub.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CosignerKey {
+    /// Derives the account key from a seed (BIP-32 master from seed bytes, as Electrum's
+    /// `from_bip43_rootseed` does).
+    pub fn from_seed(seed: &[u8; 32], network: NetworkKind) -> Result<CosignerKey, KeyError> {
+        let secp = Secp256k1::new();
+        let master =
+            Xpriv::new_master(network, seed).map_err(|e| KeyError::Derivation(e.to_string()))?;
+        let path = account_path(network);
+        let account = master
+            .derive_priv(&secp, &path)
+            .map_err(|e| KeyError::Derivation(e.to_string()))?;
+        Ok(CosignerKey {
+            account_xpub: Xpub::from_priv(&secp, &account),
+            master_fingerprint: master.fingerprint(&secp),
+            account,
+            path,
+        })
+    }
+
+    /// The account xpub (`tpub`/`xpub` form).
+    pub fn account_xpub(&self) -> &Xpub {
+        &self.account_xpub
+    }
+
+    /// The master key's fingerprint.
+    pub fn master_fingerprint(&self) -> Fingerprint {
+        self.master_fingerprint
+    }
+
+    /// The account's derivation path from the master.
+    pub fn account_path(&self) -> &DerivationPath {
+        &self.path
+    }
+
+    /// The descriptor form: `[fingerprint/48h/1h/0h/2h]tpub...`.
+    pub fn descriptor_key(&self) -> String {
+        let path = self.path.to_string().replace('\'', "h");
+        format!(
+            "[{}/{}]{}",
+            self.master_fingerprint,
+            path.trim_start_matches("m/"),
+            self.account_xpub
+        )
+    }
+
+    /// Electrum's SLIP-132 form of the account xpub: `Vpub...` on test networks, `Zpub...` on mainnet.
+    pub fn electrum_xpub(&self) -> String {
+        slip132(&self.account_xpub)
+    }
+
+    /// The private key at `account/branch/index`, for signing inside the decision only.
+    pub(crate) fn child_private(
+        &self,
+        secp: &Secp256k1<All>,
+        branch: u32,
+        index: u32,
+    ) -> Result<bitcoin::secp256k1::SecretKey, KeyError> {
+        let path = [
+            ChildNumber::from_normal_idx(branch)
+                .map_err(|e| KeyError::Derivation(e.to_string()))?,
+            ChildNumber::from_normal_idx(index).map_err(|e| KeyError::Derivation(e.to_string()))?,
+        ];
+        let child = self
+            .account
+            .derive_priv(secp, &path)
+            .map_err(|e| KeyError::Derivation(e.to_string()))?;
+        Ok(child.private_key)
+    }
+}
+
+/// Encodes an xpub with Electrum's P2WSH-multisig SLIP-132 version bytes.
+pub fn slip132(xpub: &Xpub) -> String {
+    let mut raw = xpub.encode();
+    raw[..4].copy_from_slice(match xpub.network {
+        NetworkKind::Main => &ZPUB,
+        NetworkKind::Test => &VPUB,
+    });
+    base58::encode_check(&raw)
+}
+
+/// Parses an xpub in either form (`xpub`/`tpub`, or Electrum's `Zpub`/`Vpub`).
+pub fn parse_any_xpub(s: &str) -> Option<Xpub> {
+    if let Ok(x) = Xpub::from_str(s) {
+        return Some(x);
+    }
+    let mut raw = base58::decode_check(s).ok()?;
+    if raw.len() != 78 {
+        return None;
+    }
+    let version: [u8; 4] = match &raw[..4] {
+        v if v == ZPUB => [0x04, 0x88, 0xb2, 0x1e],
+        v if v == VPUB => [0x04, 0x35, 0x87, 0xcf],
+        _ => return None,
+    };
+    raw[..4].copy_from_slice(&version);
+    Xpub::decode(&raw).ok()
+}
+
+/// Creates a new key file with a seed from the OS's CSPRNG, readable by its owner only.
+/// Refuses to overwrite an existing file.
+pub fn create_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
+    let mut seed = [0u8; 32];
+    rand_core::OsRng
+        .try_fill_bytes(&mut seed)
+        .map_err(|e| KeyError::Random(e.to_string()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.display().to_string())
+        } else {
+            io(e)
+        }
+    })?;
+    file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
+        .map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(seed)
+}
+
+/// Reads a key file, refusing one that others can read.
+pub fn load_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .map_err(|_| KeyError::Malformed(path.display().to_string()))?;
+    Ok(seed)
+}
+
+use rand_core::RngCore as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slip132_round_trips_and_matches_electrum() {
+        // Electrum 4.3.4's Vpub for seed sha256("satellite-C") (see tests/fixtures).
+        let seed: [u8; 32] = sha2::Digest::finalize(
+            <sha2::Sha256 as sha2::Digest>::new_with_prefix(b"satellite-C"),
+        )
+        .into();
+        let key = CosignerKey::from_seed(&seed, NetworkKind::Test).expect("derive");
+        assert_eq!(
+            key.electrum_xpub(),
+            "Vpub5mh7jnyvCBwUxSu7epSHxsnp4uU6cRYAF9iBHN1x2jdScvqXKNvvYJpkwpXsTCjrySMeqtPzLU9xsP3LYsh85V3TEhBTY3okBoF5XhRdQGy"
+        );
+        assert_eq!(
+            parse_any_xpub(&key.electrum_xpub()),
+            Some(*key.account_xpub())
+        );
+        assert!(key.descriptor_key().contains("/48h/1h/0h/2h]tpub"));
+        assert!(
+            !format!("{key:?}").contains("prv"),
+            "Debug never shows a private key"
+        );
+    }
+
+    #[test]
+    fn key_file_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cosigner.key");
+        let seed = create_key_file(&path).expect("create");
+        assert_eq!(load_key_file(&path).expect("load"), seed);
+        assert!(matches!(create_key_file(&path), Err(KeyError::Exists(_))));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            assert!(matches!(
+                load_key_file(&path),
+                Err(KeyError::Permissions { .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! satcosign's satellite cosigner.
+//!
+//! The daemon holds one key of each user's multisig wallet and signs only what its rules
+//! allow. Modules, one concept each:
+//! - [`keys`]: the seed file, the BIP-48 account key, xpub forms;
+//! - [`wallet`]: descriptor registration and derivation;
+//! - [`policy`]: per-wallet limits; tightening now, loosening after a delay;
+//! - [`spend`]: what a PSBT spends, checked against a wallet (shared with the bridge);
+//! - [`refusal`]: every reason to refuse, with stable codes;
+//! - [`decision`]: the pure signing decision;
+//! - [`protocol`]: messages between bridge and cosigner (shared with the bridge);
+//! - [`state`]: redb tables; [`daemon`]: the request handler that makes decisions durable;
+//! - [`config`]: the daemon's TOML configuration.
+
+pub mod config;
+pub mod daemon;
+pub mod decision;
+pub mod keys;
+pub mod policy;
+pub mod protocol;
+pub mod refusal;
+pub mod spend;
+pub mod state;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+pub mod wallet;
