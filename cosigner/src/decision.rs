@@ -215,7 +215,8 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
     let ready_at = approval
         .approved_at
         .saturating_add(policy.min_approval_delay_secs);
-    if input.now < ready_at {
+    // Without a delay, an approval a little ahead of our clock (within the skew) is ready.
+    if policy.min_approval_delay_secs > 0 && input.now < ready_at {
         return Err(Refusal::ApprovalDelay { ready_at });
     }
 
