@@ -1,0 +1,229 @@
+//! Time for the cosigner to check and sign PSBTs of 1, 10 and 100 inputs, and the daemon's
+//! resident memory when idle and under load.
+//!
+//! Baseline, measured in the same run: decoding the PSBT and making the same number of
+//! ECDSA signatures with no checks at all (the irreducible work of any signer).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bitcoin::hashes::Hash as _;
+use bitcoin::secp256k1::{Message, Secp256k1};
+use clap::Parser;
+use satcosign_bench::table;
+use satcosign_cosigner::daemon::{Cosigner, Settings};
+use satcosign_cosigner::decision::{decide, Decision, DecisionInput, Rules};
+use satcosign_cosigner::protocol::{RegisterWallet, Request, Response};
+use satcosign_cosigner::testkit::{self, TestWallet};
+
+/// Measure the cosigner's check-and-sign time and memory.
+#[derive(Parser, Debug)]
+#[command(name = "cosigner-sign", about)]
+struct Args {
+    /// Repetitions per size.
+    #[arg(long, default_value_t = 30)]
+    reps: u32,
+    /// The daemon binary whose memory is measured.
+    #[arg(long, default_value = "target/release/satcosign-cosigner")]
+    daemon: PathBuf,
+}
+
+const NOW: u64 = 1_800_000_000;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+fn rules() -> Rules {
+    Rules {
+        approval_max_age_secs: 3600,
+        clock_skew_secs: 300,
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tw = TestWallet::new();
+    let secp = Secp256k1::new();
+    let policy = testkit::generous_policy();
+    let dir = tempfile::tempdir()?;
+    let daemon = Cosigner::open(
+        testkit::key(testkit::SATELLITE_TAG),
+        &dir.path().join("bench.redb"),
+        Settings {
+            network: bitcoin::Network::Regtest,
+            rules: rules(),
+            policy_loosen_delay_secs: 0,
+        },
+    )?;
+    daemon.handle(
+        &Request::RegisterWallet(RegisterWallet {
+            descriptors: vec![tw.descriptor.clone()],
+            policy: policy.clone(),
+        }),
+        NOW,
+    );
+
+    let mut rows = Vec::new();
+    let mut salt = 1u32;
+    for n in [1u32, 10, 100] {
+        let (mut base, mut pure, mut durable) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.reps {
+            salt += 1;
+            let psbt = tw.typical_signed_psbt(n, salt);
+            let req = tw.request(&psbt, (salt % 250) as u8, NOW);
+
+            // Baseline: decode and sign n digests, nothing checked.
+            let sk = bitcoin::secp256k1::SecretKey::from_slice(&[7u8; 32])?;
+            let t = Instant::now();
+            let decoded = bitcoin::psbt::Psbt::deserialize(&req.psbt)?;
+            for i in 0..decoded.inputs.len() {
+                let msg = Message::from_digest(
+                    bitcoin::hashes::sha256::Hash::hash(&i.to_le_bytes()).to_byte_array(),
+                );
+                std::hint::black_box(secp.sign_ecdsa_low_r(&msg, &sk));
+            }
+            base.push(t.elapsed());
+
+            // The pure decision: every check and every signature.
+            let none = BTreeMap::new();
+            let input = DecisionInput {
+                key: &tw.satellite,
+                wallet: Some((&tw.wallet, &policy)),
+                ledger: &[],
+                signed_outpoints: &none,
+                request: &req,
+                now: NOW,
+                rules: rules(),
+            };
+            let t = Instant::now();
+            let d = decide(&input, &secp);
+            pure.push(t.elapsed());
+            anyhow::ensure!(
+                matches!(d, Decision::Sign(_)),
+                "benchmark spend refused: {d:?}"
+            );
+
+            // Through the daemon: decode, decide, durable two-phase commit, encode.
+            let bytes = Request::Sign(req).encode();
+            let t = Instant::now();
+            let reply = daemon.handle_bytes(&bytes, NOW);
+            durable.push(t.elapsed());
+            anyhow::ensure!(matches!(Response::decode(&reply), Ok(Response::Sign(_))));
+        }
+        let (b, p, d) = (median(base), median(pure), median(durable));
+        rows.push(vec![
+            n.to_string(),
+            ms(b),
+            ms(p),
+            format!("{:.1}x", p.as_secs_f64() / b.as_secs_f64()),
+            ms(d),
+        ]);
+    }
+    println!("cosigner-sign: median of {} runs per size", args.reps);
+    println!(
+        "{}",
+        table(
+            &[
+                "inputs",
+                "baseline ms (decode+sign)",
+                "decision ms (check+sign)",
+                "vs baseline",
+                "daemon ms (+durable commit)"
+            ],
+            &rows
+        )
+    );
+    println!("goals: 1 input <= 2 ms, 100 inputs <= 150 ms (decision column)");
+    memory(&args, &tw)?;
+    Ok(())
+}
+
+/// Idle and loaded resident memory of the real daemon process.
+#[allow(clippy::print_stdout)]
+fn memory(args: &Args, tw: &TestWallet) -> anyhow::Result<()> {
+    if !args.daemon.exists() {
+        println!(
+            "memory: {} not built; run scripts/bench",
+            args.daemon.display()
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let key = dir.path().join("cosigner.key");
+    std::fs::write(&key, hex::encode(testkit::seed(testkit::SATELLITE_TAG)))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(
+        dir.path().join("c.toml"),
+        format!(
+            "network = \"regtest\"\ndata_dir = \"{}\"\n",
+            dir.path().display()
+        ),
+    )?;
+    let mut child = Command::new(&args.daemon)
+        .arg("--config")
+        .arg(dir.path().join("c.toml"))
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut call = |req: &Request| -> anyhow::Result<Response> {
+        let b = req.encode();
+        stdin.write_all(&(b.len() as u32).to_be_bytes())?;
+        stdin.write_all(&b)?;
+        stdin.flush()?;
+        let mut len = [0u8; 4];
+        stdout.read_exact(&mut len)?;
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        stdout.read_exact(&mut buf)?;
+        Ok(Response::decode(&buf)?)
+    };
+    call(&Request::Hello)?;
+    let status = |field: &str| -> anyhow::Result<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+        let line = s.lines().find(|l| l.starts_with(field)).unwrap_or("");
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    };
+    let idle = status("VmRSS:")?;
+    call(&Request::RegisterWallet(RegisterWallet {
+        descriptors: vec![tw.descriptor.clone()],
+        policy: testkit::generous_policy(),
+    }))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    for salt in 0..20 {
+        let psbt = tw.typical_signed_psbt(100, 500 + salt);
+        let r = call(&Request::Sign(tw.request(&psbt, salt as u8, now)))?;
+        anyhow::ensure!(matches!(r, Response::Sign(_)));
+    }
+    let loaded = status("VmRSS:")?;
+    let peak = status("VmHWM:")?;
+    drop(stdin);
+    child.wait()?;
+    println!(
+        "daemon resident memory: idle {:.1} MB, after 20 x 100-input requests {:.1} MB, peak {:.1} MB (goal: idle <= 16 MB)",
+        idle as f64 / 1024.0,
+        loaded as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    Ok(())
+}
