@@ -194,3 +194,50 @@ impl Response {
         decode(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Approval, SignRequest};
+    use bitcoin::hashes::Hash as _;
+
+    /// Golden vectors: the byte layout documented in `schemas/cosigner-messages.md`.
+    #[test]
+    fn encoding_is_the_documented_layout() {
+        assert_eq!(Request::Hello.encode(), [1, 0]);
+        let refused = Response::Sign(SignResponse {
+            request_id: RequestId([0xaa; 16]),
+            outcome: SignOutcome::Refused(Refusal::UnknownWallet {
+                wallet_id: WalletId([0xbb; 16]),
+            }),
+        });
+        let mut expected = vec![1, 3];
+        expected.extend([0xaa; 16]);
+        expected.extend([1, 0]);
+        expected.extend([0xbb; 16]);
+        assert_eq!(refused.encode(), expected);
+
+        let sign = Request::Sign(SignRequest {
+            request_id: RequestId([1; 16]),
+            wallet_id: WalletId([2; 16]),
+            psbt: vec![0x70, 0x73],
+            approval: Approval {
+                request_id: RequestId([1; 16]),
+                txid: bitcoin::Txid::from_byte_array([3; 32]),
+                approved_at: 300,
+            },
+            replaces: None,
+        });
+        let mut expected = vec![1, 3];
+        expected.extend([1; 16]);
+        expected.extend([2; 16]);
+        expected.extend([2, 0x70, 0x73]);
+        expected.extend([1; 16]);
+        expected.push(32);
+        expected.extend([3; 32]);
+        expected.extend([0xac, 0x02]); // 300 as a varint
+        expected.push(0); // replaces: None
+        assert_eq!(sign.encode(), expected);
+        assert_eq!(Request::decode(&expected), Ok(sign));
+    }
+}
