@@ -1,0 +1,154 @@
+//! Runs a link [`Engine`] over a [`Transport`] in a tokio task, for an application:
+//! [`LinkHandle::send`] queues a message durably, [`LinkHandle::recv`] returns the next
+//! delivered message and [`LinkHandle::ack`] removes it once the application has acted on it
+//! (so a crash between the two redelivers from the persisted inbox, never from the air).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::engine::{Engine, SendError, Stats};
+use crate::store::{LinkStore, StoreError};
+use crate::transport::Transport;
+
+/// What operators and users see of the link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// Whether the peer was heard recently (within `heard_window`).
+    pub up: bool,
+    /// Messages queued and not yet acknowledged.
+    pub queue_depth: usize,
+    /// Counters.
+    pub stats: Stats,
+}
+
+enum Cmd {
+    Send(Vec<u8>, oneshot::Sender<Result<u64, SendError>>),
+}
+
+/// The application's side of a running link.
+pub struct LinkHandle<S: LinkStore + Clone> {
+    cmd: mpsc::Sender<Cmd>,
+    store: S,
+    delivered: Arc<Notify>,
+    status: watch::Receiver<LinkStatus>,
+    task: JoinHandle<Result<(), StoreError>>,
+}
+
+/// Why the link stopped or a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The link task has stopped.
+    #[error("the link has stopped")]
+    Stopped,
+    /// Sending failed.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<S: LinkStore + Clone> LinkHandle<S> {
+    /// Starts the link.
+    pub fn spawn<T: Transport>(mut engine: Engine<S>, mut transport: T) -> LinkHandle<S> {
+        let store = engine.store().clone();
+        let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(64);
+        let delivered = Arc::new(Notify::new());
+        let notify = delivered.clone();
+        let (status_tx, status_rx) = watch::channel(LinkStatus::default());
+        let heard_window = Duration::from_secs(60);
+        let task = tokio::spawn(async move {
+            let mut last_heard: Option<Instant> = None;
+            loop {
+                let now = Instant::now();
+                while let Some(burst) = engine.poll_transmit(now)? {
+                    if let Err(e) = transport.transmit(burst).await {
+                        tracing::warn!(error = %e, "transmit failed");
+                    }
+                }
+                let _ = status_tx.send(LinkStatus {
+                    up: last_heard.is_some_and(|t| Instant::now() - t < heard_window),
+                    queue_depth: engine.queue_depth(),
+                    stats: engine.stats().clone(),
+                });
+                let wake = engine
+                    .next_wakeup()
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    frame = transport.recv() => match frame {
+                        Ok(f) => {
+                            let received_before = engine.stats().frames_received;
+                            if engine.on_frame(&f, Instant::now())? {
+                                notify.notify_one();
+                            }
+                            if engine.stats().frames_received > received_before {
+                                last_heard = Some(Instant::now());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "receive failed; link stopping");
+                            return Ok(());
+                        }
+                    },
+                    cmd = cmd_rx.recv() => match cmd {
+                        Some(Cmd::Send(payload, reply)) => {
+                            let _ = reply.send(engine.send(&payload));
+                        }
+                        None => return Ok(()),
+                    },
+                    _ = tokio::time::sleep_until(wake) => {}
+                }
+            }
+        });
+        LinkHandle {
+            cmd: cmd_tx,
+            store,
+            delivered,
+            status: status_rx,
+            task,
+        }
+    }
+
+    /// Queues a message durably; returns its id once it is stored.
+    pub async fn send(&self, payload: Vec<u8>) -> Result<u64, LinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Send(payload, tx))
+            .await
+            .map_err(|_| LinkError::Stopped)?;
+        Ok(rx.await.map_err(|_| LinkError::Stopped)??)
+    }
+
+    /// The next delivered message (waiting for one). Call [`Self::ack`] once it is handled.
+    pub async fn recv(&self) -> Result<(u64, Vec<u8>), LinkError> {
+        loop {
+            let notified = self.delivered.notified();
+            if let Some(m) = self.store.inbox_first()? {
+                return Ok(m);
+            }
+            if self.task.is_finished() {
+                return Err(LinkError::Stopped);
+            }
+            notified.await;
+        }
+    }
+
+    /// Removes a handled message from the inbox.
+    pub fn ack(&self, id: u64) -> Result<(), LinkError> {
+        Ok(self.store.inbox_remove(id)?)
+    }
+
+    /// The link's status.
+    pub fn status(&self) -> LinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Stops the link (a crash, as far as the protocol is concerned: only the store remains).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,22 @@
+//! The radio, behind one trait: a transport sends a transmission (a burst of frames sent
+//! back to back under one preamble) and yields the frames it receives, damaged or not
+//! (the engine checks them). Implementations: a seeded simulated channel, UDP datagrams,
+//! and KISS (with AX.25 UI framing) over TCP to a software TNC such as Dire Wolf.
+
+use std::future::Future;
+
+pub mod kiss;
+pub mod sim;
+pub mod udp;
+
+/// A radio.
+pub trait Transport: Send + 'static {
+    /// Sends `frames` as one transmission; returns when the transmission has been handed
+    /// to the radio (for the simulated channel: when it has finished on the air).
+    fn transmit(
+        &mut self,
+        frames: Vec<Vec<u8>>,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// The next frame received. Must be cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = std::io::Result<Vec<u8>>> + Send;
+}

@@ -1,0 +1,172 @@
+//! Two link endpoints over a simulated channel, in tokio's paused virtual time.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use satcosign_link::crypto::{Cipher, Identity};
+use satcosign_link::engine::{Engine, EngineConfig};
+use satcosign_link::link::LinkHandle;
+use satcosign_link::store::MemStore;
+use satcosign_link::transport::sim::{SimChannel, SimConfig};
+
+pub const GROUND: [u8; 32] = [1; 32];
+pub const SAT: [u8; 32] = [2; 32];
+
+pub fn engine_config(sim: &SimConfig) -> EngineConfig {
+    EngineConfig {
+        bitrate: sim.bitrate,
+        latency: sim.latency,
+        preamble: sim.preamble + sim.turnaround,
+        ..EngineConfig::default()
+    }
+}
+
+/// Starts side `side` (0 ground, 1 satellite) on `channel` with `store`.
+pub fn start(
+    side: usize,
+    channel: &SimChannel,
+    store: &MemStore,
+    sim: &SimConfig,
+) -> LinkHandle<MemStore> {
+    let (me, peer) = if side == 0 {
+        (GROUND, SAT)
+    } else {
+        (SAT, GROUND)
+    };
+    let me = Identity::from_bytes(me);
+    let cipher = Cipher::new(&me, &Identity::from_bytes(peer).public());
+    let jitter = if side == 0 { 1.0 } else { 1.37 };
+    let engine = Engine::new(engine_config(sim), cipher, store.clone(), jitter).expect("engine");
+    LinkHandle::spawn(engine, channel.attach(side))
+}
+
+/// Messages each side received, by payload, with how often.
+#[derive(Default, Debug)]
+pub struct Received {
+    pub by_side: [HashMap<Vec<u8>, usize>; 2],
+}
+
+/// Sends `msgs[side]` from each side and runs until both sides received everything the
+/// other sent, restarting sides at the given virtual times. Returns what arrived and the
+/// virtual time it took. Keeps running `settle` afterwards to catch late duplicates.
+pub async fn exchange(
+    sim: SimConfig,
+    msgs: [Vec<Vec<u8>>; 2],
+    restarts: Vec<(Duration, usize)>,
+    deadline: Duration,
+    settle: Duration,
+) -> (Received, Duration, SimChannel) {
+    exchange_after(sim, msgs, restarts, deadline, settle, Duration::ZERO).await
+}
+
+/// As [`exchange`], but the messages are queued `send_after` into the channel's life.
+pub async fn exchange_after(
+    sim: SimConfig,
+    msgs: [Vec<Vec<u8>>; 2],
+    restarts: Vec<(Duration, usize)>,
+    deadline: Duration,
+    settle: Duration,
+    send_after: Duration,
+) -> (Received, Duration, SimChannel) {
+    let channel = SimChannel::new(sim.clone());
+    let stores = [MemStore::new(), MemStore::new()];
+    let mut links = [
+        start(0, &channel, &stores[0], &sim),
+        start(1, &channel, &stores[1], &sim),
+    ];
+    tokio::time::sleep(send_after).await;
+    for side in 0..2 {
+        for m in &msgs[side] {
+            links[side].send(m.clone()).await.expect("send");
+        }
+    }
+    let t0 = tokio::time::Instant::now();
+    let mut received = Received::default();
+    let mut restarts = restarts;
+    restarts.sort();
+    let expected = [msgs[1].len(), msgs[0].len()];
+    let mut done_at = None;
+    let mut iterations = 0u64;
+    loop {
+        let now = t0.elapsed();
+        iterations += 1;
+        if std::env::var_os("LINK_DEBUG").is_some() && iterations % 2000 == 0 {
+            eprintln!(
+                "iter {iterations} t={now:?} status0={:?} status1={:?} air={:?}",
+                links[0].status(),
+                links[1].status(),
+                channel.stats()
+            );
+        }
+        let counts = [
+            received.by_side[0].values().sum::<usize>(),
+            received.by_side[1].values().sum::<usize>(),
+        ];
+        if done_at.is_none() && counts[0] >= expected[0] && counts[1] >= expected[1] {
+            done_at = Some(now);
+        }
+        if let Some(d) = done_at {
+            if now >= d + settle {
+                break;
+            }
+        }
+        if now > deadline {
+            break;
+        }
+        while restarts.first().is_some_and(|(at, _)| *at <= now) {
+            let (_, side) = restarts.remove(0);
+            let old =
+                std::mem::replace(&mut links[side], start(side, &channel, &stores[side], &sim));
+            old.stop();
+        }
+        let step = tokio::time::sleep(Duration::from_millis(250));
+        tokio::select! {
+            m = links[0].recv() => {
+                let (id, payload) = m.expect("recv");
+                *received.by_side[0].entry(payload).or_default() += 1;
+                links[0].ack(id).expect("ack");
+            }
+            m = links[1].recv() => {
+                let (id, payload) = m.expect("recv");
+                *received.by_side[1].entry(payload).or_default() += 1;
+                links[1].ack(id).expect("ack");
+            }
+            _ = step => {}
+        }
+    }
+    let took = done_at.unwrap_or(deadline);
+    for l in links {
+        l.stop();
+    }
+    (received, took, channel)
+}
+
+/// Asserts each side received exactly the other's messages, each once and intact.
+pub fn assert_exactly_once(received: &Received, msgs: &[Vec<Vec<u8>>; 2]) {
+    for side in 0..2 {
+        let sent = &msgs[1 - side];
+        let got = &received.by_side[side];
+        for m in sent {
+            let n = got.get(m).copied().unwrap_or(0);
+            assert_eq!(
+                n,
+                1,
+                "side {side}: a message of {} bytes arrived {n} times",
+                m.len()
+            );
+        }
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "side {side} received something nobody sent"
+        );
+    }
+}
+
+/// Deterministic message bodies.
+pub fn body(tag: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag))
+        .collect()
+}
