@@ -87,18 +87,8 @@ pub async fn exchange_after(
     restarts.sort();
     let expected = [msgs[1].len(), msgs[0].len()];
     let mut done_at = None;
-    let mut iterations = 0u64;
     loop {
         let now = t0.elapsed();
-        iterations += 1;
-        if std::env::var_os("LINK_DEBUG").is_some() && iterations % 2000 == 0 {
-            eprintln!(
-                "iter {iterations} t={now:?} status0={:?} status1={:?} air={:?}",
-                links[0].status(),
-                links[1].status(),
-                channel.stats()
-            );
-        }
         let counts = [
             received.by_side[0].values().sum::<usize>(),
             received.by_side[1].values().sum::<usize>(),
