@@ -190,6 +190,7 @@ async fn exchange_4k_each_way(snr_db: Option<f64>) -> (Duration, Duration, u64) 
         .await
         .is_err());
     let (g, s) = (ground.status(), sat.status());
+    #[allow(clippy::print_stdout)] // the issue asks for the times in the test output
     println!(
         "dire wolf 9600 {}: 4 KB up in {:.1} s, 4 KB down in {:.1} s; ground sent {} transmissions, {} frames ({} resent); satellite sent {} transmissions, {} frames ({} resent); rejected damaged {} + {}",
         snr_db.map_or("clean".to_owned(), |s| format!("SNR {s} dB")),
