@@ -48,8 +48,13 @@ pub struct EngineConfig {
     pub preamble: Duration,
     /// How long a receiver waits before answering, so an application reply can ride along.
     pub response_delay: Duration,
-    /// Longest wait before retrying when nothing is heard (default 120 s).
+    /// Longest wait before retrying when nothing is heard (default 30 s: short enough that
+    /// probes keep landing inside a pass of a few minutes, long enough to cost little air).
     pub max_rto: Duration,
+    /// Frame loss expected on the channel (0..1). Above zero, messages carry Reed-Solomon
+    /// parity fragments sized so that a transmission survives this loss with 95%
+    /// probability, and resends carry a margin too: a lossy pass needs no extra round trip.
+    pub expected_loss: f64,
 }
 
 impl Default for EngineConfig {
@@ -62,7 +67,8 @@ impl Default for EngineConfig {
             latency: Duration::from_millis(20),
             preamble: Duration::from_millis(300),
             response_delay: Duration::from_millis(50),
-            max_rto: Duration::from_secs(120),
+            max_rto: Duration::from_secs(30),
+            expected_loss: 0.0,
         }
     }
 }
@@ -115,14 +121,47 @@ pub struct Stats {
 }
 
 struct OutMsg {
+    /// Data fragments (the first `data`), then parity fragments.
     chunks: Vec<Vec<u8>>,
+    data: usize,
     pending: Vec<bool>,
     ever_sent: Vec<bool>,
 }
 
 struct InMsg {
     parts: Vec<Option<Vec<u8>>>,
+    data: usize,
     have: usize,
+}
+
+/// Most fragments (data + parity) an erasure-coded message may have (GF(256)).
+const MAX_FEC_SHARDS: usize = 255;
+
+/// Parity fragments for `k` data fragments so that at most 5% of transmissions lose more
+/// than the parity can replace, at loss rate `p`.
+pub fn parity_for(k: usize, p: f64) -> usize {
+    if p <= 0.0 || k == 0 {
+        return 0;
+    }
+    let p = p.min(0.9);
+    for r in 0..=MAX_FEC_SHARDS.saturating_sub(k) {
+        let n = k + r;
+        // P(losses <= r) for Binomial(n, p).
+        let mut term = (1.0 - p).powi(n as i32);
+        let mut cdf = term;
+        for i in 1..=r {
+            term *= (n - i + 1) as f64 / i as f64 * p / (1.0 - p);
+            cdf += term;
+        }
+        if 1.0 - cdf <= 0.05 {
+            return r;
+        }
+    }
+    MAX_FEC_SHARDS.saturating_sub(k)
+}
+
+fn rs(data: usize, parity: usize) -> Option<reed_solomon_erasure::galois_8::ReedSolomon> {
+    reed_solomon_erasure::galois_8::ReedSolomon::new(data, parity).ok()
 }
 
 /// The protocol state of one side.
@@ -198,24 +237,49 @@ impl<S: LinkStore> Engine<S> {
     }
 
     fn chunk_size(&self, id: u64, count: u64) -> usize {
+        // kind, id, index and count, and the parity count when erasure-coded.
         self.cfg
             .mtu
-            .saturating_sub(OVERHEAD + 1 + varint_len(id) + 2 * varint_len(count))
+            .saturating_sub(OVERHEAD + 1 + varint_len(id) + 3 * varint_len(count))
             .max(1)
     }
 
     fn add_out(&mut self, id: u64, payload: &[u8]) {
         // Fragment count and chunk size depend on each other through the varint sizes.
-        let mut count = payload.len().div_ceil(self.chunk_size(id, 1)) as u64;
-        let size = self.chunk_size(id, count.max(1));
-        count = payload.len().div_ceil(size).max(1) as u64;
+        let size = self.chunk_size(
+            id,
+            payload.len().div_ceil(self.chunk_size(id, 1)) as u64 + 1,
+        );
+        let k = payload.len().div_ceil(size).max(1);
+        if parity_for(k + 1, self.cfg.expected_loss) > 0 {
+            // Erasure-coded: the payload, prefixed with its length, padded to equal shards.
+            let mut framed = Vec::with_capacity(payload.len() + 10);
+            crate::frame::put_varint(&mut framed, payload.len() as u64);
+            framed.extend_from_slice(payload);
+            let k = framed.len().div_ceil(size);
+            if k < MAX_FEC_SHARDS {
+                let parity = parity_for(k, self.cfg.expected_loss).min(MAX_FEC_SHARDS - k);
+                framed.resize(k * size, 0);
+                let mut shards: Vec<Vec<u8>> = framed.chunks(size).map(<[u8]>::to_vec).collect();
+                shards.extend(std::iter::repeat_n(vec![0u8; size], parity));
+                if parity > 0 && rs(k, parity).is_some_and(|r| r.encode(&mut shards).is_ok()) {
+                    self.insert_out(id, shards, k);
+                    return;
+                }
+            }
+        }
         let chunks: Vec<Vec<u8>> = payload.chunks(size).map(<[u8]>::to_vec).collect();
+        let k = chunks.len();
+        self.insert_out(id, chunks, k);
+    }
+
+    fn insert_out(&mut self, id: u64, chunks: Vec<Vec<u8>>, data: usize) {
         let n = chunks.len();
-        debug_assert_eq!(n as u64, count);
         self.out.insert(
             id,
             OutMsg {
                 chunks,
+                data,
                 pending: vec![true; n],
                 ever_sent: vec![false; n],
             },
@@ -265,6 +329,8 @@ impl<S: LinkStore> Engine<S> {
             }
         };
         self.window.accept(counter);
+        // The peer is in reach again: retry at full speed.
+        self.backoff = 0;
         self.stats.frames_received += 1;
         self.stats.bytes_received += frame.len() as u64;
         let end = plain.flags & FLAG_END_OF_BURST != 0;
@@ -275,10 +341,11 @@ impl<S: LinkStore> Engine<S> {
                 msg_id,
                 index,
                 count,
+                parity,
                 chunk,
             } => {
                 self.data_in_burst = true;
-                delivered = self.on_data(msg_id, index, count, chunk)?;
+                delivered = self.on_data(msg_id, index, count, parity, chunk)?;
             }
             Record::Ack { msg_ids } => {
                 for id in msg_ids {
@@ -296,10 +363,26 @@ impl<S: LinkStore> Engine<S> {
                 received,
             } => {
                 self.feedback_in_burst.insert(msg_id);
+                let expected_loss = self.cfg.expected_loss;
                 if let Some(m) = self.out.get_mut(&msg_id) {
                     if m.chunks.len() == count as usize {
-                        for (i, pending) in m.pending.iter_mut().enumerate() {
-                            *pending = received[i / 8] & (1 << (i % 8)) == 0;
+                        let got = |i: usize| received[i / 8] & (1 << (i % 8)) != 0;
+                        let missing: Vec<usize> =
+                            (0..m.chunks.len()).filter(|&i| !got(i)).collect();
+                        let have = m.chunks.len() - missing.len();
+                        // Without parity every gap is needed; with it, any `data - have`
+                        // fragments do, plus a margin for the expected loss.
+                        let needed = if m.data == m.chunks.len() {
+                            missing.len()
+                        } else {
+                            let short = m.data.saturating_sub(have);
+                            short + parity_for(short, expected_loss)
+                        };
+                        for p in m.pending.iter_mut() {
+                            *p = false;
+                        }
+                        for &i in missing.iter().take(needed.max(1)) {
+                            m.pending[i] = true;
                         }
                     }
                 }
@@ -349,6 +432,7 @@ impl<S: LinkStore> Engine<S> {
         id: u64,
         index: u32,
         count: u32,
+        parity: u32,
         chunk: Vec<u8>,
     ) -> Result<bool, StoreError> {
         if self.store.is_delivered(id)? {
@@ -356,16 +440,18 @@ impl<S: LinkStore> Engine<S> {
             self.stats.duplicates_suppressed += 1;
             return Ok(false);
         }
+        let total = count as usize + parity as usize;
         let max_parts = self.cfg.max_message / 16 + 1;
-        if count as usize > max_parts {
+        if total > max_parts {
             self.stats.rejected_malformed += 1;
             return Ok(false);
         }
         let m = self.inbound.entry(id).or_insert_with(|| InMsg {
-            parts: vec![None; count as usize],
+            parts: vec![None; total],
+            data: count as usize,
             have: 0,
         });
-        if m.parts.len() != count as usize {
+        if m.parts.len() != total || m.data != count as usize {
             self.stats.rejected_malformed += 1;
             return Ok(false);
         }
@@ -374,15 +460,18 @@ impl<S: LinkStore> Engine<S> {
             *slot = Some(chunk);
             m.have += 1;
         }
-        if m.have < m.parts.len() {
+        if m.have < m.data {
             self.reports_due.insert(id);
             return Ok(false);
         }
-        let m = self.inbound.remove(&id).unwrap_or(InMsg {
-            parts: vec![],
-            have: 0,
-        });
-        let payload: Vec<u8> = m.parts.into_iter().flatten().flatten().collect();
+        let Some(m) = self.inbound.remove(&id) else {
+            return Ok(false);
+        };
+        let Some(payload) = Self::assemble(m) else {
+            // Inconsistent fragments (impossible with authentic frames): start over.
+            self.stats.rejected_malformed += 1;
+            return Ok(false);
+        };
         self.reports_due.remove(&id);
         self.acks_due.insert(id);
         let fresh = self.store.deliver(id, &payload, self.window.highest())?;
@@ -390,6 +479,30 @@ impl<S: LinkStore> Engine<S> {
             self.stats.messages_delivered += 1;
         }
         Ok(fresh)
+    }
+
+    /// Joins a message's fragments, reconstructing missing data from parity if needed.
+    fn assemble(m: InMsg) -> Option<Vec<u8>> {
+        if m.parts.len() == m.data {
+            return Some(m.parts.into_iter().flatten().flatten().collect());
+        }
+        let mut shards = m.parts;
+        let size = shards.iter().flatten().map(Vec::len).next()?;
+        if shards.iter().flatten().any(|s| s.len() != size) {
+            return None;
+        }
+        rs(m.data, shards.len() - m.data)?
+            .reconstruct_data(&mut shards)
+            .ok()?;
+        let framed: Vec<u8> = shards
+            .into_iter()
+            .take(m.data)
+            .flatten()
+            .flatten()
+            .collect();
+        let mut rest = framed.as_slice();
+        let len = usize::try_from(crate::frame::get_varint(&mut rest)?).ok()?;
+        rest.get(..len).map(<[u8]>::to_vec)
     }
 
     /// When the engine next needs [`Self::poll_transmit`] called, if ever.
@@ -420,6 +533,20 @@ impl<S: LinkStore> Engine<S> {
     /// The frames to transmit now as one transmission, if it is our turn and we have
     /// something to say.
     pub fn poll_transmit(&mut self, now: Instant) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        let out = self.poll_transmit_inner(now)?;
+        // Liveness invariant: every unacknowledged message has fragments pending or a
+        // retransmission timer running, whatever the order of losses that led here.
+        if !self.out.is_empty()
+            && self.awaiting_until.is_none()
+            && self.respond_at.is_none()
+            && !self.has_pending_data()
+        {
+            self.awaiting_until = Some(now + self.rto(0));
+        }
+        Ok(out)
+    }
+
+    fn poll_transmit_inner(&mut self, now: Instant) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
         if let Some(until) = self.peer_talking_until {
             if now < until {
                 return Ok(None);
@@ -486,7 +613,8 @@ impl<S: LinkStore> Engine<S> {
         let mut data_frames = 0;
         if may_send_data {
             'outer: for (&id, m) in self.out.iter_mut() {
-                let count = m.chunks.len() as u32;
+                let count = m.data as u32;
+                let parity = (m.chunks.len() - m.data) as u32;
                 for i in 0..m.chunks.len() {
                     if records.len() >= self.cfg.max_burst_frames {
                         break 'outer;
@@ -501,6 +629,7 @@ impl<S: LinkStore> Engine<S> {
                             msg_id: id,
                             index: i as u32,
                             count,
+                            parity,
                             chunk: m.chunks[i].clone(),
                         });
                         data_frames += 1;

@@ -12,10 +12,11 @@
 //!
 //! ```text
 //! record = kind(low 4 bits) | flags(high 4 bits) || fields
-//! DATA   (1): msg_id varint, index varint, count varint, chunk (rest)
+//! DATA   (1): msg_id varint, index varint, count varint, [parity varint if flag 0x2], chunk (rest)
 //! ACK    (2): n varint, msg_id varint × n
 //! REPORT (3): msg_id varint, count varint, received bitmap (ceil(count/8) bytes, LSB first)
 //! flags: 0x1 = last frame of this transmission (the peer may transmit now)
+//!        0x2 = (DATA) the message is erasure-coded: `count` data fragments, `parity` more
 //! ```
 
 /// Version nibble of this frame format.
@@ -33,6 +34,8 @@ pub const MAX_COUNTER: u64 = (1 << 48) - 1;
 
 /// Flag: the last frame of a transmission.
 pub const FLAG_END_OF_BURST: u8 = 0x1;
+/// Flag (DATA): the message carries Reed-Solomon parity fragments.
+pub const FLAG_FEC: u8 = 0x2;
 
 const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
@@ -76,8 +79,10 @@ pub enum Record {
         msg_id: u64,
         /// Fragment index.
         index: u32,
-        /// Fragments in the message.
+        /// Data fragments in the message.
         count: u32,
+        /// Parity fragments after them (0: no erasure coding).
+        parity: u32,
         /// Fragment bytes.
         chunk: Vec<u8>,
     },
@@ -146,17 +151,27 @@ impl Plain {
             Record::Ack { .. } => 2,
             Record::Report { .. } => 3,
         };
-        out.push(kind | (self.flags << 4));
+        let fec = matches!(&self.record, Record::Data { parity, .. } if *parity > 0);
+        let flags = if fec {
+            self.flags | FLAG_FEC
+        } else {
+            self.flags & !FLAG_FEC
+        };
+        out.push(kind | (flags << 4));
         match &self.record {
             Record::Data {
                 msg_id,
                 index,
                 count,
+                parity,
                 chunk,
             } => {
                 put_varint(&mut out, *msg_id);
                 put_varint(&mut out, u64::from(*index));
                 put_varint(&mut out, u64::from(*count));
+                if *parity > 0 {
+                    put_varint(&mut out, u64::from(*parity));
+                }
                 out.extend_from_slice(chunk);
             }
             Record::Ack { msg_ids } => {
@@ -193,13 +208,23 @@ impl Plain {
                 let msg_id = get_varint(&mut buf).ok_or(FrameError::Malformed)?;
                 let index = u32v(&mut buf)?;
                 let count = u32v(&mut buf)?;
-                if count == 0 || index >= count {
+                let parity = if flags & FLAG_FEC != 0 {
+                    let p = u32v(&mut buf)?;
+                    if p == 0 || count.saturating_add(p) > 255 {
+                        return Err(FrameError::Malformed);
+                    }
+                    p
+                } else {
+                    0
+                };
+                if count == 0 || index >= count.saturating_add(parity) {
                     return Err(FrameError::Malformed);
                 }
                 Record::Data {
                     msg_id,
                     index,
                     count,
+                    parity,
                     chunk: buf.to_vec(),
                 }
             }
@@ -268,6 +293,17 @@ mod tests {
                     msg_id: 9,
                     index: 2,
                     count: 3,
+                    parity: 0,
+                    chunk: vec![1, 2, 3],
+                },
+            },
+            Plain {
+                flags: 1 | FLAG_FEC,
+                record: Record::Data {
+                    msg_id: 9,
+                    index: 4,
+                    count: 3,
+                    parity: 2,
                     chunk: vec![1, 2, 3],
                 },
             },

@@ -62,6 +62,11 @@ fn link(side: usize, channel: &SimChannel, cfg: &SimConfig) -> LinkHandle<MemSto
         bitrate: cfg.bitrate,
         latency: cfg.latency,
         preamble: cfg.preamble + cfg.turnaround,
+        // Erasure coding sized to the channel's loss, as an operator would set it.
+        expected_loss: match cfg.loss {
+            Loss::Bernoulli(p) => p,
+            Loss::GilbertElliott { .. } => 0.1,
+        },
         ..EngineConfig::default()
     };
     let jitter = if side == 0 { 1.0 } else { 1.37 };

@@ -13,11 +13,22 @@ use satcosign_link::transport::sim::{SimChannel, SimConfig};
 pub const GROUND: [u8; 32] = [1; 32];
 pub const SAT: [u8; 32] = [2; 32];
 
+/// The engine's view of the channel. Even seeds also turn on erasure coding sized to the
+/// channel's loss, so the property tests cover both plain selective repeat and FEC.
 pub fn engine_config(sim: &SimConfig) -> EngineConfig {
+    let loss = match sim.loss {
+        satcosign_link::transport::sim::Loss::Bernoulli(p) => p,
+        satcosign_link::transport::sim::Loss::GilbertElliott { .. } => 0.1,
+    };
     EngineConfig {
         bitrate: sim.bitrate,
         latency: sim.latency,
         preamble: sim.preamble + sim.turnaround,
+        expected_loss: if sim.seed.is_multiple_of(2) {
+            loss
+        } else {
+            0.0
+        },
         ..EngineConfig::default()
     }
 }
@@ -102,6 +113,13 @@ pub async fn exchange_after(
             }
         }
         if now > deadline {
+            if std::env::var_os("LINK_DEBUG").is_some() {
+                eprintln!(
+                    "deadline: ground {:?}\nsat {:?}",
+                    links[0].status(),
+                    links[1].status()
+                );
+            }
             break;
         }
         while restarts.first().is_some_and(|(at, _)| *at <= now) {
