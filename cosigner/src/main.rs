@@ -85,11 +85,18 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Init => {
             let seed = keys::create_key_file(&key_path)?;
+            let link_path = config.data_dir.join("link.key");
+            let link = satcosign_link::crypto::Identity::create_file(&link_path)?;
             #[allow(clippy::print_stdout)]
             {
                 println!(
                     "created {} (mode 0600; back it up offline)",
                     key_path.display()
+                );
+                println!("created {} (mode 0600)", link_path.display());
+                println!(
+                    "link public key (give it to the bridge): {}",
+                    hex::encode(link.public())
                 );
             }
             print_xpubs(&seed)

@@ -34,6 +34,17 @@ fn init_creates_a_private_key_and_prints_both_xpub_forms() {
         text.contains("Vpub") && text.contains("Zpub"),
         "Electrum forms: {text}"
     );
+    let link_line = text
+        .lines()
+        .find(|l| l.starts_with("link public key"))
+        .expect("the link public key is printed");
+    let link_pub = link_line.rsplit(' ').next().expect("key");
+    assert_eq!(link_pub.len(), 64, "{link_line}");
+    let link_secret = std::fs::read_to_string(dir.path().join("link.key")).expect("link key file");
+    assert!(
+        !text.contains(link_secret.trim()),
+        "the link secret is never printed"
+    );
     let seed = std::fs::read_to_string(dir.path().join("cosigner.key")).expect("key file");
     assert!(!text.contains(seed.trim()), "the seed is never printed");
     assert!(!text.contains("prv"), "no private key is printed");
@@ -61,7 +72,7 @@ fn init_creates_a_private_key_and_prints_both_xpub_forms() {
     assert!(xpub.status.success());
     let lines = |t: &str| {
         t.lines()
-            .filter(|l| l.contains("pub"))
+            .filter(|l| l.contains("descriptor key:") || l.contains("electrum xpub:"))
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
