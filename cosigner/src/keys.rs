@@ -5,7 +5,6 @@
 //! The seed never leaves this module except to derive child keys for signing; `Debug` on
 //! every type here is redacted so a key cannot reach a log by accident.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -186,27 +185,18 @@ pub fn create_key_file(path: &Path) -> Result<[u8; 32], KeyError> {
     rand_core::OsRng
         .try_fill_bytes(&mut seed)
         .map_err(|e| KeyError::Random(e.to_string()))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let io = |source| KeyError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            KeyError::Exists(path.display().to_string())
-        } else {
-            io(e)
-        }
-    })?;
-    file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
-        .map_err(io)?;
-    file.sync_all().map_err(io)?;
+    satcosign_link::crypto::write_secret_file(path, &format!("{}\n", hex::encode(seed))).map_err(
+        |source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists(path.display().to_string())
+            } else {
+                KeyError::Io {
+                    path: path.display().to_string(),
+                    source,
+                }
+            }
+        },
+    )?;
     Ok(seed)
 }
 

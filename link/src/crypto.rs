@@ -76,27 +76,18 @@ impl Identity {
     /// Writes a new identity to `path` (mode 0600), refusing to overwrite.
     pub fn create_file(path: &Path) -> Result<Identity, KeyError> {
         let id = Identity::generate();
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut f = opts.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                KeyError::Exists(path.display().to_string())
-            } else {
-                io(e)
-            }
-        })?;
-        f.write_all(format!("{}\n", hex::encode(id.secret.to_bytes())).as_bytes())
-            .map_err(io)?;
-        f.sync_all().map_err(io)?;
+        write_secret_file(path, &format!("{}\n", hex::encode(id.secret.to_bytes()))).map_err(
+            |source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    KeyError::Exists(path.display().to_string())
+                } else {
+                    KeyError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                }
+            },
+        )?;
         Ok(id)
     }
 
@@ -111,6 +102,22 @@ impl Identity {
             .map_err(|_| KeyError::Malformed(path.display().to_string()))?;
         Ok(Identity::from_bytes(bytes))
     }
+}
+
+/// Creates `path` readable by its owner only (mode 0600 on Unix) holding `contents`, and
+/// syncs it. Fails with `AlreadyExists` rather than replace a file: secrets are never
+/// overwritten. Shared by every satcosign key file.
+pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
 }
 
 /// Parses a peer's public key from hex.
