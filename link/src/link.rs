@@ -14,11 +14,22 @@ use crate::engine::{Engine, SendError, Stats};
 use crate::store::{LinkStore, StoreError};
 use crate::transport::Transport;
 
+/// A predicted pass: the satellite is in view from `start` to `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassWindow {
+    /// Acquisition of signal.
+    pub start: std::time::SystemTime,
+    /// Loss of signal.
+    pub end: std::time::SystemTime,
+}
+
 /// What operators and users see of the link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStatus {
     /// Whether the peer was heard recently (within `heard_window`).
     pub up: bool,
+    /// The pass in progress or the next one, if passes were given ([`LinkHandle::set_passes`]).
+    pub next_pass: Option<PassWindow>,
     /// Messages queued and not yet acknowledged.
     pub queue_depth: usize,
     /// Counters.
@@ -35,6 +46,7 @@ pub struct LinkHandle<S: LinkStore + Clone> {
     store: S,
     delivered: Arc<Notify>,
     status: watch::Receiver<LinkStatus>,
+    passes: std::sync::Mutex<Vec<PassWindow>>,
     task: JoinHandle<Result<(), StoreError>>,
 }
 
@@ -71,6 +83,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                     }
                 }
                 let _ = status_tx.send(LinkStatus {
+                    next_pass: None,
                     up: last_heard.is_some_and(|t| Instant::now() - t < heard_window),
                     queue_depth: engine.queue_depth(),
                     stats: engine.stats().clone(),
@@ -109,6 +122,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
             store,
             delivered,
             status: status_rx,
+            passes: std::sync::Mutex::new(Vec::new()),
             task,
         }
     }
@@ -144,7 +158,21 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
 
     /// The link's status.
     pub fn status(&self) -> LinkStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        let now = std::time::SystemTime::now();
+        let passes = self.passes.lock().unwrap_or_else(|p| p.into_inner());
+        status.next_pass = passes
+            .iter()
+            .filter(|w| w.end > now)
+            .min_by_key(|w| w.start)
+            .copied();
+        status
+    }
+
+    /// Tells the link the predicted passes (from the operator's orbit predictions), so its
+    /// status can say when the satellite is next in view.
+    pub fn set_passes(&self, windows: Vec<PassWindow>) {
+        *self.passes.lock().unwrap_or_else(|p| p.into_inner()) = windows;
     }
 
     /// Stops the link (a crash, as far as the protocol is concerned: only the store remains).

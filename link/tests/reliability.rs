@@ -185,3 +185,51 @@ fn erasure_coding_recovers_lost_fragments_without_a_resend() {
         resent[0]
     );
 }
+
+#[test]
+fn status_reports_traffic_queue_and_the_next_pass() {
+    use std::time::SystemTime;
+
+    use satcosign_link::link::PassWindow;
+    use satcosign_link::store::MemStore;
+    use satcosign_link::transport::sim::SimChannel;
+
+    runtime().block_on(async {
+        let sim = SimConfig::default();
+        let channel = SimChannel::new(sim.clone());
+        let ground = common::start(0, &channel, &MemStore::new(), &sim);
+        let sat = common::start(1, &channel, &MemStore::new(), &sim);
+        assert_eq!(ground.status().next_pass, None, "no passes known yet");
+        let now = SystemTime::now();
+        let past = PassWindow {
+            start: now - Duration::from_secs(900),
+            end: now - Duration::from_secs(300),
+        };
+        let next = PassWindow {
+            start: now + Duration::from_secs(1200),
+            end: now + Duration::from_secs(1800),
+        };
+        let later = PassWindow {
+            start: now + Duration::from_secs(7000),
+            end: now + Duration::from_secs(7600),
+        };
+        ground.set_passes(vec![later, past, next]);
+        assert_eq!(ground.status().next_pass, Some(next));
+
+        ground.send(common::body(1, 3000)).await.expect("send");
+        let (id, _) = sat.recv().await.expect("recv");
+        sat.ack(id).expect("ack");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let g = ground.status();
+        let s = sat.status();
+        assert!(g.up && s.up, "both heard each other");
+        assert_eq!(g.queue_depth, 0, "acknowledged");
+        assert_eq!(g.stats.messages_acknowledged, 1);
+        assert!(
+            g.stats.frames_sent >= 14 && g.stats.bytes_sent > 3000,
+            "{g:?}"
+        );
+        assert_eq!(s.stats.messages_delivered, 1);
+        assert_eq!(s.stats.frames_received, g.stats.frames_sent);
+    });
+}

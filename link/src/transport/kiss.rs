@@ -1,5 +1,5 @@
-//! KISS, as software TNCs (Dire Wolf) and hardware TNCs speak it, over any byte stream
-//! (TCP here; a serial port is the same stream). Each frame travels as the information
+//! KISS, as software TNCs (Dire Wolf) and hardware TNCs speak it, over any byte stream:
+//! TCP ([`KissTransport::connect_tcp`]) or a serial port ([`KissTransport::open_serial`]). Each frame travels as the information
 //! field of an AX.25 UI frame with configured callsigns, since Dire Wolf expects AX.25
 //! inside KISS; the TNC adds HDLC flags and the FCS, and drops frames whose FCS fails.
 //!
@@ -154,6 +154,28 @@ impl KissTransport<tokio::net::tcp::OwnedWriteHalf> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();
+        Ok(KissTransport::new(r, w, me, peer))
+    }
+}
+
+impl KissTransport<tokio::io::WriteHalf<tokio_serial::SerialStream>> {
+    /// Opens a TNC on a serial port (8N1 at `baud`), as hardware TNCs and radios with a
+    /// built-in TNC are connected.
+    pub fn open_serial(
+        path: &str,
+        baud: u32,
+        me: Callsign,
+        peer: Callsign,
+    ) -> std::io::Result<Self> {
+        use tokio_serial::SerialPortBuilderExt as _;
+        let port = tokio_serial::new(path, baud)
+            .data_bits(tokio_serial::DataBits::Eight)
+            .parity(tokio_serial::Parity::None)
+            .stop_bits(tokio_serial::StopBits::One)
+            .flow_control(tokio_serial::FlowControl::None)
+            .open_native_async()
+            .map_err(std::io::Error::other)?;
+        let (r, w) = tokio::io::split(port);
         Ok(KissTransport::new(r, w, me, peer))
     }
 }
