@@ -58,6 +58,27 @@ impl std::fmt::Debug for Cosigner {
     }
 }
 
+/// Records a signing decision in the audit log.
+fn audit_sign(
+    txn: &WriteTransaction,
+    req: &decision::SignRequest,
+    now: u64,
+    outcome: &str,
+    detail: String,
+) -> Result<(), StateError> {
+    state::audit(
+        txn,
+        &AuditEntry {
+            at: now,
+            action: "sign".into(),
+            wallet_id: Some(req.wallet_id),
+            request_id: Some(req.request_id),
+            outcome: outcome.into(),
+            detail,
+        },
+    )
+}
+
 fn internal(e: StateError) -> Refusal {
     Refusal::Internal {
         reason: e.to_string(),
@@ -333,19 +354,15 @@ impl Cosigner {
                         },
                     );
                 };
-                state::audit(
+                audit_sign(
                     &txn,
-                    &AuditEntry {
-                        at: now,
-                        action: "sign".into(),
-                        wallet_id: Some(req.wallet_id),
-                        request_id: Some(req.request_id),
-                        outcome: "retry".into(),
-                        detail: format!(
-                            "{txid} was signed before by request {}; stored signatures returned",
-                            stored.request_id
-                        ),
-                    },
+                    req,
+                    now,
+                    "retry",
+                    format!(
+                        "{txid} was signed before by request {}; stored signatures returned",
+                        stored.request_id
+                    ),
                 )?;
                 txn.commit().map_err(db_err)?;
                 tracing::info!(request = %req.request_id, %txid, "identical retry answered from the record");
@@ -398,23 +415,19 @@ impl Cosigner {
                         .insert(txid.as_byte_array(), to_bytes(&record).as_slice())
                         .map_err(db_err)?;
                 }
-                state::audit(
+                audit_sign(
                     &txn,
-                    &AuditEntry {
-                        at: now,
-                        action: "sign".into(),
-                        wallet_id: Some(req.wallet_id),
-                        request_id: Some(req.request_id),
-                        outcome: "signed".into(),
-                        detail: format!(
-                            "{txid}: {} sat leaving, fee {} sat ({} sat/vB), change {} sat, {} inputs",
-                            signed.spend.leaving_sat(),
-                            signed.spend.fee_sat,
-                            signed.spend.fee_rate_sat_vb(),
-                            signed.spend.change_sat,
-                            signed.spend.inputs.len()
-                        ),
-                    },
+                    req,
+                    now,
+                    "signed",
+                    format!(
+                        "{txid}: {} sat leaving, fee {} sat ({} sat/vB), change {} sat, {} inputs",
+                        signed.spend.leaving_sat(),
+                        signed.spend.fee_sat,
+                        signed.spend.fee_rate_sat_vb(),
+                        signed.spend.change_sat,
+                        signed.spend.inputs.len()
+                    ),
                 )?;
                 // Durable before the signature leaves this function.
                 txn.commit().map_err(db_err)?;
@@ -431,17 +444,7 @@ impl Cosigner {
         now: u64,
         refusal: Refusal,
     ) -> Result<SignOutcome, StateError> {
-        state::audit(
-            &txn,
-            &AuditEntry {
-                at: now,
-                action: "sign".into(),
-                wallet_id: Some(req.wallet_id),
-                request_id: Some(req.request_id),
-                outcome: refusal.code().into(),
-                detail: refusal.to_string(),
-            },
-        )?;
+        audit_sign(&txn, req, now, refusal.code(), refusal.to_string())?;
         txn.commit().map_err(db_err)?;
         tracing::info!(request = %req.request_id, reason = refusal.code(), "refused");
         Ok(SignOutcome::Refused(refusal))
