@@ -94,6 +94,164 @@ pub struct Config {
     pub http: HttpConfig,
     /// The cosigner-pool mailbox.
     pub mailbox: MailboxConfig,
+    /// The satellite cosigner and the radio link to it.
+    pub satellite: SatelliteConfig,
+    /// Outgoing email.
+    pub email: EmailConfig,
+    /// The email gate's limits.
+    pub gate: GateConfig,
+    /// The upstream Electrum server.
+    pub upstream: UpstreamConfig,
+    /// The policy a wallet registers with when the user gives none.
+    pub default_policy: satcosign_cosigner::policy::Policy,
+}
+
+/// The satellite: its public account key and the link that reaches it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SatelliteConfig {
+    /// The satellite's account key with its origin, `[fingerprint/48h/1h/0h/2h]tpub...`
+    /// (printed by `satcosign-cosigner init`). Required by `run`; `dev` fills it in.
+    pub account_key: String,
+    /// The cosigner's link public key, hex (printed by `satcosign-cosigner init`).
+    pub link_public_key: String,
+    /// The bridge's link identity file; created (0600) if missing. Default `<data_dir>/link.key`.
+    pub link_key_file: Option<PathBuf>,
+    /// Transport: `udp` (needs `udp_bind`, `udp_peer`) or `kiss-tcp` (needs `kiss_tcp`). Default `udp`.
+    pub transport: String,
+    /// Local UDP address. Default `127.0.0.1:9701`.
+    pub udp_bind: String,
+    /// The ground station's (or cosigner's) UDP address. Default `127.0.0.1:9702`.
+    pub udp_peer: String,
+    /// A KISS TNC over TCP (e.g. Dire Wolf's port 8001).
+    pub kiss_tcp: String,
+    /// Largest link frame, bytes. Default 256.
+    pub mtu: usize,
+    /// Channel bit rate, for the link's timers. Default 9600.
+    pub bitrate: u64,
+    /// Frame loss expected on the channel (0..0.5); sizes forward error correction. Default 0.05.
+    pub expected_loss: f64,
+}
+
+impl Default for SatelliteConfig {
+    fn default() -> Self {
+        SatelliteConfig {
+            account_key: String::new(),
+            link_public_key: String::new(),
+            link_key_file: None,
+            transport: "udp".into(),
+            udp_bind: "127.0.0.1:9701".into(),
+            udp_peer: "127.0.0.1:9702".into(),
+            kiss_tcp: String::new(),
+            mtu: 256,
+            bitrate: 9600,
+            expected_loss: 0.05,
+        }
+    }
+}
+
+/// How SMTP is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Implicit TLS (port 465).
+    Tls,
+    /// STARTTLS, required (port 587).
+    Starttls,
+    /// No encryption: only for a server on loopback (tests, a local relay).
+    Plain,
+}
+
+/// Outgoing email: SMTP when `smtp_host` is set, `.eml` files in `dir` otherwise.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// Sender address. Default `satcosign <satcosign@localhost>`.
+    pub from: String,
+    /// Folder for `.eml` files when no SMTP server is set. Default `<data_dir>/mail`.
+    pub dir: Option<PathBuf>,
+    /// SMTP server host name.
+    pub smtp_host: Option<String>,
+    /// SMTP port. Default by security: 465, 587 or 25.
+    pub smtp_port: Option<u16>,
+    /// `tls`, `starttls` or `plain` (loopback only). Default `starttls`.
+    pub smtp_security: SmtpSecurity,
+    /// SMTP user name, if the server wants one.
+    pub smtp_username: Option<String>,
+    /// File holding the SMTP password (kept out of the config file).
+    pub smtp_password_file: Option<PathBuf>,
+    /// Base URL of the confirmation pages, as users reach the HTTP port. Default
+    /// `http://<http.listen>`.
+    pub public_url: Option<String>,
+}
+
+impl EmailConfig {
+    /// The SMTP password, read from its file.
+    pub fn smtp_password(&self) -> Result<String, ConfigError> {
+        let Some(path) = &self.smtp_password_file else {
+            return Err(ConfigError::Invalid {
+                key: "email.smtp_password_file",
+                reason: "email.smtp_username is set, so a password file is needed".into(),
+            });
+        };
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })
+    }
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            from: "satcosign <satcosign@localhost>".into(),
+            dir: None,
+            smtp_host: None,
+            smtp_port: None,
+            smtp_security: SmtpSecurity::Starttls,
+            smtp_username: None,
+            smtp_password_file: None,
+            public_url: None,
+        }
+    }
+}
+
+/// The email gate's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// How long an emailed code works, seconds (allow for slow mail). Default 86400.
+    pub token_ttl_secs: u64,
+    /// Wrong codes before a request is voided. Default 5.
+    pub max_attempts: u32,
+    /// Emails per request (the first and the resends). Default 4.
+    pub max_emails: u32,
+    /// Least time between two emails of one request, seconds. Default 60.
+    pub resend_interval_secs: u64,
+    /// Signing requests per wallet per hour. Default 30.
+    pub max_requests_per_hour: u32,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            token_ttl_secs: 24 * 3600,
+            max_attempts: 5,
+            max_emails: 4,
+            resend_interval_secs: 60,
+            max_requests_per_hour: 30,
+        }
+    }
+}
+
+/// The upstream Electrum server (electrs, Fulcrum, ElectrumX).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `tcp://host:port` or `ssl://host:port`; empty: none (the wallet broadcasts).
+    pub url: String,
 }
 
 /// Electrum-style newline-delimited JSON-RPC over TCP and TLS.
@@ -150,6 +308,19 @@ impl Default for Config {
             electrum: ElectrumConfig::default(),
             http: HttpConfig::default(),
             mailbox: MailboxConfig::default(),
+            satellite: SatelliteConfig::default(),
+            email: EmailConfig::default(),
+            gate: GateConfig::default(),
+            upstream: UpstreamConfig::default(),
+            default_policy: satcosign_cosigner::policy::Policy {
+                max_per_tx_sat: 10_000_000,
+                max_per_period_sat: 20_000_000,
+                period_secs: 24 * 3600,
+                max_fee_sat: 200_000,
+                max_fee_rate_sat_vb: 500,
+                allowlist: None,
+                min_approval_delay_secs: 0,
+            },
         }
     }
 }
@@ -315,6 +486,97 @@ impl Config {
                 key: "mailbox.max_message_bytes",
                 reason: format!("{} is outside 1..=16000000", self.mailbox.max_message_bytes),
             });
+        }
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if !self.satellite.account_key.is_empty() {
+            if let Err(e) = self
+                .satellite
+                .account_key
+                .parse::<satcosign_cosigner::keys::AccountKey>()
+            {
+                return invalid("satellite.account_key", e.to_string());
+            }
+        }
+        if !self.satellite.link_public_key.is_empty() {
+            if let Err(e) = satcosign_link::crypto::parse_public(&self.satellite.link_public_key) {
+                return invalid("satellite.link_public_key", e.to_string());
+            }
+        }
+        match self.satellite.transport.as_str() {
+            "udp" => {
+                parse_listen("satellite.udp_bind", &self.satellite.udp_bind)?;
+                parse_listen("satellite.udp_peer", &self.satellite.udp_peer)?;
+            }
+            "kiss-tcp" if !self.satellite.kiss_tcp.is_empty() => {}
+            "kiss-tcp" => {
+                return invalid("satellite.kiss_tcp", "kiss-tcp needs a host:port".into())
+            }
+            other => {
+                return invalid(
+                    "satellite.transport",
+                    format!("`{other}` is not one of udp, kiss-tcp"),
+                )
+            }
+        }
+        if !(64..=4096).contains(&self.satellite.mtu) {
+            return invalid(
+                "satellite.mtu",
+                format!("{} is outside 64..=4096", self.satellite.mtu),
+            );
+        }
+        if self.satellite.bitrate < 100 {
+            return invalid("satellite.bitrate", "must be at least 100".into());
+        }
+        if !(0.0..0.5).contains(&self.satellite.expected_loss) {
+            return invalid(
+                "satellite.expected_loss",
+                format!("{} is outside 0..0.5", self.satellite.expected_loss),
+            );
+        }
+        if let Err(e) = crate::mail::parse_address(&self.email.from) {
+            return invalid("email.from", e.to_string());
+        }
+        if self.email.smtp_username.is_some() && self.email.smtp_password_file.is_none() {
+            return invalid(
+                "email.smtp_password_file",
+                "email.smtp_username is set, so a password file is needed".into(),
+            );
+        }
+        if let Some(url) = &self.email.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid("email.public_url", format!("`{url}` is not an http(s) URL"));
+            }
+        }
+        if !(300..=30 * 24 * 3600).contains(&self.gate.token_ttl_secs) {
+            return invalid(
+                "gate.token_ttl_secs",
+                format!("{} is outside 300..=2592000", self.gate.token_ttl_secs),
+            );
+        }
+        if !(1..=100).contains(&self.gate.max_attempts) {
+            return invalid(
+                "gate.max_attempts",
+                format!("{} is outside 1..=100", self.gate.max_attempts),
+            );
+        }
+        if !(1..=100).contains(&self.gate.max_emails) {
+            return invalid(
+                "gate.max_emails",
+                format!("{} is outside 1..=100", self.gate.max_emails),
+            );
+        }
+        if self.gate.max_requests_per_hour == 0 {
+            return invalid("gate.max_requests_per_hour", "must be at least 1".into());
+        }
+        let url = &self.upstream.url;
+        if !(url.is_empty() || url.starts_with("tcp://") || url.starts_with("ssl://")) {
+            return invalid(
+                "upstream.url",
+                format!("`{}` must start with tcp:// or ssl://", self.upstream.url),
+            );
+        }
+        if let Err(e) = self.default_policy.check() {
+            return invalid("default_policy", e.to_string());
         }
         Ok(())
     }

@@ -1,9 +1,12 @@
 //! The HTTP port: JSON-RPC over HTTP POST and WebSocket (jsonrpsee's server), plus plain
-//! HTTP routes served beside it (`GET /health`).
+//! HTTP routes served beside it: `GET /health`, and the confirmation pages of the email gate
+//! (`GET /confirm/<id>?t=<code>` shows what will be approved and changes nothing, so mail
+//! scanners that follow links confirm nothing; only `POST /confirm/<id>` acts).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use jsonrpsee::server::{
@@ -15,21 +18,185 @@ use crate::config::HttpConfig;
 use crate::rpc::SERVER_VERSION;
 
 /// Answers the bridge's plain HTTP routes and passes everything else to JSON-RPC.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RoutesLayer;
+#[derive(Clone, Default)]
+pub struct RoutesLayer {
+    service: Option<Arc<crate::service::Service>>,
+}
 
 impl<S> Layer<S> for RoutesLayer {
     type Service = Routes<S>;
 
     fn layer(&self, inner: S) -> Routes<S> {
-        Routes { inner }
+        Routes {
+            inner,
+            service: self.service.clone(),
+        }
     }
 }
 
 /// The service made by [`RoutesLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Routes<S> {
     inner: S,
+    service: Option<Arc<crate::service::Service>>,
+}
+
+/// Largest form body accepted on the confirmation page.
+const MAX_FORM_BYTES: usize = 4096;
+
+fn html_response(status: http::StatusCode, body: String, head: bool) -> HttpResponse {
+    let len = body.len();
+    let mut resp = HttpResponse::new(if head {
+        HttpBody::empty()
+    } else {
+        HttpBody::from(body)
+    });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        "referrer-policy",
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    h.insert("x-frame-options", http::HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        http::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        ),
+    );
+    resp
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (also a query string).
+pub fn parse_form(s: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    match u8::from_str_radix(
+                        std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                        16,
+                    ) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn confirm_route(service: Arc<crate::service::Service>, req: HttpRequest) -> HttpResponse {
+    use crate::notice::{confirm_page, message_page};
+    use http_body_util::BodyExt as _;
+    let method = req.method().clone();
+    let head = method == http::Method::HEAD;
+    let bad =
+        |title: &str, msg: &str, status| html_response(status, message_page(title, msg), head);
+    let id_text = req.uri().path().trim_start_matches("/confirm/").to_owned();
+    let mut raw = [0u8; 16];
+    if hex::decode_to_slice(&id_text, &mut raw).is_err() {
+        return bad(
+            "Not found",
+            "This link does not name a request.",
+            http::StatusCode::NOT_FOUND,
+        );
+    }
+    let id = satcosign_cosigner::decision::RequestId(raw);
+    if method == http::Method::GET || head {
+        let query = parse_form(req.uri().query().unwrap_or(""));
+        let code = field(&query, "t").unwrap_or("").to_owned();
+        return match service.page_view(id, &code).await {
+            Ok((wallet, record, expires_at)) => html_response(
+                http::StatusCode::OK,
+                confirm_page(&wallet, &record, &code, Some(expires_at)),
+                head,
+            ),
+            Err(e) => bad(
+                "This link does not work",
+                &e.to_string(),
+                http::StatusCode::NOT_FOUND,
+            ),
+        };
+    }
+    if method != http::Method::POST {
+        return bad(
+            "Method not allowed",
+            "Use the buttons on the page.",
+            http::StatusCode::METHOD_NOT_ALLOWED,
+        );
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return bad(
+                "Too large",
+                "The form is too large.",
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+            )
+        }
+    };
+    let form = parse_form(&String::from_utf8_lossy(&body));
+    let code = field(&form, "t").unwrap_or("");
+    let approve = match field(&form, "action") {
+        Some("confirm") => true,
+        Some("reject") => false,
+        _ => {
+            return bad(
+                "Bad request",
+                "Press Confirm or Reject.",
+                http::StatusCode::BAD_REQUEST,
+            )
+        }
+    };
+    match service.confirm(id, code, approve).await {
+        Ok(_) if approve => html_response(
+            http::StatusCode::OK,
+            message_page("Confirmed", "Thank you. The request goes to the satellite at its next pass; you will get an email with the outcome."),
+            false,
+        ),
+        Ok(_) => html_response(
+            http::StatusCode::OK,
+            message_page("Rejected", "Nothing will be signed. If you did not make this request, move your funds with your own two keys."),
+            false,
+        ),
+        Err(e) => bad("Not confirmed", &e.to_string(), http::StatusCode::CONFLICT),
+    }
 }
 
 fn health_response(head: bool) -> HttpResponse {
@@ -64,6 +231,11 @@ where
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
+        if req.uri().path().starts_with("/confirm/") {
+            if let Some(service) = self.service.clone() {
+                return Box::pin(async move { Ok(confirm_route(service, req).await) });
+            }
+        }
         if req.uri().path() == "/health" {
             let method = req.method();
             if method == http::Method::GET || method == http::Method::HEAD {
@@ -80,6 +252,7 @@ pub async fn start(
     addr: SocketAddr,
     cfg: &HttpConfig,
     methods: Methods,
+    service: Option<Arc<crate::service::Service>>,
 ) -> std::io::Result<(ServerHandle, SocketAddr)> {
     let config = ServerConfig::builder()
         .max_request_body_size(cfg.max_body_bytes)
@@ -87,7 +260,7 @@ pub async fn start(
         .build();
     let server = Server::builder()
         .set_config(config)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer))
+        .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer { service }))
         .build(addr)
         .await?;
     let local = server.local_addr()?;

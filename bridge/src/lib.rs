@@ -2,29 +2,46 @@
 //!
 //! Stock Electrum (with the satcosign plugin) and scripts talk JSON-RPC to the bridge, over
 //! Electrum's own line protocol on TCP/TLS or over HTTP and WebSocket. The bridge keeps the
-//! cosigner-pool mailboxes in redb, and (as later parts land) gates signing requests by
-//! email and relays them over the radio link to the satellite cosigner.
+//! cosigner-pool mailboxes in redb, gates every signing request and wallet change by email,
+//! and relays confirmed ones over the radio link to the satellite cosigner.
 //!
 //! Modules, one concept each:
 //! - [`config`]: the TOML configuration, checked at load;
-//! - [`rpc`]: the JSON-RPC methods (one `RpcModule` for every transport);
+//! - [`rpc`]: the JSON-RPC methods (one `RpcModule` for every transport), with
+//!   [`rpc_signing`] for `satellite.*`, `wallet.*` and `request.*`;
 //! - [`rpc_error`]: every JSON-RPC error code the bridge sends;
 //! - [`dispatch`]: JSON-RPC over Electrum protocol lines (batches, notifications);
 //! - [`electrum_tcp`]: the Electrum TCP/TLS listener; [`tls`]: its certificates;
-//! - [`http`]: the HTTP + WebSocket listener and plain HTTP routes;
+//! - [`http`]: the HTTP + WebSocket listener, `/health` and the confirmation pages;
 //! - [`push`]: Electrum-style server pushes;
-//! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit.
+//! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
+//! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages;
+//! - [`state`]: wallet and request records; [`service`]: the operations on them;
+//! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
+//! - [`relay`]: drives requests over the link and delivers outcomes;
+//! - [`upstream`]: the upstream Electrum server; [`dev`]: the embedded system of `dev`/`demo`.
 
 pub mod config;
+pub mod demo;
+pub mod dev;
 pub mod dispatch;
+pub mod ecies;
 pub mod electrum_tcp;
+pub mod gate;
 pub mod http;
+pub mod mail;
 pub mod mailbox;
+pub mod notice;
 pub mod push;
+pub mod relay;
 pub mod rpc;
 pub mod rpc_error;
+pub mod rpc_signing;
+pub mod service;
+pub mod state;
 pub mod store;
 pub mod tls;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +53,10 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, ConfigError};
 use crate::dispatch::Dispatcher;
 use crate::mailbox::Mailbox;
+use crate::service::Service;
 use crate::store::{Store, StoreError};
+use bitcoin::secp256k1::SecretKey;
+use satcosign_cosigner::keys::AccountKey;
 
 /// Why the bridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +78,20 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A key file could not be created or read.
+    #[error("key file {path}: {reason}")]
+    Key {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The radio link could not be set up.
+    #[error("satellite link: {0}")]
+    Link(String),
+    /// The mailer could not be set up.
+    #[error(transparent)]
+    Mail(#[from] mail::MailError),
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -78,6 +112,8 @@ pub struct RunningBridge {
     pub electrum_tls: Option<SocketAddr>,
     /// HTTP + WebSocket address, if enabled.
     pub http: Option<SocketAddr>,
+    /// The signing service, when a satellite is configured.
+    pub service: Option<Arc<Service>>,
     tasks: Vec<JoinHandle<()>>,
     http_handle: Option<jsonrpsee::server::ServerHandle>,
 }
@@ -101,8 +137,128 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Starts the bridge described by `config` and returns once every listener is bound.
+/// The radio link to the satellite, as [`start_with`] takes it.
+pub struct SatelliteLink<T> {
+    /// The transport (UDP, KISS, simulated).
+    pub transport: T,
+    /// The bridge's link identity.
+    pub identity: satcosign_link::crypto::Identity,
+    /// The cosigner's link public key.
+    pub peer: [u8; 32],
+    /// Predicted passes, for `satellite.info`.
+    pub passes: Vec<satcosign_link::link::PassWindow>,
+}
+
+/// Reads the secret key in `path`, creating it (0600) on first start.
+fn mailbox_key(path: &std::path::Path) -> Result<SecretKey, StartError> {
+    let bad = |reason: String| StartError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    if !path.exists() {
+        let key = ecies::random_secret_key();
+        satcosign_link::crypto::write_secret_file(path, &hex::encode(key.secret_bytes()))
+            .map_err(|e| bad(e.to_string()))?;
+        return Ok(key);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut raw).map_err(|_| bad("not 64 hex characters".into()))?;
+    SecretKey::from_slice(&raw).map_err(|e| bad(e.to_string()))
+}
+
+/// The bridge's link identity: the configured file, or `link.key` in the data directory.
+pub fn link_identity(config: &Config) -> Result<satcosign_link::crypto::Identity, StartError> {
+    use satcosign_link::crypto::Identity;
+    let path = config
+        .satellite
+        .link_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("link.key"));
+    let result = if path.exists() {
+        Identity::load_file(&path)
+    } else {
+        std::fs::create_dir_all(&config.data_dir).ok();
+        Identity::create_file(&path)
+    };
+    result.map_err(|e| StartError::Key {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Starts the bridge described by `config` (its link from `[satellite]`) and returns once
+/// every listener is bound.
 pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
+    use satcosign_link::transport::{kiss, udp::UdpTransport};
+    config.check()?;
+    if config.satellite.account_key.is_empty() {
+        return start_with::<UdpTransport>(config, None).await;
+    }
+    let peer =
+        satcosign_link::crypto::parse_public(&config.satellite.link_public_key).map_err(|_| {
+            StartError::Link(
+                "satellite.link_public_key is needed (printed by `satcosign-cosigner init`)".into(),
+            )
+        })?;
+    let identity = link_identity(config)?;
+    let listeners = config.listeners()?;
+    let _ = listeners;
+    match config.satellite.transport.as_str() {
+        "kiss-tcp" => {
+            let me = kiss::Callsign::new("GROUND", 0)
+                .ok_or_else(|| StartError::Link("callsign".into()))?;
+            let sat =
+                kiss::Callsign::new("SAT", 0).ok_or_else(|| StartError::Link("callsign".into()))?;
+            let t = kiss::KissTransport::connect_tcp(&config.satellite.kiss_tcp, me, sat)
+                .await
+                .map_err(|e| {
+                    StartError::Link(format!(
+                        "cannot reach the TNC at {}: {e}",
+                        config.satellite.kiss_tcp
+                    ))
+                })?;
+            start_with(
+                config,
+                Some(SatelliteLink {
+                    transport: t,
+                    identity,
+                    peer,
+                    passes: Vec::new(),
+                }),
+            )
+            .await
+        }
+        _ => {
+            let parse = |key: &str, v: &str| {
+                v.parse::<SocketAddr>()
+                    .map_err(|e| StartError::Link(format!("{key} `{v}`: {e}")))
+            };
+            let t = UdpTransport::connect(
+                parse("satellite.udp_bind", &config.satellite.udp_bind)?,
+                parse("satellite.udp_peer", &config.satellite.udp_peer)?,
+            )
+            .await
+            .map_err(|e| StartError::Link(format!("udp: {e}")))?;
+            start_with(
+                config,
+                Some(SatelliteLink {
+                    transport: t,
+                    identity,
+                    peer,
+                    passes: Vec::new(),
+                }),
+            )
+            .await
+        }
+    }
+}
+
+/// Starts the bridge with the given link (`None`: mailbox only, no signing service).
+pub async fn start_with<T: satcosign_link::transport::Transport>(
+    config: &Config,
+    link: Option<SatelliteLink<T>>,
+) -> Result<RunningBridge, StartError> {
     config.check()?;
     let listeners = config.listeners()?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
@@ -114,17 +270,79 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
         .await
         .map_err(|e| StoreError::Database(e.to_string()))??;
     let mailbox = Mailbox::new(
-        store,
+        store.clone(),
         Duration::from_secs(config.mailbox.ttl_secs),
         config.mailbox.max_message_bytes,
     );
     let mut tasks = vec![mailbox.spawn_sweeper()];
+
+    let mut service = None;
+    let mut link_status: Option<rpc::LinkStatusFn> = None;
+    if let (Some(link), false) = (link, config.satellite.account_key.is_empty()) {
+        let satellite: AccountKey = config
+            .satellite
+            .account_key
+            .parse()
+            .map_err(|e: satcosign_cosigner::keys::KeyError| StartError::Link(e.to_string()))?;
+        let public_url = config.email.public_url.clone().unwrap_or_else(|| {
+            let listen = config.listeners().ok().and_then(|l| l.http);
+            format!(
+                "http://{}",
+                listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "127.0.0.1:8780".into())
+            )
+        });
+        let upstream: Option<Arc<dyn upstream::Upstream>> = (!config.upstream.url.is_empty())
+            .then(|| Arc::new(upstream::ElectrumUpstream::new(&config.upstream.url)) as _);
+        let svc = Arc::new(Service::new(service::ServiceParts {
+            store: store.clone(),
+            mailbox: mailbox.clone(),
+            mailer: mail::from_config(&config.email, &config.data_dir)?,
+            satellite,
+            network: config.network.to_bitcoin(),
+            mailbox_key: mailbox_key(&config.data_dir.join("mailbox.key"))?,
+            gate: config.gate.clone(),
+            public_url,
+            default_policy: config.default_policy.clone(),
+            upstream,
+        }));
+        let link_db = config.data_dir.join("link.redb");
+        let link_store = Arc::new(
+            tokio::task::spawn_blocking(move || satcosign_link::store::RedbStore::open(&link_db))
+                .await
+                .map_err(|e| StartError::Link(e.to_string()))?
+                .map_err(|e| StartError::Link(e.to_string()))?,
+        );
+        let cipher = satcosign_link::crypto::Cipher::new(&link.identity, &link.peer);
+        let engine_config = satcosign_link::engine::EngineConfig {
+            mtu: config.satellite.mtu,
+            bitrate: config.satellite.bitrate,
+            expected_loss: config.satellite.expected_loss,
+            ..Default::default()
+        };
+        let engine =
+            satcosign_link::engine::Engine::new(engine_config, cipher, link_store.clone(), 1.0)
+                .map_err(|e| StartError::Link(e.to_string()))?;
+        let handle = Arc::new(satcosign_link::link::LinkHandle::spawn(
+            engine,
+            link.transport,
+        ));
+        handle.set_passes(link.passes);
+        let status_handle = handle.clone();
+        link_status = Some(Arc::new(move || status_handle.status()));
+        let relay = relay::Relay::new(svc.clone(), handle, link_store);
+        tasks.push(tokio::spawn(relay.run()));
+        service = Some(svc);
+    }
 
     let module = rpc::build_module(rpc::ApiContext {
         network: config.network,
         banner: config.banner.clone(),
         donation_address: config.donation_address.clone(),
         mailbox,
+        service: service.clone(),
+        link_status,
     });
     let methods: jsonrpsee::Methods = module.into();
     let dispatcher = Dispatcher::new(methods.clone(), config.electrum.max_batch);
@@ -138,6 +356,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
         electrum_tcp: None,
         electrum_tls: None,
         http: None,
+        service: service.clone(),
         tasks: Vec::new(),
         http_handle: None,
     };
@@ -168,7 +387,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
         )));
     }
     if let Some(addr) = listeners.http {
-        let (handle, local) = http::start(addr, &config.http, methods.clone())
+        let (handle, local) = http::start(addr, &config.http, methods.clone(), service.clone())
             .await
             .map_err(|source| StartError::Bind {
                 what: "http",
@@ -176,6 +395,9 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
                 source,
             })?;
         running.http = Some(local);
+        if let (Some(svc), None) = (&service, &config.email.public_url) {
+            svc.set_public_url(format!("http://{local}"));
+        }
         running.http_handle = Some(handle);
     }
     running.tasks = tasks;
@@ -200,7 +422,8 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&RunningBridge)) -> Resul
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

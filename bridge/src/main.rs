@@ -1,81 +1,193 @@
-//! `satcosign-bridge`: parses arguments and configuration, sets up logging, calls `run`.
+//! `satcosign-bridge`: parses arguments and configuration, sets up logging, runs a command.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use satcosign_bridge::config::Config;
+use satcosign_bridge::dev::Sky;
 
-/// satcosign's ground bridge: Electrum-protocol JSON-RPC, cosigner-pool mailboxes, and the
-/// relay to the satellite cosigner.
+/// satcosign's ground bridge: Electrum-protocol JSON-RPC, cosigner-pool mailboxes, the email
+/// gate, and the relay to the satellite cosigner.
 #[derive(Parser, Debug)]
 #[command(name = "satcosign-bridge", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    overrides: Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Settings every command takes.
+#[derive(Args, Debug)]
+struct Overrides {
     /// TOML configuration file (see the README's configuration reference). Without it,
     /// safe defaults: loopback listeners, data in ./satcosign-data.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Electrum-protocol plain TCP listen address (overrides `electrum.tcp`; "" disables).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     electrum_tcp: Option<String>,
     /// Electrum-protocol TLS listen address (overrides `electrum.tls`; needs tls_cert/tls_key).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     electrum_tls: Option<String>,
     /// HTTP + WebSocket listen address (overrides `http.listen`; "" disables).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     http: Option<String>,
     /// Data directory (overrides `data_dir`).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the bridge with the satellite link of the configuration (the default).
+    Run,
+    /// Run the whole system on embedded defaults: redb in the data directory, mail as .eml
+    /// files under it, and a cosigner in this process over a simulated radio link.
+    Dev(SkyArgs),
+    /// Run one whole request through the embedded system and print each step.
+    Demo(SkyArgs),
+}
 
-    let mut config = match &cli.config {
+/// The simulated sky of `dev` and `demo`.
+#[derive(Args, Debug, Clone, Copy)]
+struct SkyArgs {
+    /// Seconds the satellite is in view per pass.
+    #[arg(long, default_value_t = 60)]
+    pass_up: u64,
+    /// Seconds from one pass to the next (e.g. 5400 for a low orbit).
+    #[arg(long, default_value_t = 120)]
+    pass_period: u64,
+    /// Frame loss on the simulated channel, 0 to 0.45.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+}
+
+impl SkyArgs {
+    fn sky(self) -> anyhow::Result<Sky> {
+        anyhow::ensure!(self.pass_up >= 5, "--pass-up must be at least 5 seconds");
+        anyhow::ensure!(
+            self.pass_period >= self.pass_up,
+            "--pass-period must be at least --pass-up"
+        );
+        anyhow::ensure!(
+            (0.0..=0.45).contains(&self.loss),
+            "--loss must be within 0..=0.45"
+        );
+        Ok(Sky {
+            pass_up: Duration::from_secs(self.pass_up),
+            pass_period: Duration::from_secs(self.pass_period),
+            loss: self.loss,
+            ..Sky::default()
+        })
+    }
+}
+
+fn load_config(o: Overrides, dev: bool) -> anyhow::Result<Config> {
+    let mut config = match &o.config {
         Some(path) => Config::load(path)?,
+        None if dev => Config {
+            network: satcosign_bridge::config::Network::Regtest,
+            ..Config::default()
+        },
         None => Config::default(),
     };
-    if let Some(a) = cli.electrum_tcp {
+    if let Some(a) = o.electrum_tcp {
         config.electrum.tcp = a;
     }
-    if let Some(a) = cli.electrum_tls {
+    if let Some(a) = o.electrum_tls {
         config.electrum.tls = a;
     }
-    if let Some(a) = cli.http {
+    if let Some(a) = o.http {
         config.http.listen = a;
     }
-    if let Some(d) = cli.data_dir {
+    if let Some(d) = o.data_dir {
         config.data_dir = d;
     }
     config
         .check()
         .context("invalid configuration after command-line overrides")?;
+    Ok(config)
+}
 
-    satcosign_bridge::run(config, |running| {
-        #[allow(clippy::print_stdout)]
-        {
-            if let Some(a) = running.electrum_tcp {
-                println!("electrum tcp: {a}");
-            }
-            if let Some(a) = running.electrum_tls {
-                println!("electrum tls: {a}");
-            }
-            if let Some(a) = running.http {
-                println!("http: http://{a}");
-            }
-            println!("ready");
+#[allow(clippy::print_stdout)]
+fn print_listeners(running: &satcosign_bridge::RunningBridge) {
+    if let Some(a) = running.electrum_tcp {
+        println!("electrum tcp: {a}");
+    }
+    if let Some(a) = running.electrum_tls {
+        println!("electrum tls: {a}");
+    }
+    if let Some(a) = running.http {
+        println!("http: http://{a}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let demo = matches!(cli.command, Some(Command::Demo(_)));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if demo { "warn" } else { "info" })
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let config = load_config(cli.overrides, false)?;
+            satcosign_bridge::run(config, |running| {
+                print_listeners(running);
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("ready");
+                }
+            })
+            .await?;
         }
-    })
-    .await?;
+        Command::Dev(sky) => {
+            let sky = sky.sky()?;
+            let config = load_config(cli.overrides, true)?;
+            let system = satcosign_bridge::dev::start_dev(config, sky).await?;
+            print_listeners(&system.bridge);
+            #[allow(clippy::print_stdout)]
+            {
+                if let Some(s) = &system.bridge.service {
+                    println!("satellite: {}", s.satellite.descriptor_key());
+                    println!("mail: {}", s.mail_destination());
+                }
+                println!(
+                    "passes: in view {} s every {} s, loss {}",
+                    sky.pass_up.as_secs(),
+                    sky.pass_period.as_secs(),
+                    sky.loss
+                );
+                println!("ready");
+            }
+            satcosign_bridge::shutdown_signal().await;
+            system.stop().await;
+        }
+        Command::Demo(sky) => {
+            let sky = sky.sky()?;
+            let config = load_config(cli.overrides, true)?;
+            let started = std::time::SystemTime::now();
+            let system = satcosign_bridge::dev::start_dev(config, sky).await?;
+            print_listeners(&system.bridge);
+            let mut out = std::io::stdout();
+            let result = satcosign_bridge::demo::run(&system, sky, started, &mut out).await;
+            system.stop().await;
+            let txid = result?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("demo complete: {txid}");
+            }
+        }
+    }
     Ok(())
 }

@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 use crate::config::Network;
 use crate::mailbox::{Keyhash, Mailbox, MailboxError};
 use crate::rpc_error::RpcError;
+use crate::rpc_signing;
+use crate::service::Service;
 
 /// The Electrum protocol version the bridge speaks.
 pub const PROTOCOL_VERSION: &str = "1.4";
@@ -29,6 +31,23 @@ pub struct ApiContext {
     pub donation_address: String,
     /// The cosigner-pool mailbox.
     pub mailbox: Mailbox,
+    /// Wallets and signing requests; `None` when no satellite is configured.
+    pub service: Option<Arc<Service>>,
+    /// The radio link's status, when there is a link.
+    pub link_status: Option<LinkStatusFn>,
+}
+
+/// Reads the link's status.
+pub type LinkStatusFn = Arc<dyn Fn() -> satcosign_link::link::LinkStatus + Send + Sync>;
+
+impl ApiContext {
+    pub(crate) fn service(&self) -> Result<&Arc<Service>, RpcError> {
+        self.service.as_ref().ok_or(RpcError::Service {
+            code: crate::rpc_error::NO_SATELLITE,
+            message: "this bridge has no satellite configured (set satellite.account_key)".into(),
+            data: None,
+        })
+    }
 }
 
 impl From<MailboxError> for RpcError {
@@ -51,7 +70,7 @@ impl From<MailboxError> for RpcError {
 }
 
 /// Positional parameters of `method`, between `min` and `max` of them.
-fn positional(
+pub(crate) fn positional(
     params: &Params<'_>,
     method: &'static str,
     min: usize,
@@ -76,7 +95,11 @@ fn positional(
     Ok(values)
 }
 
-fn string_param(values: &[Value], index: usize, name: &'static str) -> Result<String, RpcError> {
+pub(crate) fn string_param(
+    values: &[Value],
+    index: usize,
+    name: &'static str,
+) -> Result<String, RpcError> {
     match values.get(index) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(RpcError::InvalidParam {
@@ -96,7 +119,7 @@ fn keyhash_param(values: &[Value]) -> Result<Keyhash, RpcError> {
     Ok(string_param(values, 0, "keyhash")?.parse::<Keyhash>()?)
 }
 
-fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -212,6 +235,14 @@ fn register(
             let values = positional(&params, "cosigner.put", 2, 2)?;
             let key = keyhash_param(&values)?;
             let message = string_param(&values, 1, "message")?;
+            if let Some(service) = &ctx.service {
+                if key == service.satellite_keyhash() {
+                    // A signing request: never stored in the slot, each its own request.
+                    ctx.mailbox.check_message(&message)?;
+                    let id = service.submit_mailbox_message(&message).await?;
+                    return Ok::<_, RpcError>(Value::String(id.to_string()));
+                }
+            }
             ctx.mailbox.put(key, message).await?;
             Ok::<_, RpcError>(Value::Null)
         },
@@ -232,6 +263,7 @@ fn register(
             Ok::<_, RpcError>(ctx.mailbox.delete(key).await?)
         },
     )?;
+    rpc_signing::register(module)?;
     Ok(())
 }
 

@@ -25,6 +25,22 @@ pub const OVERSIZED_REQUEST: i32 = -32007;
 /// A batch held more calls than the configured limit.
 pub const BATCH_TOO_LARGE: i32 = -32010;
 
+/// The bridge has no satellite configured (mailbox-only mode).
+pub const NO_SATELLITE: i32 = -32020;
+/// No such wallet or request.
+pub const NOT_FOUND: i32 = -32021;
+/// The wallet or request is not in a state that allows the call.
+pub const WRONG_STATE: i32 = -32022;
+/// The PSBT is refused: it does not match the wallet, or the policy would refuse it.
+pub const REFUSED: i32 = -32023;
+/// The confirmation code is wrong, expired, or approves other content; or the request was
+/// voided after too many wrong codes.
+pub const BAD_CODE: i32 = -32024;
+/// A rate limit was hit.
+pub const RATE_LIMITED: i32 = -32025;
+/// The upstream Electrum server or the mail server failed; try again later.
+pub const UPSTREAM_FAILED: i32 = -32026;
+
 /// An error a JSON-RPC method returns; converted to a JSON-RPC error object on the wire.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RpcError {
@@ -74,6 +90,62 @@ pub enum RpcError {
     /// Storage failed; nothing was changed by this call.
     #[error("storage error: {0}")]
     Storage(String),
+    /// A wallet or request call failed; `code` is one of the codes above.
+    #[error("{message}")]
+    Service {
+        /// JSON-RPC code.
+        code: i32,
+        /// What was wrong.
+        message: String,
+        /// Details (reason code, attempts left, state...).
+        data: Option<serde_json::Value>,
+    },
+}
+
+impl From<crate::service::ServiceError> for RpcError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as E;
+        let message = e.to_string();
+        let (code, data) = match &e {
+            E::BadDescriptor(_) => (INVALID_PARAMS, Some(json!({"param": "descriptor"}))),
+            E::Invalid { field, .. } => (INVALID_PARAMS, Some(json!({"param": field}))),
+            E::BadPsbt(_) => (INVALID_PARAMS, Some(json!({"param": "psbt"}))),
+            E::Decrypt(_) => (INVALID_PARAMS, Some(json!({"param": "message"}))),
+            E::UnknownWallet(id) => (NOT_FOUND, Some(json!({"wallet_id": id.to_string()}))),
+            E::UnknownRequest(id) => (NOT_FOUND, Some(json!({"request_id": id.to_string()}))),
+            E::NoWalletForPsbt => (NOT_FOUND, None),
+            E::WalletExists { wallet_id, state } => (
+                WRONG_STATE,
+                Some(json!({"wallet_id": wallet_id.to_string(), "state": state})),
+            ),
+            E::WalletNotActive { wallet_id, state } => (
+                WRONG_STATE,
+                Some(json!({"wallet_id": wallet_id.to_string(), "state": state})),
+            ),
+            E::WrongState { id, state, .. } => (
+                WRONG_STATE,
+                Some(json!({"request_id": id.to_string(), "state": state})),
+            ),
+            E::Refused(r) => (REFUSED, Some(json!({"reason": r.code()}))),
+            E::WrongCode { attempts_left, .. } => (
+                BAD_CODE,
+                Some(json!({"reason": "wrong_code", "attempts_left": attempts_left})),
+            ),
+            E::Voided(_) => (BAD_CODE, Some(json!({"reason": "voided"}))),
+            E::CodeExpired(_) => (BAD_CODE, Some(json!({"reason": "expired"}))),
+            E::ContentChanged(_) => (BAD_CODE, Some(json!({"reason": "content_changed"}))),
+            E::RateLimited { retry_after, .. } => {
+                (RATE_LIMITED, Some(json!({"retry_after": retry_after})))
+            }
+            E::Upstream(_) | E::Mail(_) => (UPSTREAM_FAILED, None),
+            E::Store(_) => (INTERNAL_ERROR, None),
+        };
+        RpcError::Service {
+            code,
+            message,
+            data,
+        }
+    }
 }
 
 impl RpcError {
@@ -86,6 +158,7 @@ impl RpcError {
             | RpcError::MessageTooLarge { .. } => INVALID_PARAMS,
             RpcError::UnsupportedProtocol { .. } => UNSUPPORTED_PROTOCOL,
             RpcError::Storage(_) => INTERNAL_ERROR,
+            RpcError::Service { code, .. } => *code,
         }
     }
 
@@ -105,6 +178,7 @@ impl RpcError {
                 Some(json!({"protocol_min": server, "protocol_max": server}))
             }
             RpcError::Storage(_) => None,
+            RpcError::Service { data, .. } => data.clone(),
         }
     }
 }

@@ -11,7 +11,11 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::any::Any;
+
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tokio::sync::oneshot;
 
 /// Mailbox slots: keyhash -> expiry (unix ms, 8 bytes big-endian) followed by the message text.
@@ -45,7 +49,16 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+/// A write job: runs inside the batch's transaction and returns its result (domain errors
+/// belong inside `T`; an `Err` aborts the whole batch).
+type Job =
+    Box<dyn FnOnce(&WriteTransaction) -> Result<Box<dyn Any + Send>, StoreError> + Send + 'static>;
+
 enum WriteOp {
+    Job {
+        job: Job,
+        reply: oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>,
+    },
     Put {
         key: [u8; 32],
         expires_at_ms: u64,
@@ -124,6 +137,7 @@ impl Store {
         let mut txn = db.begin_write().map_err(|e| open_err(&e))?;
         txn.set_two_phase_commit(true);
         txn.open_table(MAILBOX).map_err(|e| open_err(&e))?;
+        crate::state::create_tables(&txn).map_err(|e| open_err(&e))?;
         txn.commit().map_err(|e| open_err(&e))?;
 
         let db = Arc::new(db);
@@ -174,6 +188,38 @@ impl Store {
             .await
     }
 
+    /// Runs `job` in a write transaction (grouped with others) and returns its result once
+    /// the transaction is durable. Domain errors belong inside `T`: an `Err` from the job
+    /// aborts every write of its batch.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let any = self
+            .submit(|reply| WriteOp::Job {
+                job: Box::new(move |txn| job(txn).map(|t| Box::new(t) as Box<dyn Any + Send>)),
+                reply,
+            })
+            .await?;
+        any.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| StoreError::Database("write job returned another type".into()))
+    }
+
+    /// Runs `f` on a read transaction of the last committed state, off the async threads.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(db_err)?;
+            f(&txn)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
     /// Reads slot `key` from the last committed state.
     pub async fn mailbox_get(&self, key: [u8; 32]) -> Result<Option<MailboxEntry>, StoreError> {
         let db = self.db.clone();
@@ -210,19 +256,29 @@ fn writer_loop(db: &Database, rx: &std_mpsc::Receiver<WriteOp>) {
 
 /// What one op did inside the (not yet committed) transaction.
 enum Outcome {
+    Job(Box<dyn Any + Send>),
     Put,
     Delete(Option<u64>),
     Purge(usize),
 }
 
-fn apply_batch(db: &Database, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreError> {
+fn apply_batch(db: &Database, batch: &mut [WriteOp]) -> Result<Vec<Outcome>, StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut txn = db.begin_write().map_err(db_err)?;
     txn.set_two_phase_commit(true);
-    {
+    for op in batch.iter_mut() {
+        if let WriteOp::Job { job, .. } = op {
+            let job = std::mem::replace(
+                job,
+                Box::new(|_| Err(StoreError::Database("job ran twice".into()))),
+            );
+            outcomes.push(Outcome::Job(job(&txn)?));
+            continue;
+        }
         let mut table = txn.open_table(MAILBOX).map_err(db_err)?;
-        for op in batch {
+        {
             let outcome = match op {
+                WriteOp::Job { .. } => unreachable!("handled above"),
                 WriteOp::Put {
                     key,
                     expires_at_ms,
@@ -230,11 +286,11 @@ fn apply_batch(db: &Database, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreEr
                     ..
                 } => {
                     let value = encode_entry(*expires_at_ms, message);
-                    table.insert(key, value.as_slice()).map_err(db_err)?;
+                    table.insert(&*key, value.as_slice()).map_err(db_err)?;
                     Outcome::Put
                 }
                 WriteOp::Delete { key, .. } => {
-                    let removed = table.remove(key).map_err(db_err)?;
+                    let removed = table.remove(&*key).map_err(db_err)?;
                     let expiry = match removed {
                         Some(v) => Some(decode_entry(v.value())?.expires_at_ms),
                         None => None,
@@ -262,15 +318,18 @@ fn apply_batch(db: &Database, batch: &[WriteOp]) -> Result<Vec<Outcome>, StoreEr
     Ok(outcomes)
 }
 
-fn commit_batch(db: &Database, batch: Vec<WriteOp>) {
+fn commit_batch(db: &Database, mut batch: Vec<WriteOp>) {
     let count = batch.len();
     // A caller that went away (connection closed) simply misses its answer: `send` errors
     // are ignored on purpose.
-    match apply_batch(db, &batch) {
+    match apply_batch(db, &mut batch) {
         Ok(outcomes) => {
             tracing::trace!(ops = count, "committed write batch");
             for (op, outcome) in batch.into_iter().zip(outcomes) {
                 match (op, outcome) {
+                    (WriteOp::Job { reply, .. }, Outcome::Job(value)) => {
+                        let _ = reply.send(Ok(value));
+                    }
                     (WriteOp::Put { reply, .. }, Outcome::Put) => {
                         let _ = reply.send(Ok(()));
                     }
@@ -289,6 +348,9 @@ fn commit_batch(db: &Database, batch: Vec<WriteOp>) {
             for op in batch {
                 let err = StoreError::Database(e.to_string());
                 match op {
+                    WriteOp::Job { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
                     WriteOp::Put { reply, .. } => {
                         let _ = reply.send(Err(err));
                     }

@@ -19,6 +19,8 @@ async fn every_registered_method_is_documented_and_every_documented_one_register
         banner: String::new(),
         donation_address: String::new(),
         mailbox: Mailbox::new(store, Duration::from_secs(60), 1000),
+        service: None,
+        link_status: None,
     });
     let registered: BTreeSet<String> = module.method_names().map(str::to_owned).collect();
     let documented = common::contract().method_names();

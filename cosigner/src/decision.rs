@@ -221,7 +221,7 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
     }
 
     let spend = analyze(secp, wallet, &psbt)?;
-    check_policy(&spend, policy, input, supersedes)?;
+    check_policy(&spend, policy, input.ledger, input.now, supersedes)?;
 
     // Sign every input; the sighashes were computed (and the others' signatures verified)
     // in `analyze`.
@@ -268,10 +268,14 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
     })))
 }
 
-fn check_policy(
+/// Checks a spend against a policy: fees, per-transaction and rolling-period limits (over
+/// `ledger`, leaving out the request `supersedes` replaces) and the allowlist. The bridge
+/// calls it too, with the ledger it knows (none), to refuse early what the cosigner would.
+pub fn check_policy(
     spend: &Spend,
     policy: &Policy,
-    input: &DecisionInput<'_>,
+    ledger: &[LedgerEntry],
+    now: u64,
     supersedes: Option<RequestId>,
 ) -> Result<(), Refusal> {
     if spend.fee_sat > policy.max_fee_sat {
@@ -294,9 +298,8 @@ fn check_policy(
             max_sat: policy.max_per_tx_sat,
         });
     }
-    let window_start = input.now.saturating_sub(policy.period_secs);
-    let already: u64 = input
-        .ledger
+    let window_start = now.saturating_sub(policy.period_secs);
+    let already: u64 = ledger
         .iter()
         .filter(|e| e.at > window_start && Some(e.request_id) != supersedes)
         .map(|e| e.amount_sat)

@@ -63,19 +63,88 @@ pub fn account_path(network: NetworkKind) -> DerivationPath {
     ])
 }
 
+/// The public half of the satellite's account key, with its origin: all the ground needs
+/// to check descriptors and PSBTs against the satellite (the bridge holds only this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountKey {
+    /// The account xpub (`tpub`/`xpub` form).
+    pub xpub: Xpub,
+    /// The master key's fingerprint.
+    pub master_fingerprint: Fingerprint,
+    /// The account's derivation path from the master.
+    pub path: DerivationPath,
+}
+
+impl AccountKey {
+    /// The descriptor form: `[fingerprint/48h/1h/0h/2h]tpub...`.
+    pub fn descriptor_key(&self) -> String {
+        let path = self.path.to_string().replace('\'', "h");
+        format!(
+            "[{}/{}]{}",
+            self.master_fingerprint,
+            path.trim_start_matches("m/"),
+            self.xpub
+        )
+    }
+
+    /// Electrum's SLIP-132 form of the account xpub: `Vpub...` on test networks, `Zpub...` on mainnet.
+    pub fn electrum_xpub(&self) -> String {
+        slip132(&self.xpub)
+    }
+}
+
+impl AsRef<AccountKey> for AccountKey {
+    fn as_ref(&self) -> &AccountKey {
+        self
+    }
+}
+
+impl std::str::FromStr for AccountKey {
+    type Err = KeyError;
+
+    /// Parses `[fingerprint/path]xpub` (the xpub in either form).
+    fn from_str(s: &str) -> Result<AccountKey, KeyError> {
+        let bad = |reason: &str| KeyError::Derivation(format!("account key {s:?}: {reason}"));
+        let rest = s
+            .trim()
+            .strip_prefix('[')
+            .ok_or_else(|| bad("expected [fingerprint/path]xpub"))?;
+        let (origin, xpub) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("missing ] after the key origin"))?;
+        let (fp, path) = origin
+            .split_once('/')
+            .ok_or_else(|| bad("origin must be fingerprint/path"))?;
+        let master_fingerprint =
+            Fingerprint::from_str(fp).map_err(|e| bad(&format!("fingerprint: {e}")))?;
+        let path = DerivationPath::from_str(&format!("m/{}", path.replace('h', "'")))
+            .map_err(|e| bad(&format!("path: {e}")))?;
+        let xpub = parse_any_xpub(xpub).ok_or_else(|| bad("not an xpub"))?;
+        Ok(AccountKey {
+            xpub,
+            master_fingerprint,
+            path,
+        })
+    }
+}
+
 /// The cosigner's signing key for one network kind.
 pub struct CosignerKey {
     account: Xpriv,
-    account_xpub: Xpub,
-    master_fingerprint: Fingerprint,
-    path: DerivationPath,
+    public: AccountKey,
+}
+
+impl AsRef<AccountKey> for CosignerKey {
+    fn as_ref(&self) -> &AccountKey {
+        &self.public
+    }
 }
 
 impl std::fmt::Debug for CosignerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CosignerKey")
-            .field("master_fingerprint", &self.master_fingerprint)
-            .field("account_xpub", &self.account_xpub.to_string())
+            .field("master_fingerprint", &self.public.master_fingerprint)
+            .field("account_xpub", &self.public.xpub.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -92,42 +161,43 @@ impl CosignerKey {
             .derive_priv(&secp, &path)
             .map_err(|e| KeyError::Derivation(e.to_string()))?;
         Ok(CosignerKey {
-            account_xpub: Xpub::from_priv(&secp, &account),
-            master_fingerprint: master.fingerprint(&secp),
+            public: AccountKey {
+                xpub: Xpub::from_priv(&secp, &account),
+                master_fingerprint: master.fingerprint(&secp),
+                path,
+            },
             account,
-            path,
         })
     }
 
     /// The account xpub (`tpub`/`xpub` form).
     pub fn account_xpub(&self) -> &Xpub {
-        &self.account_xpub
+        &self.public.xpub
     }
 
     /// The master key's fingerprint.
     pub fn master_fingerprint(&self) -> Fingerprint {
-        self.master_fingerprint
+        self.public.master_fingerprint
     }
 
     /// The account's derivation path from the master.
     pub fn account_path(&self) -> &DerivationPath {
-        &self.path
+        &self.public.path
     }
 
     /// The descriptor form: `[fingerprint/48h/1h/0h/2h]tpub...`.
     pub fn descriptor_key(&self) -> String {
-        let path = self.path.to_string().replace('\'', "h");
-        format!(
-            "[{}/{}]{}",
-            self.master_fingerprint,
-            path.trim_start_matches("m/"),
-            self.account_xpub
-        )
+        self.public.descriptor_key()
     }
 
     /// Electrum's SLIP-132 form of the account xpub: `Vpub...` on test networks, `Zpub...` on mainnet.
     pub fn electrum_xpub(&self) -> String {
-        slip132(&self.account_xpub)
+        self.public.electrum_xpub()
+    }
+
+    /// The public half, with its origin.
+    pub fn public(&self) -> &AccountKey {
+        &self.public
     }
 
     /// The private key at `account/branch/index`, for signing inside the decision only.

@@ -10,12 +10,14 @@
 //! - [`decision`]: the pure signing decision;
 //! - [`protocol`]: messages between bridge and cosigner (shared with the bridge);
 //! - [`state`]: redb tables; [`daemon`]: the request handler that makes decisions durable;
+//! - [`link_service`]: answers requests arriving over the radio link;
 //! - [`config`]: the daemon's TOML configuration.
 
 pub mod config;
 pub mod daemon;
 pub mod decision;
 pub mod keys;
+pub mod link_service;
 pub mod policy;
 pub mod protocol;
 pub mod refusal;

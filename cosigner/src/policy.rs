@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The limits one wallet's spends must respect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Most that may leave the wallet in one transaction (outputs that are not change, plus fee), sat.
     pub max_per_tx_sat: u64,

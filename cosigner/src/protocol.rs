@@ -173,6 +173,33 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
     Ok(msg)
 }
 
+/// Bytes of the correlation id that starts every message on the link.
+pub const ENVELOPE_ID_BYTES: usize = 16;
+
+/// Wraps an encoded message for the link: the bridge's request id (16 bytes), then the
+/// message. The cosigner answers with the same id, so the bridge matches each answer to its
+/// request whatever order the link delivers them in.
+pub fn seal_envelope(id: &RequestId, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE_ID_BYTES + message.len());
+    out.extend_from_slice(&id.0);
+    out.extend_from_slice(message);
+    out
+}
+
+/// Splits a link message into its correlation id and the encoded message.
+pub fn open_envelope(bytes: &[u8]) -> Result<(RequestId, &[u8]), DecodeError> {
+    if bytes.len() <= ENVELOPE_ID_BYTES {
+        return Err(DecodeError::Malformed(format!(
+            "link message of {} bytes is too short for its {ENVELOPE_ID_BYTES}-byte id",
+            bytes.len()
+        )));
+    }
+    let (id, body) = bytes.split_at(ENVELOPE_ID_BYTES);
+    let mut rid = [0u8; ENVELOPE_ID_BYTES];
+    rid.copy_from_slice(id);
+    Ok((RequestId(rid), body))
+}
+
 impl Request {
     /// Encodes for the link.
     pub fn encode(&self) -> Vec<u8> {

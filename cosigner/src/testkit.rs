@@ -94,7 +94,12 @@ pub fn foreign_script(n: u8) -> ScriptBuf {
 impl TestWallet {
     /// The 2-of-3 sortedmulti wallet with every key origin written out.
     pub fn new() -> TestWallet {
-        let (user, backup, satellite) = (key(USER_TAG), key(BACKUP_TAG), key(SATELLITE_TAG));
+        TestWallet::with_satellite(key(SATELLITE_TAG))
+    }
+
+    /// The same wallet with another satellite key (a demo against a real daemon's key).
+    pub fn with_satellite(satellite: CosignerKey) -> TestWallet {
+        let (user, backup) = (key(USER_TAG), key(BACKUP_TAG));
         let descriptor = format!(
             "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
             user.descriptor_key(),

@@ -18,7 +18,7 @@ use miniscript::{Descriptor, ForEachKey, Terminal};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::keys::CosignerKey;
+use crate::keys::AccountKey;
 
 /// A wallet's id: the first 16 bytes of sha256 of its normalized multipath descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -151,8 +151,9 @@ impl Wallet {
     /// Checks and normalizes a wallet for registration with the cosigner holding `key`.
     pub fn from_descriptors(
         descriptors: &[String],
-        key: &CosignerKey,
+        key: &impl AsRef<AccountKey>,
     ) -> Result<Wallet, RegistrationError> {
+        let key = key.as_ref();
         let multipath_text = match descriptors {
             [one] => strip_checksum(one).trim().to_owned(),
             [receive, change] => {
@@ -171,7 +172,7 @@ impl Wallet {
         if k < 2 {
             return Err(RegistrationError::ThresholdTooLow { k, n: pks.len() });
         }
-        let ours = key.account_xpub();
+        let ours = &key.xpub;
         let network = ours.network;
         let mut xpubs = Vec::with_capacity(pks.len());
         let mut ours_count = 0;
@@ -210,11 +211,10 @@ impl Wallet {
             if x.xkey == *ours {
                 ours_count += 1;
                 if let Some((fp, path)) = &x.origin {
-                    if *fp != key.master_fingerprint() || path != key.account_path() {
+                    if *fp != key.master_fingerprint || path != &key.path {
                         return Err(bad(&format!(
                             "the satellite's key has origin [{fp}/{path}], expected [{}/{}]",
-                            key.master_fingerprint(),
-                            key.account_path()
+                            key.master_fingerprint, &key.path
                         )));
                     }
                 }
@@ -266,9 +266,9 @@ impl Wallet {
             receive,
             change,
             our_xpub: *ours,
-            our_fingerprint: key.master_fingerprint(),
+            our_fingerprint: key.master_fingerprint,
             our_own_fingerprint: ours.fingerprint(),
-            our_account_path: key.account_path().clone(),
+            our_account_path: key.path.clone(),
         })
     }
 

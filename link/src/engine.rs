@@ -188,6 +188,8 @@ pub struct Engine<S: LinkStore> {
 
 impl<S: LinkStore> Engine<S> {
     /// An engine over `store`, resuming whatever it holds (unacknowledged messages go again).
+    /// `jitter` scales every retransmission timeout (about 1.0; give the two sides different
+    /// values, e.g. 1.0 and 1.37, so their timers never stay in step on a half-duplex channel).
     pub fn new(
         cfg: EngineConfig,
         cipher: Cipher,

@@ -74,48 +74,55 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
         let (status_tx, status_rx) = watch::channel(LinkStatus::default());
         let heard_window = Duration::from_secs(60);
         let task = tokio::spawn(async move {
-            let mut last_heard: Option<Instant> = None;
-            loop {
-                let now = Instant::now();
-                while let Some(burst) = engine.poll_transmit(now)? {
-                    if let Err(e) = transport.transmit(burst).await {
-                        tracing::warn!(error = %e, "transmit failed");
+            let result = async {
+                let mut last_heard: Option<Instant> = None;
+                loop {
+                    let now = Instant::now();
+                    while let Some(burst) = engine.poll_transmit(now)? {
+                        if let Err(e) = transport.transmit(burst).await {
+                            tracing::warn!(error = %e, "transmit failed");
+                        }
+                    }
+                    let _ = status_tx.send(LinkStatus {
+                        next_pass: None,
+                        up: last_heard.is_some_and(|t| Instant::now() - t < heard_window),
+                        queue_depth: engine.queue_depth(),
+                        stats: engine.stats().clone(),
+                    });
+                    let wake = engine
+                        .next_wakeup()
+                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                    tokio::select! {
+                        frame = transport.recv() => match frame {
+                            Ok(f) => {
+                                let received_before = engine.stats().frames_received;
+                                if engine.on_frame(&f, Instant::now())? {
+                                    notify.notify_one();
+                                }
+                                if engine.stats().frames_received > received_before {
+                                    last_heard = Some(Instant::now());
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "receive failed; link stopping");
+                                return Ok(());
+                            }
+                        },
+                        cmd = cmd_rx.recv() => match cmd {
+                            Some(Cmd::Send(payload, reply)) => {
+                                let _ = reply.send(engine.send(&payload));
+                            }
+                            None => return Ok(()),
+                        },
+                        _ = tokio::time::sleep_until(wake) => {}
                     }
                 }
-                let _ = status_tx.send(LinkStatus {
-                    next_pass: None,
-                    up: last_heard.is_some_and(|t| Instant::now() - t < heard_window),
-                    queue_depth: engine.queue_depth(),
-                    stats: engine.stats().clone(),
-                });
-                let wake = engine
-                    .next_wakeup()
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-                tokio::select! {
-                    frame = transport.recv() => match frame {
-                        Ok(f) => {
-                            let received_before = engine.stats().frames_received;
-                            if engine.on_frame(&f, Instant::now())? {
-                                notify.notify_one();
-                            }
-                            if engine.stats().frames_received > received_before {
-                                last_heard = Some(Instant::now());
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "receive failed; link stopping");
-                            return Ok(());
-                        }
-                    },
-                    cmd = cmd_rx.recv() => match cmd {
-                        Some(Cmd::Send(payload, reply)) => {
-                            let _ = reply.send(engine.send(&payload));
-                        }
-                        None => return Ok(()),
-                    },
-                    _ = tokio::time::sleep_until(wake) => {}
-                }
             }
+            .await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "link stopped: its store failed");
+            }
+            result
         });
         LinkHandle {
             cmd: cmd_tx,

@@ -1,0 +1,195 @@
+//! The embedded system of `satcosign-bridge dev` and `demo`: the bridge with redb in its
+//! data directory, mail written as `.eml` files, and a cosigner in the same process behind
+//! a simulated radio link with a pass schedule. Nothing outside the process is needed.
+//!
+//! The cosigner keeps its own key, database and link identity under `<data_dir>/cosigner`,
+//! exactly as the satellite would; only the simulated channel joins the two.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use satcosign_cosigner::daemon::{Cosigner, Settings};
+use satcosign_cosigner::decision::Rules;
+use satcosign_cosigner::keys::{create_key_file, load_key_file, CosignerKey};
+use satcosign_link::crypto::Identity;
+use satcosign_link::engine::{Engine, EngineConfig};
+use satcosign_link::link::{LinkHandle, PassWindow};
+use satcosign_link::store::RedbStore;
+use satcosign_link::transport::sim::{Loss, Passes, SimChannel, SimConfig};
+
+use crate::config::Config;
+use crate::{start_with, RunningBridge, SatelliteLink, StartError};
+
+/// The simulated sky.
+#[derive(Debug, Clone, Copy)]
+pub struct Sky {
+    /// Time in view per period.
+    pub pass_up: Duration,
+    /// Pass period.
+    pub pass_period: Duration,
+    /// Frame loss on the channel (0..1).
+    pub loss: f64,
+    /// Bit rate.
+    pub bitrate: u64,
+}
+
+impl Default for Sky {
+    fn default() -> Self {
+        Sky {
+            pass_up: Duration::from_secs(60),
+            pass_period: Duration::from_secs(120),
+            loss: 0.0,
+            bitrate: 9600,
+        }
+    }
+}
+
+/// A running embedded system.
+pub struct DevSystem {
+    /// The bridge.
+    pub bridge: RunningBridge,
+    /// The in-process cosigner.
+    pub cosigner: Arc<Cosigner>,
+    /// The cosigner's key (the demo builds its wallet with it).
+    pub cosigner_key_seed: [u8; 32],
+    /// Where mail goes.
+    pub mail_dir: std::path::PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DevSystem {
+    /// Stops the bridge and the cosigner.
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.bridge.stop().await;
+    }
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> StartError {
+    StartError::Link(format!("{what}: {e}"))
+}
+
+fn network_kind(n: bitcoin::Network) -> bitcoin::NetworkKind {
+    bitcoin::NetworkKind::from(n)
+}
+
+/// Starts the bridge and an in-process cosigner over the simulated link.
+pub async fn start_dev(mut config: Config, sky: Sky) -> Result<DevSystem, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| err("data directory", e))?;
+    let cdir = config.data_dir.join("cosigner");
+    std::fs::create_dir_all(&cdir).map_err(|e| err("cosigner directory", e))?;
+    let key_path = cdir.join("cosigner.key");
+    let seed = if key_path.exists() {
+        load_key_file(&key_path)
+    } else {
+        create_key_file(&key_path)
+    }
+    .map_err(|e| err("cosigner key", e))?;
+    let network = config.network.to_bitcoin();
+    let key =
+        CosignerKey::from_seed(&seed, network_kind(network)).map_err(|e| err("cosigner key", e))?;
+    let cosigner_link_path = cdir.join("link.key");
+    let cosigner_identity = if cosigner_link_path.exists() {
+        Identity::load_file(&cosigner_link_path)
+    } else {
+        Identity::create_file(&cosigner_link_path)
+    }
+    .map_err(|e| err("cosigner link key", e))?;
+    let bridge_identity = crate::link_identity(&config)?;
+    config.satellite.account_key = key.descriptor_key();
+    config.satellite.link_public_key = hex::encode(cosigner_identity.public());
+    config.satellite.bitrate = sky.bitrate;
+    config.satellite.expected_loss = sky.loss.min(0.45);
+
+    let cosigner = Arc::new(
+        Cosigner::open(
+            key,
+            &cdir.join("cosigner.redb"),
+            Settings {
+                network,
+                rules: Rules {
+                    approval_max_age_secs: 7 * 24 * 3600,
+                    clock_skew_secs: 300,
+                },
+                policy_loosen_delay_secs: 24 * 3600,
+            },
+        )
+        .map_err(|e| err("cosigner database", e))?,
+    );
+
+    let channel = SimChannel::new(SimConfig {
+        bitrate: sky.bitrate,
+        loss: Loss::Bernoulli(sky.loss),
+        passes: Some(Passes {
+            up: sky.pass_up,
+            period: sky.pass_period,
+        }),
+        seed: u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()) ^ 0x5a71,
+        ..SimConfig::default()
+    });
+    let now = SystemTime::now();
+    let passes = (0..720u32)
+        .map(|k| {
+            let start = now + sky.pass_period * k;
+            PassWindow {
+                start,
+                end: start + sky.pass_up,
+            }
+        })
+        .collect();
+
+    // The satellite's side of the link.
+    let sat_store = Arc::new(
+        RedbStore::open(&cdir.join("link.redb")).map_err(|e| err("cosigner link store", e))?,
+    );
+    let sat_cipher =
+        satcosign_link::crypto::Cipher::new(&cosigner_identity, &bridge_identity.public());
+    let sat_engine = Engine::new(
+        EngineConfig {
+            mtu: config.satellite.mtu,
+            bitrate: sky.bitrate,
+            expected_loss: config.satellite.expected_loss,
+            ..EngineConfig::default()
+        },
+        sat_cipher,
+        sat_store,
+        // Unlike the bridge's 1.0: the two sides' timers must not run in step, or on a
+        // half-duplex channel they would keep transmitting over each other.
+        1.37,
+    )
+    .map_err(|e| err("cosigner link", e))?;
+    let sat_link = Arc::new(LinkHandle::spawn(sat_engine, channel.attach(1)));
+    let serve = tokio::spawn({
+        let cosigner = cosigner.clone();
+        async move {
+            if let Err(e) = satcosign_cosigner::link_service::serve(cosigner, sat_link).await {
+                tracing::warn!(error = %e, "cosigner link service stopped");
+            }
+        }
+    });
+
+    let mail_dir = config
+        .email
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("mail"));
+    let bridge = start_with(
+        &config,
+        Some(SatelliteLink {
+            transport: channel.attach(0),
+            identity: bridge_identity,
+            peer: cosigner_identity.public(),
+            passes,
+        }),
+    )
+    .await?;
+    Ok(DevSystem {
+        bridge,
+        cosigner,
+        cosigner_key_seed: seed,
+        mail_dir,
+        tasks: vec![serve],
+    })
+}

@@ -1,0 +1,175 @@
+//! Sending the gate's emails: SMTP through lettre (implicit TLS, STARTTLS, or plain for a
+//! loopback test server), or `.eml` files in a folder (the embedded default).
+//!
+//! Backends sit behind [`Mailer`]; the bridge never needs to know which one it has. Every
+//! email is multipart/alternative: plain text first, then a simple HTML part.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use lettre::message::{Mailbox as Address, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::{EmailConfig, SmtpSecurity};
+
+/// One email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    /// Recipient address.
+    pub to: String,
+    /// Subject line.
+    pub subject: String,
+    /// The plain-text part.
+    pub text: String,
+    /// The HTML part.
+    pub html: String,
+}
+
+/// Why an email could not be sent or built.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// An address does not parse.
+    #[error("invalid email address {address:?}: {reason}")]
+    Address {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+    /// The message could not be built.
+    #[error("cannot build the email: {0}")]
+    Build(String),
+    /// The transport failed (server down, refused, disk full...).
+    #[error("cannot send the email: {0}")]
+    Send(String),
+}
+
+/// Boxed future of a send.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), MailError>> + Send + 'a>>;
+
+/// A way of delivering email.
+pub trait Mailer: Send + Sync {
+    /// Sends `email`.
+    fn send(&self, email: Email) -> SendFuture<'_>;
+    /// Where mail goes, for operators (a folder or a server address).
+    fn describe(&self) -> String;
+}
+
+/// Checks that `address` is a single valid email address.
+pub fn parse_address(address: &str) -> Result<Address, MailError> {
+    address.parse::<Address>().map_err(|e| MailError::Address {
+        address: address.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn build(from: &Address, email: &Email) -> Result<Message, MailError> {
+    Message::builder()
+        .from(from.clone())
+        .to(parse_address(&email.to)?)
+        .subject(email.subject.clone())
+        .multipart(MultiPart::alternative_plain_html(
+            email.text.clone(),
+            email.html.clone(),
+        ))
+        .map_err(|e| MailError::Build(e.to_string()))
+}
+
+/// SMTP through lettre.
+pub struct SmtpMailer {
+    from: Address,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    server: String,
+}
+
+/// `.eml` files in a folder.
+pub struct FileMailer {
+    from: Address,
+    dir: PathBuf,
+    transport: AsyncFileTransport<Tokio1Executor>,
+}
+
+/// Builds the mailer the configuration asks for. `data_dir` holds the default mail folder.
+pub fn from_config(
+    cfg: &EmailConfig,
+    data_dir: &std::path::Path,
+) -> Result<Box<dyn Mailer>, MailError> {
+    let from = parse_address(&cfg.from)?;
+    match &cfg.smtp_host {
+        None => {
+            let dir = cfg.dir.clone().unwrap_or_else(|| data_dir.join("mail"));
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| MailError::Send(format!("cannot create {}: {e}", dir.display())))?;
+            Ok(Box::new(FileMailer {
+                from,
+                transport: AsyncFileTransport::new(&dir),
+                dir,
+            }))
+        }
+        Some(host) => {
+            let port = cfg.smtp_port.unwrap_or(match cfg.smtp_security {
+                SmtpSecurity::Tls => 465,
+                SmtpSecurity::Starttls => 587,
+                SmtpSecurity::Plain => 25,
+            });
+            let tls_params =
+                || TlsParameters::new(host.clone()).map_err(|e| MailError::Send(e.to_string()));
+            let mut builder =
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+                    .port(port)
+                    .tls(match cfg.smtp_security {
+                        SmtpSecurity::Tls => Tls::Wrapper(tls_params()?),
+                        SmtpSecurity::Starttls => Tls::Required(tls_params()?),
+                        SmtpSecurity::Plain => Tls::None,
+                    });
+            if let Some(user) = &cfg.smtp_username {
+                let password = cfg
+                    .smtp_password()
+                    .map_err(|e| MailError::Send(e.to_string()))?;
+                builder = builder.credentials(Credentials::new(user.clone(), password));
+            }
+            Ok(Box::new(SmtpMailer {
+                from,
+                transport: builder.build(),
+                server: format!("smtp://{host}:{port} ({:?})", cfg.smtp_security),
+            }))
+        }
+    }
+}
+
+impl Mailer for SmtpMailer {
+    fn send(&self, email: Email) -> SendFuture<'_> {
+        Box::pin(async move {
+            let message = build(&self.from, &email)?;
+            self.transport
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| MailError::Send(e.to_string()))
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.server.clone()
+    }
+}
+
+impl Mailer for FileMailer {
+    fn send(&self, email: Email) -> SendFuture<'_> {
+        Box::pin(async move {
+            let message = build(&self.from, &email)?;
+            self.transport
+                .send(message)
+                .await
+                .map(|_| ())
+                .map_err(|e| MailError::Send(e.to_string()))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (.eml files)", self.dir.display())
+    }
+}

@@ -1,0 +1,301 @@
+//! What the user reads: the emails of the gate and the confirmation page.
+//!
+//! Both show the same summary, built once by [`summary`]: for a spend, each destination
+//! with its amount, the total leaving the wallet, fee and fee rate, change, inputs; always
+//! the wallet's label, the request id and when the code expires. Never keys, xpubs,
+//! descriptors or the PSBT: an email is read on many devices and kept for years.
+
+use crate::mail::Email;
+use crate::state::{Action, Outcome, RequestRecord, State, WalletRecord};
+
+/// Satoshis as BTC with eight decimals.
+pub fn btc(sat: u64) -> String {
+    format!("{}.{:08} BTC", sat / 100_000_000, sat % 100_000_000)
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM UTC`.
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+/// Escapes text for HTML.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A one-line description of what the request asks.
+pub fn headline(wallet: &WalletRecord, req: &RequestRecord) -> String {
+    match &req.action {
+        Action::Register => format!("Register wallet \"{}\" with the satellite", wallet.label),
+        Action::Sign { summary, .. } => format!(
+            "Send {} from \"{}\"",
+            btc(summary.leaving_sat.saturating_sub(summary.fee_sat)),
+            wallet.label
+        ),
+        Action::UpdateEmail { .. } => {
+            format!("Change the email address of wallet \"{}\"", wallet.label)
+        }
+        Action::SetPolicy { .. } => format!("Loosen the limits of wallet \"{}\"", wallet.label),
+    }
+}
+
+/// The summary as label/value rows, shared by the emails and the page.
+pub fn summary(
+    wallet: &WalletRecord,
+    req: &RequestRecord,
+    expires_at: Option<u64>,
+) -> Vec<(String, String)> {
+    let mut rows = vec![
+        ("Wallet".to_owned(), wallet.label.clone()),
+        ("Request".to_owned(), req.id.to_string()),
+    ];
+    match &req.action {
+        Action::Register => {
+            rows.push((
+                "Action".into(),
+                "register this wallet with the satellite cosigner".into(),
+            ));
+            rows.push((
+                "Limit per transaction".into(),
+                btc(wallet.policy.max_per_tx_sat),
+            ));
+            rows.push((
+                format!("Limit per {} hours", wallet.policy.period_secs / 3600),
+                btc(wallet.policy.max_per_period_sat),
+            ));
+        }
+        Action::Sign { summary, .. } => {
+            for (i, d) in summary.destinations.iter().enumerate() {
+                rows.push((
+                    format!("Pay #{}", i + 1),
+                    format!("{} to {}", btc(d.amount_sat), d.address),
+                ));
+            }
+            rows.push((
+                "Total leaving the wallet".into(),
+                format!("{} (payments plus fee)", btc(summary.leaving_sat)),
+            ));
+            rows.push((
+                "Fee".into(),
+                format!(
+                    "{} sat ({} sat/vB)",
+                    summary.fee_sat, summary.fee_rate_sat_vb
+                ),
+            ));
+            rows.push(("Change back to the wallet".into(), btc(summary.change_sat)));
+            rows.push(("Inputs spent".into(), summary.inputs.to_string()));
+            rows.push(("Transaction id".into(), summary.txid.clone()));
+        }
+        Action::UpdateEmail { new_email } => {
+            rows.push((
+                "Action".into(),
+                "change where this wallet's confirmations go".into(),
+            ));
+            rows.push(("Old address".into(), wallet.email.clone()));
+            rows.push(("New address".into(), new_email.clone()));
+        }
+        Action::SetPolicy { policy } => {
+            rows.push((
+                "Action".into(),
+                "loosen this wallet's limits (the satellite applies it after its delay)".into(),
+            ));
+            rows.push((
+                "Limit per transaction".into(),
+                format!(
+                    "{} (now {})",
+                    btc(policy.max_per_tx_sat),
+                    btc(wallet.policy.max_per_tx_sat)
+                ),
+            ));
+            rows.push((
+                format!("Limit per {} hours", policy.period_secs / 3600),
+                format!(
+                    "{} (now {})",
+                    btc(policy.max_per_period_sat),
+                    btc(wallet.policy.max_per_period_sat)
+                ),
+            ));
+            rows.push(("Highest fee".into(), format!("{} sat", policy.max_fee_sat)));
+        }
+    }
+    if let Some(at) = expires_at {
+        rows.push(("Code expires".into(), format_utc(at)));
+    }
+    rows
+}
+
+const NOT_YOU: &str = "If you did not ask for this, do not confirm: press Reject on the page, or \
+simply ignore this email (nothing happens without your confirmation). Someone who can make \
+this request holds one of your wallet's keys or its Electrum file: move your funds with your \
+two own keys and contact your operator.";
+
+fn text_rows(rows: &[(String, String)]) -> String {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("  {k:width$}  {v}\n"))
+        .collect()
+}
+
+fn html_rows(rows: &[(String, String)]) -> String {
+    rows.iter()
+        .map(|(k, v)| {
+            format!(
+                "<tr><th style=\"text-align:left;padding-right:1em\">{}</th><td>{}</td></tr>\n",
+                html_escape(k),
+                html_escape(v)
+            )
+        })
+        .collect()
+}
+
+/// The email that asks the user to confirm.
+pub fn confirm_email(
+    public_url: &str,
+    wallet: &WalletRecord,
+    req: &RequestRecord,
+    token: &str,
+    expires_at: u64,
+) -> Email {
+    let rows = summary(wallet, req, Some(expires_at));
+    let link = format!("{public_url}/confirm/{}?t={}", req.id, token);
+    let head = headline(wallet, req);
+    let to = match &req.action {
+        // Email changes are confirmed at the old address.
+        Action::UpdateEmail { .. } => wallet.email.clone(),
+        _ => wallet.email.clone(),
+    };
+    let text = format!(
+        "{head}?\n\n{}\nTo confirm, open this link and press Confirm:\n\n  {link}\n\n\
+         or give this code to the satcosign plugin in Electrum:\n\n  {token}\n\n{NOT_YOU}\n",
+        text_rows(&rows)
+    );
+    let html = format!(
+        "<html><body style=\"font-family:sans-serif\"><h2>{}?</h2>\n<table>\n{}</table>\n\
+         <p><a href=\"{}\">Review and confirm</a> (the page asks once more before anything happens).</p>\n\
+         <p>Or give this code to the satcosign plugin in Electrum: <code>{}</code></p>\n<p>{}</p></body></html>\n",
+        html_escape(&head),
+        html_rows(&rows),
+        html_escape(&link),
+        html_escape(token),
+        html_escape(NOT_YOU)
+    );
+    Email {
+        to,
+        subject: format!("Confirm: {head} (request {})", &req.id.to_string()[..8]),
+        text,
+        html,
+    }
+}
+
+/// The email that tells the user how a request ended.
+pub fn outcome_email(wallet: &WalletRecord, req: &RequestRecord, to: &str) -> Email {
+    let state = req.final_state.unwrap_or(req.state);
+    let head = headline(wallet, req);
+    let what = match (&req.outcome, state) {
+        (Some(Outcome::Signed { tx, broadcast, .. }), _) => match (tx, broadcast) {
+            (_, Some(Ok(txid))) => format!("The satellite cosigned and the transaction was broadcast: {txid}."),
+            (_, Some(Err(e))) => format!("The satellite cosigned, but the broadcast failed ({e}); Electrum can broadcast it from your mailbox."),
+            (Some(_), None) => "The satellite cosigned; the complete transaction is in your Electrum cosigner mailbox.".to_owned(),
+            (None, None) => "The satellite cosigned; more signatures are needed before it can be broadcast.".to_owned(),
+        },
+        (Some(Outcome::Done { detail }), _) => format!("Done: {detail}."),
+        (Some(Outcome::Refused { code, reason }), _) => {
+            format!("Refused ({code}): {reason}. Nothing was signed.")
+        }
+        (None, State::Expired) => "Expired: it was not confirmed in time. Nothing was signed.".to_owned(),
+        (None, _) => format!(
+            "Cancelled{}. Nothing was signed.",
+            req.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+        ),
+    };
+    let rows = summary(wallet, req, None);
+    Email {
+        to: to.to_owned(),
+        subject: format!("{} (request {}): {}", head, &req.id.to_string()[..8], state.as_str()),
+        text: format!("{head}\n\n{what}\n\n{}", text_rows(&rows)),
+        html: format!(
+            "<html><body style=\"font-family:sans-serif\"><h2>{}</h2><p>{}</p><table>{}</table></body></html>\n",
+            html_escape(&head),
+            html_escape(&what),
+            html_rows(&rows)
+        ),
+    }
+}
+
+/// The page behind the emailed link: the summary and two POST buttons. A GET changes
+/// nothing, so mail scanners that follow links confirm nothing.
+pub fn confirm_page(
+    wallet: &WalletRecord,
+    req: &RequestRecord,
+    token: &str,
+    expires_at: Option<u64>,
+) -> String {
+    let rows = summary(wallet, req, expires_at);
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>satcosign: confirm</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\">\n<h1>{}?</h1>\n<table>\n{}</table>\n\
+         <form method=\"post\" action=\"/confirm/{}\">\n<input type=\"hidden\" name=\"t\" value=\"{}\">\n\
+         <button id=\"confirm\" type=\"submit\" name=\"action\" value=\"confirm\">Confirm</button>\n\
+         <button id=\"reject\" type=\"submit\" name=\"action\" value=\"reject\">Reject</button>\n</form>\n<p>{}</p></body></html>\n",
+        html_escape(&headline(wallet, req)),
+        html_rows(&rows),
+        req.id,
+        html_escape(token),
+        html_escape(NOT_YOU)
+    )
+}
+
+/// A short page after a POST, or for an error.
+pub fn message_page(title: &str, message: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>satcosign: {}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\"><h1 id=\"result\">{}</h1><p>{}</p></body></html>\n",
+        html_escape(title),
+        html_escape(title),
+        html_escape(message)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_amounts() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06 UTC");
+        assert_eq!(btc(400_000), "0.00400000 BTC");
+        assert_eq!(btc(2_100_000_000_000_000), "21000000.00000000 BTC");
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}

@@ -1,0 +1,483 @@
+//! Moves requests forward: emails the code, queues confirmed requests on the radio link,
+//! merges the cosigner's answers, finalizes and broadcasts, and delivers the outcome.
+//!
+//! Each step is driven from the request's persisted state, so the same code resumes every
+//! request after a restart. A step performs its side effect first and then commits the
+//! transition (see [`crate::service`]); a request is claimed while a step runs so two tasks
+//! never work on it at once. Answers from the link are acknowledged only after the
+//! transition that records them is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::psbt::Psbt;
+use miniscript::psbt::PsbtExt as _;
+use tokio::sync::mpsc;
+
+use satcosign_cosigner::decision::{Approval, RequestId, SignRequest};
+use satcosign_cosigner::policy::PolicyChange;
+use satcosign_cosigner::protocol::{
+    open_envelope, seal_envelope, PolicyOutcome, RegisterOutcome, RegisterWallet, Request,
+    Response, SignOutcome, UpdatePolicy,
+};
+use satcosign_link::link::LinkHandle;
+use satcosign_link::store::LinkStore;
+
+use crate::notice;
+use crate::service::{transition, unix_now, Service, ServiceError};
+use crate::state::{load_wallet, save_wallet, Action, Outcome, RequestRecord, State, WalletState};
+use crate::store::StoreError;
+
+/// How often every active request is looked at, besides the wake-ups.
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// How often expired codes are swept.
+const EXPIRE_EVERY: Duration = Duration::from_secs(30);
+
+/// The relay between the service and the link.
+pub struct Relay<S: LinkStore + Clone> {
+    service: Arc<Service>,
+    link: Arc<LinkHandle<S>>,
+    link_store: S,
+}
+
+impl<S> Relay<S>
+where
+    S: LinkStore + Clone + Send + Sync + 'static,
+{
+    /// A relay over `link`, whose store is `link_store`.
+    pub fn new(service: Arc<Service>, link: Arc<LinkHandle<S>>, link_store: S) -> Arc<Relay<S>> {
+        Arc::new(Relay {
+            service,
+            link,
+            link_store,
+        })
+    }
+
+    /// Runs until the link stops: one task receives answers, another drives requests.
+    pub async fn run(self: Arc<Self>) {
+        let receiver = {
+            let me = self.clone();
+            tokio::spawn(async move { me.receive_loop().await })
+        };
+        let (work_tx, mut work_rx) = mpsc::unbounded_channel::<RequestId>();
+        let mut events = self.service.events();
+        let forward = tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        if work_tx.send(e.id).is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut scan = tokio::time::interval(SCAN_EVERY);
+        let mut expire = tokio::time::interval(EXPIRE_EVERY);
+        loop {
+            tokio::select! {
+                Some(id) = work_rx.recv() => self.spawn_step(id),
+                _ = scan.tick() => {
+                    match self.service.active_requests().await {
+                        Ok(ids) => ids.into_iter().for_each(|id| self.spawn_step(id)),
+                        Err(e) => tracing::warn!(error = %e, "cannot list active requests"),
+                    }
+                }
+                _ = expire.tick() => {
+                    if let Err(e) = self.service.expire_stale().await {
+                        tracing::warn!(error = %e, "cannot sweep expired codes");
+                    }
+                }
+                _ = async { while !receiver.is_finished() { tokio::time::sleep(Duration::from_secs(1)).await } } => break,
+            }
+        }
+        forward.abort();
+        tracing::warn!("relay stopped: the link has stopped");
+    }
+
+    fn spawn_step(self: &Arc<Self>, id: RequestId) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.step(id).await {
+                tracing::warn!(request = %id, error = %e, "request step failed; will retry");
+            }
+        });
+    }
+
+    /// Does the next thing for request `id`, if anything is due and nobody else is on it.
+    pub async fn step(&self, id: RequestId) -> Result<(), ServiceError> {
+        let Some(_claim) = self.service.claim(id) else {
+            return Ok(());
+        };
+        let r = self.service.request(id).await?;
+        match r.state {
+            State::Received => self.service.send_confirmation(&r).await,
+            State::Confirmed => self.queue(&r).await,
+            State::Queued => {
+                let Some(msg) = r.link_msg else { return Ok(()) };
+                let pending = self
+                    .link_store
+                    .outbox()
+                    .map_err(|e| StoreError::Database(e.to_string()))?
+                    .iter()
+                    .any(|(m, _)| *m == msg);
+                if !pending {
+                    self.to_sent(id).await?;
+                }
+                Ok(())
+            }
+            State::Signed | State::Refused | State::Expired | State::Cancelled => {
+                self.deliver(r).await
+            }
+            State::AwaitingEmail | State::Sent | State::Delivered => Ok(()),
+        }
+    }
+
+    async fn to_sent(&self, id: RequestId) -> Result<(), ServiceError> {
+        if transition(&self.service.store, id, &[State::Queued], |_, r| {
+            r.state = State::Sent;
+            Ok(())
+        })
+        .await?
+        .is_some()
+        {
+            self.service.transitioned(id, State::Sent).await;
+        }
+        Ok(())
+    }
+
+    /// The cosigner message for a confirmed request.
+    async fn message_for(&self, r: &RequestRecord) -> Result<Request, ServiceError> {
+        let wallet = self.service.wallet_record(r.wallet_id).await?;
+        let approved_at = r.approved_at.unwrap_or_else(unix_now);
+        Ok(match &r.action {
+            Action::Register => Request::RegisterWallet(RegisterWallet {
+                descriptors: wallet.descriptors.clone(),
+                policy: wallet.policy.clone(),
+            }),
+            Action::SetPolicy { policy } => Request::UpdatePolicy(UpdatePolicy {
+                wallet_id: r.wallet_id,
+                policy: policy.clone(),
+            }),
+            Action::Sign { psbt, replaces, .. } => {
+                let parsed =
+                    Psbt::deserialize(psbt).map_err(|e| ServiceError::BadPsbt(e.to_string()))?;
+                Request::Sign(SignRequest {
+                    request_id: r.id,
+                    wallet_id: r.wallet_id,
+                    psbt: psbt.clone(),
+                    approval: Approval {
+                        request_id: r.id,
+                        txid: parsed.unsigned_tx.compute_txid(),
+                        approved_at,
+                    },
+                    replaces: *replaces,
+                })
+            }
+            Action::UpdateEmail { .. } => {
+                return Err(ServiceError::Invalid {
+                    field: "action",
+                    reason: "an email change never goes to the cosigner".into(),
+                })
+            }
+        })
+    }
+
+    async fn queue(&self, r: &RequestRecord) -> Result<(), ServiceError> {
+        let message = self.message_for(r).await?;
+        let bytes = seal_envelope(&r.id, &message.encode());
+        // Into the link's persisted outbox first; a crash before the transition below sends
+        // it again on restart, and the cosigner answers a duplicate from its records.
+        let msg = self
+            .link
+            .send(bytes)
+            .await
+            .map_err(|e| StoreError::Database(format!("link: {e}")))?;
+        if transition(
+            &self.service.store,
+            r.id,
+            &[State::Confirmed],
+            move |_, r| {
+                r.state = State::Queued;
+                r.link_msg = Some(msg);
+                Ok(())
+            },
+        )
+        .await?
+        .is_some()
+        {
+            self.service.transitioned(r.id, State::Queued).await;
+        }
+        Ok(())
+    }
+
+    async fn receive_loop(&self) {
+        loop {
+            let (msg_id, bytes) = match self.link.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "link receive stopped");
+                    return;
+                }
+            };
+            match self.on_answer(&bytes).await {
+                Ok(()) => {
+                    if let Err(e) = self.link.ack(msg_id) {
+                        tracing::warn!(error = %e, "cannot acknowledge a link message");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(msg_id, error = %e, "cannot record an answer; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Records one answer from the cosigner (an answer to nothing pending is dropped).
+    async fn on_answer(&self, bytes: &[u8]) -> Result<(), ServiceError> {
+        let (id, body) = match open_envelope(bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping a link message without an envelope");
+                return Ok(());
+            }
+        };
+        let response = match Response::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e, "dropping an undecodable answer");
+                return Ok(());
+            }
+        };
+        let _claim = loop {
+            if let Some(c) = self.service.claim(id) {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Ok(r) = self.service.request(id).await else {
+            tracing::warn!(request = %id, "answer for an unknown request dropped");
+            return Ok(());
+        };
+        if !matches!(r.state, State::Confirmed | State::Queued | State::Sent) {
+            tracing::debug!(request = %id, state = r.state.as_str(), "duplicate answer dropped");
+            return Ok(());
+        }
+        if r.state == State::Queued {
+            self.to_sent(id).await?;
+        }
+        let outcome = self.outcome_of(&r, response);
+        let state = match outcome {
+            Outcome::Refused { .. } => State::Refused,
+            _ => State::Signed,
+        };
+        let wallet_change = match (&r.action, &outcome) {
+            (Action::Register, Outcome::Done { .. }) => Some((WalletState::Active, None)),
+            (Action::Register, Outcome::Refused { reason, .. }) => {
+                Some((WalletState::Refused, Some(reason.clone())))
+            }
+            _ => None,
+        };
+        let new_policy = match (&r.action, &outcome) {
+            (Action::SetPolicy { policy }, Outcome::Done { .. }) => Some(policy.clone()),
+            _ => None,
+        };
+        if transition(
+            &self.service.store,
+            id,
+            &[State::Confirmed, State::Queued, State::Sent],
+            move |txn, r| {
+                if wallet_change.is_some() || new_policy.is_some() {
+                    if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
+                        if let Some((s, why)) = wallet_change {
+                            w.state = s;
+                            w.refusal = why;
+                        }
+                        if let Some(p) = new_policy {
+                            w.policy = p;
+                        }
+                        save_wallet(txn, &w)?;
+                    }
+                }
+                r.state = state;
+                r.outcome = Some(outcome);
+                Ok(())
+            },
+        )
+        .await?
+        .is_some()
+        {
+            self.service.transitioned(id, state).await;
+        }
+        Ok(())
+    }
+
+    fn outcome_of(&self, r: &RequestRecord, response: Response) -> Outcome {
+        let refused = |code: &str, reason: String| Outcome::Refused {
+            code: code.to_owned(),
+            reason,
+        };
+        match (response, &r.action) {
+            (Response::Sign(s), Action::Sign { psbt, .. }) => match s.outcome {
+                SignOutcome::Signed { psbt: signed } => {
+                    match merge_and_finalize(&self.service, psbt, &signed) {
+                        Ok(o) => o,
+                        Err(e) => refused("bad_answer", e),
+                    }
+                }
+                SignOutcome::Refused(refusal) => refused(refusal.code(), refusal.to_string()),
+            },
+            (Response::WalletRegistered(o), Action::Register) => match o {
+                RegisterOutcome::Registered { wallet_id } if wallet_id == r.wallet_id => {
+                    Outcome::Done {
+                        detail: "the satellite registered the wallet".into(),
+                    }
+                }
+                RegisterOutcome::Registered { wallet_id } => refused(
+                    "bad_answer",
+                    format!(
+                        "the satellite registered wallet {wallet_id}, not {}",
+                        r.wallet_id
+                    ),
+                ),
+                RegisterOutcome::Refused { reason } => refused("registration_refused", reason),
+            },
+            (Response::PolicyUpdated(o), Action::SetPolicy { .. }) => match o {
+                PolicyOutcome::Changed(PolicyChange::Applied) => Outcome::Done {
+                    detail: "the new limits apply now".into(),
+                },
+                PolicyOutcome::Changed(PolicyChange::Deferred { effective_at }) => Outcome::Done {
+                    detail: format!(
+                        "the new limits apply from {}",
+                        notice::format_utc(effective_at)
+                    ),
+                },
+                PolicyOutcome::Refused { reason } => refused("policy_refused", reason),
+            },
+            (Response::Error { reason }, _) => refused("cosigner_error", reason),
+            (other, action) => refused(
+                "bad_answer",
+                format!(
+                    "the satellite answered a {} request with {other:?}",
+                    action.kind()
+                ),
+            ),
+        }
+    }
+
+    async fn deliver(&self, r: RequestRecord) -> Result<(), ServiceError> {
+        let service = &self.service;
+        let wallet = service.wallet_record(r.wallet_id).await?;
+        let mut r = r;
+        if let (
+            Action::Sign { .. },
+            Some(Outcome::Signed {
+                tx: Some(tx),
+                broadcast: None,
+                ..
+            }),
+            Some(upstream),
+        ) = (&r.action, &r.outcome, &service.upstream)
+        {
+            let tx: bitcoin::Transaction = bitcoin::consensus::deserialize(tx)
+                .map_err(|e| ServiceError::BadPsbt(e.to_string()))?;
+            let up = upstream.clone();
+            let result = tokio::task::spawn_blocking(move || up.broadcast(&tx))
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))?
+                .map(|txid| txid.to_string())
+                .map_err(|e| e.to_string());
+            tracing::info!(request = %r.id, result = ?result, "broadcast");
+            if let Some(saved) = transition(&service.store, r.id, &[State::Signed], move |_, r| {
+                if let Some(Outcome::Signed { broadcast, .. }) = &mut r.outcome {
+                    *broadcast = Some(result);
+                }
+                Ok(())
+            })
+            .await?
+            {
+                r = saved;
+            }
+        }
+        if let (Action::Sign { reply_to, .. }, Some(Outcome::Signed { psbt, .. })) =
+            (&r.action, &r.outcome)
+        {
+            for (keyhash, key) in Service::reply_keys(reply_to) {
+                let message = crate::ecies::encrypt(&key, psbt);
+                service
+                    .mailbox
+                    .put(keyhash, message)
+                    .await
+                    .map_err(|e| StoreError::Database(e.to_string()))?;
+            }
+        }
+        let mut recipients = vec![wallet.email.clone()];
+        if let (Action::UpdateEmail { new_email }, Some(old)) = (&r.action, &r.note) {
+            recipients = vec![old.clone(), new_email.clone()];
+        }
+        for to in recipients {
+            service
+                .mailer
+                .send(notice::outcome_email(&wallet, &r, &to))
+                .await?;
+        }
+        let prior = r.state;
+        let unregistered = matches!(r.action, Action::Register) && prior != State::Signed;
+        if transition(&service.store, r.id, &[prior], move |txn, r| {
+            if unregistered {
+                if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
+                    if w.state == WalletState::Pending {
+                        w.state = WalletState::Refused;
+                        w.refusal = Some(format!("registration {}", prior.as_str()));
+                        save_wallet(txn, &w)?;
+                    }
+                }
+            }
+            r.final_state = Some(prior);
+            r.state = State::Delivered;
+            Ok(())
+        })
+        .await?
+        .is_some()
+        {
+            service.transitioned(r.id, State::Delivered).await;
+        }
+        Ok(())
+    }
+}
+
+/// Merges the cosigner's signatures into the request's PSBT and finalizes it when complete.
+fn merge_and_finalize(service: &Service, ours: &[u8], signed: &[u8]) -> Result<Outcome, String> {
+    let mut merged = Psbt::deserialize(ours).map_err(|e| format!("stored PSBT: {e}"))?;
+    let theirs = Psbt::deserialize(signed).map_err(|e| format!("the satellite's PSBT: {e}"))?;
+    if theirs.unsigned_tx != merged.unsigned_tx {
+        return Err("the satellite answered with another transaction".into());
+    }
+    for (mine, other) in merged.inputs.iter_mut().zip(&theirs.inputs) {
+        for (k, v) in &other.partial_sigs {
+            mine.partial_sigs.entry(*k).or_insert(*v);
+        }
+    }
+    let mut finalized = merged.clone();
+    match finalized.finalize_mut(&service.secp) {
+        Ok(()) => {
+            let tx = finalized
+                .clone()
+                .extract_tx()
+                .map_err(|e| format!("cannot extract the transaction: {e}"))?;
+            Ok(Outcome::Signed {
+                psbt: finalized.serialize(),
+                tx: Some(bitcoin::consensus::serialize(&tx)),
+                broadcast: None,
+            })
+        }
+        Err(_) => Ok(Outcome::Signed {
+            psbt: merged.serialize(),
+            tx: None,
+            broadcast: None,
+        }),
+    }
+}

@@ -1,0 +1,333 @@
+//! The JSON-RPC methods of the signing flow: `satellite.info`, `wallet.*` and `request.*`.
+//!
+//! Parameters are positional, as in the rest of the API, and checked here; the work is
+//! done by [`crate::service::Service`]. Ids are hex (32 characters). Results are the JSON
+//! documented in `schemas/openrpc.json`.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use jsonrpsee::RpcModule;
+use serde_json::{json, Value};
+
+use satcosign_cosigner::decision::RequestId;
+use satcosign_cosigner::policy::Policy;
+use satcosign_cosigner::wallet::WalletId;
+
+use crate::push::Pusher;
+use crate::rpc::{json_type, positional, string_param, ApiContext};
+use crate::rpc_error::RpcError;
+use crate::state::{Action, Outcome, RequestRecord, WalletRecord, WalletState};
+
+fn id16(values: &[Value], index: usize, name: &'static str) -> Result<[u8; 16], RpcError> {
+    let s = string_param(values, index, name)?;
+    let mut out = [0u8; 16];
+    hex::decode_to_slice(s.trim(), &mut out).map_err(|_| RpcError::InvalidParam {
+        index,
+        name,
+        reason: format!(
+            "expected 32 hex characters, got {:?}",
+            s.chars().take(40).collect::<String>()
+        ),
+    })?;
+    Ok(out)
+}
+
+fn request_id(values: &[Value], index: usize) -> Result<RequestId, RpcError> {
+    id16(values, index, "request_id").map(RequestId)
+}
+
+fn wallet_id(values: &[Value], index: usize) -> Result<WalletId, RpcError> {
+    id16(values, index, "wallet_id").map(WalletId)
+}
+
+fn policy_param(values: &[Value], index: usize) -> Result<Option<Policy>, RpcError> {
+    match values.get(index) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => {
+            serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| RpcError::InvalidParam {
+                    index,
+                    name: "policy",
+                    reason: e.to_string(),
+                })
+        }
+        Some(other) => Err(RpcError::InvalidParam {
+            index,
+            name: "policy",
+            reason: format!("expected an object, got {}", json_type(other)),
+        }),
+    }
+}
+
+/// Hides most of an email address (a wallet's status is not a directory of addresses).
+fn mask_email(email: &str) -> String {
+    match email.split_once('@') {
+        Some((user, domain)) => {
+            let first: String = user.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".into(),
+    }
+}
+
+/// A wallet as `wallet.status` shows it.
+pub fn wallet_json(w: &WalletRecord) -> Value {
+    json!({
+        "wallet_id": w.id.to_string(),
+        "label": w.label,
+        "state": match w.state {
+            WalletState::Pending => "pending",
+            WalletState::Active => "active",
+            WalletState::Refused => "refused",
+        },
+        "email": mask_email(&w.email),
+        "policy": serde_json::to_value(&w.policy).unwrap_or(Value::Null),
+        "refusal": w.refusal,
+    })
+}
+
+/// A request as `request.status` and its notifications show it.
+pub fn request_json(r: &RequestRecord) -> Value {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let outcome = match &r.outcome {
+        None => Value::Null,
+        Some(Outcome::Signed {
+            psbt,
+            tx,
+            broadcast,
+        }) => json!({
+            "signed": {
+                "psbt": b64(psbt),
+                "tx": tx.as_ref().map(hex::encode),
+                "broadcast": match broadcast {
+                    None => Value::Null,
+                    Some(Ok(txid)) => json!({"txid": txid}),
+                    Some(Err(e)) => json!({"error": e}),
+                },
+            }
+        }),
+        Some(Outcome::Done { detail }) => json!({"done": detail}),
+        Some(Outcome::Refused { code, reason }) => {
+            json!({"refused": {"code": code, "reason": reason}})
+        }
+    };
+    let summary = match &r.action {
+        Action::Sign { summary, .. } => serde_json::to_value(summary).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    json!({
+        "request_id": r.id.to_string(),
+        "wallet_id": r.wallet_id.to_string(),
+        "kind": r.action.kind(),
+        "state": r.state.as_str(),
+        "final_state": r.final_state.map(|s| s.as_str()),
+        "summary": summary,
+        "outcome": outcome,
+        "note": r.note,
+        "emails_sent": r.emails_sent,
+        "failed_attempts": r.failed_attempts,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "approved_at": r.approved_at,
+    })
+}
+
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Registers the methods.
+pub fn register(
+    module: &mut RpcModule<ApiContext>,
+) -> Result<(), jsonrpsee::core::RegisterMethodError> {
+    module.register_method("satellite.info", |params, ctx, _| {
+        positional(&params, "satellite.info", 0, 0)?;
+        let service = ctx.service()?;
+        let link = ctx.link_status.as_ref().map(|f| f());
+        Ok::<_, RpcError>(json!({
+            "network": service.network.to_string(),
+            "xpub": service.satellite.descriptor_key(),
+            "electrum_xpub": service.satellite.electrum_xpub(),
+            "keyhash": hex::encode(service.satellite_keyhash().0),
+            "mailbox_pubkey": hex::encode(service.mailbox_public.serialize()),
+            "link": link.as_ref().map(|l| json!({
+                "up": l.up,
+                "queue_depth": l.queue_depth,
+            })),
+            "next_pass": link.as_ref().and_then(|l| l.next_pass).map(|p| json!({
+                "start": unix(p.start),
+                "end": unix(p.end),
+            })),
+        }))
+    })?;
+    module.register_async_method(
+        "wallet.register",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "wallet.register", 3, 4)?;
+            let service = ctx.service()?;
+            let descriptors = match values.first() {
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                Some(other) => {
+                    return Err(RpcError::InvalidParam {
+                        index: 0,
+                        name: "descriptor",
+                        reason: format!(
+                            "expected a descriptor string or a [receive, change] pair, got {}",
+                            json_type(other)
+                        ),
+                    })
+                }
+                None => unreachable!("at least 3 parameters"),
+            };
+            let email = string_param(&values, 1, "email")?;
+            let label = string_param(&values, 2, "label")?;
+            let policy = policy_param(&values, 3)?;
+            let (wallet_id, request_id) = service
+                .register_wallet(descriptors, email, label, policy)
+                .await?;
+            Ok::<_, RpcError>(json!({
+                "wallet_id": wallet_id.to_string(),
+                "request_id": request_id.to_string(),
+            }))
+        },
+    )?;
+    module.register_async_method(
+        "wallet.status",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "wallet.status", 1, 1)?;
+            let id = wallet_id(&values, 0)?;
+            let w = ctx.service()?.wallet_record(id).await?;
+            Ok::<_, RpcError>(wallet_json(&w))
+        },
+    )?;
+    module.register_async_method(
+        "wallet.update_email",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "wallet.update_email", 2, 2)?;
+            let id = wallet_id(&values, 0)?;
+            let email = string_param(&values, 1, "email")?;
+            let rid = ctx.service()?.update_email(id, email).await?;
+            Ok::<_, RpcError>(json!({"request_id": rid.to_string()}))
+        },
+    )?;
+    module.register_async_method(
+        "wallet.set_policy",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "wallet.set_policy", 2, 2)?;
+            let id = wallet_id(&values, 0)?;
+            let Some(policy) = policy_param(&values, 1)? else {
+                return Err(RpcError::InvalidParam {
+                    index: 1,
+                    name: "policy",
+                    reason: "missing".into(),
+                });
+            };
+            let (rid, tightening) = ctx.service()?.set_policy(id, policy).await?;
+            Ok::<_, RpcError>(json!({"request_id": rid.to_string(), "needs_email": !tightening}))
+        },
+    )?;
+    module.register_async_method(
+        "request.submit",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "request.submit", 2, 3)?;
+            let wid = wallet_id(&values, 0)?;
+            let psbt = string_param(&values, 1, "psbt")?;
+            let replaces = match values.get(2) {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(id16(&values, 2, "replaces").map(RequestId)?),
+            };
+            let service = ctx.service()?;
+            let id = service
+                .submit_psbt(Some(wid), psbt.as_bytes(), replaces)
+                .await?;
+            Ok::<_, RpcError>(json!({"request_id": id.to_string()}))
+        },
+    )?;
+    module.register_async_method(
+        "request.status",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "request.status", 1, 1)?;
+            let id = request_id(&values, 0)?;
+            let r = ctx.service()?.request(id).await?;
+            Ok::<_, RpcError>(request_json(&r))
+        },
+    )?;
+    module.register_async_method(
+        "request.confirm",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "request.confirm", 2, 2)?;
+            let id = request_id(&values, 0)?;
+            let code = string_param(&values, 1, "code")?;
+            let state = ctx.service()?.confirm(id, &code, true).await?;
+            Ok::<_, RpcError>(json!({"request_id": id.to_string(), "state": state.as_str()}))
+        },
+    )?;
+    module.register_async_method(
+        "request.cancel",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "request.cancel", 1, 1)?;
+            let id = request_id(&values, 0)?;
+            let state = ctx.service()?.cancel(id).await?;
+            Ok::<_, RpcError>(json!({"request_id": id.to_string(), "state": state.as_str()}))
+        },
+    )?;
+    module.register_async_method(
+        "request.resend",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "request.resend", 1, 1)?;
+            let id = request_id(&values, 0)?;
+            ctx.service()?.resend(id).await?;
+            Ok::<_, RpcError>(Value::Null)
+        },
+    )?;
+    module.register_async_method(
+        "request.subscribe",
+        |params, ctx: Arc<ApiContext>, ext| async move {
+            let values = positional(&params, "request.subscribe", 1, 1)?;
+            let id = request_id(&values, 0)?;
+            let service = ctx.service()?.clone();
+            // Subscribe before reading, so no change between the two is missed.
+            let mut events = service.events();
+            let r = service.request(id).await?;
+            if let Some(pusher) = ext.get::<Pusher>().cloned() {
+                if !r.state.is_final() {
+                    tokio::spawn(async move {
+                        loop {
+                            match events.recv().await {
+                                Ok(e) if e.id == id => {
+                                    let Ok(r) = service.request(id).await else {
+                                        return;
+                                    };
+                                    if !pusher.push(
+                                        "request.subscribe",
+                                        vec![json!(id.to_string()), request_json(&r)],
+                                    ) || r.state.is_final()
+                                    {
+                                        return;
+                                    }
+                                }
+                                Ok(_)
+                                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                    if pusher.is_closed() {
+                                        return;
+                                    }
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+            Ok::<_, RpcError>(request_json(&r))
+        },
+    )?;
+    Ok(())
+}

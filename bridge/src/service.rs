@@ -1,0 +1,1179 @@
+//! The bridge's service: wallets, signing requests and the email gate, as the JSON-RPC
+//! methods and the confirmation page use them.
+//!
+//! Every change of a request is one redb write transaction ([`Store::write`]) that loads
+//! the record, checks the transition is allowed, and saves it; tokens are checked and
+//! consumed inside the same transaction that advances the request. Side effects that cannot
+//! be part of a transaction (an email, a link message, a broadcast) happen *before* the
+//! transition that records them, so a crash in between repeats the effect instead of
+//! losing it; each is harmless to repeat (a second email with a fresh code, a duplicate
+//! link message the cosigner answers from its records, a broadcast of a transaction the
+//! server already has). [`crate::relay`] drives requests forward from each state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bitcoin::bip32::Fingerprint;
+use bitcoin::hashes::{sha256d, Hash as _};
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
+use miniscript::descriptor::DescriptorPublicKey;
+use miniscript::ForEachKey as _;
+use redb::{ReadableTable, WriteTransaction};
+use tokio::sync::{broadcast, Notify};
+
+use satcosign_cosigner::decision::{check_policy, RequestId};
+use satcosign_cosigner::keys::AccountKey;
+use satcosign_cosigner::policy::Policy;
+use satcosign_cosigner::refusal::Refusal;
+use satcosign_cosigner::spend::{analyze, Spend};
+use satcosign_cosigner::wallet::{Wallet, WalletId};
+
+use crate::config::GateConfig;
+use crate::ecies::{self, EciesError};
+use crate::gate::{self, approval_digest};
+use crate::mail::{MailError, Mailer};
+use crate::mailbox::Keyhash;
+use crate::notice;
+use crate::state::{
+    self, db_err, from_bytes, load_request, load_wallet, save_request, save_wallet, Action,
+    Destination, Outcome, RequestRecord, SpendSummary, State, TokenRecord, WalletRecord,
+    WalletState, ACTIVE, REQUESTS, WALLETS, WALLET_BY_FINGERPRINT,
+};
+use crate::store::{Store, StoreError};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Why a service call was refused; each variant names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The descriptor cannot be registered.
+    #[error("descriptor: {0}")]
+    BadDescriptor(String),
+    /// A parameter is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Which.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The wallet is already registered (or being registered).
+    #[error("wallet {wallet_id} is already {state}")]
+    WalletExists {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Where it stands.
+        state: &'static str,
+    },
+    /// No such wallet.
+    #[error("no wallet {0} is registered here")]
+    UnknownWallet(WalletId),
+    /// The wallet cannot take requests yet (or any more).
+    #[error("wallet {wallet_id} is {state}, not active")]
+    WalletNotActive {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Where it stands.
+        state: &'static str,
+    },
+    /// The PSBT does not parse.
+    #[error("psbt: {0}")]
+    BadPsbt(String),
+    /// The PSBT spends from no registered wallet.
+    #[error("the PSBT spends from no wallet registered here (register it first)")]
+    NoWalletForPsbt,
+    /// The PSBT would be refused by the cosigner.
+    #[error("refused ({code}): {0}", code = .0.code())]
+    Refused(Refusal),
+    /// A rate limit was hit.
+    #[error("too many {what}; try again after {retry_after}")]
+    RateLimited {
+        /// What was limited.
+        what: &'static str,
+        /// When to try again (UTC).
+        retry_after: String,
+    },
+    /// No such request.
+    #[error("no request {0}")]
+    UnknownRequest(RequestId),
+    /// The request is not in a state that allows this.
+    #[error("request {id} is {state}; {action} needs it {allowed}")]
+    WrongState {
+        /// The request.
+        id: RequestId,
+        /// Its state.
+        state: &'static str,
+        /// What was asked.
+        action: &'static str,
+        /// In which states that is allowed.
+        allowed: &'static str,
+    },
+    /// The code is wrong.
+    #[error("wrong code for request {id}; {attempts_left} attempts left")]
+    WrongCode {
+        /// The request.
+        id: RequestId,
+        /// Attempts left before it is voided.
+        attempts_left: u32,
+    },
+    /// Too many wrong codes: the request was voided.
+    #[error("request {0} was voided after too many wrong codes")]
+    Voided(RequestId),
+    /// The code expired.
+    #[error("the code for request {0} has expired; ask for a new email")]
+    CodeExpired(RequestId),
+    /// The code approves other content (the request changed after it was sent).
+    #[error(
+        "the code approves an earlier version of request {0}; use the code of the latest email"
+    )]
+    ContentChanged(RequestId),
+    /// A mailbox message could not be decrypted.
+    #[error("message: {0}")]
+    Decrypt(#[from] EciesError),
+    /// The upstream server failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// Email could not be sent.
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    /// Storage failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The Electrum cosigner-pool keyhash of an xpub: `sha256d(compressed pubkey)`.
+pub fn keyhash_of(pubkey: &PublicKey) -> Keyhash {
+    Keyhash(sha256d::Hash::hash(&pubkey.serialize()).to_byte_array())
+}
+
+/// A state change, for subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The request.
+    pub id: RequestId,
+    /// Its new state.
+    pub state: State,
+}
+
+/// What the service is built from.
+pub struct ServiceParts {
+    /// The database.
+    pub store: Store,
+    /// The mailbox (results go back through it).
+    pub mailbox: crate::mailbox::Mailbox,
+    /// Outgoing email.
+    pub mailer: Box<dyn Mailer>,
+    /// The satellite's public account key.
+    pub satellite: AccountKey,
+    /// The network.
+    pub network: bitcoin::Network,
+    /// The bridge's mailbox key (requests are encrypted to it).
+    pub mailbox_key: SecretKey,
+    /// Gate limits.
+    pub gate: GateConfig,
+    /// Base URL of the confirmation pages.
+    pub public_url: String,
+    /// Policy for wallets registered without one.
+    pub default_policy: Policy,
+    /// The upstream server, if any.
+    pub upstream: Option<Arc<dyn Upstream>>,
+}
+
+/// The service.
+pub struct Service {
+    /// The database.
+    pub store: Store,
+    /// The mailbox.
+    pub mailbox: crate::mailbox::Mailbox,
+    pub(crate) mailer: Box<dyn Mailer>,
+    /// The satellite's public account key.
+    pub satellite: AccountKey,
+    satellite_keyhash: Keyhash,
+    /// The network.
+    pub network: bitcoin::Network,
+    mailbox_key: SecretKey,
+    /// The bridge's mailbox public key.
+    pub mailbox_public: PublicKey,
+    pub(crate) gate: GateConfig,
+    public_url: std::sync::RwLock<String>,
+    default_policy: Policy,
+    pub(crate) upstream: Option<Arc<dyn Upstream>>,
+    pub(crate) secp: Secp256k1<All>,
+    events: broadcast::Sender<Event>,
+    /// Wakes the relay when a request needs it.
+    pub kick: Arc<Notify>,
+    wallets: Mutex<HashMap<WalletId, Arc<Wallet>>>,
+    busy: Mutex<HashSet<RequestId>>,
+    hold_at: Option<State>,
+}
+
+/// What `request.status` returns.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    /// The record.
+    pub record: RequestRecord,
+    /// The wallet's label.
+    pub label: String,
+}
+
+/// A claim on one request: while held, no other task advances it.
+pub struct Claim<'a> {
+    service: &'a Service,
+    id: RequestId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.service
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn random_id() -> [u8; 16] {
+    use rand_core::RngCore as _;
+    let mut id = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut id);
+    id
+}
+
+/// Every key fingerprint a PSBT of the wallet may name: each xpub's own, and each origin's.
+fn wallet_fingerprints(descriptors: &[String]) -> Vec<Fingerprint> {
+    let mut out = Vec::new();
+    for d in descriptors {
+        let text = d.split('#').next().unwrap_or(d);
+        if let Ok(desc) = text.parse::<miniscript::Descriptor<DescriptorPublicKey>>() {
+            desc.for_each_key(|k| {
+                out.push(k.master_fingerprint());
+                if let DescriptorPublicKey::MultiXPub(x) = k {
+                    out.push(x.xkey.fingerprint());
+                }
+                if let DescriptorPublicKey::XPub(x) = k {
+                    out.push(x.xkey.fingerprint());
+                }
+                true
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn index_key(fp: &Fingerprint, id: &WalletId) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(fp.as_bytes());
+    k[4..].copy_from_slice(&id.0);
+    k
+}
+
+/// Describes a spend for the user.
+pub fn summarize(spend: &Spend, network: bitcoin::Network) -> SpendSummary {
+    SpendSummary {
+        txid: spend.txid.to_string(),
+        destinations: spend
+            .outputs
+            .iter()
+            .filter(|o| !o.change)
+            .map(|o| Destination {
+                address: bitcoin::Address::from_script(&o.script_pubkey, network)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| format!("script {}", o.script_pubkey.to_hex_string())),
+                amount_sat: o.value_sat,
+            })
+            .collect(),
+        change_sat: spend.change_sat,
+        fee_sat: spend.fee_sat,
+        fee_rate_sat_vb: spend.fee_rate_sat_vb(),
+        leaving_sat: spend.leaving_sat(),
+        inputs: spend.inputs.len(),
+    }
+}
+
+fn check_email(email: &str) -> Result<(), ServiceError> {
+    crate::mail::parse_address(email).map_err(|e| ServiceError::Invalid {
+        field: "email",
+        reason: e.to_string(),
+    })?;
+    if email.contains('<') {
+        return Err(ServiceError::Invalid {
+            field: "email",
+            reason: "give the bare address, without a display name".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_label(label: &str) -> Result<(), ServiceError> {
+    if label.trim().is_empty() || label.chars().count() > 64 || label.chars().any(char::is_control)
+    {
+        return Err(ServiceError::Invalid {
+            field: "label",
+            reason: "must be 1 to 64 printable characters".into(),
+        });
+    }
+    Ok(())
+}
+
+fn wallet_state_name(s: WalletState) -> &'static str {
+    match s {
+        WalletState::Pending => "pending registration",
+        WalletState::Active => "active",
+        WalletState::Refused => "refused",
+    }
+}
+
+impl Service {
+    /// Builds the service.
+    pub fn new(parts: ServiceParts) -> Service {
+        let secp = Secp256k1::new();
+        let satellite_keyhash = keyhash_of(&parts.satellite.xpub.public_key);
+        let hold_at = std::env::var("SATCOSIGN_TEST_HOLD_AT")
+            .ok()
+            .and_then(|s| State::parse(&s));
+        Service {
+            mailbox_public: parts.mailbox_key.public_key(&secp),
+            store: parts.store,
+            mailbox: parts.mailbox,
+            mailer: parts.mailer,
+            satellite_keyhash,
+            satellite: parts.satellite,
+            network: parts.network,
+            mailbox_key: parts.mailbox_key,
+            gate: parts.gate,
+            public_url: std::sync::RwLock::new(parts.public_url),
+            default_policy: parts.default_policy,
+            upstream: parts.upstream,
+            secp,
+            events: broadcast::channel(1024).0,
+            kick: Arc::new(Notify::new()),
+            wallets: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            hold_at,
+        }
+    }
+
+    /// The satellite's mailbox keyhash (puts to it are signing requests).
+    pub fn satellite_keyhash(&self) -> Keyhash {
+        self.satellite_keyhash
+    }
+
+    /// Sets the base URL of the confirmation pages (once the HTTP port is known).
+    pub fn set_public_url(&self, url: String) {
+        *self.public_url.write().unwrap_or_else(|p| p.into_inner()) = url;
+    }
+
+    fn public_url(&self) -> String {
+        self.public_url
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where mail goes.
+    pub fn mail_destination(&self) -> String {
+        self.mailer.describe()
+    }
+
+    /// Subscribes to state changes of every request.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Claims a request for one task; `None` if another task holds it.
+    pub fn claim(&self, id: RequestId) -> Option<Claim<'_>> {
+        let inserted = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        // Built only after the lock is released: a Claim's drop takes the same lock.
+        inserted.then(|| Claim { service: self, id })
+    }
+
+    /// Called after every committed transition: tells subscribers and the relay, and
+    /// honours the test hook that freezes the bridge in a state (so a test can kill it there).
+    pub(crate) async fn transitioned(&self, id: RequestId, state: State) {
+        tracing::info!(request = %id, state = state.as_str(), "request state");
+        let _ = self.events.send(Event { id, state });
+        self.kick.notify_one();
+        if self.hold_at == Some(state) {
+            eprintln!("test-hold: {} {id}", state.as_str());
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The checked wallet for a record (cached).
+    pub fn wallet(&self, record: &WalletRecord) -> Result<Arc<Wallet>, ServiceError> {
+        if let Some(w) = self
+            .wallets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&record.id)
+        {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(
+            Wallet::from_descriptors(&record.descriptors, &self.satellite)
+                .map_err(|e| ServiceError::BadDescriptor(e.to_string()))?,
+        );
+        self.wallets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.id, w.clone());
+        Ok(w)
+    }
+
+    /// Loads a wallet record.
+    pub async fn wallet_record(&self, id: WalletId) -> Result<WalletRecord, ServiceError> {
+        self.store
+            .read(move |txn| {
+                let t = txn.open_table(WALLETS).map_err(db_err)?;
+                let v = t.get(&id.0).map_err(db_err)?;
+                v.map(|v| from_bytes::<WalletRecord>(v.value())).transpose()
+            })
+            .await?
+            .ok_or(ServiceError::UnknownWallet(id))
+    }
+
+    /// Loads a request record.
+    pub async fn request(&self, id: RequestId) -> Result<RequestRecord, ServiceError> {
+        self.store
+            .read(move |txn| {
+                let t = txn.open_table(REQUESTS).map_err(db_err)?;
+                let v = t.get(&id.0).map_err(db_err)?;
+                v.map(|v| from_bytes::<RequestRecord>(v.value()))
+                    .transpose()
+            })
+            .await?
+            .ok_or(ServiceError::UnknownRequest(id))
+    }
+
+    /// Ids of every request not yet delivered.
+    pub async fn active_requests(&self) -> Result<Vec<RequestId>, ServiceError> {
+        Ok(self
+            .store
+            .read(|txn| {
+                let t = txn.open_table(ACTIVE).map_err(db_err)?;
+                let mut out = Vec::new();
+                for row in t.iter().map_err(db_err)? {
+                    let (k, _) = row.map_err(db_err)?;
+                    out.push(RequestId(*k.value()));
+                }
+                Ok(out)
+            })
+            .await?)
+    }
+
+    /// `wallet.register`: checks the descriptor now and emails a confirmation.
+    pub async fn register_wallet(
+        &self,
+        descriptors: Vec<String>,
+        email: String,
+        label: String,
+        policy: Option<Policy>,
+    ) -> Result<(WalletId, RequestId), ServiceError> {
+        check_email(&email)?;
+        check_label(&label)?;
+        let policy = policy.unwrap_or_else(|| self.default_policy.clone());
+        policy.check().map_err(|e| ServiceError::Invalid {
+            field: "policy",
+            reason: e.to_string(),
+        })?;
+        let wallet = Wallet::from_descriptors(&descriptors, &self.satellite)
+            .map_err(|e| ServiceError::BadDescriptor(e.to_string()))?;
+        let wallet_id = wallet.id;
+        let fingerprints = wallet_fingerprints(&descriptors);
+        let satellite_fp = [
+            self.satellite.master_fingerprint,
+            self.satellite.xpub.fingerprint(),
+        ];
+        let now = unix_now();
+        let request_id = RequestId(random_id());
+        let record = WalletRecord {
+            id: wallet_id,
+            descriptors,
+            label,
+            email,
+            state: WalletState::Pending,
+            policy,
+            refusal: None,
+            created_at: now,
+            recent_requests: Vec::new(),
+        };
+        self.store
+            .write(move |txn| {
+                if let Some(existing) = load_wallet(txn, &wallet_id)? {
+                    if existing.state != WalletState::Refused {
+                        return Ok(Err(ServiceError::WalletExists {
+                            wallet_id,
+                            state: wallet_state_name(existing.state),
+                        }));
+                    }
+                }
+                save_wallet(txn, &record)?;
+                let mut index = txn.open_table(WALLET_BY_FINGERPRINT).map_err(db_err)?;
+                for fp in fingerprints.iter().filter(|f| !satellite_fp.contains(f)) {
+                    index
+                        .insert(&index_key(fp, &wallet_id), ())
+                        .map_err(db_err)?;
+                }
+                drop(index);
+                save_request(
+                    txn,
+                    &new_request(
+                        request_id,
+                        wallet_id,
+                        Action::Register,
+                        State::Received,
+                        now,
+                    ),
+                )?;
+                Ok(Ok(()))
+            })
+            .await??;
+        self.transitioned(request_id, State::Received).await;
+        Ok((wallet_id, request_id))
+    }
+
+    /// `wallet.update_email`: confirmed at the old address; both addresses are told.
+    pub async fn update_email(
+        &self,
+        wallet_id: WalletId,
+        new_email: String,
+    ) -> Result<RequestId, ServiceError> {
+        check_email(&new_email)?;
+        let wallet = self.wallet_record(wallet_id).await?;
+        if wallet.state != WalletState::Active {
+            return Err(ServiceError::WalletNotActive {
+                wallet_id,
+                state: wallet_state_name(wallet.state),
+            });
+        }
+        self.new_wallet_request(
+            wallet_id,
+            Action::UpdateEmail { new_email },
+            State::Received,
+        )
+        .await
+    }
+
+    /// `wallet.set_policy`: a change that only tightens goes to the cosigner at once; one
+    /// that loosens anything waits for email confirmation (and the cosigner's own delay).
+    pub async fn set_policy(
+        &self,
+        wallet_id: WalletId,
+        policy: Policy,
+    ) -> Result<(RequestId, bool), ServiceError> {
+        policy.check().map_err(|e| ServiceError::Invalid {
+            field: "policy",
+            reason: e.to_string(),
+        })?;
+        let wallet = self.wallet_record(wallet_id).await?;
+        if wallet.state != WalletState::Active {
+            return Err(ServiceError::WalletNotActive {
+                wallet_id,
+                state: wallet_state_name(wallet.state),
+            });
+        }
+        let tightening = policy.is_tightening_of(&wallet.policy);
+        let start = if tightening {
+            State::Confirmed
+        } else {
+            State::Received
+        };
+        let id = self
+            .new_wallet_request(wallet_id, Action::SetPolicy { policy }, start)
+            .await?;
+        Ok((id, tightening))
+    }
+
+    async fn new_wallet_request(
+        &self,
+        wallet_id: WalletId,
+        action: Action,
+        start: State,
+    ) -> Result<RequestId, ServiceError> {
+        let id = RequestId(random_id());
+        let now = unix_now();
+        self.store
+            .write(move |txn| {
+                let mut r = new_request(id, wallet_id, action, start, now);
+                if start == State::Confirmed {
+                    r.approved_at = Some(now);
+                }
+                save_request(txn, &r)
+            })
+            .await?;
+        self.transitioned(id, start).await;
+        Ok(id)
+    }
+
+    /// A `cosigner.put` to the satellite's keyhash: decrypts and submits the PSBT.
+    pub async fn submit_mailbox_message(&self, message: &str) -> Result<RequestId, ServiceError> {
+        let plain = ecies::decrypt(&self.mailbox_key, message)?;
+        self.submit_psbt(None, &plain, None).await
+    }
+
+    /// Parses a PSBT given as raw bytes, base64 or hex.
+    pub fn parse_psbt(bytes: &[u8]) -> Result<Psbt, ServiceError> {
+        if bytes.starts_with(b"psbt\xff") {
+            return Psbt::deserialize(bytes).map_err(|e| ServiceError::BadPsbt(e.to_string()));
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| ServiceError::BadPsbt("neither PSBT bytes nor text".into()))?
+            .trim();
+        if let Ok(raw) = hex::decode(text) {
+            return Psbt::deserialize(&raw).map_err(|e| ServiceError::BadPsbt(e.to_string()));
+        }
+        text.parse::<Psbt>()
+            .map_err(|e| ServiceError::BadPsbt(format!("not a PSBT in base64 or hex: {e}")))
+    }
+
+    async fn candidate_wallets(&self, psbt: &Psbt) -> Result<Vec<WalletRecord>, ServiceError> {
+        let mut fps: Vec<Fingerprint> = psbt
+            .inputs
+            .iter()
+            .take(1)
+            .flat_map(|i| i.bip32_derivation.values().map(|(fp, _)| *fp))
+            .chain(psbt.xpub.values().map(|(fp, _)| *fp))
+            .collect();
+        fps.sort();
+        fps.dedup();
+        Ok(self
+            .store
+            .read(move |txn| {
+                let index = txn.open_table(WALLET_BY_FINGERPRINT).map_err(db_err)?;
+                let wallets = txn.open_table(WALLETS).map_err(db_err)?;
+                let mut ids = Vec::new();
+                for fp in fps {
+                    let lo = index_key(&fp, &WalletId([0; 16]));
+                    let hi = index_key(&fp, &WalletId([0xff; 16]));
+                    for row in index.range::<&[u8; 20]>(&lo..=&hi).map_err(db_err)? {
+                        let (k, _) = row.map_err(db_err)?;
+                        let mut id = [0u8; 16];
+                        id.copy_from_slice(&k.value()[4..]);
+                        if !ids.contains(&id) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                let mut out = Vec::new();
+                for id in ids {
+                    if let Some(v) = wallets.get(&id).map_err(db_err)? {
+                        out.push(from_bytes::<WalletRecord>(v.value())?);
+                    }
+                }
+                Ok(out)
+            })
+            .await?)
+    }
+
+    /// Fills every input's missing previous transaction from the upstream server.
+    async fn fill_previous(&self, psbt: &mut Psbt) -> Result<(), ServiceError> {
+        let Some(upstream) = self.upstream.clone() else {
+            return Ok(());
+        };
+        for i in 0..psbt.inputs.len() {
+            if psbt.inputs[i].non_witness_utxo.is_some() {
+                continue;
+            }
+            let txid = psbt.unsigned_tx.input[i].previous_output.txid;
+            let up = upstream.clone();
+            let tx = tokio::task::spawn_blocking(move || up.transaction(&txid))
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))??;
+            tracing::info!(input = i, %txid, "filled the previous transaction from upstream");
+            psbt.inputs[i].non_witness_utxo = Some(tx);
+        }
+        Ok(())
+    }
+
+    /// `request.submit` and mailbox puts: checks the PSBT against the wallet with the
+    /// cosigner's own code, refuses early what the policy would refuse, and opens (or
+    /// updates) a request.
+    pub async fn submit_psbt(
+        &self,
+        wallet_id: Option<WalletId>,
+        bytes: &[u8],
+        replaces: Option<RequestId>,
+    ) -> Result<RequestId, ServiceError> {
+        let mut psbt = Self::parse_psbt(bytes)?;
+        if psbt.inputs.is_empty() || psbt.outputs.is_empty() {
+            return Err(ServiceError::BadPsbt(
+                "the transaction has no inputs or no outputs".into(),
+            ));
+        }
+        let candidates = match wallet_id {
+            Some(id) => vec![self.wallet_record(id).await?],
+            None => self.candidate_wallets(&psbt).await?,
+        };
+        if candidates.is_empty() {
+            return Err(ServiceError::NoWalletForPsbt);
+        }
+        self.fill_previous(&mut psbt).await?;
+        let mut first_refusal = None;
+        let mut found = None;
+        for record in candidates {
+            let wallet = self.wallet(&record)?;
+            match analyze(&self.secp, &wallet, &psbt) {
+                Ok(spend) => {
+                    found = Some((record, wallet, spend));
+                    break;
+                }
+                Err(r) => {
+                    first_refusal.get_or_insert(r);
+                }
+            }
+        }
+        let Some((record, wallet, spend)) = found else {
+            return Err(match (wallet_id, first_refusal) {
+                (Some(_), Some(r)) => ServiceError::Refused(r),
+                (None, Some(Refusal::InputNotInWallet { .. })) | (None, None) => {
+                    ServiceError::NoWalletForPsbt
+                }
+                (None, Some(r)) => ServiceError::Refused(r),
+                (Some(id), None) => ServiceError::UnknownWallet(id),
+            });
+        };
+        if record.state != WalletState::Active {
+            return Err(ServiceError::WalletNotActive {
+                wallet_id: record.id,
+                state: wallet_state_name(record.state),
+            });
+        }
+        let now = unix_now();
+        check_policy(&spend, &record.policy, &[], now, replaces).map_err(ServiceError::Refused)?;
+        let summary = summarize(&spend, self.network);
+        let reply_to: Vec<String> = wallet
+            .xpubs
+            .iter()
+            .filter(|x| **x != self.satellite.xpub)
+            .map(|x| x.to_string())
+            .collect();
+        let action = Action::Sign {
+            psbt: psbt.serialize(),
+            summary,
+            reply_to,
+            replaces,
+        };
+        let wallet_id = record.id;
+        let txid = spend.txid.to_string();
+        let gate = self.gate.clone();
+        let new_id = RequestId(random_id());
+        let (id, state) = self
+            .store
+            .write(move |txn| {
+                open_or_update_sign(txn, wallet_id, new_id, action, &txid, now, &gate)
+            })
+            .await??;
+        self.transitioned(id, state).await;
+        Ok(id)
+    }
+
+    /// `request.confirm`, and Confirm on the page: checks the code and consumes it in the
+    /// transaction that advances the request.
+    pub async fn confirm(
+        &self,
+        id: RequestId,
+        code: &str,
+        approve: bool,
+    ) -> Result<State, ServiceError> {
+        let hash = gate::hash_code(code);
+        let max_attempts = self.gate.max_attempts;
+        let now = unix_now();
+        let (state, changed) = self
+            .store
+            .write(
+                move |txn| -> Result<Result<(State, bool), ServiceError>, StoreError> {
+                    let Some(mut r) = load_request(txn, &id)? else {
+                        return Ok(Err(ServiceError::UnknownRequest(id)));
+                    };
+                    if r.state != State::AwaitingEmail {
+                        return Ok(Err(ServiceError::WrongState {
+                            id,
+                            state: r.state.as_str(),
+                            action: "confirming",
+                            allowed: "awaiting_email",
+                        }));
+                    }
+                    let token = hash.and_then(|h| r.tokens.iter().find(|t| t.hash == h).cloned());
+                    let Some(token) = token else {
+                        r.failed_attempts += 1;
+                        r.updated_at = now;
+                        if r.failed_attempts >= max_attempts {
+                            r.state = State::Cancelled;
+                            r.tokens.clear();
+                            r.note = Some("voided after too many wrong codes".into());
+                            r.version += 1;
+                            save_request(txn, &r)?;
+                            return Ok(Err(ServiceError::Voided(id)));
+                        }
+                        let left = max_attempts - r.failed_attempts;
+                        save_request(txn, &r)?;
+                        return Ok(Err(ServiceError::WrongCode {
+                            id,
+                            attempts_left: left,
+                        }));
+                    };
+                    if token.expires_at <= now {
+                        return Ok(Err(ServiceError::CodeExpired(id)));
+                    }
+                    if token.digest != approval_digest(&r.id, &r.action) {
+                        return Ok(Err(ServiceError::ContentChanged(id)));
+                    }
+                    r.tokens.clear();
+                    r.updated_at = now;
+                    r.version += 1;
+                    if !approve {
+                        r.state = State::Cancelled;
+                        r.note = Some("rejected by the user".into());
+                    } else {
+                        r.approved_at = Some(now);
+                        r.state = State::Confirmed;
+                        if let Action::UpdateEmail { new_email } = &r.action {
+                            // Nothing for the cosigner: applied here, in the same transaction.
+                            let Some(mut w) = load_wallet(txn, &r.wallet_id)? else {
+                                return Ok(Err(ServiceError::UnknownWallet(r.wallet_id)));
+                            };
+                            let old = std::mem::replace(&mut w.email, new_email.clone());
+                            save_wallet(txn, &w)?;
+                            r.state = State::Signed;
+                            r.outcome = Some(Outcome::Done {
+                                detail: format!(
+                                    "confirmations now go to {new_email} instead of {old}"
+                                ),
+                            });
+                            r.note = Some(old);
+                        }
+                    }
+                    save_request(txn, &r)?;
+                    Ok(Ok((r.state, true)))
+                },
+            )
+            .await
+            .map_err(ServiceError::from)
+            .and_then(|r| r)
+            .map_err(|e| {
+                tracing::info!(request = %id, error = %e, "confirmation refused");
+                e
+            })?;
+        if changed {
+            self.transitioned(id, state).await;
+        }
+        Ok(state)
+    }
+
+    /// What the confirmation page shows for `id` and `code`: read-only (a GET must change
+    /// nothing, not even the count of wrong attempts).
+    pub async fn page_view(
+        &self,
+        id: RequestId,
+        code: &str,
+    ) -> Result<(WalletRecord, RequestRecord, u64), ServiceError> {
+        let r = self.request(id).await?;
+        if r.state != State::AwaitingEmail {
+            return Err(ServiceError::WrongState {
+                id,
+                state: r.state.as_str(),
+                action: "confirming",
+                allowed: "awaiting_email",
+            });
+        }
+        let hash = gate::hash_code(code);
+        let Some(token) = hash.and_then(|h| r.tokens.iter().find(|t| t.hash == h)) else {
+            return Err(ServiceError::WrongCode {
+                id,
+                attempts_left: self.gate.max_attempts.saturating_sub(r.failed_attempts),
+            });
+        };
+        if token.expires_at <= unix_now() {
+            return Err(ServiceError::CodeExpired(id));
+        }
+        if token.digest != approval_digest(&r.id, &r.action) {
+            return Err(ServiceError::ContentChanged(id));
+        }
+        let expires_at = token.expires_at;
+        let wallet = self.wallet_record(r.wallet_id).await?;
+        Ok((wallet, r, expires_at))
+    }
+
+    /// `request.cancel`: possible until the request is handed to the link.
+    pub async fn cancel(&self, id: RequestId) -> Result<State, ServiceError> {
+        let now = unix_now();
+        let state = self
+            .store
+            .write(move |txn| {
+                let Some(mut r) = load_request(txn, &id)? else {
+                    return Ok(Err(ServiceError::UnknownRequest(id)));
+                };
+                if !matches!(r.state, State::Received | State::AwaitingEmail | State::Confirmed) {
+                    return Ok(Err(ServiceError::WrongState {
+                        id,
+                        state: r.state.as_str(),
+                        action: "cancelling",
+                        allowed: "received, awaiting_email or confirmed (before it is queued for the satellite)",
+                    }));
+                }
+                r.state = State::Cancelled;
+                r.tokens.clear();
+                r.note = Some("cancelled by the user".into());
+                r.updated_at = now;
+                r.version += 1;
+                save_request(txn, &r)?;
+                Ok(Ok(r.state))
+            })
+            .await??;
+        self.transitioned(id, state).await;
+        Ok(state)
+    }
+
+    /// `request.resend`: a new email with a new code, within the limits.
+    pub async fn resend(&self, id: RequestId) -> Result<(), ServiceError> {
+        let r = self.request(id).await?;
+        if r.state != State::AwaitingEmail {
+            return Err(ServiceError::WrongState {
+                id,
+                state: r.state.as_str(),
+                action: "resending",
+                allowed: "awaiting_email",
+            });
+        }
+        let now = unix_now();
+        if r.emails_sent >= self.gate.max_emails {
+            return Err(ServiceError::RateLimited {
+                what: "emails for this request",
+                retry_after: "never (make a new request)".into(),
+            });
+        }
+        let next = r.last_email_at + self.gate.resend_interval_secs;
+        if now < next {
+            return Err(ServiceError::RateLimited {
+                what: "emails for this request",
+                retry_after: notice::format_utc(next),
+            });
+        }
+        let _claim = self.claim(id);
+        self.send_confirmation(&r).await
+    }
+
+    /// Emails a fresh code for `r` and records its hash (the email first, so a crash
+    /// between the two costs a dead code, never a lost email).
+    pub(crate) async fn send_confirmation(&self, r: &RequestRecord) -> Result<(), ServiceError> {
+        let wallet = self.wallet_record(r.wallet_id).await?;
+        let token = gate::new_token();
+        let now = unix_now();
+        let expires_at = now + self.gate.token_ttl_secs;
+        let email = notice::confirm_email(&self.public_url(), &wallet, r, &token.text, expires_at);
+        self.mailer.send(email).await?;
+        let record = TokenRecord {
+            hash: token.hash,
+            digest: approval_digest(&r.id, &r.action),
+            expires_at,
+        };
+        let id = r.id;
+        let expected_version = r.version;
+        let state = self
+            .store
+            .write(move |txn| {
+                let Some(mut cur) = load_request(txn, &id)? else {
+                    return Ok(None);
+                };
+                if !matches!(cur.state, State::Received | State::AwaitingEmail)
+                    || cur.version != expected_version
+                {
+                    return Ok(None);
+                }
+                cur.tokens.retain(|t| t.expires_at > now);
+                cur.tokens.push(record);
+                cur.emails_sent += 1;
+                cur.last_email_at = now;
+                cur.state = State::AwaitingEmail;
+                cur.updated_at = now;
+                cur.version += 1;
+                save_request(txn, &cur)?;
+                Ok(Some(cur.state))
+            })
+            .await?;
+        if let Some(s) = state {
+            self.transitioned(id, s).await;
+        }
+        Ok(())
+    }
+
+    /// Marks requests whose every code expired as expired.
+    pub async fn expire_stale(&self) -> Result<usize, ServiceError> {
+        let now = unix_now();
+        let ids = self.active_requests().await?;
+        let mut expired = Vec::new();
+        for id in ids {
+            let done = self
+                .store
+                .write(move |txn| {
+                    let Some(mut r) = load_request(txn, &id)? else {
+                        return Ok(false);
+                    };
+                    if r.state != State::AwaitingEmail
+                        || r.tokens.iter().any(|t| t.expires_at > now)
+                    {
+                        return Ok(false);
+                    }
+                    r.state = State::Expired;
+                    r.tokens.clear();
+                    r.updated_at = now;
+                    r.version += 1;
+                    save_request(txn, &r)?;
+                    Ok(true)
+                })
+                .await?;
+            if done {
+                expired.push(id);
+            }
+        }
+        for id in &expired {
+            self.transitioned(*id, State::Expired).await;
+        }
+        Ok(expired.len())
+    }
+
+    /// The keyhash and public key of each xpub a result goes back to.
+    pub fn reply_keys(reply_to: &[String]) -> Vec<(Keyhash, PublicKey)> {
+        reply_to
+            .iter()
+            .filter_map(|x| satcosign_cosigner::keys::parse_any_xpub(x))
+            .map(|x| (keyhash_of(&x.public_key), x.public_key))
+            .collect()
+    }
+}
+
+fn new_request(
+    id: RequestId,
+    wallet_id: WalletId,
+    action: Action,
+    state: State,
+    now: u64,
+) -> RequestRecord {
+    RequestRecord {
+        id,
+        wallet_id,
+        action,
+        state,
+        tokens: Vec::new(),
+        failed_attempts: 0,
+        emails_sent: 0,
+        last_email_at: 0,
+        approved_at: None,
+        outcome: None,
+        note: None,
+        final_state: None,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+        link_msg: None,
+    }
+}
+
+/// Opens a signing request, or updates the one still waiting for the user that spends the
+/// same transaction (its old codes then approve nothing: they were bound to the old PSBT).
+fn open_or_update_sign(
+    txn: &WriteTransaction,
+    wallet_id: WalletId,
+    new_id: RequestId,
+    action: Action,
+    txid: &str,
+    now: u64,
+    gate: &GateConfig,
+) -> Result<Result<(RequestId, State), ServiceError>, StoreError> {
+    let Some(mut wallet) = load_wallet(txn, &wallet_id)? else {
+        return Ok(Err(ServiceError::UnknownWallet(wallet_id)));
+    };
+    let active: Vec<[u8; 16]> = {
+        let t = txn.open_table(ACTIVE).map_err(db_err)?;
+        let mut ids = Vec::new();
+        for row in t.iter().map_err(db_err)? {
+            ids.push(*row.map_err(db_err)?.0.value());
+        }
+        ids
+    };
+    for raw in active {
+        let Some(mut r) = load_request(txn, &RequestId(raw))? else {
+            continue;
+        };
+        let same_tx = matches!(&r.action, Action::Sign { summary, .. } if summary.txid == txid);
+        if r.wallet_id != wallet_id || !same_tx {
+            continue;
+        }
+        if !matches!(r.state, State::Received | State::AwaitingEmail) {
+            return Ok(Err(ServiceError::WrongState {
+                id: r.id,
+                state: r.state.as_str(),
+                action: "submitting this transaction again",
+                allowed: "received or awaiting_email (it is already confirmed)",
+            }));
+        }
+        if r.action == action {
+            return Ok(Ok((r.id, r.state)));
+        }
+        r.action = action;
+        r.state = State::Received;
+        r.updated_at = now;
+        r.version += 1;
+        save_request(txn, &r)?;
+        return Ok(Ok((r.id, r.state)));
+    }
+    let hour_ago = now.saturating_sub(3600);
+    wallet.recent_requests.retain(|t| *t > hour_ago);
+    if wallet.recent_requests.len() >= gate.max_requests_per_hour as usize {
+        let oldest = wallet.recent_requests.iter().min().copied().unwrap_or(now);
+        return Ok(Err(ServiceError::RateLimited {
+            what: "signing requests for this wallet",
+            retry_after: notice::format_utc(oldest + 3600),
+        }));
+    }
+    wallet.recent_requests.push(now);
+    save_wallet(txn, &wallet)?;
+    save_request(
+        txn,
+        &new_request(new_id, wallet_id, action, State::Received, now),
+    )?;
+    Ok(Ok((new_id, State::Received)))
+}
+
+/// Used by [`crate::relay`]: loads, changes and saves a request in one transaction if it is
+/// still in `from`; returns the saved record.
+pub(crate) async fn transition(
+    store: &Store,
+    id: RequestId,
+    from: &[State],
+    change: impl FnOnce(&WriteTransaction, &mut RequestRecord) -> Result<(), StoreError>
+        + Send
+        + 'static,
+) -> Result<Option<RequestRecord>, StoreError> {
+    let from = from.to_vec();
+    store
+        .write(move |txn| {
+            let Some(mut r) = load_request(txn, &id)? else {
+                return Ok(None);
+            };
+            if !from.contains(&r.state) {
+                return Ok(None);
+            }
+            change(txn, &mut r)?;
+            r.updated_at = unix_now();
+            r.version += 1;
+            state::save_request(txn, &r)?;
+            Ok(Some(r))
+        })
+        .await
+}

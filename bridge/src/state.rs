@@ -1,0 +1,335 @@
+//! The bridge's records in redb: registered wallets and gated requests.
+//!
+//! Records are postcard-encoded serde structs, one table per kind, keyed by their 16-byte
+//! ids. A request is a persisted state machine ([`State`]); every transition is one write
+//! transaction (see [`crate::requests`]), so after a crash each request resumes where it
+//! stood. Email tokens are stored only as SHA-256 hashes.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use satcosign_cosigner::decision::RequestId;
+use satcosign_cosigner::policy::Policy;
+use satcosign_cosigner::wallet::WalletId;
+
+use crate::store::StoreError;
+
+/// Wallets: wallet id -> [`WalletRecord`].
+pub const WALLETS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("wallets");
+/// Key-fingerprint index: fingerprint (4) ++ wallet id (16) -> ().
+pub const WALLET_BY_FINGERPRINT: TableDefinition<&[u8; 20], ()> =
+    TableDefinition::new("wallet_by_fingerprint");
+/// Requests: request id -> [`RequestRecord`].
+pub const REQUESTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("requests");
+/// Requests still moving (not in a final state): request id -> ().
+pub const ACTIVE: TableDefinition<&[u8; 16], ()> = TableDefinition::new("active_requests");
+
+/// Creates every table, so readers never meet a missing one.
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+    txn.open_table(WALLETS)?;
+    txn.open_table(WALLET_BY_FINGERPRINT)?;
+    txn.open_table(REQUESTS)?;
+    txn.open_table(ACTIVE)?;
+    Ok(())
+}
+
+/// Encodes a record.
+pub fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    // Plain data into a Vec: cannot fail.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+/// Decodes a record.
+pub fn from_bytes<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|e| StoreError::Database(format!("corrupt record: {e}")))
+}
+
+/// Where a wallet stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WalletState {
+    /// Waiting for the registration to be confirmed and accepted by the cosigner.
+    Pending,
+    /// Registered with the cosigner: requests may be made.
+    Active,
+    /// The cosigner (or the user) refused the registration.
+    Refused,
+}
+
+/// A wallet as the bridge knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletRecord {
+    /// The id (the cosigner computes the same one).
+    pub id: WalletId,
+    /// The descriptors as given.
+    pub descriptors: Vec<String>,
+    /// The user's name for it.
+    pub label: String,
+    /// Where confirmations go.
+    pub email: String,
+    /// Registration state.
+    pub state: WalletState,
+    /// The policy the user asked for (the cosigner's word is final).
+    pub policy: Policy,
+    /// Why it was refused, if it was.
+    pub refusal: Option<String>,
+    /// When registered, unix seconds.
+    pub created_at: u64,
+    /// Signing requests made recently (unix seconds), for the per-wallet rate limit.
+    pub recent_requests: Vec<u64>,
+}
+
+/// A request's state. Final states: `Delivered`, and `Refused`/`Expired`/`Cancelled` once
+/// the user was told (they also end in `Delivered`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    /// Received and checked; the email is about to go.
+    Received,
+    /// Emailed; waiting for the user's confirmation.
+    AwaitingEmail,
+    /// Confirmed by the user; about to be queued for the link.
+    Confirmed,
+    /// In the link's outbox.
+    Queued,
+    /// Received by the cosigner (the link acknowledged it).
+    Sent,
+    /// Signed (or accepted, for non-signing actions); the result is ready to deliver.
+    Signed,
+    /// The cosigner refused.
+    Refused,
+    /// The user never confirmed in time.
+    Expired,
+    /// Cancelled by the user, rejected on the page, or voided by too many wrong codes.
+    Cancelled,
+    /// The outcome was delivered (mailbox, broadcast, email, subscribers).
+    Delivered,
+}
+
+impl State {
+    /// The name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Received => "received",
+            State::AwaitingEmail => "awaiting_email",
+            State::Confirmed => "confirmed",
+            State::Queued => "queued",
+            State::Sent => "sent",
+            State::Signed => "signed",
+            State::Refused => "refused",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+            State::Delivered => "delivered",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<State> {
+        ALL_STATES.iter().copied().find(|st| st.as_str() == s)
+    }
+
+    /// Whether nothing more will happen.
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Delivered)
+    }
+}
+
+/// Every state, in order.
+pub const ALL_STATES: [State; 10] = [
+    State::Received,
+    State::AwaitingEmail,
+    State::Confirmed,
+    State::Queued,
+    State::Sent,
+    State::Signed,
+    State::Refused,
+    State::Expired,
+    State::Cancelled,
+    State::Delivered,
+];
+
+/// One destination as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// Address, or the script in hex when it has no address form.
+    pub address: String,
+    /// Amount, sat.
+    pub amount_sat: u64,
+}
+
+/// What a signing request spends, as shown to the user and bound by the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendSummary {
+    /// Transaction id (of the unsigned transaction).
+    pub txid: String,
+    /// Payments out of the wallet.
+    pub destinations: Vec<Destination>,
+    /// Change back to the wallet, sat.
+    pub change_sat: u64,
+    /// Fee, sat.
+    pub fee_sat: u64,
+    /// Fee rate, sat/vB.
+    pub fee_rate_sat_vb: u64,
+    /// Total leaving the wallet (payments plus fee), sat.
+    pub leaving_sat: u64,
+    /// Inputs spent.
+    pub inputs: usize,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Register the wallet with the cosigner.
+    Register,
+    /// Cosign a PSBT.
+    Sign {
+        /// The PSBT (BIP-174), as submitted (with previous transactions filled in).
+        psbt: Vec<u8>,
+        /// What it spends.
+        summary: SpendSummary,
+        /// Keyhashes (with their xpubs) the result goes back to.
+        reply_to: Vec<String>,
+        /// An earlier request this one replaces.
+        replaces: Option<RequestId>,
+    },
+    /// Change the wallet's email address (confirmed at the old one).
+    UpdateEmail {
+        /// The new address.
+        new_email: String,
+    },
+    /// Change the wallet's policy.
+    SetPolicy {
+        /// The new policy.
+        policy: Policy,
+    },
+}
+
+impl Action {
+    /// The kind's name in the API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Register => "register",
+            Action::Sign { .. } => "sign",
+            Action::UpdateEmail { .. } => "update_email",
+            Action::SetPolicy { .. } => "set_policy",
+        }
+    }
+}
+
+/// One emailed token, stored as its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+    /// Digest of exactly what it approves (see [`crate::gate::approval_digest`]).
+    pub digest: [u8; 32],
+    /// When it stops working, unix seconds.
+    pub expires_at: u64,
+}
+
+/// The outcome delivered to the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Signed: the PSBT with the satellite's signatures, and the final transaction when
+    /// complete.
+    Signed {
+        /// The merged PSBT.
+        psbt: Vec<u8>,
+        /// The final transaction, if every signature needed is present.
+        tx: Option<Vec<u8>>,
+        /// Whether the upstream server accepted the broadcast.
+        broadcast: Option<Result<String, String>>,
+    },
+    /// Accepted (non-signing actions).
+    Done {
+        /// What the cosigner said.
+        detail: String,
+    },
+    /// Refused by the cosigner or the bridge, with a reason code and text.
+    Refused {
+        /// Machine-readable code.
+        code: String,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// A gated request and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The id.
+    pub id: RequestId,
+    /// The wallet concerned.
+    pub wallet_id: WalletId,
+    /// What it asks for.
+    pub action: Action,
+    /// Where it stands.
+    pub state: State,
+    /// Tokens emailed for it (hashes only).
+    pub tokens: Vec<TokenRecord>,
+    /// Wrong codes tried.
+    pub failed_attempts: u32,
+    /// Emails sent for it (the first and every resend).
+    pub emails_sent: u32,
+    /// When the last email went, unix seconds.
+    pub last_email_at: u64,
+    /// When the user approved, unix seconds.
+    pub approved_at: Option<u64>,
+    /// The outcome, once known.
+    pub outcome: Option<Outcome>,
+    /// Why it was cancelled or expired, if it was.
+    pub note: Option<String>,
+    /// The state before `Delivered` (what was delivered: signed, refused, expired...).
+    pub final_state: Option<State>,
+    /// When created, unix seconds.
+    pub created_at: u64,
+    /// When it last changed, unix seconds.
+    pub updated_at: u64,
+    /// Changes so far; increases with each transition (for subscribers).
+    pub version: u32,
+    /// The link message that carries it to the cosigner, once queued.
+    pub link_msg: Option<u64>,
+}
+
+/// Reads a request inside a write transaction.
+pub fn load_request(
+    txn: &WriteTransaction,
+    id: &RequestId,
+) -> Result<Option<RequestRecord>, StoreError> {
+    let t = txn.open_table(REQUESTS).map_err(db_err)?;
+    let v = t.get(&id.0).map_err(db_err)?;
+    v.map(|v| from_bytes(v.value())).transpose()
+}
+
+/// Writes a request inside a write transaction, keeping the active index in step.
+pub fn save_request(txn: &WriteTransaction, r: &RequestRecord) -> Result<(), StoreError> {
+    let mut t = txn.open_table(REQUESTS).map_err(db_err)?;
+    t.insert(&r.id.0, to_bytes(r).as_slice()).map_err(db_err)?;
+    let mut active = txn.open_table(ACTIVE).map_err(db_err)?;
+    if r.state.is_final() {
+        active.remove(&r.id.0).map_err(db_err)?;
+    } else {
+        active.insert(&r.id.0, ()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Reads a wallet inside a write transaction.
+pub fn load_wallet(
+    txn: &WriteTransaction,
+    id: &WalletId,
+) -> Result<Option<WalletRecord>, StoreError> {
+    let t = txn.open_table(WALLETS).map_err(db_err)?;
+    let v = t.get(&id.0).map_err(db_err)?;
+    v.map(|v| from_bytes(v.value())).transpose()
+}
+
+/// Writes a wallet inside a write transaction.
+pub fn save_wallet(txn: &WriteTransaction, w: &WalletRecord) -> Result<(), StoreError> {
+    let mut t = txn.open_table(WALLETS).map_err(db_err)?;
+    t.insert(&w.id.0, to_bytes(w).as_slice()).map_err(db_err)?;
+    Ok(())
+}
+
+/// Maps a redb error into a [`StoreError`].
+pub fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
