@@ -402,11 +402,14 @@ where
                 r = saved;
             }
         }
-        if let (Action::Sign { reply_to, .. }, Some(Outcome::Signed { psbt, .. })) =
+        if let (Action::Sign { reply_to, .. }, Some(Outcome::Signed { psbt, tx, .. })) =
             (&r.action, &r.outcome)
         {
+            // As a cosigner in Electrum's pool sends it: the complete transaction when there
+            // is one (Electrum reads raw transactions and PSBTs alike), else the PSBT.
+            let payload = tx.as_ref().unwrap_or(psbt);
             for (keyhash, key) in Service::reply_keys(reply_to) {
-                let message = crate::ecies::encrypt(&key, psbt);
+                let message = crate::ecies::encrypt(&key, payload);
                 service
                     .mailbox
                     .put(keyhash, message)
@@ -468,8 +471,10 @@ fn merge_and_finalize(service: &Service, ours: &[u8], signed: &[u8]) -> Result<O
                 .clone()
                 .extract_tx()
                 .map_err(|e| format!("cannot extract the transaction: {e}"))?;
+            // The PSBT keeps every partial signature (any wallet can finalize it); the final
+            // transaction goes beside it.
             Ok(Outcome::Signed {
-                psbt: finalized.serialize(),
+                psbt: merged.serialize(),
                 tx: Some(bitcoin::consensus::serialize(&tx)),
                 broadcast: None,
             })

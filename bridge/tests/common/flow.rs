@@ -1,0 +1,288 @@
+//! The whole system in this process for the signing-flow tests: the bridge and its cosigner
+//! over the simulated link, email through a real SMTP server (mailin-embedded) on loopback,
+//! and clients over real sockets.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use mailin_embedded::response::{self, Response};
+use mailin_embedded::{Handler, Server, SslConfig};
+use serde_json::{json, Value};
+
+use satcosign_bridge::config::{Config, SmtpSecurity};
+use satcosign_bridge::dev::{DevSystem, Sky};
+use satcosign_cosigner::decision::RequestId;
+
+/// Every email the SMTP server accepted, raw.
+#[derive(Clone, Default)]
+pub struct Inbox(Arc<Mutex<Vec<String>>>);
+
+#[derive(Clone)]
+struct Sink {
+    inbox: Inbox,
+    current: Vec<u8>,
+}
+
+impl Handler for Sink {
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        _to: &[String],
+    ) -> Response {
+        self.current.clear();
+        response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> Response {
+        let mail = String::from_utf8_lossy(&self.current).into_owned();
+        self.inbox.0.lock().expect("inbox").push(mail);
+        response::OK
+    }
+}
+
+impl Inbox {
+    /// Starts an SMTP server on a loopback port; returns the port.
+    pub fn start() -> (Inbox, u16) {
+        let inbox = Inbox::default();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind smtp");
+        let port = listener.local_addr().expect("addr").port();
+        let mut server = Server::new(Sink {
+            inbox: inbox.clone(),
+            current: Vec::new(),
+        });
+        server
+            .with_name("mail.test")
+            .with_ssl(SslConfig::None)
+            .expect("no tls")
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        (inbox, port)
+    }
+
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().expect("inbox").clone()
+    }
+
+    /// The newest code emailed for `id` (waits up to 20 s).
+    pub async fn code(&self, id: &str) -> String {
+        let rid = parse_id(id);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(code) = self
+                .all()
+                .iter()
+                .rev()
+                .find_map(|m| satcosign_bridge::demo::find_code(m, &rid))
+            {
+                return code;
+            }
+            assert!(Instant::now() < deadline, "no email with a code for {id}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many emails mention request `id`.
+    pub fn count_for(&self, id: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|m| satcosign_bridge::demo::decode_quoted_printable(m).contains(&id[..8]))
+            .count()
+    }
+}
+
+pub fn parse_id(id: &str) -> RequestId {
+    let mut raw = [0u8; 16];
+    hex::decode_to_slice(id, &mut raw).expect("32 hex id");
+    RequestId(raw)
+}
+
+/// The system under test.
+pub struct Flow {
+    pub system: DevSystem,
+    pub inbox: Inbox,
+    pub rpc: HttpClient,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+/// A sky that is always in view, with `loss`.
+pub fn sky(loss: f64) -> Sky {
+    Sky {
+        pass_up: Duration::from_secs(3600),
+        pass_period: Duration::from_secs(3600),
+        loss,
+        bitrate: 9600,
+    }
+}
+
+impl Flow {
+    pub async fn start(sky: Sky, edit: impl FnOnce(&mut Config)) -> Flow {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (inbox, smtp_port) = Inbox::start();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            network: satcosign_bridge::config::Network::Regtest,
+            ..Config::default()
+        };
+        config.electrum.tcp = "127.0.0.1:0".into();
+        config.http.listen = "127.0.0.1:0".into();
+        config.email.smtp_host = Some("127.0.0.1".into());
+        config.email.smtp_port = Some(smtp_port);
+        config.email.smtp_security = SmtpSecurity::Plain;
+        edit(&mut config);
+        let system = satcosign_bridge::dev::start_dev(config.clone(), sky)
+            .await
+            .expect("system starts");
+        let http = system.bridge.http.expect("http");
+        let rpc = HttpClientBuilder::default()
+            .request_timeout(Duration::from_secs(60))
+            .build(format!("http://{http}"))
+            .expect("client");
+        Flow {
+            system,
+            inbox,
+            rpc,
+            dir,
+            config,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, jsonrpsee::core::client::Error> {
+        self.rpc.request(method, params).await
+    }
+
+    pub async fn ok(&self, method: &str, params: Vec<Value>) -> Value {
+        match self.call(method, params).await {
+            Ok(v) => {
+                super::contract().check_result(method, &v);
+                v
+            }
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// The error object of a call that must fail.
+    pub async fn err(&self, method: &str, params: Vec<Value>) -> (i32, String, Value) {
+        match self.call(method, params).await {
+            Ok(v) => panic!("{method} should fail, returned {v}"),
+            Err(jsonrpsee::core::client::Error::Call(e)) => (
+                e.code(),
+                e.message().to_owned(),
+                e.data()
+                    .map(|d| serde_json::from_str(d.get()).expect("data json"))
+                    .unwrap_or(Value::Null),
+            ),
+            Err(e) => panic!("{method}: transport error {e}"),
+        }
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.ok("request.status", vec![json!(id)]).await
+    }
+
+    /// Waits until request `id` is in `state` (or fails after `secs`).
+    pub async fn wait_state(&self, id: &str, state: &str, secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.status(id).await;
+            if s["state"] == state {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {id} never reached {state}; last {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Registers `descriptor` and confirms it by the emailed code; returns the wallet id.
+    pub async fn register(&self, descriptor: &str) -> String {
+        let r = self
+            .ok(
+                "wallet.register",
+                vec![
+                    json!(descriptor),
+                    json!("alice@example.org"),
+                    json!("Alice's savings"),
+                ],
+            )
+            .await;
+        let rid = r["request_id"].as_str().expect("id").to_owned();
+        let code = self.inbox.code(&rid).await;
+        self.ok("request.confirm", vec![json!(rid), json!(code)])
+            .await;
+        let done = self.wait_state(&rid, "delivered", 120).await;
+        assert_eq!(done["final_state"], "signed", "{done}");
+        let wid = r["wallet_id"].as_str().expect("wallet").to_owned();
+        assert_eq!(
+            self.ok("wallet.status", vec![json!(wid)]).await["state"],
+            "active"
+        );
+        wid
+    }
+
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.system.bridge.http.expect("http")
+    }
+}
+
+/// The satellite-side key of the in-process cosigner, as a test wallet around it.
+pub fn test_wallet(flow: &Flow) -> satcosign_cosigner::testkit::TestWallet {
+    let key = satcosign_cosigner::keys::CosignerKey::from_seed(
+        &flow.system.cosigner_key_seed,
+        bitcoin::NetworkKind::Test,
+    )
+    .expect("key");
+    satcosign_cosigner::testkit::TestWallet::with_satellite(key)
+}
+
+/// Runs Debian's Electrum helper script.
+pub fn electrum(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/electrum/wallet.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run /usr/bin/python3 (Debian's python3-electrum)");
+    assert!(
+        out.status.success(),
+        "wallet.py {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// A minimal HTTP/1.1 exchange over a real socket: (status, headers+body text).
+pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

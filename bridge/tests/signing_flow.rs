@@ -1,0 +1,350 @@
+//! The signing flow end to end: stock Electrum's PSBT in through `cosigner.put`, the email
+//! through a real SMTP server, the confirmation, the simulated radio link with loss, the
+//! satellite's signature, and the result back in Electrum's mailbox, finalized by Electrum
+//! and checked by Bitcoin Core's script interpreter.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bitcoin::consensus::deserialize;
+use bitcoin::Transaction;
+use electrum_client::ElectrumApi as _;
+use serde_json::{json, Value};
+
+use common::flow::{electrum, sky, test_wallet, Flow};
+
+/// Checks every input of `tx` with libbitcoinconsensus against the outputs it spends.
+fn verify_with_core(tx: &Transaction, spent: &[Transaction]) {
+    let raw = bitcoin::consensus::serialize(tx);
+    for (i, input) in tx.input.iter().enumerate() {
+        let prev = spent
+            .iter()
+            .find(|p| p.compute_txid() == input.previous_output.txid)
+            .expect("spent transaction known");
+        let out = &prev.output[input.previous_output.vout as usize];
+        out.script_pubkey
+            .verify(i, out.value, &raw)
+            .unwrap_or_else(|e| panic!("input {i} fails Bitcoin Core's interpreter: {e:?}"));
+    }
+}
+
+#[test]
+fn ecies_interoperates_with_electrums_ecc_both_ways() {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let key = satcosign_bridge::ecies::random_secret_key();
+    let public = hex::encode(key.public_key(&secp).serialize());
+    let message = b"psbt\xff and every byte value \x00\x01\xfe";
+    // Electrum encrypts, the bridge decrypts.
+    let from_electrum = electrum(&["ecies-encrypt", &public, &hex::encode(message)]);
+    assert_eq!(
+        satcosign_bridge::ecies::decrypt(&key, &from_electrum).expect("bridge decrypts Electrum's"),
+        message
+    );
+    // The bridge encrypts, Electrum decrypts.
+    let ours = satcosign_bridge::ecies::encrypt(&key.public_key(&secp), message);
+    let plain = electrum(&["ecies-decrypt", &hex::encode(key.secret_bytes()), &ours]);
+    assert_eq!(hex::decode(plain).expect("hex"), message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mailbox() {
+    let flow = Flow::start(sky(0.10), |_| {}).await;
+    let info = flow.ok("satellite.info", vec![]).await;
+    let made: Value = serde_json::from_str(&electrum(&[
+        "request",
+        info["electrum_xpub"].as_str().expect("xpub"),
+        info["mailbox_pubkey"].as_str().expect("mailbox key"),
+    ]))
+    .expect("json");
+    // Electrum computes the satellite's keyhash from the xpub it was given: the bridge agrees.
+    assert_eq!(made["satellite_keyhash"], info["keyhash"]);
+    flow.register(made["descriptor"].as_str().expect("descriptor"))
+        .await;
+
+    // Stock Electrum's client side speaks the Electrum protocol over TCP: the put is a request.
+    let tcp = flow.system.bridge.electrum_tcp.expect("tcp");
+    let client = electrum_client::Client::new(&format!("tcp://{tcp}")).expect("electrum client");
+    let put = client
+        .raw_call(
+            "cosigner.put",
+            vec![
+                electrum_client::Param::String(info["keyhash"].as_str().expect("kh").to_owned()),
+                electrum_client::Param::String(made["message"].as_str().expect("msg").to_owned()),
+            ],
+        )
+        .expect("put accepted");
+    let id = put
+        .as_str()
+        .expect("the put returns the request id")
+        .to_owned();
+    // It never sits in the satellite's slot.
+    let slot = client
+        .raw_call(
+            "cosigner.get",
+            vec![electrum_client::Param::String(
+                info["keyhash"].as_str().expect("kh").to_owned(),
+            )],
+        )
+        .expect("get");
+    assert_eq!(slot, Value::Null);
+
+    let status = flow.wait_state(&id, "awaiting_email", 30).await;
+    assert_eq!(status["summary"]["txid"], made["txid"]);
+    assert_eq!(
+        status["summary"]["destinations"][0]["address"],
+        made["destination"]
+    );
+    assert_eq!(status["summary"]["destinations"][0]["amount_sat"], 400_000);
+    assert_eq!(status["summary"]["fee_sat"], 1_000);
+
+    let code = flow.inbox.code(&id).await;
+    let confirmed = flow
+        .ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    assert_eq!(confirmed["state"], "confirmed");
+    let done = flow.wait_state(&id, "delivered", 300).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+
+    // The result waits in the requester's mailbox, encrypted to its xpub key.
+    let message = client
+        .raw_call(
+            "cosigner.get",
+            vec![electrum_client::Param::String(
+                made["user_keyhash"].as_str().expect("kh").to_owned(),
+            )],
+        )
+        .expect("get");
+    let received: Value = serde_json::from_str(&electrum(&[
+        "receive",
+        message.as_str().expect("a message"),
+    ]))
+    .expect("json");
+    assert_eq!(received["complete"], true, "{received} {done}");
+    assert_eq!(received["txid"], made["txid"]);
+    let tx: Transaction =
+        deserialize(&hex::decode(received["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
+    let funding: Transaction =
+        deserialize(&hex::decode(made["funding_tx"].as_str().expect("f")).expect("hex"))
+            .expect("funding");
+    verify_with_core(&tx, &[funding]);
+    // The same final transaction is in the request's outcome.
+    assert_eq!(done["outcome"]["signed"]["tx"], received["tx"]);
+
+    // No email carried a key, an xpub, a descriptor or the PSBT.
+    let secrets = [
+        made["descriptor"].as_str().expect("d").to_owned(),
+        made["user_xpub"].as_str().expect("x").to_owned(),
+        info["xpub"].as_str().expect("x").to_owned(),
+        info["electrum_xpub"].as_str().expect("x").to_owned(),
+        made["psbt"].as_str().expect("p")[..40].to_owned(),
+    ];
+    let mails = flow.inbox.all();
+    assert!(
+        mails.len() >= 4,
+        "registration and request: a code and an outcome each"
+    );
+    for mail in &mails {
+        let text = satcosign_bridge::demo::decode_quoted_printable(mail);
+        for s in &secrets {
+            assert!(!text.contains(s.as_str()), "an email contains {s}");
+        }
+        for marker in ["tpub", "Vpub", "wsh(", "cHNidP", "70736274ff"] {
+            assert!(!text.contains(marker), "an email contains {marker}");
+        }
+    }
+    // No code is stored in clear: neither the text nor its bytes are in the database.
+    let db = std::fs::read(flow.config.data_dir.join("bridge.redb")).expect("db");
+    let plain = code.replace('-', "");
+    for needle in [code.as_bytes(), plain.as_bytes()] {
+        assert!(
+            !db.windows(needle.len()).any(|w| w == needle),
+            "the database holds a code in clear"
+        );
+    }
+    flow.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link() {
+    let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 10_000).await;
+    let w = test_wallet(&flow);
+    let wid = flow.register(&w.descriptor).await;
+    let psbt = w.typical_signed_psbt(1, 3);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+    let (code, msg, data) = flow
+        .err("request.submit", vec![json!(wid), json!(b64)])
+        .await;
+    assert_eq!(code, satcosign_bridge::rpc_error::REFUSED);
+    assert_eq!(data["reason"], "over_tx_limit", "{msg}");
+    // A PSBT that is not one.
+    let (code, msg, data) = flow
+        .err("request.submit", vec![json!(wid), json!("cHNidP8BAA==")])
+        .await;
+    assert_eq!(code, satcosign_bridge::rpc_error::INVALID_PARAMS, "{msg}");
+    assert_eq!(data["param"], "psbt");
+    flow.system.stop().await;
+}
+
+/// Drives headless Chromium over the DevTools protocol.
+struct Browser {
+    child: std::process::Child,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next: u64,
+    session: Option<String>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch() -> Browser {
+        use std::io::BufRead as _;
+        let profile = tempfile::tempdir().expect("profile");
+        let mut child = std::process::Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("chromium is installed (scripts/test installs it)");
+        let stderr = child.stderr.take().expect("stderr");
+        let url = std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| l.split("DevTools listening on ").nth(1).map(str::to_owned))
+            .expect("chromium prints its DevTools address");
+        let (ws, _) = tokio_tungstenite::connect_async(url.trim())
+            .await
+            .expect("devtools");
+        Browser {
+            child,
+            ws,
+            next: 1,
+            session: None,
+            _profile: profile,
+        }
+    }
+
+    async fn send(&mut self, method: &str, params: Value) -> Value {
+        use futures::{SinkExt as _, StreamExt as _};
+        let id = self.next;
+        self.next += 1;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = &self.session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                msg.to_string(),
+            ))
+            .await
+            .expect("send");
+        loop {
+            let frame = self.ws.next().await.expect("open").expect("frame");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = frame {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["id"] == id {
+                    assert!(v.get("error").is_none(), "{method}: {v}");
+                    return v["result"].clone();
+                }
+            }
+        }
+    }
+
+    async fn open(&mut self, url: &str) {
+        let target = self.send("Target.createTarget", json!({"url": url})).await;
+        let attached = self
+            .send(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        self.session = attached["sessionId"].as_str().map(str::to_owned);
+    }
+
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .send(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    async fn wait_for(&mut self, expression: &str) -> Value {
+        for _ in 0..200 {
+            let v = self.eval(expression).await;
+            if !v.is_null() && v != json!(false) && v != json!("") {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("page never satisfied {expression}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approves() {
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let w = test_wallet(&flow);
+    let wid = flow.register(&w.descriptor).await;
+    let psbt = w.typical_signed_psbt(1, 11);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+    let id = flow
+        .ok("request.submit", vec![json!(wid), json!(b64)])
+        .await["request_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let code = flow.inbox.code(&id).await;
+    let url = format!("http://{}/confirm/{id}?t={code}", flow.http_addr());
+
+    let mut browser = Browser::launch().await;
+    browser.open(&url).await;
+    let text = browser
+        .wait_for("document.getElementById('confirm') && document.body.innerText")
+        .await;
+    let text = text.as_str().expect("page text");
+    assert!(text.contains("Alice's savings"), "{text}");
+    assert!(
+        text.contains("0.00050000 BTC"),
+        "the payment is shown: {text}"
+    );
+    assert!(text.contains(&id), "{text}");
+    // Opening the page (a GET) changed nothing.
+    assert_eq!(flow.status(&id).await["state"], "awaiting_email");
+
+    browser
+        .eval("document.getElementById('confirm').click()")
+        .await;
+    let result = browser
+        .wait_for(
+            "document.getElementById('result') && document.getElementById('result').innerText",
+        )
+        .await;
+    assert_eq!(result, "Confirmed");
+    let done = flow.wait_state(&id, "delivered", 120).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    assert!(done["outcome"]["signed"]["tx"].is_string(), "{done}");
+    drop(browser);
+    flow.system.stop().await;
+}
