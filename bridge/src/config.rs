@@ -222,7 +222,8 @@ impl Default for EmailConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GateConfig {
-    /// How long an emailed code works, seconds (allow for slow mail). Default 86400.
+    /// How long an emailed code works, seconds. Default 86400; keep hours, not minutes:
+    /// mail can be slow and users are away.
     pub token_ttl_secs: u64,
     /// Wrong codes before a request is voided. Default 5.
     pub max_attempts: u32,
@@ -547,10 +548,10 @@ impl Config {
                 return invalid("email.public_url", format!("`{url}` is not an http(s) URL"));
             }
         }
-        if !(300..=30 * 24 * 3600).contains(&self.gate.token_ttl_secs) {
+        if !(1..=30 * 24 * 3600).contains(&self.gate.token_ttl_secs) {
             return invalid(
                 "gate.token_ttl_secs",
-                format!("{} is outside 300..=2592000", self.gate.token_ttl_secs),
+                format!("{} is outside 1..=2592000", self.gate.token_ttl_secs),
             );
         }
         if !(1..=100).contains(&self.gate.max_attempts) {
