@@ -1,0 +1,280 @@
+//! SIGKILL the bridge (`satcosign-bridge dev`, with its cosigner in the same process) at
+//! each state of a signing request, restart it, and check the request completes exactly once
+//! and the cosigner signed exactly once.
+
+mod common;
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::HttpClientBuilder;
+use serde_json::{json, Value};
+
+use common::flow::parse_id;
+
+struct Bridge {
+    child: Child,
+    http: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn start(dir: &Path, hold_at: Option<&str>) -> Bridge {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"));
+    cmd.args([
+        "dev",
+        "--electrum-tcp",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ])
+    .args(["--pass-up", "3600", "--pass-period", "3600"])
+    .arg("--data-dir")
+    .arg(dir)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if let Some(state) = hold_at {
+        cmd.env("SATCOSIGN_TEST_HOLD_AT", state);
+    }
+    let mut child = cmd.spawn().expect("bridge binary");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut http = None;
+    for line in stdout.lines().map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("http: ") {
+            http = Some(a.to_owned());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Bridge {
+        child,
+        http: http.expect("the bridge printed its http address"),
+        stderr: rx,
+    }
+}
+
+impl Bridge {
+    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
+        let client = HttpClientBuilder::default()
+            .request_timeout(Duration::from_secs(30))
+            .build(&self.http)
+            .expect("client");
+        client
+            .request(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// Waits for the hold line; returns the request id it names.
+    fn held(&self, state: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("the bridge never held at {state}"));
+            if let Some(rest) = line.strip_prefix(&format!("test-hold: {state} ")) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    fn kill(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        self.child.wait().expect("reaped");
+    }
+
+    fn terminate(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("term");
+        self.child.wait().expect("reaped");
+    }
+
+    async fn wait_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self.call("request.status", vec![json!(id)]).await;
+            if s["state"] == state {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{id} never reached {state}: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn code(dir: &Path, id: &str) -> String {
+    let rid = parse_id(id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(c) = satcosign_bridge::demo::code_from_mail_dir(&dir.join("mail"), &rid) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "no email for {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn wallet(dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
+    let seed =
+        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
+    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
+        .expect("key");
+    satcosign_cosigner::testkit::TestWallet::with_satellite(key)
+}
+
+/// A data directory with the test wallet registered and active.
+async fn registered(dir: &Path) -> String {
+    let b = start(dir, None);
+    let w = wallet(dir);
+    let r = b
+        .call(
+            "wallet.register",
+            vec![json!(w.descriptor), json!("bob@example.org"), json!("Bob")],
+        )
+        .await;
+    let rid = r["request_id"].as_str().expect("id").to_owned();
+    let c = code(dir, &rid).await;
+    b.call("request.confirm", vec![json!(rid), json!(c)]).await;
+    b.wait_state(&rid, "delivered").await;
+    b.terminate();
+    r["wallet_id"].as_str().expect("wallet").to_owned()
+}
+
+async fn crash_at(state: &'static str) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir: PathBuf = tmp.path().join("data");
+    let wid = registered(&dir).await;
+    let w = wallet(&dir);
+    let psbt = w.typical_signed_psbt(1, 7);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+
+    let b = start(&dir, Some(state));
+    let http = b.http.clone();
+    // Calls that hold (the bridge freezes inside them) run in the background.
+    let submit = tokio::spawn({
+        let (wid, b64, http) = (wid.clone(), b64.clone(), http.clone());
+        async move {
+            let client = HttpClientBuilder::default().build(&http).expect("client");
+            let _: Result<Value, _> = client
+                .request("request.submit", vec![json!(wid), json!(b64)])
+                .await;
+        }
+    });
+    let id = if state == "received" {
+        b.held(state)
+    } else {
+        // Find the id from the email, then confirm (in the background: it may hold).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let found = std::fs::read_dir(dir.join("mail"))
+                .expect("mail dir")
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .map(|t| satcosign_bridge::demo::decode_quoted_printable(&t))
+                .filter(|t| t.contains("Send 0.00050000 BTC"))
+                .find_map(|t| t.split("/confirm/").nth(1).map(|r| r[..32].to_owned()));
+            if let Some(id) = found {
+                break id;
+            }
+            assert!(Instant::now() < deadline, "no signing email");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if state != "awaiting_email" {
+            let c = code(&dir, &id).await;
+            let http = http.clone();
+            let id2 = id.clone();
+            tokio::spawn(async move {
+                let client = HttpClientBuilder::default().build(&http).expect("client");
+                let _: Result<Value, _> = client
+                    .request("request.confirm", vec![json!(id2), json!(c)])
+                    .await;
+            });
+        }
+        assert_eq!(b.held(state), id);
+        id
+    };
+    b.kill();
+    submit.abort();
+
+    let b = start(&dir, None);
+    if matches!(state, "received" | "awaiting_email") {
+        let s = b.wait_state(&id, "awaiting_email").await;
+        assert_eq!(s["kind"], "sign");
+        let c = code(&dir, &id).await;
+        b.call("request.confirm", vec![json!(id), json!(c)]).await;
+    }
+    let done = b.wait_state(&id, "delivered").await;
+    assert_eq!(done["final_state"], "signed", "{state}: {done}");
+    assert!(
+        done["outcome"]["signed"]["tx"].is_string(),
+        "{state}: {done}"
+    );
+    b.terminate();
+
+    // The cosigner debited its ledger once and signed once.
+    let seed =
+        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
+    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
+        .expect("key");
+    let cosigner = satcosign_cosigner::daemon::Cosigner::open(
+        key,
+        &dir.join("cosigner/cosigner.redb"),
+        satcosign_cosigner::daemon::Settings {
+            network: bitcoin::Network::Regtest,
+            rules: satcosign_cosigner::decision::Rules {
+                approval_max_age_secs: 3600,
+                clock_skew_secs: 60,
+            },
+            policy_loosen_delay_secs: 0,
+        },
+    )
+    .expect("cosigner db");
+    let ledger = cosigner.ledger(&w.wallet.id, 0).expect("ledger");
+    assert_eq!(ledger.len(), 1, "{state}: one debit");
+    assert_eq!(ledger[0].request_id, parse_id(&id));
+    let signed = cosigner
+        .audit_log()
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == "sign" && e.outcome == "signed")
+        .count();
+    assert_eq!(signed, 1, "{state}: signed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_at_any_state_resumes_the_request_which_completes_once() {
+    for state in [
+        "received",
+        "awaiting_email",
+        "confirmed",
+        "queued",
+        "sent",
+        "signed",
+    ] {
+        crash_at(state).await;
+    }
+}
