@@ -14,12 +14,15 @@ use bitcoin::psbt::Psbt;
 use miniscript::psbt::PsbtExt as _;
 use tokio::sync::mpsc;
 
+use satcosign_cosigner::air;
 use satcosign_cosigner::decision::{Approval, RequestId, SignRequest};
 use satcosign_cosigner::policy::PolicyChange;
 use satcosign_cosigner::protocol::{
-    open_envelope, seal_envelope, PolicyOutcome, RegisterOutcome, RegisterWallet, Request,
-    Response, SignOutcome, UpdatePolicy,
+    open_envelope, seal_envelope, CompactOutcome, PolicyOutcome, RegisterOutcome, RegisterWallet,
+    Request, Response, SignOutcome, UpdatePolicy,
 };
+use satcosign_cosigner::spend::analyze;
+use satcosign_cosigner::wallet::Wallet;
 use satcosign_link::link::LinkHandle;
 use satcosign_link::store::LinkStore;
 
@@ -164,17 +167,24 @@ where
             Action::Sign { psbt, replaces, .. } => {
                 let parsed =
                     Psbt::deserialize(psbt).map_err(|e| ServiceError::BadPsbt(e.to_string()))?;
-                Request::Sign(SignRequest {
-                    request_id: r.id,
-                    wallet_id: r.wallet_id,
-                    psbt: psbt.clone(),
-                    approval: Approval {
+                let checked = self.service.wallet(&wallet)?;
+                let spend = analyze(&self.service.secp, &checked, &parsed)
+                    .map_err(ServiceError::Refused)?;
+                // The compact form when it can carry the PSBT (it nearly always can).
+                match air::compact(&checked, &parsed, &spend, r.id, approved_at, *replaces) {
+                    Some(c) => Request::SignCompact(c),
+                    None => Request::Sign(SignRequest {
                         request_id: r.id,
-                        txid: parsed.unsigned_tx.compute_txid(),
-                        approved_at,
-                    },
-                    replaces: *replaces,
-                })
+                        wallet_id: r.wallet_id,
+                        psbt: psbt.clone(),
+                        approval: Approval {
+                            request_id: r.id,
+                            txid: parsed.unsigned_tx.compute_txid(),
+                            approved_at,
+                        },
+                        replaces: *replaces,
+                    }),
+                }
             }
             Action::UpdateEmail { .. } => {
                 return Err(ServiceError::Invalid {
@@ -269,7 +279,10 @@ where
         if r.state == State::Queued {
             self.to_sent(id).await?;
         }
-        let outcome = self.outcome_of(&r, response);
+        let wallet = self
+            .service
+            .wallet(&self.service.wallet_record(r.wallet_id).await?)?;
+        let outcome = self.outcome_of(&r, &wallet, response);
         let state = match outcome {
             Outcome::Refused { .. } => State::Refused,
             _ => State::Signed,
@@ -315,7 +328,7 @@ where
         Ok(())
     }
 
-    fn outcome_of(&self, r: &RequestRecord, response: Response) -> Outcome {
+    fn outcome_of(&self, r: &RequestRecord, wallet: &Wallet, response: Response) -> Outcome {
         let refused = |code: &str, reason: String| Outcome::Refused {
             code: code.to_owned(),
             reason,
@@ -323,12 +336,21 @@ where
         match (response, &r.action) {
             (Response::Sign(s), Action::Sign { psbt, .. }) => match s.outcome {
                 SignOutcome::Signed { psbt: signed } => {
-                    match merge_and_finalize(&self.service, psbt, &signed) {
+                    match merge_psbt(&self.service, psbt, &signed) {
                         Ok(o) => o,
                         Err(e) => refused("bad_answer", e),
                     }
                 }
                 SignOutcome::Refused(refusal) => refused(refusal.code(), refusal.to_string()),
+            },
+            (Response::SignCompact(s), Action::Sign { psbt, .. }) => match s.outcome {
+                CompactOutcome::Signed(sigs) => {
+                    match merge_compact(&self.service, wallet, psbt, &sigs.0) {
+                        Ok(o) => o,
+                        Err(e) => refused("bad_answer", e),
+                    }
+                }
+                CompactOutcome::Refused(refusal) => refused(refusal.code(), refusal.to_string()),
             },
             (Response::WalletRegistered(o), Action::Register) => match o {
                 RegisterOutcome::Registered { wallet_id } if wallet_id == r.wallet_id => {
@@ -452,8 +474,8 @@ where
     }
 }
 
-/// Merges the cosigner's signatures into the request's PSBT and finalizes it when complete.
-fn merge_and_finalize(service: &Service, ours: &[u8], signed: &[u8]) -> Result<Outcome, String> {
+/// Merges the signatures of the satellite's full-PSBT answer into the request's PSBT.
+fn merge_psbt(service: &Service, ours: &[u8], signed: &[u8]) -> Result<Outcome, String> {
     let mut merged = Psbt::deserialize(ours).map_err(|e| format!("stored PSBT: {e}"))?;
     let theirs = Psbt::deserialize(signed).map_err(|e| format!("the satellite's PSBT: {e}"))?;
     if theirs.unsigned_tx != merged.unsigned_tx {
@@ -464,11 +486,45 @@ fn merge_and_finalize(service: &Service, ours: &[u8], signed: &[u8]) -> Result<O
             mine.partial_sigs.entry(*k).or_insert(*v);
         }
     }
+    finish(service, merged)
+}
+
+/// Merges the satellite's compact signatures (one per input) into the request's PSBT.
+fn merge_compact(
+    service: &Service,
+    wallet: &Wallet,
+    ours: &[u8],
+    signatures: &[Vec<u8>],
+) -> Result<Outcome, String> {
+    let mut merged = Psbt::deserialize(ours).map_err(|e| format!("stored PSBT: {e}"))?;
+    let spend = analyze(&service.secp, wallet, &merged).map_err(|e| e.to_string())?;
+    if signatures.len() != merged.inputs.len() {
+        return Err(format!(
+            "the satellite sent {} signatures for {} inputs",
+            signatures.len(),
+            merged.inputs.len()
+        ));
+    }
+    for ((input, plan), sig) in merged.inputs.iter_mut().zip(&spend.inputs).zip(signatures) {
+        let signature = bitcoin::secp256k1::ecdsa::Signature::from_compact(sig)
+            .map_err(|e| format!("the satellite's signature: {e}"))?;
+        input.partial_sigs.insert(
+            plan.derived.our_pubkey,
+            bitcoin::ecdsa::Signature {
+                signature,
+                sighash_type: bitcoin::sighash::EcdsaSighashType::All,
+            },
+        );
+    }
+    finish(service, merged)
+}
+
+/// Finalizes `merged` when it is complete (miniscript checks every signature on the way).
+fn finish(service: &Service, merged: Psbt) -> Result<Outcome, String> {
     let mut finalized = merged.clone();
     match finalized.finalize_mut(&service.secp) {
         Ok(()) => {
             let tx = finalized
-                .clone()
                 .extract_tx()
                 .map_err(|e| format!("cannot extract the transaction: {e}"))?;
             // The PSBT keeps every partial signature (any wallet can finalize it); the final

@@ -15,12 +15,13 @@ use bitcoin::secp256k1::{All, Secp256k1};
 use bitcoin::Network;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
+use crate::air::{self, CompactSign};
 use crate::decision::{self, Decision, DecisionInput, LedgerEntry, OutpointRecord, Rules};
 use crate::keys::CosignerKey;
 use crate::policy::PolicyChange;
 use crate::protocol::{
-    Info, PolicyOutcome, RegisterOutcome, RegisterWallet, Request, Response, SignOutcome,
-    SignResponse, UpdatePolicy, PROTOCOL_VERSION,
+    CompactOutcome, CompactSignResponse, Info, PolicyOutcome, RegisterOutcome, RegisterWallet,
+    Request, Response, SignOutcome, SignResponse, UpdatePolicy, PROTOCOL_VERSION,
 };
 use crate::refusal::Refusal;
 use crate::state::{
@@ -141,6 +142,7 @@ impl Cosigner {
                 request_id: s.request_id,
                 outcome: self.sign(s, now),
             })),
+            Request::SignCompact(c) => Ok(Response::SignCompact(self.sign_compact(c, now))),
         };
         result.unwrap_or_else(|e| {
             tracing::error!(error = %e, "request failed");
@@ -274,6 +276,79 @@ impl Cosigner {
         let w = Arc::new(w);
         cache.insert(*id, w.clone());
         Ok(w)
+    }
+
+    /// The registered wallet `id`, if any.
+    fn registered_wallet(&self, id: &WalletId) -> Result<Option<Arc<Wallet>>, Refusal> {
+        let record: Option<WalletRecord> = (|| {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(WALLETS).map_err(db_err)?;
+            let v = table.get(&id.0).map_err(db_err)?;
+            v.map(|v| from_bytes("wallets", v.value())).transpose()
+        })()
+        .map_err(internal)?;
+        record.map(|r| self.wallet(id, &r.descriptor)).transpose()
+    }
+
+    /// A compact request: rebuilt into the full PSBT from the registered wallet, judged as
+    /// any other, answered with the satellite's signatures only.
+    fn sign_compact(&self, c: &CompactSign, now: u64) -> CompactSignResponse {
+        let answer = |outcome| CompactSignResponse {
+            request_id: c.request_id,
+            outcome,
+        };
+        let refused = |r| answer(CompactOutcome::Refused(r));
+        let wallet = match self.registered_wallet(&c.wallet_id) {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                return refused(Refusal::UnknownWallet {
+                    wallet_id: c.wallet_id,
+                })
+            }
+            Err(r) => return refused(r),
+        };
+        let psbt = match air::expand(&self.secp, &wallet, c) {
+            Ok(p) => p,
+            Err(r) => return refused(r),
+        };
+        let ours: Option<Vec<_>> = c
+            .inputs
+            .iter()
+            .map(|i| {
+                wallet
+                    .derive(&self.secp, i.branch, i.index)
+                    .map(|d| d.our_pubkey)
+            })
+            .collect();
+        let Some(ours) = ours else {
+            return refused(Refusal::InputNotInWallet {
+                input: 0,
+                reason: "a branch or index does not derive".into(),
+            });
+        };
+        let req = decision::SignRequest {
+            request_id: c.request_id,
+            wallet_id: c.wallet_id,
+            psbt: psbt.serialize(),
+            approval: decision::Approval {
+                request_id: c.request_id,
+                txid: psbt.unsigned_tx.compute_txid(),
+                approved_at: c.approved_at,
+            },
+            replaces: c.replaces,
+        };
+        match self.sign(&req, now) {
+            SignOutcome::Signed { psbt } => match bitcoin::psbt::Psbt::deserialize(&psbt)
+                .ok()
+                .and_then(|p| air::our_signatures(&p, &ours))
+            {
+                Some(sigs) => answer(CompactOutcome::Signed(sigs)),
+                None => refused(Refusal::Internal {
+                    reason: "signed PSBT lacks a signature of ours".into(),
+                }),
+            },
+            SignOutcome::Refused(r) => refused(r),
+        }
     }
 
     fn sign(&self, req: &decision::SignRequest, now: u64) -> SignOutcome {

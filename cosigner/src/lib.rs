@@ -9,10 +9,12 @@
 //! - [`refusal`]: every reason to refuse, with stable codes;
 //! - [`decision`]: the pure signing decision;
 //! - [`protocol`]: messages between bridge and cosigner (shared with the bridge);
+//! - [`air`]: the compact form of signing requests and answers for the radio;
 //! - [`state`]: redb tables; [`daemon`]: the request handler that makes decisions durable;
 //! - [`link_service`]: answers requests arriving over the radio link;
 //! - [`config`]: the daemon's TOML configuration.
 
+pub mod air;
 pub mod config;
 pub mod daemon;
 pub mod decision;

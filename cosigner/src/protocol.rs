@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::air::{CompactSign, CompactSignatures};
 use crate::decision::{RequestId, SignRequest};
 use crate::policy::{Policy, PolicyChange};
 use crate::refusal::Refusal;
@@ -29,6 +30,8 @@ pub enum Request {
     UpdatePolicy(UpdatePolicy),
     /// Cosign a PSBT (after the user confirmed by email).
     Sign(SignRequest),
+    /// Cosign, in the compact form of [`crate::air`] (the bridge's usual choice).
+    SignCompact(CompactSign),
 }
 
 /// What the cosigner answers.
@@ -47,6 +50,26 @@ pub enum Response {
         /// Why.
         reason: String,
     },
+    /// Outcome of a compact signing request.
+    SignCompact(CompactSignResponse),
+}
+
+/// Outcome of a [`CompactSign`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactSignResponse {
+    /// The request answered.
+    pub request_id: RequestId,
+    /// Signed or refused.
+    pub outcome: CompactOutcome,
+}
+
+/// Signed (the satellite's signatures only) or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompactOutcome {
+    /// One signature per input, in order.
+    Signed(CompactSignatures),
+    /// Refused, with the reason.
+    Refused(Refusal),
 }
 
 /// The cosigner's identity.

@@ -272,6 +272,11 @@ impl Wallet {
         })
     }
 
+    /// The fingerprint Electrum writes for the satellite's bare xpub (its own).
+    pub fn our_own_fingerprint(&self) -> Fingerprint {
+        self.our_own_fingerprint
+    }
+
     /// The script at `branch` (0 receive, 1 change) and `index`.
     pub fn derive<C: Verification>(
         &self,
