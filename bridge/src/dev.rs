@@ -54,6 +54,8 @@ pub struct DevSystem {
     pub cosigner_key_seed: [u8; 32],
     /// Where mail goes.
     pub mail_dir: std::path::PathBuf,
+    /// The simulated channel (its air statistics).
+    pub channel: SimChannel,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -76,7 +78,16 @@ fn network_kind(n: bitcoin::Network) -> bitcoin::NetworkKind {
 }
 
 /// Starts the bridge and an in-process cosigner over the simulated link.
-pub async fn start_dev(mut config: Config, sky: Sky) -> Result<DevSystem, StartError> {
+pub async fn start_dev(config: Config, sky: Sky) -> Result<DevSystem, StartError> {
+    start_dev_with(config, sky, None).await
+}
+
+/// As [`start_dev`], with a mailer in place of the configured one.
+pub async fn start_dev_with(
+    mut config: Config,
+    sky: Sky,
+    mailer: Option<Box<dyn crate::mail::Mailer>>,
+) -> Result<DevSystem, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| err("data directory", e))?;
     let cdir = config.data_dir.join("cosigner");
     std::fs::create_dir_all(&cdir).map_err(|e| err("cosigner directory", e))?;
@@ -182,6 +193,7 @@ pub async fn start_dev(mut config: Config, sky: Sky) -> Result<DevSystem, StartE
             identity: bridge_identity,
             peer: cosigner_identity.public(),
             passes,
+            mailer,
         }),
     )
     .await?;
@@ -190,6 +202,7 @@ pub async fn start_dev(mut config: Config, sky: Sky) -> Result<DevSystem, StartE
         cosigner,
         cosigner_key_seed: seed,
         mail_dir,
+        channel,
         tasks: vec![serve],
     })
 }

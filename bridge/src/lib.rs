@@ -147,6 +147,8 @@ pub struct SatelliteLink<T> {
     pub peer: [u8; 32],
     /// Predicted passes, for `satellite.info`.
     pub passes: Vec<satcosign_link::link::PassWindow>,
+    /// A mailer to use instead of the configured one (benchmarks).
+    pub mailer: Option<Box<dyn mail::Mailer>>,
 }
 
 /// Reads the secret key in `path`, creating it (0600) on first start.
@@ -225,6 +227,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
                     identity,
                     peer,
                     passes: Vec::new(),
+                    mailer: None,
                 }),
             )
             .await
@@ -247,6 +250,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
                     identity,
                     peer,
                     passes: Vec::new(),
+                    mailer: None,
                 }),
             )
             .await
@@ -298,7 +302,10 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         let svc = Arc::new(Service::new(service::ServiceParts {
             store: store.clone(),
             mailbox: mailbox.clone(),
-            mailer: mail::from_config(&config.email, &config.data_dir)?,
+            mailer: match link.mailer {
+                Some(m) => m,
+                None => mail::from_config(&config.email, &config.data_dir)?,
+            },
             satellite,
             network: config.network.to_bitcoin(),
             mailbox_key: mailbox_key(&config.data_dir.join("mailbox.key"))?,

@@ -790,6 +790,33 @@ impl Service {
         code: &str,
         approve: bool,
     ) -> Result<State, ServiceError> {
+        // The email goes out just before its code is recorded: a user (or script) quick
+        // enough to answer in between waits for the record instead of being refused.
+        let mut events = self.events();
+        match self.confirm_once(id, code, approve).await {
+            Err(ServiceError::WrongState {
+                state: "received", ..
+            }) => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                    while let Ok(e) = events.recv().await {
+                        if e.id == id && e.state != State::Received {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                self.confirm_once(id, code, approve).await
+            }
+            other => other,
+        }
+    }
+
+    async fn confirm_once(
+        &self,
+        id: RequestId,
+        code: &str,
+        approve: bool,
+    ) -> Result<State, ServiceError> {
         let hash = gate::hash_code(code);
         let max_attempts = self.gate.max_attempts;
         let now = unix_now();

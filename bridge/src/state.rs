@@ -80,7 +80,7 @@ pub struct WalletRecord {
 
 /// A request's state. Final states: `Delivered`, and `Refused`/`Expired`/`Cancelled` once
 /// the user was told (they also end in `Delivered`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum State {
     /// Received and checked; the email is about to go.
     Received,

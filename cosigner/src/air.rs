@@ -10,12 +10,14 @@
 //! code as any PSBT; nothing it checks is taken on trust. The answer carries only the
 //! satellite's signatures.
 
+use bitcoin::absolute::LockTime;
 use bitcoin::bip32::{ChildNumber, DerivationPath};
 use bitcoin::ecdsa::Signature as EcdsaSignature;
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{ecdsa::Signature, Secp256k1, Verification};
 use bitcoin::sighash::EcdsaSighashType;
-use bitcoin::Transaction;
+use bitcoin::transaction::Version;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::RequestId;
@@ -23,11 +25,15 @@ use crate::refusal::Refusal;
 use crate::spend::Spend;
 use crate::wallet::{Wallet, WalletId};
 
-/// One input, compact.
+/// One input, compact. Its outpoint's txid is the previous transaction's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompactInput {
     /// The previous transaction, consensus-encoded without witnesses.
     pub prev_tx: Vec<u8>,
+    /// The output of `prev_tx` spent.
+    pub vout: u32,
+    /// The input's sequence number.
+    pub sequence: u32,
     /// Branch (0 receive, 1 change) of the wallet address spent.
     pub branch: u32,
     /// Index on the branch.
@@ -47,12 +53,33 @@ pub struct CompactSign {
     pub approved_at: u64,
     /// An earlier request this one replaces.
     pub replaces: Option<RequestId>,
-    /// The unsigned transaction, consensus-encoded.
-    pub tx: Vec<u8>,
+    /// The transaction's version.
+    pub version: i32,
+    /// The transaction's lock time (consensus value).
+    pub lock_time: u32,
     /// Inputs, in order.
     pub inputs: Vec<CompactInput>,
-    /// Change outputs: (output position, index on the change branch).
-    pub change: Vec<(u32, u32)>,
+    /// Outputs, in order.
+    pub outputs: Vec<CompactOutput>,
+}
+
+/// One output, compact: a change output is named by its index, its script derived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompactOutput {
+    /// Pays `script`.
+    Pay {
+        /// Amount, sat.
+        value_sat: u64,
+        /// The output script.
+        script: Vec<u8>,
+    },
+    /// Back to the wallet at this index of its change branch.
+    Change {
+        /// Amount, sat.
+        value_sat: u64,
+        /// Index on the change branch.
+        index: u32,
+    },
 }
 
 /// The satellite's signatures, one per input in order (64-byte compact, SIGHASH_ALL).
@@ -77,9 +104,13 @@ pub fn compact(
     approved_at: u64,
     replaces: Option<RequestId>,
 ) -> Option<CompactSign> {
+    let tx = &psbt.unsigned_tx;
     let mut inputs = Vec::with_capacity(psbt.inputs.len());
-    for (input, plan) in psbt.inputs.iter().zip(&spend.inputs) {
+    for ((input, plan), txin) in psbt.inputs.iter().zip(&spend.inputs).zip(&tx.input) {
         let mut prev = input.non_witness_utxo.clone()?;
+        if prev.compute_txid() != txin.previous_output.txid {
+            return None;
+        }
         for i in &mut prev.input {
             i.witness.clear();
         }
@@ -96,19 +127,27 @@ pub fn compact(
         }
         inputs.push(CompactInput {
             prev_tx: bitcoin::consensus::serialize(&prev),
+            vout: txin.previous_output.vout,
+            sequence: txin.sequence.0,
             branch: plan.branch,
             index: plan.index,
             signatures,
         });
     }
-    let mut change = Vec::new();
-    for (j, (out, plan)) in psbt.outputs.iter().zip(&spend.outputs).enumerate() {
+    let mut outputs = Vec::with_capacity(tx.output.len());
+    for ((out, plan), txout) in psbt.outputs.iter().zip(&spend.outputs).zip(&tx.output) {
+        let value_sat = txout.value.to_sat();
         if plan.change {
             let (_, branch, index) = wallet.locate_ours(&out.bip32_derivation)?;
             if branch != 1 {
                 return None;
             }
-            change.push((u32::try_from(j).ok()?, index));
+            outputs.push(CompactOutput::Change { value_sat, index });
+        } else {
+            outputs.push(CompactOutput::Pay {
+                value_sat,
+                script: txout.script_pubkey.to_bytes(),
+            });
         }
     }
     Some(CompactSign {
@@ -116,9 +155,10 @@ pub fn compact(
         wallet_id: wallet.id,
         approved_at,
         replaces,
-        tx: bitcoin::consensus::serialize(&psbt.unsigned_tx),
+        version: tx.version.0,
+        lock_time: tx.lock_time.to_consensus_u32(),
         inputs,
-        change,
+        outputs,
     })
 }
 
@@ -132,19 +172,47 @@ pub fn expand<C: Verification>(
     wallet: &Wallet,
     c: &CompactSign,
 ) -> Result<Psbt, Refusal> {
-    let tx: Transaction = bitcoin::consensus::deserialize(&c.tx)
-        .map_err(|e| malformed(format!("compact transaction: {e}")))?;
-    if c.inputs.len() != tx.input.len() {
-        return Err(malformed(format!(
-            "{} compact inputs for {} transaction inputs",
-            c.inputs.len(),
-            tx.input.len()
-        )));
-    }
-    let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| malformed(e.to_string()))?;
+    let mut prevs = Vec::with_capacity(c.inputs.len());
+    let mut input = Vec::with_capacity(c.inputs.len());
     for (i, ci) in c.inputs.iter().enumerate() {
         let prev: Transaction = bitcoin::consensus::deserialize(&ci.prev_tx)
             .map_err(|e| malformed(format!("input {i}: previous transaction: {e}")))?;
+        input.push(TxIn {
+            previous_output: OutPoint::new(prev.compute_txid(), ci.vout),
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence(ci.sequence),
+            witness: Witness::new(),
+        });
+        prevs.push(prev);
+    }
+    let mut output = Vec::with_capacity(c.outputs.len());
+    let mut change = Vec::new();
+    for (j, o) in c.outputs.iter().enumerate() {
+        let (value_sat, script_pubkey) = match o {
+            CompactOutput::Pay { value_sat, script } => {
+                (*value_sat, ScriptBuf::from_bytes(script.clone()))
+            }
+            CompactOutput::Change { value_sat, index } => {
+                let derived = wallet
+                    .derive(secp, 1, *index)
+                    .ok_or_else(|| malformed(format!("change output {j}: index {index}")))?;
+                change.push((j, *index, derived.clone()));
+                (*value_sat, derived.script_pubkey)
+            }
+        };
+        output.push(TxOut {
+            value: Amount::from_sat(value_sat),
+            script_pubkey,
+        });
+    }
+    let tx = Transaction {
+        version: Version(c.version),
+        lock_time: LockTime::from_consensus(c.lock_time),
+        input,
+        output,
+    };
+    let mut psbt = Psbt::from_unsigned_tx(tx).map_err(|e| malformed(e.to_string()))?;
+    for ((i, ci), prev) in c.inputs.iter().enumerate().zip(prevs) {
         let derived =
             wallet
                 .derive(secp, ci.branch, ci.index)
@@ -181,14 +249,8 @@ pub fn expand<C: Verification>(
             );
         }
     }
-    for &(j, index) in &c.change {
-        let derived = wallet
-            .derive(secp, 1, index)
-            .ok_or_else(|| malformed(format!("change output {j}: index {index}")))?;
-        let out = psbt
-            .outputs
-            .get_mut(j as usize)
-            .ok_or_else(|| malformed(format!("change output {j} does not exist")))?;
+    for (j, index, derived) in change {
+        let out = &mut psbt.outputs[j];
         out.witness_script = Some(derived.witness_script);
         let source = path(1, index).ok_or_else(|| malformed(format!("change index {index}")))?;
         out.bip32_derivation.insert(
@@ -260,9 +322,12 @@ mod tests {
         prev.output[0].value = bitcoin::Amount::from_sat(prev.output[0].value.to_sat() * 10);
         lying.inputs[0].prev_tx = bitcoin::consensus::serialize(&prev);
         let expanded = expand(&secp, &w.wallet, &lying).expect("expands");
+        // The outpoint is the previous transaction's id: a lie about it describes another
+        // transaction, which the user never signed.
+        assert_ne!(expanded.unsigned_tx.compute_txid(), spend.txid);
         assert!(matches!(
             analyze(&secp, &w.wallet, &expanded),
-            Err(Refusal::PrevTxMismatch { .. })
+            Err(Refusal::NoOtherSignature { .. } | Refusal::InvalidSignature { .. })
         ));
 
         let mut forged = c;
