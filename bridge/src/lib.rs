@@ -151,6 +151,20 @@ pub struct SatelliteLink<T> {
     pub mailer: Option<Box<dyn mail::Mailer>>,
 }
 
+impl<T> SatelliteLink<T> {
+    /// A link over `transport` to the cosigner with link key `peer`, no pass predictions,
+    /// the configured mailer.
+    pub fn new(transport: T, identity: satcosign_link::crypto::Identity, peer: [u8; 32]) -> Self {
+        SatelliteLink {
+            transport,
+            identity,
+            peer,
+            passes: Vec::new(),
+            mailer: None,
+        }
+    }
+}
+
 /// Reads the secret key in `path`, creating it (0600) on first start.
 fn mailbox_key(path: &std::path::Path) -> Result<SecretKey, StartError> {
     let bad = |reason: String| StartError::Key {
@@ -220,17 +234,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
                         config.satellite.kiss_tcp
                     ))
                 })?;
-            start_with(
-                config,
-                Some(SatelliteLink {
-                    transport: t,
-                    identity,
-                    peer,
-                    passes: Vec::new(),
-                    mailer: None,
-                }),
-            )
-            .await
+            start_with(config, Some(SatelliteLink::new(t, identity, peer))).await
         }
         _ => {
             let parse = |key: &str, v: &str| {
@@ -243,17 +247,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
             )
             .await
             .map_err(|e| StartError::Link(format!("udp: {e}")))?;
-            start_with(
-                config,
-                Some(SatelliteLink {
-                    transport: t,
-                    identity,
-                    peer,
-                    passes: Vec::new(),
-                    mailer: None,
-                }),
-            )
-            .await
+            start_with(config, Some(SatelliteLink::new(t, identity, peer))).await
         }
     }
 }

@@ -5,7 +5,6 @@
 //! email is multipart/alternative: plain text first, then a simple HTML part.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 
 use lettre::message::{Mailbox as Address, MultiPart};
@@ -78,18 +77,11 @@ fn build(from: &Address, email: &Email) -> Result<Message, MailError> {
         .map_err(|e| MailError::Build(e.to_string()))
 }
 
-/// SMTP through lettre.
-pub struct SmtpMailer {
+/// A lettre transport (SMTP, or `.eml` files) and the sender address.
+pub struct LettreMailer<T> {
     from: Address,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    server: String,
-}
-
-/// `.eml` files in a folder.
-pub struct FileMailer {
-    from: Address,
-    dir: PathBuf,
-    transport: AsyncFileTransport<Tokio1Executor>,
+    transport: T,
+    destination: String,
 }
 
 /// Builds the mailer the configuration asks for. `data_dir` holds the default mail folder.
@@ -103,10 +95,10 @@ pub fn from_config(
             let dir = cfg.dir.clone().unwrap_or_else(|| data_dir.join("mail"));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| MailError::Send(format!("cannot create {}: {e}", dir.display())))?;
-            Ok(Box::new(FileMailer {
+            Ok(Box::new(LettreMailer {
                 from,
-                transport: AsyncFileTransport::new(&dir),
-                dir,
+                transport: AsyncFileTransport::<Tokio1Executor>::new(&dir),
+                destination: format!("{} (.eml files)", dir.display()),
             }))
         }
         Some(host) => {
@@ -131,16 +123,20 @@ pub fn from_config(
                     .map_err(|e| MailError::Send(e.to_string()))?;
                 builder = builder.credentials(Credentials::new(user.clone(), password));
             }
-            Ok(Box::new(SmtpMailer {
+            Ok(Box::new(LettreMailer {
                 from,
                 transport: builder.build(),
-                server: format!("smtp://{host}:{port} ({:?})", cfg.smtp_security),
+                destination: format!("smtp://{host}:{port} ({:?})", cfg.smtp_security),
             }))
         }
     }
 }
 
-impl Mailer for SmtpMailer {
+impl<T> Mailer for LettreMailer<T>
+where
+    T: AsyncTransport + Send + Sync,
+    T::Error: std::fmt::Display,
+{
     fn send(&self, email: Email) -> SendFuture<'_> {
         Box::pin(async move {
             let message = build(&self.from, &email)?;
@@ -153,23 +149,6 @@ impl Mailer for SmtpMailer {
     }
 
     fn describe(&self) -> String {
-        self.server.clone()
-    }
-}
-
-impl Mailer for FileMailer {
-    fn send(&self, email: Email) -> SendFuture<'_> {
-        Box::pin(async move {
-            let message = build(&self.from, &email)?;
-            self.transport
-                .send(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| MailError::Send(e.to_string()))
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("{} (.eml files)", self.dir.display())
+        self.destination.clone()
     }
 }
