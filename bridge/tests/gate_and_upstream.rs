@@ -279,3 +279,74 @@ async fn the_upstream_fills_previous_transactions_and_broadcasts_the_final_one_o
         .expect("Bitcoin Core's interpreter accepts the broadcast transaction");
     flow.system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_waits_for_email() {
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let w = test_wallet(&flow);
+    let wid = flow.register(&w.descriptor).await;
+
+    let r = flow
+        .ok(
+            "wallet.update_email",
+            vec![json!(wid), json!("carol@example.org")],
+        )
+        .await;
+    let id = r["request_id"].as_str().expect("id").to_owned();
+    let code = flow.inbox.code(&id).await;
+    assert_eq!(
+        flow.inbox.recipients_of(&format!("/confirm/{id}")),
+        vec!["alice@example.org"]
+    );
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    let done = flow.wait_state(&id, "delivered", 30).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    let told = flow
+        .inbox
+        .recipients_of("confirmations now go to carol@example.org");
+    assert!(
+        told.contains(&"alice@example.org".to_owned())
+            && told.contains(&"carol@example.org".to_owned()),
+        "{told:?}"
+    );
+    assert_eq!(
+        flow.ok("wallet.status", vec![json!(wid)]).await["email"],
+        "c***@example.org"
+    );
+
+    // Tightening goes to the satellite at once, with no email to confirm.
+    let mut policy = flow.ok("wallet.status", vec![json!(wid)]).await["policy"].clone();
+    policy["max_per_tx_sat"] = json!(1_000_000);
+    let r = flow
+        .ok("wallet.set_policy", vec![json!(wid), policy.clone()])
+        .await;
+    assert_eq!(r["needs_email"], false);
+    let id = r["request_id"].as_str().expect("id").to_owned();
+    let done = flow.wait_state(&id, "delivered", 60).await;
+    assert_eq!(
+        done["outcome"]["done"], "the new limits apply now",
+        "{done}"
+    );
+    assert_eq!(
+        flow.ok("wallet.status", vec![json!(wid)]).await["policy"]["max_per_tx_sat"],
+        1_000_000
+    );
+
+    // Loosening waits for the email, and then for the satellite's own delay.
+    policy["max_per_tx_sat"] = json!(5_000_000);
+    let r = flow.ok("wallet.set_policy", vec![json!(wid), policy]).await;
+    assert_eq!(r["needs_email"], true);
+    let id = r["request_id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        flow.wait_state(&id, "awaiting_email", 30).await["kind"],
+        "set_policy"
+    );
+    let code = flow.inbox.code(&id).await;
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    let done = flow.wait_state(&id, "delivered", 60).await;
+    let detail = done["outcome"]["done"].as_str().expect("done").to_owned();
+    assert!(detail.starts_with("the new limits apply from "), "{detail}");
+    flow.system.stop().await;
+}

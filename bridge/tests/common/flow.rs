@@ -19,15 +19,27 @@ use satcosign_cosigner::decision::RequestId;
 
 /// Every email the SMTP server accepted, raw.
 #[derive(Clone, Default)]
-pub struct Inbox(Arc<Mutex<Vec<String>>>);
+pub struct Inbox(Arc<Mutex<Vec<Received>>>);
+
+/// One accepted email: its envelope recipients and its raw text.
+pub type Received = (Vec<String>, String);
 
 #[derive(Clone)]
 struct Sink {
     inbox: Inbox,
     current: Vec<u8>,
+    to: Vec<String>,
 }
 
 impl Handler for Sink {
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
+        self.to.clear();
+        response::OK
+    }
+    fn rcpt(&mut self, to: &str) -> Response {
+        self.to.push(to.trim_matches(['<', '>']).to_owned());
+        response::OK
+    }
     fn data_start(
         &mut self,
         _domain: &str,
@@ -44,7 +56,11 @@ impl Handler for Sink {
     }
     fn data_end(&mut self) -> Response {
         let mail = String::from_utf8_lossy(&self.current).into_owned();
-        self.inbox.0.lock().expect("inbox").push(mail);
+        self.inbox
+            .0
+            .lock()
+            .expect("inbox")
+            .push((self.to.clone(), mail));
         response::OK
     }
 }
@@ -58,6 +74,7 @@ impl Inbox {
         let mut server = Server::new(Sink {
             inbox: inbox.clone(),
             current: Vec::new(),
+            to: Vec::new(),
         });
         server
             .with_name("mail.test")
@@ -71,7 +88,23 @@ impl Inbox {
     }
 
     pub fn all(&self) -> Vec<String> {
-        self.0.lock().expect("inbox").clone()
+        self.0
+            .lock()
+            .expect("inbox")
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// The recipients of every email whose text mentions `needle`.
+    pub fn recipients_of(&self, needle: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("inbox")
+            .iter()
+            .filter(|(_, m)| satcosign_bridge::demo::decode_quoted_printable(m).contains(needle))
+            .flat_map(|(to, _)| to.clone())
+            .collect()
     }
 
     /// The newest code emailed for `id` (waits up to 20 s).
