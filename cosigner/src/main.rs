@@ -38,6 +38,40 @@ enum Command {
     Run,
     /// Print the audit log.
     Audit,
+    /// Serve the bridge over the radio link: UDP datagrams (`--udp-bind`, `--udp-peer`) or a
+    /// KISS TNC over TCP (`--kiss-tcp`, e.g. Dire Wolf's port 8001).
+    Serve(ServeArgs),
+}
+
+/// Where the radio link is, and who is at the other end.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The bridge's link public key (hex; the bridge creates `<data_dir>/link.key`).
+    #[arg(long, value_name = "HEX")]
+    bridge_key: String,
+    /// Local UDP address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires = "udp_peer",
+        conflicts_with = "kiss_tcp"
+    )]
+    udp_bind: Option<std::net::SocketAddr>,
+    /// The ground's UDP address.
+    #[arg(long, value_name = "ADDR")]
+    udp_peer: Option<std::net::SocketAddr>,
+    /// A KISS TNC over TCP.
+    #[arg(long, value_name = "HOST:PORT")]
+    kiss_tcp: Option<String>,
+    /// Largest link frame, bytes.
+    #[arg(long, default_value_t = 256)]
+    mtu: usize,
+    /// Channel bit rate, for the link's timers.
+    #[arg(long, default_value_t = 9600)]
+    bitrate: u64,
+    /// Frame loss expected on the channel (sizes forward error correction).
+    #[arg(long, default_value_t = 0.05)]
+    expected_loss: f64,
 }
 
 fn now() -> u64 {
@@ -119,7 +153,57 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run => serve_stdio(&open(&config)?),
+        Command::Serve(args) => serve_link(&config, open(&config)?, args),
     }
+}
+
+/// Serves the bridge over the radio link until the link stops.
+fn serve_link(config: &Config, cosigner: Cosigner, args: ServeArgs) -> anyhow::Result<()> {
+    use satcosign_link::{crypto, engine, link::LinkHandle, store::RedbStore, transport};
+    anyhow::ensure!(
+        (0.0..0.5).contains(&args.expected_loss),
+        "--expected-loss must be within 0..0.5"
+    );
+    anyhow::ensure!(
+        (64..=4096).contains(&args.mtu),
+        "--mtu must be within 64..=4096"
+    );
+    let peer = crypto::parse_public(&args.bridge_key).context("--bridge-key")?;
+    let identity = crypto::Identity::load_file(&config.data_dir.join("link.key"))
+        .context("the link key (made by `init`)")?;
+    let store = std::sync::Arc::new(RedbStore::open(&config.data_dir.join("link.redb"))?);
+    let engine = engine::Engine::new(
+        engine::EngineConfig {
+            mtu: args.mtu,
+            bitrate: args.bitrate,
+            expected_loss: args.expected_loss,
+            ..Default::default()
+        },
+        crypto::Cipher::new(&identity, &peer),
+        store,
+        // The bridge uses 1.0: the two sides' timers must not run in step.
+        1.37,
+    )?;
+    let cosigner = std::sync::Arc::new(cosigner);
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        tracing::info!(info = ?cosigner.info(), "cosigner serving over the radio link");
+        let result = match (args.udp_bind, args.udp_peer, args.kiss_tcp) {
+            (Some(bind), Some(peer), None) => {
+                let t = transport::udp::UdpTransport::connect(bind, peer).await?;
+                let link = std::sync::Arc::new(LinkHandle::spawn(engine, t));
+                satcosign_cosigner::link_service::serve(cosigner, link).await
+            }
+            (None, None, Some(addr)) => {
+                let me = transport::kiss::Callsign::new("SAT", 0).context("callsign")?;
+                let ground = transport::kiss::Callsign::new("GROUND", 0).context("callsign")?;
+                let t = transport::kiss::KissTransport::connect_tcp(&addr, me, ground).await?;
+                let link = std::sync::Arc::new(LinkHandle::spawn(engine, t));
+                satcosign_cosigner::link_service::serve(cosigner, link).await
+            }
+            _ => anyhow::bail!("give either --udp-bind and --udp-peer, or --kiss-tcp"),
+        };
+        result.map_err(anyhow::Error::from)
+    })
 }
 
 fn open(config: &Config) -> anyhow::Result<Cosigner> {

@@ -84,7 +84,15 @@ fn help_lists_every_command() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = cosigner(dir.path(), &["--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["init", "xpub", "run", "audit", "--config", "--data-dir"] {
+    for cmd in [
+        "init",
+        "xpub",
+        "run",
+        "serve",
+        "audit",
+        "--config",
+        "--data-dir",
+    ] {
         assert!(text.contains(cmd), "--help mentions {cmd}: {text}");
     }
 }
@@ -103,4 +111,79 @@ fn a_bad_config_names_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("network") && err.contains("moonnet"), "{err}");
+}
+
+#[test]
+fn serve_answers_the_bridge_over_udp_with_authenticated_link_messages() {
+    use satcosign_cosigner::decision::RequestId;
+    use satcosign_cosigner::protocol::{open_envelope, seal_envelope, Request, Response};
+    use satcosign_link::crypto::{Cipher, Identity};
+    use satcosign_link::engine::{Engine, EngineConfig};
+    use satcosign_link::link::LinkHandle;
+    use satcosign_link::store::MemStore;
+    use satcosign_link::transport::udp::UdpTransport;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = cosigner(dir.path(), &["init"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let sat_key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("link public key (give it to the bridge): "))
+        .expect("link key printed")
+        .trim()
+        .to_owned();
+    let ground = Identity::generate();
+    let free = |_| {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+    };
+    let (sat_addr, ground_addr) = (free(0), free(1));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-cosigner"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--bridge-key", &hex::encode(ground.public())])
+        .args([
+            "--udp-bind",
+            &sat_addr.to_string(),
+            "--udp-peer",
+            &ground_addr.to_string(),
+        ])
+        .spawn()
+        .expect("serve");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let reply = rt.block_on(async {
+        let peer = satcosign_link::crypto::parse_public(&sat_key).expect("key");
+        let engine = Engine::new(
+            EngineConfig::default(),
+            Cipher::new(&ground, &peer),
+            MemStore::new(),
+            1.0,
+        )
+        .expect("engine");
+        let t = UdpTransport::connect(ground_addr, sat_addr)
+            .await
+            .expect("udp");
+        let link = LinkHandle::spawn(engine, t);
+        let id = RequestId([9; 16]);
+        link.send(seal_envelope(&id, &Request::Hello.encode()))
+            .await
+            .expect("send");
+        let (msg, bytes) = tokio::time::timeout(std::time::Duration::from_secs(60), link.recv())
+            .await
+            .expect("an answer within a minute")
+            .expect("recv");
+        link.ack(msg).expect("ack");
+        let (rid, body) = open_envelope(&bytes).expect("envelope");
+        assert_eq!(rid, id, "answered with the request's id");
+        Response::decode(body).expect("decodes")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    match reply {
+        Response::Info(info) => assert!(text.contains(&info.electrum_xpub), "{info:?}"),
+        other => panic!("expected Info, got {other:?}"),
+    }
 }
