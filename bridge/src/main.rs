@@ -142,8 +142,16 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let config = load_config(cli.overrides, false)?;
-            satcosign_bridge::run(config, |running| {
+            let link_key = (!config.satellite.account_key.is_empty())
+                .then(|| satcosign_bridge::link_identity(&config))
+                .transpose()?
+                .map(|id| hex::encode(id.public()));
+            satcosign_bridge::run(config, move |running| {
                 print_listeners(running);
+                #[allow(clippy::print_stdout)]
+                if let Some(k) = &link_key {
+                    println!("link public key (give it to the cosigner's serve --bridge-key): {k}");
+                }
                 #[allow(clippy::print_stdout)]
                 {
                     println!("ready");
