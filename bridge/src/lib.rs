@@ -218,8 +218,6 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
             )
         })?;
     let identity = link_identity(config)?;
-    let listeners = config.listeners()?;
-    let _ = listeners;
     match config.satellite.transport.as_str() {
         "kiss-tcp" => {
             let me = kiss::Callsign::new("GROUND", 0)

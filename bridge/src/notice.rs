@@ -186,11 +186,8 @@ pub fn confirm_email(
     let rows = summary(wallet, req, Some(expires_at));
     let link = format!("{public_url}/confirm/{}?t={}", req.id, token);
     let head = headline(wallet, req);
-    let to = match &req.action {
-        // Email changes are confirmed at the old address.
-        Action::UpdateEmail { .. } => wallet.email.clone(),
-        _ => wallet.email.clone(),
-    };
+    // Always the wallet's current address: an email change is confirmed at the old one.
+    let to = wallet.email.clone();
     let text = format!(
         "{head}?\n\n{}\nTo confirm, open this link and press Confirm:\n\n  {link}\n\n\
          or give this code to the satcosign plugin in Electrum:\n\n  {token}\n\n{NOT_YOU}\n",

@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::bip32::Fingerprint;
 use bitcoin::hashes::{sha256d, Hash as _};
@@ -21,7 +20,7 @@ use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
 use miniscript::descriptor::DescriptorPublicKey;
 use miniscript::ForEachKey as _;
 use redb::{ReadableTable, WriteTransaction};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use satcosign_cosigner::decision::{check_policy, RequestId};
 use satcosign_cosigner::keys::AccountKey;
@@ -144,10 +143,7 @@ pub enum ServiceError {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::mailbox::now_ms() / 1000
 }
 
 /// The Electrum cosigner-pool keyhash of an xpub: `sha256d(compressed pubkey)`.
@@ -209,20 +205,9 @@ pub struct Service {
     pub(crate) upstream: Option<Arc<dyn Upstream>>,
     pub(crate) secp: Secp256k1<All>,
     events: broadcast::Sender<Event>,
-    /// Wakes the relay when a request needs it.
-    pub kick: Arc<Notify>,
     wallets: Mutex<HashMap<WalletId, Arc<Wallet>>>,
     busy: Mutex<HashSet<RequestId>>,
     hold_at: Option<State>,
-}
-
-/// What `request.status` returns.
-#[derive(Debug, Clone)]
-pub struct RequestView {
-    /// The record.
-    pub record: RequestRecord,
-    /// The wallet's label.
-    pub label: String,
 }
 
 /// A claim on one request: while held, no other task advances it.
@@ -357,7 +342,6 @@ impl Service {
             upstream: parts.upstream,
             secp,
             events: broadcast::channel(1024).0,
-            kick: Arc::new(Notify::new()),
             wallets: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             hold_at,
@@ -402,12 +386,11 @@ impl Service {
         inserted.then(|| Claim { service: self, id })
     }
 
-    /// Called after every committed transition: tells subscribers and the relay, and
+    /// Called after every committed transition: tells subscribers (the relay is one), and
     /// honours the test hook that freezes the bridge in a state (so a test can kill it there).
     pub(crate) async fn transitioned(&self, id: RequestId, state: State) {
         tracing::info!(request = %id, state = state.as_str(), "request state");
         let _ = self.events.send(Event { id, state });
-        self.kick.notify_one();
         if self.hold_at == Some(state) {
             eprintln!("test-hold: {} {id}", state.as_str());
             std::future::pending::<()>().await;

@@ -124,14 +124,6 @@ impl Inbox {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-
-    /// How many emails mention request `id`.
-    pub fn count_for(&self, id: &str) -> usize {
-        self.all()
-            .iter()
-            .filter(|m| satcosign_bridge::demo::decode_quoted_printable(m).contains(&id[..8]))
-            .count()
-    }
 }
 
 pub fn parse_id(id: &str) -> RequestId {
