@@ -13,22 +13,7 @@ use bitcoin::Transaction;
 use electrum_client::ElectrumApi as _;
 use serde_json::{json, Value};
 
-use common::flow::{electrum, sky, test_wallet, Flow};
-
-/// Checks every input of `tx` with libbitcoinconsensus against the outputs it spends.
-fn verify_with_core(tx: &Transaction, spent: &[Transaction]) {
-    let raw = bitcoin::consensus::serialize(tx);
-    for (i, input) in tx.input.iter().enumerate() {
-        let prev = spent
-            .iter()
-            .find(|p| p.compute_txid() == input.previous_output.txid)
-            .expect("spent transaction known");
-        let out = &prev.output[input.previous_output.vout as usize];
-        out.script_pubkey
-            .verify(i, out.value, &raw)
-            .unwrap_or_else(|e| panic!("input {i} fails Bitcoin Core's interpreter: {e:?}"));
-    }
-}
+use common::flow::{electrum, sky, test_wallet, verify_with_core, Flow};
 
 #[test]
 fn ecies_interoperates_with_electrums_ecc_both_ways() {

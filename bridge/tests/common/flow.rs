@@ -311,3 +311,18 @@ pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String
         .unwrap_or(0);
     (status, text)
 }
+
+/// Checks every input of `tx` with libbitcoinconsensus against the outputs it spends.
+pub fn verify_with_core(tx: &bitcoin::Transaction, spent: &[bitcoin::Transaction]) {
+    let raw = bitcoin::consensus::serialize(tx);
+    for (i, input) in tx.input.iter().enumerate() {
+        let prev = spent
+            .iter()
+            .find(|p| p.compute_txid() == input.previous_output.txid)
+            .expect("spent transaction known");
+        let out = &prev.output[input.previous_output.vout as usize];
+        out.script_pubkey
+            .verify(i, out.value, &raw)
+            .unwrap_or_else(|e| panic!("input {i} fails Bitcoin Core's interpreter: {e:?}"));
+    }
+}

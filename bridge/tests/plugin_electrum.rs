@@ -1,0 +1,266 @@
+//! The Electrum plugin (`plugin/satellite_cosigner`) inside Debian's real Electrum 4.3.4,
+//! against the bridge, the cosigner and the simulated link started here, with mail through
+//! a real SMTP server.
+//!
+//! The plugin's side runs in `/usr/bin/python3` (`plugin/tests/session.py`, and under Xvfb
+//! `plugin/tests/gui.py`). It prints `NEED_CODE <request id>` when a user would read the
+//! email; this harness answers with the code from the SMTP inbox, as the user would type it.
+//! Final transactions go through Bitcoin Core's script interpreter here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bitcoin::consensus::deserialize;
+use bitcoin::Transaction;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use common::flow::{verify_with_core, Flow, Inbox};
+use satcosign_bridge::dev::Sky;
+
+fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin")
+}
+
+/// Passes short enough for a test, long enough that requests wait for one.
+fn short_passes() -> Sky {
+    Sky {
+        pass_up: Duration::from_secs(4),
+        pass_period: Duration::from_secs(6),
+        loss: 0.0,
+        bitrate: 9600,
+    }
+}
+
+/// Runs a plugin test program, answering its `NEED_CODE` lines from `inbox`; returns its
+/// `RESULT` JSON. Fails the test if it does not finish within `limit`.
+async fn run_plugin(program: &[&str], args: &[&str], inbox: &Inbox, limit: Duration) -> Value {
+    let mut child = tokio::process::Command::new(program[0])
+        .args(&program[1..])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start /usr/bin/python3 (Debian's python3-electrum)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let errors = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let talk = async {
+        let mut result = None;
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(id) = line.strip_prefix("NEED_CODE ") {
+                let code = inbox.code(id.trim()).await;
+                stdin
+                    .write_all(format!("{code}\n").as_bytes())
+                    .await
+                    .expect("write code");
+                stdin.flush().await.expect("flush");
+            } else if let Some(json) = line.strip_prefix("RESULT ") {
+                result = Some(serde_json::from_str::<Value>(json).expect("RESULT is JSON"));
+            } else {
+                eprintln!("plugin: {line}");
+            }
+        }
+        result
+    };
+    let result = tokio::time::timeout(limit, talk).await;
+    let _ = child.start_kill();
+    let status = child.wait().await.expect("wait");
+    let stderr = errors.await.unwrap_or_default();
+    let Ok(result) = result else {
+        panic!("{program:?} did not finish within {limit:?}; stderr:\n{stderr}");
+    };
+    match result {
+        Some(v) if status.success() => v,
+        _ => panic!("{program:?} failed ({status}); stderr:\n{stderr}"),
+    }
+}
+
+fn session_py() -> Vec<String> {
+    vec![
+        "/usr/bin/python3".into(),
+        plugin_dir()
+            .join("tests/session.py")
+            .to_string_lossy()
+            .into_owned(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transaction() {
+    let flow = Flow::start(short_passes(), |_| {}).await;
+    let info = flow.ok("satellite.info", vec![]).await;
+    let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
+    let work = flow.dir.path().join("plugin");
+    let program = session_py();
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    let r = run_plugin(
+        &program,
+        &["flow", &tcp, &work.to_string_lossy()],
+        &flow.inbox,
+        Duration::from_secs(300),
+    )
+    .await;
+
+    // "Test connection" shows the bridge's version and network.
+    let connection = r["connection"].as_str().expect("connection");
+    assert!(
+        connection.starts_with("Connected to satcosign-bridge") && connection.contains("regtest"),
+        "{connection}"
+    );
+    // The descriptor the plugin sent holds the satellite's key as satellite.info gives it.
+    let sat_tpub = info["xpub"]
+        .as_str()
+        .expect("xpub")
+        .rsplit(']')
+        .next()
+        .expect("key");
+    let descriptor = r["descriptor"].as_str().expect("descriptor");
+    assert!(
+        descriptor.starts_with("wsh(sortedmulti(2,[")
+            && descriptor.contains(&format!("{sat_tpub}/<0;1>/*")),
+        "{descriptor}"
+    );
+    assert!(
+        r["registered"]
+            .as_str()
+            .expect("text")
+            .starts_with("Registered with the satellite as “Alice's savings”"),
+        "{r}"
+    );
+    // The button shows on the partially signed transaction and not once the satellite signed.
+    assert_eq!(r["needs_satellite_before"], true);
+    assert_eq!(r["needs_satellite_after"], false);
+    assert!(r["awaiting"].as_str().expect("text").contains("email"));
+    assert_eq!(r["confirmed_state"], "confirmed");
+
+    // The listener brought back the signed transaction of this request and emptied the slot.
+    assert_eq!(r["received_for"], r["request_id"]);
+    assert_eq!(r["complete"], true);
+    assert_eq!(r["txid"], r["psbt_txid"]);
+    assert!(r["mailbox_after"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(Value::is_null));
+    // Electrum verified both signatures and finalized the same transaction.
+    assert_eq!(r["signatures_verified"], 2);
+    assert_eq!(r["merged_tx"], r["tx"]);
+    // The user saw each stage, in words.
+    let stages: Vec<(String, String)> = r["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter(|s| s[0] == r["request_id"])
+        .map(|s| {
+            (
+                s[1].as_str().expect("state").to_owned(),
+                s[2].as_str().expect("text").to_owned(),
+            )
+        })
+        .collect();
+    for state in ["queued", "sent", "delivered"] {
+        assert!(
+            stages.iter().any(|(s, _)| s == state),
+            "no {state} in {stages:?}"
+        );
+    }
+    assert!(stages
+        .iter()
+        .any(|(s, t)| s == "queued" && t.contains("next satellite pass")));
+    assert_eq!(r["final_text"], "Signed by the satellite.");
+
+    // Bitcoin Core's interpreter accepts the final transaction.
+    let tx: Transaction =
+        deserialize(&hex::decode(r["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
+    let funding: Transaction =
+        deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
+            .expect("funding");
+    verify_with_core(&tx, &[funding]);
+    let status = flow
+        .status(r["request_id"].as_str().expect("request id"))
+        .await;
+    assert_eq!(status["final_state"], "signed", "{status}");
+    // Every email about the request (the code, then the outcome) went to the wallet's owner.
+    let to = flow
+        .inbox
+        .recipients_of(r["request_id"].as_str().expect("id"));
+    assert!(
+        !to.is_empty() && to.iter().all(|t| t == "alice@example.org"),
+        "{to:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_names_each_failure_plainly_and_nothing_hangs() {
+    let flow = Flow::start(common::flow::sky(0.0), |c| {
+        c.default_policy.max_per_tx_sat = 100_000
+    })
+    .await;
+    let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
+    // A stopped bridge: a port where nothing listens.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    // A bridge with no satellite behind it (mailbox only).
+    let mailbox_only = common::start_bridge(|_| {}).await;
+    let work = flow.dir.path().join("plugin");
+    let program = session_py();
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    let r = run_plugin(
+        &program,
+        &[
+            "errors",
+            &tcp,
+            &dead,
+            &mailbox_only.tcp().to_string(),
+            &work.to_string_lossy(),
+        ],
+        &flow.inbox,
+        Duration::from_secs(180),
+    )
+    .await;
+    let case = |name: &str| -> (String, String) {
+        (
+            r[name][0].as_str().unwrap_or("no error").to_owned(),
+            r[name][1].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (kind, text) = case("bridge_down");
+    assert_eq!(kind, "BridgeUnreachable", "{text}");
+    assert!(
+        text.contains(&dead) && text.contains("connection refused"),
+        "{text}"
+    );
+    let (kind, text) = case("link_down");
+    assert_eq!(kind, "LinkDown", "{text}");
+    assert!(text.contains("no link to the satellite"), "{text}");
+    let (kind, text) = case("not_registered");
+    assert_eq!(kind, "WalletNotRegistered", "{text}");
+    assert!(text.contains("Register with satellite"), "{text}");
+    let (kind, text) = case("refused");
+    assert_eq!(kind, "RefusedByPolicy", "{text}");
+    assert!(
+        text.contains("over the wallet's per-transaction limit") && text.contains("Nothing"),
+        "{text}"
+    );
+    let (kind, text) = case("wrong_code");
+    assert_eq!(kind, "WrongCode", "{text}");
+    assert!(text.contains("attempts left"), "{text}");
+    assert_eq!(
+        r["cancelled_text"],
+        json!(["cancelled", "Cancelled. Nothing was signed."])
+    );
+    mailbox_only.bridge.stop().await;
+}

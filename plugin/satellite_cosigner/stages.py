@@ -1,0 +1,78 @@
+"""A request's stage in words: what the status line and the dialogs say.
+
+The bridge reports a request's ``state`` (``received``, ``awaiting_email``, ``confirmed``,
+``queued``, ``sent``, ``signed``, ``refused``, ``expired``, ``cancelled``, ``delivered``);
+once delivered, ``final_state`` says how it ended. ``describe`` turns a status (and the
+satellite's next pass, when known) into one sentence.
+"""
+import time
+
+# Plain words for the cosigner's refusal codes (cosigner/src/refusal.rs).
+REFUSAL_WORDS = {
+    "over_tx_limit": "the amount is over the wallet's per-transaction limit",
+    "over_period_limit": "the amount is over what the wallet may spend in this period",
+    "destination_not_allowed": "a destination is not on the wallet's allowlist",
+    "fee_too_high": "the fee is higher than the policy allows",
+    "fee_rate_too_high": "the fee rate is higher than the policy allows",
+    "outpoint_already_signed": "a coin in it was already spent by another signed transaction",
+    "no_other_signature": "it lacks your own signature; sign it in Electrum first",
+    "unknown_wallet": "the satellite does not know this wallet",
+    "input_not_in_wallet": "it spends a coin that is not this wallet's",
+    "change_mismatch": "its change does not go back to this wallet",
+    "stale_approval": "the approval is too old",
+}
+
+FINAL = {"delivered", "cancelled", "expired", "refused"}
+
+
+def when(ts):
+    return time.strftime("%H:%M", time.localtime(ts))
+
+
+def refusal_text(outcome):
+    """The refusal in words, from a status's ``outcome``; None if not refused."""
+    refused = (outcome or {}).get("refused")
+    if not refused:
+        return None
+    code = refused.get("code", "")
+    return REFUSAL_WORDS.get(code) or refused.get("reason") or code
+
+
+def effective_state(status):
+    """The state that matters to the user: a delivered request's final state."""
+    state = status.get("state")
+    if state == "delivered" and status.get("final_state"):
+        return status["final_state"]
+    return state
+
+
+def describe(status, next_pass=None):
+    """One sentence for the request's stage."""
+    state = effective_state(status)
+    kind = status.get("kind", "sign")
+    what = "registration" if kind == "register" else "request"
+    if state in ("received", "awaiting_email"):
+        return (f"Waiting for you: confirm the {what} with the code or the link in the email "
+                "the bridge sent.")
+    if state in ("confirmed", "queued"):
+        if next_pass and next_pass.get("start"):
+            start = next_pass["start"]
+            if start <= time.time() <= next_pass.get("end", start):
+                return "Confirmed. Going up to the satellite now, during this pass."
+            return f"Confirmed. Queued for the next satellite pass, at about {when(start)}."
+        return "Confirmed. Queued for the next satellite pass."
+    if state == "sent":
+        return "Sent to the satellite; waiting for its answer."
+    if state == "signed":
+        if status.get("state") == "delivered" or kind != "sign":
+            return ("Signed by the satellite." if kind == "sign"
+                    else "Accepted by the satellite.")
+        return "Signed by the satellite; the transaction is on its way back to this wallet."
+    if state == "refused":
+        why = refusal_text(status.get("outcome")) or "no reason given"
+        return f"Refused by the satellite's policy: {why}. Nothing was signed."
+    if state == "expired":
+        return "Expired: it was not confirmed in time. Ask again to get a new email."
+    if state == "cancelled":
+        return "Cancelled. Nothing was signed."
+    return f"State: {state}."
