@@ -264,3 +264,104 @@ async fn the_plugin_names_each_failure_plainly_and_nothing_hangs() {
     );
     mailbox_only.bridge.stop().await;
 }
+
+/// Installs the plugin into Debian's Electrum with the README's command, for this Electrum
+/// data folder and bridge.
+fn install_plugin(electrum_dir: &Path, bridge: &str) {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(plugin_dir().join("install.py"))
+        .args(["electrum", "--regtest", "--electrum-dir"])
+        .arg(electrum_dir)
+        .args(["--bridge", bridge])
+        .output()
+        .expect("run install.py");
+    assert!(
+        out.status.success(),
+        "install.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transaction_opens() {
+    let flow = Flow::start(short_passes(), |_| {}).await;
+    let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
+    let work = flow.dir.path().join("gui");
+    let program = session_py();
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    // A registered wallet and a transaction the user signed once, made headless.
+    let prepared = run_plugin(
+        &program,
+        &["prepare", &tcp, &work.to_string_lossy()],
+        &flow.inbox,
+        Duration::from_secs(180),
+    )
+    .await;
+    let psbt_file = work.join("psbt.txt");
+    std::fs::write(&psbt_file, prepared["psbt"].as_str().expect("psbt")).expect("write psbt");
+    let electrum_dir = work.join("electrum");
+    install_plugin(&electrum_dir, &tcp);
+
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-gui");
+    let _ = std::fs::remove_dir_all(&artifacts);
+    let gui = plugin_dir().join("tests/gui.py");
+    let r = run_plugin(
+        &[
+            "xvfb-run",
+            "-a",
+            "-s",
+            "-screen 0 1280x1024x24",
+            "/usr/bin/python3",
+            &gui.to_string_lossy(),
+        ],
+        &[
+            &electrum_dir.to_string_lossy(),
+            prepared["wallet"].as_str().expect("wallet"),
+            &psbt_file.to_string_lossy(),
+            &artifacts.to_string_lossy(),
+        ],
+        &flow.inbox,
+        Duration::from_secs(400),
+    )
+    .await;
+    eprintln!("screenshots in {}", artifacts.display());
+
+    assert_eq!(r["status_bar"], "Satellite cosigner", "{r}");
+    assert_eq!(r["button"], "Ask satellite to co-sign");
+    assert!(
+        r["stage_before"]
+            .as_str()
+            .expect("text")
+            .contains("the email"),
+        "{r}"
+    );
+    assert_eq!(r["complete"], true);
+    assert_eq!(r["txid"], prepared["txid"]);
+    assert!(
+        r["stage_after"]
+            .as_str()
+            .expect("text")
+            .starts_with("Signed by the satellite"),
+        "{r}"
+    );
+    assert_eq!(r["broadcast_button"], true);
+    for shot in r["screenshots"].as_array().expect("screenshots") {
+        let png = std::fs::read(shot.as_str().expect("path")).expect("screenshot saved");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 2_000,
+            "{shot} is not a real screenshot"
+        );
+    }
+    assert_eq!(r["screenshots"].as_array().map(Vec::len), Some(5));
+
+    let tx: Transaction =
+        deserialize(&hex::decode(r["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
+    let funding: Transaction =
+        deserialize(&hex::decode(prepared["funding_tx"].as_str().expect("funding")).expect("hex"))
+            .expect("funding");
+    verify_with_core(&tx, &[funding]);
+    let status = flow
+        .status(r["request_id"].as_str().expect("request id"))
+        .await;
+    assert_eq!(status["final_state"], "signed", "{status}");
+}

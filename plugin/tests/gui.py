@@ -1,0 +1,179 @@
+#!/usr/bin/python3
+"""Drives the real Electrum 4.3.4 Qt GUI, with the installed plugin, under Xvfb.
+
+    xvfb-run -a gui.py ELECTRUM_DIR WALLET PSBT_FILE ARTIFACTS_DIR
+
+Runs Debian's own ``/usr/bin/electrum`` entry point in this process (regtest, offline) and
+scripts it from Qt's event loop with Qt's test API, as a user would click: wait for the
+wallet window and the plugin, open the partially signed transaction, press "Ask satellite to
+co-sign", type the emailed code (read from stdin after ``NEED_CODE <id>``) and press Confirm,
+then wait for the signed transaction to open in its own dialog. Each step saves a screenshot
+of its window, grabbed from the X server by window id, into ARTIFACTS_DIR. Any error dialog
+fails the run with its text. The last line is ``RESULT {json}``.
+"""
+import json
+import os
+import runpy
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+ELECTRUM_DIR, WALLET, PSBT_FILE, ARTIFACTS = sys.argv[1:5]
+STEP_LIMIT = 120  # seconds any one step may take
+os.makedirs(ARTIFACTS, exist_ok=True)
+
+# No first-run questions: they are not what this test is about.
+for key, value in (("dont_show_testnet_warning", "true"), ("check_updates", "false")):
+    subprocess.run(["/usr/bin/electrum", "--regtest", "-D", ELECTRUM_DIR, "--offline",
+                    "setconfig", key, value], check=True, stdout=subprocess.DEVNULL)
+
+codes = []
+
+
+def read_codes():
+    for line in sys.stdin:
+        codes.append(line.strip())
+
+
+threading.Thread(target=read_codes, daemon=True).start()
+
+import electrum.gui.qt as qtgui  # noqa: E402
+from PyQt5.QtCore import Qt, QTimer  # noqa: E402
+from PyQt5.QtTest import QTest  # noqa: E402
+from PyQt5.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def top_level(class_name):
+    return [w for w in QApplication.topLevelWidgets()
+            if type(w).__name__ == class_name and w.isVisible()]
+
+
+class Driver:
+    def __init__(self, gui):
+        self.gui = gui
+        self.result = {"screenshots": []}
+        self.step = self.wait_for_wallet
+        self.step_started = time.time()
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(200)
+
+    def shot(self, widget, name):
+        # The X server gives what is on screen in the window's area: bring it to the top.
+        widget.raise_()
+        widget.activateWindow()
+        QTest.qWait(300)
+        path = os.path.join(ARTIFACTS, name + ".png")
+        pixmap = QApplication.primaryScreen().grabWindow(int(widget.winId()))
+        if not pixmap.save(path):
+            raise RuntimeError(f"could not save {path}")
+        self.result["screenshots"].append(path)
+
+    def go(self, step):
+        self.step = step
+        self.step_started = time.time()
+
+    def fail(self, why):
+        say("FAILED", why)
+        self.timer.stop()
+        os._exit(3)
+
+    def tick(self):
+        try:
+            boxes = [w for w in QApplication.topLevelWidgets()
+                     if isinstance(w, QMessageBox) and w.isVisible()]
+            if boxes:
+                self.fail("an error dialog appeared: " + " | ".join(b.text() for b in boxes))
+            if time.time() - self.step_started > STEP_LIMIT:
+                self.fail(f"step {self.step.__name__} did not finish in {STEP_LIMIT} s")
+            self.step()
+        except SystemExit:
+            raise
+        except Exception:
+            self.fail(traceback.format_exc())
+
+    def wait_for_wallet(self):
+        if not self.gui.windows:
+            return
+        self.window = window = self.gui.windows[0]
+        plugin = self.gui.plugins.get("satellite_cosigner")
+        if plugin is None:
+            self.fail("the satellite_cosigner plugin is not loaded")
+        self.sw = plugin.wallets.get(window.wallet)
+        if self.sw is None or self.sw.satellite is None:
+            return  # still asking the bridge for the satellite's key
+        self.result["status_bar"] = self.sw.status_label.text()
+        self.shot(window, "1-wallet")
+        from electrum.transaction import tx_from_any
+        with open(PSBT_FILE) as f:
+            self.window.show_transaction(tx_from_any(f.read().strip()))
+        self.go(self.press_ask)
+
+    def press_ask(self):
+        dialogs = [d for d in top_level("TxDialog") if getattr(d, "satellite_button", None)]
+        if not dialogs or not dialogs[0].satellite_button.isVisible():
+            return
+        self.tx_dialog = d = dialogs[0]
+        self.result["button"] = d.satellite_button.text()
+        self.shot(d, "2-partially-signed")
+        QTest.mouseClick(d.satellite_button, Qt.LeftButton)
+        self.go(self.wait_for_request)
+
+    def wait_for_request(self):
+        dialogs = top_level("RequestDialog")
+        if not dialogs or "email" not in dialogs[0].stage.text():
+            return
+        self.request = d = dialogs[0]
+        self.result["request_id"] = d.request_id
+        self.result["stage_before"] = d.stage.text()
+        say("NEED_CODE", d.request_id)
+        self.go(self.type_code)
+
+    def type_code(self):
+        if not codes:
+            return
+        QTest.keyClicks(self.request.code_edit, codes.pop(0))
+        self.shot(self.request, "3-code-entered")
+        QTest.mouseClick(self.request.confirm_button, Qt.LeftButton)
+        self.go(self.wait_for_signed)
+
+    def wait_for_signed(self):
+        done = [d for d in top_level("TxDialog") if d is not self.tx_dialog and d.tx.is_complete()]
+        if not done:
+            return
+        d = done[0]
+        self.shot(d, "4-signed-transaction")
+        self.shot(self.request, "5-request")
+        self.result.update({
+            "tx": d.tx.serialize(),
+            "txid": d.tx.txid(),
+            "complete": d.tx.is_complete(),
+            "stage_after": self.request.stage.text(),
+            "broadcast_button": d.broadcast_button.isVisible(),
+        })
+        say("RESULT", json.dumps(self.result))
+        self.timer.stop()
+        # Leave as a user would; if Electrum's shutdown lingers, the result is already out.
+        threading.Timer(20, os._exit, [0]).start()
+        for w in list(self.gui.windows):
+            w.close()
+        QApplication.instance().quit()
+
+
+original_main = qtgui.ElectrumGui.main
+
+
+def main_with_driver(gui):
+    gui.satcosign_driver = Driver(gui)
+    return original_main(gui)
+
+
+qtgui.ElectrumGui.main = main_with_driver
+sys.argv = ["electrum", "--regtest", "--offline", "-D", ELECTRUM_DIR, "-w", WALLET]
+runpy.run_path("/usr/bin/electrum", run_name="__main__")
