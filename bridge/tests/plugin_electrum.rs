@@ -186,7 +186,15 @@ async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transac
     let funding: Transaction =
         deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
             .expect("funding");
-    verify_with_core(&tx, &[funding]);
+    verify_with_core(&tx, &[funding.clone()]);
+    // Recovery without satcosign: the backup key's wallet adds the second signature, and
+    // that transaction is valid too.
+    assert_eq!(r["recovered_complete"], true, "{r}");
+    let recovered: Transaction =
+        deserialize(&hex::decode(r["recovered_tx"].as_str().expect("tx")).expect("hex"))
+            .expect("tx");
+    assert_ne!(recovered, tx, "the backup's signature differs from the satellite's");
+    verify_with_core(&recovered, &[funding]);
     let status = flow
         .status(r["request_id"].as_str().expect("request id"))
         .await;
@@ -327,6 +335,20 @@ async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transa
     eprintln!("screenshots in {}", artifacts.display());
 
     assert_eq!(r["status_bar"], "Satellite cosigner", "{r}");
+    // Settings show the bridge set by the install command; "Test connection" reaches it.
+    assert_eq!(r["settings_bridge"], tcp.as_str());
+    let tested = r["test_connection"].as_str().expect("text");
+    assert!(
+        tested.starts_with("Connected to satcosign-bridge") && tested.contains("regtest"),
+        "{tested}"
+    );
+    // The satellite's key to paste into the wizard, and the check of the wallet made with it.
+    let info = flow.ok("satellite.info", vec![]).await;
+    assert_eq!(r["satellite_key"], info["electrum_xpub"]);
+    assert_eq!(
+        r["wallet_verdict"],
+        "This wallet contains the satellite's key."
+    );
     assert_eq!(r["button"], "Ask satellite to co-sign");
     assert!(
         r["stage_before"]
@@ -352,7 +374,7 @@ async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transa
             "{shot} is not a real screenshot"
         );
     }
-    assert_eq!(r["screenshots"].as_array().map(Vec::len), Some(5));
+    assert_eq!(r["screenshots"].as_array().map(Vec::len), Some(7));
 
     let tx: Transaction =
         deserialize(&hex::decode(r["tx"].as_str().expect("tx")).expect("hex")).expect("tx");

@@ -381,11 +381,14 @@ class SatelliteKeyDialog(WindowModalDialog):
 
     def __init__(self, window, info, sw):
         WindowModalDialog.__init__(self, window, _("Satellite key"))
+        self.setMinimumWidth(640)
         vbox = QVBoxLayout(self)
-        vbox.addWidget(QLabel(_(
+        help_text = QLabel(_(
             "To make a wallet the satellite co-signs: File > New, \"Multi-signature "
             "wallet\", 2 of 3, native segwit; add this key as a cosigner (\"Enter cosigner "
-            "key\"). Keep your own two keys; they spend without the satellite.")))
+            "key\"). Keep your own two keys; they spend without the satellite."))
+        help_text.setWordWrap(True)
+        vbox.addWidget(help_text)
         text = QLineEdit(info["electrum_xpub"])
         text.setReadOnly(True)
         self.key_text = text
@@ -422,8 +425,10 @@ class SettingsDialog(WindowModalDialog):
                                               (_("Email"), self.email)]):
             grid.addWidget(QLabel(name), row, 0)
             grid.addWidget(widget, row, 1)
+        self.setMinimumWidth(520)
         self.result = QLabel("")
         self.result.setWordWrap(True)
+        self.result.setMinimumHeight(3 * self.result.fontMetrics().height())
         grid.addWidget(self.result, 4, 0, 1, 2)
         self.test_button = QPushButton(_("Test connection"))
         self.test_button.clicked.connect(self.test)

@@ -108,8 +108,41 @@ class Driver:
         self.sw = plugin.wallets.get(window.wallet)
         if self.sw is None or self.sw.satellite is None:
             return  # still asking the bridge for the satellite's key
+        self.plugin = plugin
         self.result["status_bar"] = self.sw.status_label.text()
         self.shot(window, "1-wallet")
+        # Tools > Satellite cosigner > Settings, as a user opens it.
+        QTimer.singleShot(0, lambda: plugin.settings_dialog(window))
+        self.go(self.test_connection)
+
+    def test_connection(self):
+        dialogs = top_level("SettingsDialog")
+        if not dialogs:
+            return
+        self.settings = d = dialogs[0]
+        self.result["settings_bridge"] = d.bridge.text()
+        QTest.mouseClick(d.test_button, Qt.LeftButton)
+        self.go(self.connection_tested)
+
+    def connection_tested(self):
+        text = self.settings.result.text()
+        if not text or text.endswith("..."):
+            return
+        self.result["test_connection"] = text
+        self.shot(self.settings, "2-settings-test-connection")
+        self.settings.reject()
+        QTimer.singleShot(0, lambda: self.plugin.show_satellite_key(self.window))
+        self.go(self.satellite_key)
+
+    def satellite_key(self):
+        dialogs = top_level("SatelliteKeyDialog")
+        if not dialogs:
+            return
+        d = dialogs[0]
+        self.result["satellite_key"] = d.key_text.text()
+        self.result["wallet_verdict"] = d.verdict.text()
+        self.shot(d, "3-satellite-key")
+        d.reject()
         from electrum.transaction import tx_from_any
         with open(PSBT_FILE) as f:
             self.window.show_transaction(tx_from_any(f.read().strip()))
@@ -121,7 +154,7 @@ class Driver:
             return
         self.tx_dialog = d = dialogs[0]
         self.result["button"] = d.satellite_button.text()
-        self.shot(d, "2-partially-signed")
+        self.shot(d, "4-partially-signed")
         QTest.mouseClick(d.satellite_button, Qt.LeftButton)
         self.go(self.wait_for_request)
 
@@ -139,7 +172,7 @@ class Driver:
         if not codes:
             return
         QTest.keyClicks(self.request.code_edit, codes.pop(0))
-        self.shot(self.request, "3-code-entered")
+        self.shot(self.request, "5-code-entered")
         QTest.mouseClick(self.request.confirm_button, Qt.LeftButton)
         self.go(self.wait_for_signed)
 
@@ -148,8 +181,8 @@ class Driver:
         if not done:
             return
         d = done[0]
-        self.shot(d, "4-signed-transaction")
-        self.shot(self.request, "5-request")
+        self.shot(d, "6-signed-transaction")
+        self.shot(self.request, "7-request")
         self.result.update({
             "tx": d.tx.serialize(),
             "txid": d.tx.txid(),

@@ -76,6 +76,25 @@ def make_wallet(config, path, satellite_xpub, tag="user-A"):
     return w
 
 
+def recover(config, path, tx, satellite_xpub, tag="user-A"):
+    """Recovery without satcosign: the backup key's own wallet (its seed, the user's xpub,
+    the satellite's xpub) adds the second signature to the user's PSBT."""
+    tag = tag + "-" + RUN
+    a, b = keystore_for(tag), keystore_for("backup-B-" + tag)
+    db = WalletDB("", manual_upgrades=False)
+    for i, ks in enumerate([b, keystore.from_xpub(a.get_master_public_key()),
+                            keystore.from_xpub(satellite_xpub)]):
+        db.put("x%d/" % (i + 1), ks.dump())
+    db.put("wallet_type", "2of3")
+    backup = Multisig_Wallet(db, WalletStorage(path), config=config)
+    backup.synchronize()
+    theirs = tx_from_any(tx.serialize())
+    theirs.add_info_from_wallet(backup)
+    backup.sign_transaction(theirs, password=None)
+    theirs.finalize_psbt()
+    return theirs
+
+
 def fund(wallet, sats=1_000_000):
     address = wallet.get_receiving_addresses()[0]
     spk = bytes.fromhex(bitcoin.address_to_script(address))
@@ -173,7 +192,10 @@ def flow(bridge, workdir):
         merged.add_info_from_wallet(wallet)  # as Electrum does for a loaded PSBT
         merged.combine_with_other_psbt(signed)  # Electrum finalizes once it is complete
         merged.finalize_psbt()
+        recovered = recover(env.config, os.path.join(workdir, "backup"), tx, sat_xpub)
         result = {
+            "recovered_complete": recovered.is_complete(),
+            "recovered_tx": recovered.serialize() if recovered.is_complete() else None,
             "connection": connection_text,
             "descriptor": descriptor,
             "registered": registered,
