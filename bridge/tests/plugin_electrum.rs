@@ -193,7 +193,10 @@ async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transac
     let recovered: Transaction =
         deserialize(&hex::decode(r["recovered_tx"].as_str().expect("tx")).expect("hex"))
             .expect("tx");
-    assert_ne!(recovered, tx, "the backup's signature differs from the satellite's");
+    assert_ne!(
+        recovered, tx,
+        "the backup's signature differs from the satellite's"
+    );
     verify_with_core(&recovered, &[funding]);
     let status = flow
         .status(r["request_id"].as_str().expect("request id"))
@@ -211,8 +214,17 @@ async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plugin_names_each_failure_plainly_and_nothing_hangs() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let cert_path = certs.path().join("cert.pem");
+    let key_path = certs.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
     let flow = Flow::start(common::flow::sky(0.0), |c| {
-        c.default_policy.max_per_tx_sat = 100_000
+        c.default_policy.max_per_tx_sat = 100_000;
+        c.electrum.tls = "127.0.0.1:0".into();
+        c.electrum.tls_cert = Some(cert_path.clone());
+        c.electrum.tls_key = Some(key_path.clone());
     })
     .await;
     let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
@@ -271,6 +283,35 @@ async fn the_plugin_names_each_failure_plainly_and_nothing_hangs() {
         json!(["cancelled", "Cancelled. Nothing was signed."])
     );
     mailbox_only.bridge.stop().await;
+
+    // TLS: with the bridge's self-signed certificate trusted it connects; with only the
+    // system's roots it is refused, and the user is told it is the certificate.
+    let tls = format!(
+        "localhost:{}",
+        flow.system.bridge.electrum_tls.expect("tls").port()
+    );
+    let r = run_plugin(
+        &program,
+        &["tls", &tls, &cert_path.to_string_lossy()],
+        &flow.inbox,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        r["trusted"]
+            .as_str()
+            .expect("text")
+            .starts_with("Connected to satcosign-bridge"),
+        "{r}"
+    );
+    assert_eq!(r["untrusted"][0], "BridgeUnreachable", "{r}");
+    assert!(
+        r["untrusted"][1]
+            .as_str()
+            .expect("text")
+            .contains("CERTIFICATE_VERIFY_FAILED"),
+        "{r}"
+    );
 }
 
 /// Installs the plugin into Debian's Electrum with the README's command, for this Electrum

@@ -8,6 +8,7 @@ transaction also goes through Bitcoin Core's script interpreter there).
 
     session.py flow   BRIDGE WORKDIR      register, sign once, ask the satellite, receive
     session.py errors BRIDGE DEAD NOSAT WORKDIR   what the user sees when things go wrong
+    session.py tls    HOST:PORT CA_FILE   "Test connection" over TLS, trusted and not
     session.py prepare BRIDGE WORKDIR     a registered wallet file and a PSBT signed once,
                                           for the GUI test
 
@@ -292,12 +293,27 @@ def prepare(bridge, workdir):
         env.close()
 
 
+def tls(address, ca_file):
+    """Test connection over TLS: trusting the bridge's own certificate, then the system's
+    roots only (which do not know a self-signed bridge)."""
+    out = {}
+    trusted = Service(Settings(bridge=address, tls=True, ca_file=ca_file), timeout=5.0)
+    out["trusted"] = trusted.link_text()
+    trusted.close()
+    untrusted = Service(Settings(bridge=address, tls=True), timeout=5.0)
+    out["untrusted"] = timed(untrusted.test_connection)
+    untrusted.close()
+    say("RESULT", json.dumps(out))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "flow":
         flow(*args)
     elif cmd == "errors":
         errors_scenario(*args)
+    elif cmd == "tls":
+        tls(*args)
     elif cmd == "prepare":
         prepare(*args)
     else:
