@@ -186,7 +186,7 @@ async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transac
     let funding: Transaction =
         deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
             .expect("funding");
-    verify_with_core(&tx, &[funding.clone()]);
+    verify_with_core(&tx, std::slice::from_ref(&funding));
     // Recovery without satcosign: the backup key's wallet adds the second signature, and
     // that transaction is valid too.
     assert_eq!(r["recovered_complete"], true, "{r}");
