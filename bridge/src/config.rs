@@ -104,6 +104,51 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// The policy a wallet registers with when the user gives none.
     pub default_policy: satcosign_cosigner::policy::Policy,
+    /// The Nostr relay (NIP-01) for Electrum 4.6+'s built-in Nostr cosigning.
+    pub nostr: NostrConfig,
+}
+
+/// The Nostr relay: stock Electrum 4.6+ sends PSBTs to its cosigners as NIP-04 direct
+/// messages through the relays in its `nostr_relays` setting; pointed here, the satellite's
+/// Nostr identity (derived from its xpub, as Electrum derives it) answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NostrConfig {
+    /// WebSocket listen address (`ws://` relay, NIP-11 on the same port); `""` disables it.
+    /// Default `127.0.0.1:50107`.
+    pub listen: String,
+    /// Largest event accepted, bytes of JSON. Default 262144 (a PSBT of ~100 inputs).
+    pub max_event_bytes: usize,
+    /// Largest WebSocket message read; bigger ones close the connection. Default 1048576.
+    pub max_message_bytes: usize,
+    /// Open subscriptions per connection. Default 20.
+    pub max_subscriptions: usize,
+    /// Filters per `REQ`. Default 10.
+    pub max_filters: usize,
+    /// Most stored events one filter returns (its `limit` is capped to this). Default 500.
+    pub max_limit: usize,
+    /// `EVENT`s and `REQ`s per connection per minute. Default 120.
+    pub messages_per_minute: u32,
+    /// How far in the future `created_at` may be, seconds. Default 900.
+    pub max_future_secs: u64,
+    /// How long events without an expiration tag are kept, seconds. Default 604800.
+    pub retention_secs: u64,
+}
+
+impl Default for NostrConfig {
+    fn default() -> Self {
+        NostrConfig {
+            listen: "127.0.0.1:50107".into(),
+            max_event_bytes: 256 * 1024,
+            max_message_bytes: 1024 * 1024,
+            max_subscriptions: 20,
+            max_filters: 10,
+            max_limit: 500,
+            messages_per_minute: 120,
+            max_future_secs: 900,
+            retention_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// The satellite: its public account key and the link that reaches it.
@@ -322,6 +367,7 @@ impl Default for Config {
                 allowlist: None,
                 min_approval_delay_secs: 0,
             },
+            nostr: NostrConfig::default(),
         }
     }
 }
@@ -369,6 +415,8 @@ pub struct Listeners {
     pub electrum_tls: Option<SocketAddr>,
     /// HTTP + WebSocket.
     pub http: Option<SocketAddr>,
+    /// The Nostr relay.
+    pub nostr: Option<SocketAddr>,
 }
 
 fn parse_listen(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
@@ -426,6 +474,38 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "electrum.tcp",
                 reason: "every listener is disabled; enable at least one".into(),
+            });
+        }
+        let n = &self.nostr;
+        for (key, value, range) in [
+            ("nostr.max_event_bytes", n.max_event_bytes, 1024..=16 << 20),
+            (
+                "nostr.max_message_bytes",
+                n.max_message_bytes,
+                1024..=64 << 20,
+            ),
+            ("nostr.max_subscriptions", n.max_subscriptions, 1..=1000),
+            ("nostr.max_filters", n.max_filters, 1..=100),
+            ("nostr.max_limit", n.max_limit, 1..=100_000),
+        ] {
+            if !range.contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+                });
+            }
+        }
+        if n.max_event_bytes > n.max_message_bytes {
+            return Err(ConfigError::Invalid {
+                key: "nostr.max_event_bytes",
+                reason: "must not exceed nostr.max_message_bytes".into(),
+            });
+        }
+        if n.messages_per_minute == 0 || n.retention_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "nostr.messages_per_minute",
+                reason: "nostr.messages_per_minute and nostr.retention_secs must be positive"
+                    .into(),
             });
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -588,6 +668,7 @@ impl Config {
             electrum_tcp: parse_listen("electrum.tcp", &self.electrum.tcp)?,
             electrum_tls: parse_listen("electrum.tls", &self.electrum.tls)?,
             http: parse_listen("http.listen", &self.http.listen)?,
+            nostr: parse_listen("nostr.listen", &self.nostr.listen)?,
         })
     }
 

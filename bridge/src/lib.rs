@@ -31,6 +31,8 @@ pub mod gate;
 pub mod http;
 pub mod mail;
 pub mod mailbox;
+pub mod nostr_cosigner;
+pub mod nostr_relay;
 pub mod notice;
 pub mod push;
 pub mod relay;
@@ -112,6 +114,8 @@ pub struct RunningBridge {
     pub electrum_tls: Option<SocketAddr>,
     /// HTTP + WebSocket address, if enabled.
     pub http: Option<SocketAddr>,
+    /// The Nostr relay's address, if enabled.
+    pub nostr: Option<SocketAddr>,
     /// The signing service, when a satellite is configured.
     pub service: Option<Arc<Service>>,
     tasks: Vec<JoinHandle<()>>,
@@ -271,6 +275,10 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         config.mailbox.max_message_bytes,
     );
     let mut tasks = vec![mailbox.spawn_sweeper()];
+    let nostr = match listeners.nostr {
+        Some(_) => Some(nostr_relay::NostrRelay::open(config.nostr.clone(), store.clone()).await?),
+        None => None,
+    };
 
     let mut service = None;
     let mut link_status: Option<rpc::LinkStatusFn> = None;
@@ -330,6 +338,11 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         handle.set_passes(link.passes);
         let status_handle = handle.clone();
         link_status = Some(Arc::new(move || status_handle.status()));
+        // The satellite's Nostr identity answers deliveries: hook it before the relay
+        // resumes any.
+        if let Some(nostr) = &nostr {
+            nostr_cosigner::NostrCosigner::start(&svc, nostr.clone()).await?;
+        }
         let relay = relay::Relay::new(svc.clone(), handle, link_store);
         tasks.push(tokio::spawn(relay.run()));
         service = Some(svc);
@@ -355,10 +368,16 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         electrum_tcp: None,
         electrum_tls: None,
         http: None,
+        nostr: None,
         service: service.clone(),
         tasks: Vec::new(),
         http_handle: None,
     };
+    if let (Some(addr), Some(relay)) = (listeners.nostr, nostr) {
+        let listener = bind("nostr", addr).await?;
+        running.nostr = listener.local_addr().ok();
+        tasks.push(tokio::spawn(relay.serve(listener)));
+    }
     if let Some(addr) = listeners.electrum_tcp {
         let listener = bind("electrum tcp", addr).await?;
         running.electrum_tcp = listener.local_addr().ok();
@@ -404,6 +423,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         electrum_tcp = ?running.electrum_tcp,
         electrum_tls = ?running.electrum_tls,
         http = ?running.http,
+        nostr = ?running.nostr,
         data_dir = %config.data_dir.display(),
         network = ?config.network,
         "bridge started"

@@ -35,6 +35,9 @@ struct Overrides {
     /// HTTP + WebSocket listen address (overrides `http.listen`; "" disables).
     #[arg(long, value_name = "ADDR", global = true)]
     http: Option<String>,
+    /// Nostr relay listen address (overrides `nostr.listen`; "" disables).
+    #[arg(long, value_name = "ADDR", global = true)]
+    nostr: Option<String>,
     /// Data directory (overrides `data_dir`).
     #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
@@ -103,6 +106,9 @@ fn load_config(o: Overrides, dev: bool) -> anyhow::Result<Config> {
     if let Some(a) = o.http {
         config.http.listen = a;
     }
+    if let Some(a) = o.nostr {
+        config.nostr.listen = a;
+    }
     if let Some(d) = o.data_dir {
         config.data_dir = d;
     }
@@ -122,6 +128,9 @@ fn print_listeners(running: &satcosign_bridge::RunningBridge) {
     }
     if let Some(a) = running.http {
         println!("http: http://{a}");
+    }
+    if let Some(a) = running.nostr {
+        println!("nostr relay: ws://{a}");
     }
 }
 

@@ -449,9 +449,20 @@ where
                 .send(notice::outcome_email(&wallet, &r, &to))
                 .await?;
         }
+        // A request that came by Nostr is answered there too; the answer is stored in the
+        // transaction that marks the request delivered, so it goes out exactly once.
+        let nostr = service.nostr.get().cloned();
+        let reply = match &nostr {
+            Some(n) => n.reply_for(&r).await?,
+            None => None,
+        };
+        let stored_reply = reply.clone();
         let prior = r.state;
         let unregistered = matches!(r.action, Action::Register) && prior != State::Signed;
         if transition(&service.store, r.id, &[prior], move |txn, r| {
+            if let Some(reply) = &stored_reply {
+                crate::nostr_cosigner::NostrCosigner::store_reply(txn, reply)?;
+            }
             if unregistered {
                 if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
                     if w.state == WalletState::Pending {
@@ -468,6 +479,9 @@ where
         .await?
         .is_some()
         {
+            if let (Some(n), Some(reply)) = (nostr, reply) {
+                n.published(reply);
+            }
             service.transitioned(r.id, State::Delivered).await;
         }
         Ok(())

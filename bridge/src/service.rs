@@ -208,7 +208,14 @@ pub struct Service {
     wallets: Mutex<HashMap<WalletId, Arc<Wallet>>>,
     busy: Mutex<HashSet<RequestId>>,
     hold_at: Option<State>,
+    /// The satellite's Nostr identity, when the relay runs: delivery answers by Nostr.
+    pub nostr: std::sync::OnceLock<Arc<crate::nostr_cosigner::NostrCosigner>>,
 }
+
+/// Runs inside the write transaction that opens a request (e.g. to record where it came
+/// from), with the request's id.
+pub type OnOpen =
+    Box<dyn FnOnce(&redb::WriteTransaction, RequestId) -> Result<(), StoreError> + Send>;
 
 /// A claim on one request: while held, no other task advances it.
 pub struct Claim<'a> {
@@ -345,6 +352,7 @@ impl Service {
             wallets: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             hold_at,
+            nostr: std::sync::OnceLock::new(),
         }
     }
 
@@ -683,6 +691,26 @@ impl Service {
         Ok(())
     }
 
+    /// Every registered wallet (any state), with its parsed descriptors.
+    pub async fn wallets(&self) -> Result<Vec<(WalletRecord, Arc<Wallet>)>, ServiceError> {
+        let records = self
+            .store
+            .read(|txn| {
+                let t = txn.open_table(WALLETS).map_err(db_err)?;
+                let mut out = Vec::new();
+                for row in t.iter().map_err(db_err)? {
+                    let (_, v) = row.map_err(db_err)?;
+                    out.push(from_bytes::<WalletRecord>(v.value())?);
+                }
+                Ok(out)
+            })
+            .await?;
+        records
+            .into_iter()
+            .map(|r| self.wallet(&r).map(|w| (r, w)))
+            .collect()
+    }
+
     /// `request.submit` and mailbox puts: checks the PSBT against the wallet with the
     /// cosigner's own code, refuses early what the policy would refuse, and opens (or
     /// updates) a request.
@@ -691,6 +719,18 @@ impl Service {
         wallet_id: Option<WalletId>,
         bytes: &[u8],
         replaces: Option<RequestId>,
+    ) -> Result<RequestId, ServiceError> {
+        self.submit_psbt_with(wallet_id, bytes, replaces, None)
+            .await
+    }
+
+    /// As [`Self::submit_psbt`], running `on_open` in the transaction that opens the request.
+    pub async fn submit_psbt_with(
+        &self,
+        wallet_id: Option<WalletId>,
+        bytes: &[u8],
+        replaces: Option<RequestId>,
+        on_open: Option<OnOpen>,
     ) -> Result<RequestId, ServiceError> {
         let mut psbt = Self::parse_psbt(bytes)?;
         if psbt.inputs.is_empty() || psbt.outputs.is_empty() {
@@ -758,7 +798,12 @@ impl Service {
         let (id, state) = self
             .store
             .write(move |txn| {
-                open_or_update_sign(txn, wallet_id, new_id, action, &txid, now, &gate)
+                let opened =
+                    open_or_update_sign(txn, wallet_id, new_id, action, &txid, now, &gate)?;
+                if let (Ok((id, _)), Some(on_open)) = (&opened, on_open) {
+                    on_open(txn, *id)?;
+                }
+                Ok(opened)
             })
             .await??;
         self.transitioned(id, state).await;

@@ -31,6 +31,8 @@ fn start(dir: &Path, hold_at: Option<&str>) -> Bridge {
         "127.0.0.1:0",
         "--http",
         "127.0.0.1:0",
+        "--nostr",
+        "127.0.0.1:0",
     ])
     .args(["--pass-up", "3600", "--pass-period", "3600"])
     .arg("--data-dir")

@@ -13,7 +13,15 @@ use serde_json::{json, Value};
 /// Starts the real binary on an ephemeral port; returns it and its Electrum TCP address.
 fn spawn_bridge(data_dir: &Path) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
-        .args(["--electrum-tcp", "127.0.0.1:0", "--http", "", "--data-dir"])
+        .args([
+            "--electrum-tcp",
+            "127.0.0.1:0",
+            "--http",
+            "",
+            "--nostr",
+            "",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -106,7 +114,13 @@ fn help_and_bad_config_are_clear() {
         .expect("run --help");
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for flag in ["--config", "--electrum-tcp", "--http", "--data-dir"] {
+    for flag in [
+        "--config",
+        "--electrum-tcp",
+        "--http",
+        "--nostr",
+        "--data-dir",
+    ] {
         assert!(help.contains(flag), "--help lists {flag}: {help}");
     }
 

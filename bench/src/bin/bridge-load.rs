@@ -151,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         };
         config.electrum.tcp = "127.0.0.1:0".into();
         config.http.listen = String::new();
+        config.nostr.listen = String::new();
         let bridge = satcosign_bridge::start(&config).await?;
         anyhow::Ok((echo, bridge))
     })?;

@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     };
     config.electrum.tcp = String::new();
     config.http.listen = "127.0.0.1:0".into();
+    config.nostr.listen = String::new();
     config.gate.max_requests_per_hour = u32::MAX;
     config.default_policy = satcosign_cosigner::testkit::generous_policy();
     let sky = Sky {

@@ -162,6 +162,7 @@ impl Flow {
         };
         config.electrum.tcp = "127.0.0.1:0".into();
         config.http.listen = "127.0.0.1:0".into();
+        config.nostr.listen = "127.0.0.1:0".into();
         config.email.smtp_host = Some("127.0.0.1".into());
         config.email.smtp_port = Some(smtp_port);
         config.email.smtp_security = SmtpSecurity::Plain;

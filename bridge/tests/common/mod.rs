@@ -39,6 +39,7 @@ pub fn test_config(dir: &tempfile::TempDir) -> Config {
     };
     c.electrum.tcp = "127.0.0.1:0".into();
     c.http.listen = "127.0.0.1:0".into();
+    c.nostr.listen = "127.0.0.1:0".into();
     c
 }
 

@@ -1,0 +1,343 @@
+//! The satellite's Nostr identity: stock Electrum 4.6+ co-signing with no plugin.
+//!
+//! Electrum's `psbt_nostr` gives every keystore a Nostr key derived from its xpub string
+//! alone, `sha256("nostr_psbt:" + xpub)` with the xpub as Electrum shows it (`Vpub...`,
+//! `Zpub...`), and sends a PSBT to each cosigner as a NIP-04 direct message (kind 4, content
+//! `{"tx": <PSBT hex>}`, tagged `p` and NIP-40 `expiration`). The bridge knows the
+//! satellite's xpub, so it holds that identity: a direct message to it, from a key of a
+//! registered wallet, enters the same email-gated flow as a `cosigner.put`, and the outcome
+//! goes back as a direct message from the satellite's identity: the PSBT with the
+//! satellite's signature, or a refusal in words.
+//!
+//! Where a request came from is recorded in the transaction that opens it, and each
+//! message is marked handled in the transaction that records its answer, so a crash
+//! neither loses a message nor answers one twice. Messages from authors that are not a
+//! registered wallet's other keys are ignored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use nostr::nips::nip04;
+use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, PublicKey, SecretKey, Tag, Timestamp};
+use redb::{TableDefinition, WriteTransaction};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::nostr_relay::{EventHook, NostrRelay};
+use crate::service::{Service, ServiceError};
+use crate::state::{Action, Outcome, RequestRecord, State};
+use crate::store::StoreError;
+use satcosign_cosigner::wallet::WalletId;
+
+/// Requests that came by Nostr: request id -> event id (32 bytes) and author (32 bytes).
+pub const NOSTR_ORIGINS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("nostr_origins");
+/// Direct messages answered or turned into a request: event id -> request id (zeros when
+/// answered without one).
+pub const NOSTR_HANDLED: TableDefinition<&[u8; 32], &[u8; 16]> =
+    TableDefinition::new("nostr_handled");
+
+/// How long answers stay on the relay (Electrum's `KEEP_DELAY`).
+const KEEP_SECS: u64 = 24 * 3600;
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+/// Electrum's Nostr key for a keystore: `sha256("nostr_psbt:" + xpub string)`. None only
+/// if the hash is not a valid secret key (probability about 2^-128).
+pub fn keys_for(xpub: &str) -> Option<Keys> {
+    let digest: [u8; 32] = Sha256::digest(format!("nostr_psbt:{xpub}").as_bytes()).into();
+    SecretKey::from_slice(&digest).ok().map(Keys::new)
+}
+
+/// The satellite's identity on the bridge's relay.
+pub struct NostrCosigner {
+    service: Weak<Service>,
+    // Weak: the relay holds this identity as its hook.
+    relay: Weak<NostrRelay>,
+    keys: Keys,
+    queue: mpsc::UnboundedSender<Arc<Event>>,
+}
+
+impl EventHook for NostrCosigner {
+    fn on_event(&self, e: Arc<Event>) {
+        if self.addressed_to_us(&e) {
+            let _ = self.queue.send(e);
+        }
+    }
+}
+
+impl NostrCosigner {
+    /// Starts the identity: hooks it to the relay and to delivery, and handles stored
+    /// messages that were not handled before a restart.
+    pub async fn start(
+        service: &Arc<Service>,
+        relay: Arc<NostrRelay>,
+    ) -> Result<Arc<NostrCosigner>, StoreError> {
+        service
+            .store
+            .write(|txn| {
+                txn.open_table(NOSTR_ORIGINS).map_err(db_err)?;
+                txn.open_table(NOSTR_HANDLED).map_err(db_err)?;
+                Ok(())
+            })
+            .await?;
+        let (queue, mut rx) = mpsc::unbounded_channel();
+        let keys = keys_for(&service.satellite.electrum_xpub()).ok_or_else(|| {
+            StoreError::Database("the satellite's xpub gives no valid Nostr key".into())
+        })?;
+        let me = Arc::new(NostrCosigner {
+            service: Arc::downgrade(service),
+            relay: Arc::downgrade(&relay),
+            keys,
+            queue,
+        });
+        tracing::info!(pubkey = %me.public_key().to_hex(), "the satellite's Nostr identity");
+        relay.set_hook(me.clone());
+        let _ = service.nostr.set(me.clone());
+        let worker = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                let Some(me) = worker.upgrade() else { return };
+                if let Err(err) = me.handle(&e).await {
+                    tracing::error!(event = %e.id, error = %err, "a direct message to the satellite failed; it is retried at the next start");
+                }
+            }
+        });
+        // Messages stored but not handled before a restart.
+        let mut pending: Vec<Arc<Event>> = relay
+            .query(&[nostr::Filter::new()
+                .kind(Kind::EncryptedDirectMessage)
+                .pubkey(me.public_key())])
+            .into_iter()
+            .collect();
+        pending.reverse();
+        for e in pending {
+            let _ = me.queue.send(e);
+        }
+        Ok(me)
+    }
+
+    /// The satellite's Nostr public key (x-only).
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public_key()
+    }
+
+    fn addressed_to_us(&self, e: &Event) -> bool {
+        e.kind == Kind::EncryptedDirectMessage
+            && e.tags.public_keys().any(|p| *p == self.keys.public_key())
+    }
+
+    /// Each registered wallet's other keys, by their Electrum Nostr public keys.
+    async fn authors(
+        &self,
+        service: &Service,
+    ) -> Result<HashMap<PublicKey, WalletId>, ServiceError> {
+        let mut out = HashMap::new();
+        for (record, wallet) in service.wallets().await? {
+            for x in wallet
+                .xpubs
+                .iter()
+                .filter(|x| **x != service.satellite.xpub)
+            {
+                // Electrum shows multisig keys as Vpub/Zpub; a key pasted as tpub/xpub
+                // keeps that spelling, so both are known.
+                for s in [satcosign_cosigner::keys::slip132(x), x.to_string()] {
+                    if let Some(k) = keys_for(&s) {
+                        out.insert(k.public_key(), record.id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn handled(&self, service: &Service, id: [u8; 32]) -> Result<bool, StoreError> {
+        service
+            .store
+            .read(move |txn| {
+                let t = txn.open_table(NOSTR_HANDLED).map_err(db_err)?;
+                Ok(t.get(&id).map_err(db_err)?.is_some())
+            })
+            .await
+    }
+
+    async fn handle(&self, e: &Event) -> Result<(), ServiceError> {
+        let Some(service) = self.service.upgrade() else {
+            return Ok(());
+        };
+        let event_id = e.id.to_bytes();
+        if self.handled(&service, event_id).await? {
+            return Ok(());
+        }
+        let Some(wallet_id) = self.authors(&service).await?.get(&e.pubkey).copied() else {
+            tracing::info!(event = %e.id, author = %e.pubkey.to_hex(), "ignored a direct message from a key of no registered wallet");
+            return Ok(());
+        };
+        let psbt = match self.read_psbt(e) {
+            Ok(p) => p,
+            Err(why) => {
+                return self
+                    .answer(
+                        &service,
+                        e,
+                        &format!("satcosign: this message was not read: {why}."),
+                    )
+                    .await;
+            }
+        };
+        let author = e.pubkey.to_bytes();
+        let on_open: crate::service::OnOpen = Box::new(move |txn, request| {
+            let mut origin = Vec::with_capacity(64);
+            origin.extend_from_slice(&event_id);
+            origin.extend_from_slice(&author);
+            txn.open_table(NOSTR_ORIGINS)
+                .map_err(db_err)?
+                .insert(&request.0, origin.as_slice())
+                .map_err(db_err)?;
+            txn.open_table(NOSTR_HANDLED)
+                .map_err(db_err)?
+                .insert(&event_id, &request.0)
+                .map_err(db_err)?;
+            Ok(())
+        });
+        match service
+            .submit_psbt_with(Some(wallet_id), &psbt, None, Some(on_open))
+            .await
+        {
+            Ok(request) => {
+                tracing::info!(event = %e.id, %request, "a PSBT by Nostr became a signing request");
+                Ok(())
+            }
+            Err(err @ (ServiceError::Upstream(_) | ServiceError::Mail(_) | ServiceError::Store(_))) => {
+                Err(err)
+            }
+            Err(err) => {
+                self.answer(
+                    &service,
+                    e,
+                    &format!("satcosign: the satellite will not co-sign this: {err}. Nothing was signed."),
+                )
+                .await
+            }
+        }
+    }
+
+    fn read_psbt(&self, e: &Event) -> Result<Vec<u8>, String> {
+        let plain = nip04::decrypt(self.keys.secret_key(), &e.pubkey, &e.content)
+            .map_err(|err| format!("it does not decrypt (NIP-04): {err}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&plain).map_err(|err| format!("it is not JSON: {err}"))?;
+        let tx = v
+            .get("tx")
+            .and_then(serde_json::Value::as_str)
+            .ok_or("it has no \"tx\" field")?;
+        hex::decode(tx).map_err(|err| format!("its \"tx\" is not hex: {err}"))
+    }
+
+    fn message_to(&self, to: &PublicKey, content: &str) -> Result<Event, ServiceError> {
+        let encrypted = nip04::encrypt(self.keys.secret_key(), to, content).map_err(|e| {
+            ServiceError::Invalid {
+                field: "nostr",
+                reason: format!("NIP-04 encryption failed: {e}"),
+            }
+        })?;
+        EventBuilder::new(Kind::EncryptedDirectMessage, encrypted)
+            .tags([
+                Tag::public_key(*to),
+                Tag::expiration(Timestamp::from(crate::service::unix_now() + KEEP_SECS)),
+            ])
+            .sign_with_keys(&self.keys)
+            .map_err(|e| ServiceError::Invalid {
+                field: "nostr",
+                reason: format!("signing the event failed: {e}"),
+            })
+    }
+
+    /// Answers a message without a request (unreadable, refused at once), and marks it
+    /// handled in the same transaction that stores the answer.
+    async fn answer(&self, service: &Service, e: &Event, text: &str) -> Result<(), ServiceError> {
+        tracing::info!(event = %e.id, answer = text, "answering a direct message");
+        let reply = self.message_to(&e.pubkey, text)?;
+        let stored = reply.clone();
+        let event_id = e.id.to_bytes();
+        service
+            .store
+            .write(move |txn| {
+                NostrRelay::store_in(txn, &stored)?;
+                txn.open_table(NOSTR_HANDLED)
+                    .map_err(db_err)?
+                    .insert(&event_id, &[0u8; 16])
+                    .map_err(db_err)?;
+                Ok(())
+            })
+            .await?;
+        if let Some(relay) = self.relay.upgrade() {
+            relay.published(reply);
+        }
+        Ok(())
+    }
+
+    /// The answer to a request that came by Nostr, as it is delivered: the PSBT with the
+    /// satellite's signature, or the outcome in words. None for other requests.
+    pub async fn reply_for(&self, r: &RequestRecord) -> Result<Option<Event>, ServiceError> {
+        let Some(service) = self.service.upgrade() else {
+            return Ok(None);
+        };
+        let id = r.id.0;
+        let origin = service
+            .store
+            .read(move |txn| {
+                let t = txn.open_table(NOSTR_ORIGINS).map_err(db_err)?;
+                Ok(t.get(&id).map_err(db_err)?.map(|v| v.value().to_vec()))
+            })
+            .await?;
+        let Some(origin) = origin.filter(|o| o.len() == 64) else {
+            return Ok(None);
+        };
+        let Ok(author) = PublicKey::from_slice(&origin[32..]) else {
+            return Ok(None);
+        };
+        let content = match (&r.action, &r.outcome, r.state) {
+            (Action::Sign { .. }, Some(Outcome::Signed { psbt, .. }), _) => {
+                serde_json::json!({"tx": hex::encode(psbt), "label": format!("satcosign {}", r.id)})
+                    .to_string()
+            }
+            (_, Some(Outcome::Refused { code, reason }), _) => format!(
+                "satcosign: request {} was refused by the satellite ({code}): {reason}. Nothing was signed.",
+                r.id
+            ),
+            (_, _, state) => format!(
+                "satcosign: request {} ended {}: nothing was signed.",
+                r.id,
+                match state {
+                    State::Expired => "expired (not confirmed in time)",
+                    State::Cancelled => "cancelled",
+                    other => other.as_str(),
+                }
+            ),
+        };
+        self.message_to(&author, &content).map(Some)
+    }
+
+    /// Stores an answer inside the delivery's transaction.
+    pub fn store_reply(txn: &WriteTransaction, reply: &Event) -> Result<(), StoreError> {
+        NostrRelay::store_in(txn, reply)
+    }
+
+    /// After the delivery's commit: passes the answer to live subscriptions.
+    pub fn published(&self, reply: Event) {
+        tracing::info!(event = %reply.id, to = ?reply.tags.public_keys().next().map(|p| p.to_hex()), json_bytes = reply.as_json().len(), "answered by Nostr");
+        if let Some(relay) = self.relay.upgrade() {
+            relay.published(reply);
+        }
+    }
+}
+
+impl std::fmt::Debug for NostrCosigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NostrCosigner")
+            .field("pubkey", &self.keys.public_key().to_hex())
+            .finish()
+    }
+}

@@ -1,0 +1,421 @@
+//! The bridge's Nostr relay against an independent client (`nostr-sdk`) and against raw
+//! WebSocket frames that a careless or hostile client might send.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use nostr_sdk::prelude::*;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(addr: std::net::SocketAddr) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .expect("websocket")
+        .0
+}
+
+async fn send(ws: &mut Ws, v: &Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+/// The next JSON message (fails after 10 s).
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer in time")
+            .expect("connection open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).expect("relay sends JSON");
+        }
+    }
+}
+
+/// Messages until (and including) EOSE for `sub`.
+async fn until_eose(ws: &mut Ws, sub: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let v = next(ws).await;
+        if v[0] == "EOSE" && v[1] == sub {
+            return out;
+        }
+        out.push(v);
+    }
+}
+
+fn note(keys: &Keys, text: &str, tags: Vec<Tag>, at: u64) -> Event {
+    EventBuilder::text_note(text)
+        .tags(tags)
+        .custom_created_at(Timestamp::from(at))
+        .sign_with_keys(keys)
+        .expect("sign")
+}
+
+fn now() -> u64 {
+    Timestamp::now().as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_client_publishes_queries_follows_live_events_and_closes() {
+    let h = common::start_bridge(|_| {}).await;
+    let addr = h.bridge.nostr.expect("relay on");
+    let url = format!("ws://{addr}");
+    let alice = Keys::generate();
+    let publisher = Client::new(alice.clone());
+    publisher.add_relay(url.as_str()).await.expect("relay");
+    publisher.connect().await;
+    let reader = Client::new(Keys::generate());
+    reader.add_relay(url.as_str()).await.expect("relay");
+    reader.connect().await;
+
+    // Three notes at distinct times, two tagged #t satellite.
+    let t0 = now() - 100;
+    let topic = Tag::hashtag("satellite");
+    let notes = [
+        note(&alice, "first", vec![topic.clone()], t0),
+        note(&alice, "second", vec![], t0 + 10),
+        note(&alice, "third", vec![topic.clone()], t0 + 20),
+    ];
+    for n in &notes {
+        let out = publisher.send_event(n).await.expect("send");
+        assert_eq!(
+            out.success.len(),
+            1,
+            "OK true for {}: {:?}",
+            n.content,
+            out.failed
+        );
+    }
+    let wait = Duration::from_secs(5);
+    let base = Filter::new()
+        .author(alice.public_key())
+        .kind(Kind::TextNote);
+    // limit gives the newest.
+    let got = reader
+        .fetch_events(base.clone().limit(2), wait)
+        .await
+        .expect("fetch");
+    let mut texts: Vec<String> = got.iter().map(|e| e.content.clone()).collect();
+    texts.sort();
+    assert_eq!(texts, ["second", "third"]);
+    // Tags, since and until, ids.
+    let got = reader
+        .fetch_events(base.clone().hashtag("satellite"), wait)
+        .await
+        .expect("fetch");
+    assert_eq!(got.len(), 2);
+    let got = reader
+        .fetch_events(
+            base.clone()
+                .since(Timestamp::from(t0 + 5))
+                .until(Timestamp::from(t0 + 15)),
+            wait,
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(
+        got.iter().map(|e| e.content.as_str()).collect::<Vec<_>>(),
+        ["second"]
+    );
+    let got = reader
+        .fetch_events(Filter::new().id(notes[0].id), wait)
+        .await
+        .expect("fetch");
+    assert_eq!(got.first().map(|e| e.id), Some(notes[0].id));
+    // Another author's filter finds none of them.
+    let got = reader
+        .fetch_events(Filter::new().author(Keys::generate().public_key()), wait)
+        .await
+        .expect("fetch");
+    assert!(got.is_empty());
+
+    // Live: a subscription gets new matching events, until it is closed.
+    let mut notifications = reader.notifications();
+    let sub = reader
+        .subscribe(base.clone().since(Timestamp::from(now())), None)
+        .await
+        .expect("subscribe")
+        .val;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let live = note(&alice, "live", vec![], now());
+    publisher.send_event(&live).await.expect("send");
+    let received = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(RelayPoolNotification::Event {
+                subscription_id,
+                event,
+                ..
+            }) = notifications.recv().await
+            {
+                if subscription_id == sub {
+                    return *event;
+                }
+            }
+        }
+    })
+    .await
+    .expect("live event arrives");
+    assert_eq!(received.id, live.id);
+    reader.unsubscribe(&sub).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = note(&alice, "after close", vec![], now());
+    publisher.send_event(&after).await.expect("send");
+    let more = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(RelayPoolNotification::Event { event, .. }) = notifications.recv().await {
+                if event.id == after.id {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "no event after CLOSE");
+
+    // NIP-40: an event expiring in 2 s is served, then not; an expired one is refused.
+    let soon = EventBuilder::text_note("soon gone")
+        .tag(Tag::expiration(Timestamp::from(now() + 2)))
+        .sign_with_keys(&alice)
+        .expect("sign");
+    publisher.send_event(&soon).await.expect("send");
+    let by_id = Filter::new().id(soon.id);
+    assert_eq!(
+        reader
+            .fetch_events(by_id.clone(), wait)
+            .await
+            .expect("fetch")
+            .len(),
+        1
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(reader
+        .fetch_events(by_id, wait)
+        .await
+        .expect("fetch")
+        .is_empty());
+    let expired = EventBuilder::text_note("already gone")
+        .tag(Tag::expiration(Timestamp::from(now() - 10)))
+        .sign_with_keys(&alice)
+        .expect("sign");
+    let out = publisher.send_event(&expired).await;
+    let refused = match out {
+        Ok(o) => o.success.is_empty() && o.failed.values().any(|e| e.contains("expired")),
+        Err(e) => e.to_string().contains("expired"),
+    };
+    assert!(refused, "an expired event is refused");
+
+    // NIP-11.
+    let (status, text) = common::flow::http_raw(
+        addr,
+        "GET / HTTP/1.1\r\nHost: relay\r\nAccept: application/nostr+json\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let body = &text[text.find("\r\n\r\n").expect("body") + 4..];
+    let info: Value = serde_json::from_str(body).expect("NIP-11 JSON");
+    for nip in [1, 4, 11, 40] {
+        assert!(
+            info["supported_nips"]
+                .as_array()
+                .expect("nips")
+                .contains(&json!(nip)),
+            "{info}"
+        );
+    }
+    assert!(info["limitation"]["max_message_length"].as_u64().is_some());
+    assert!(text
+        .to_ascii_lowercase()
+        .contains("access-control-allow-origin: *"));
+
+    // Events survive a restart (they are in redb).
+    let dir = h.dir;
+    let config = h.config.clone();
+    publisher.disconnect().await;
+    reader.disconnect().await;
+    h.bridge.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = satcosign_bridge::start(&config).await.expect("restart");
+    let client = Client::new(Keys::generate());
+    client
+        .add_relay(format!("ws://{}", restarted.nostr.expect("relay")).as_str())
+        .await
+        .expect("relay");
+    client.connect().await;
+    let got = client
+        .fetch_events(base, wait)
+        .await
+        .expect("fetch after restart");
+    assert_eq!(got.len(), 5, "the five notes are still there");
+    restarted.stop().await;
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_reason_nothing_is_stored_and_others_are_still_served() {
+    let h = common::start_bridge(|c| {
+        c.nostr.max_event_bytes = 4096;
+        c.nostr.max_message_bytes = 64 * 1024;
+        c.nostr.messages_per_minute = 30;
+        c.nostr.max_subscriptions = 2;
+    })
+    .await;
+    let addr = h.bridge.nostr.expect("relay on");
+    let keys = Keys::generate();
+    let mut ws = connect(addr).await;
+
+    // Not JSON, not an array, no type, an unknown type.
+    for (raw, needle) in [
+        ("{not json", "invalid: malformed JSON"),
+        ("{\"a\":1}", "invalid: a message is a JSON array"),
+        ("[1, 2]", "first element is its type"),
+        (
+            "[\"SHOUT\", 1]",
+            "unsupported: unknown message type \"SHOUT\"",
+        ),
+    ] {
+        ws.send(Message::text(raw)).await.expect("send");
+        let v = next(&mut ws).await;
+        assert_eq!(v[0], "NOTICE", "{raw}: {v}");
+        assert!(v[1].as_str().expect("text").contains(needle), "{raw}: {v}");
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    assert_eq!(next(&mut ws).await[0], "NOTICE");
+
+    // A changed content (wrong id), a forged signature, an oversized event, not an event.
+    let good = note(&keys, "good", vec![], now());
+    let mut wrong_id = serde_json::to_value(&good).expect("json");
+    wrong_id["content"] = json!("changed after signing");
+    let other = note(&keys, "other", vec![], now());
+    let mut forged = serde_json::to_value(&good).expect("json");
+    forged["sig"] = json!(other.sig.to_string());
+    let big = note(&keys, &"x".repeat(5000), vec![], now());
+    let future = note(&keys, "from the future", vec![], now() + 3600);
+    for (event, needle) in [
+        (wrong_id, "invalid: event id does not match"),
+        (forged, "invalid: bad signature"),
+        (
+            serde_json::to_value(&big).expect("json"),
+            "invalid: event is",
+        ),
+        (
+            serde_json::to_value(&future).expect("json"),
+            "invalid: created_at",
+        ),
+        (json!({"id": "00", "kind": "x"}), "invalid: not an event"),
+    ] {
+        send(&mut ws, &json!(["EVENT", event])).await;
+        let v = next(&mut ws).await;
+        assert_eq!(v[0], "OK", "{v}");
+        assert_eq!(v[2], false, "{v}");
+        assert!(v[3].as_str().expect("reason").starts_with(needle), "{v}");
+    }
+    // Bad REQs: a bad filter, too many subscriptions.
+    send(&mut ws, &json!(["REQ", "s1", {"kinds": "one"}])).await;
+    let v = next(&mut ws).await;
+    assert_eq!(v[0], "CLOSED", "{v}");
+    assert!(
+        v[2].as_str()
+            .expect("reason")
+            .starts_with("invalid: filter 0"),
+        "{v}"
+    );
+    for sub in ["a", "b"] {
+        send(&mut ws, &json!(["REQ", sub, {"kinds": [1]}])).await;
+        until_eose(&mut ws, sub).await;
+    }
+    send(&mut ws, &json!(["REQ", "c", {"kinds": [1]}])).await;
+    let v = next(&mut ws).await;
+    assert_eq!(v[0], "CLOSED", "{v}");
+    assert!(
+        v[2].as_str().expect("reason").starts_with("blocked:"),
+        "{v}"
+    );
+
+    // The good event is accepted once, then is a duplicate.
+    send(&mut ws, &json!(["EVENT", good])).await;
+    let v = next(&mut ws).await;
+    assert_eq!(v, json!(["OK", good.id.to_hex(), true, ""]));
+    // (subscriptions a and b see it live)
+    for _ in 0..2 {
+        assert_eq!(next(&mut ws).await[0], "EVENT");
+    }
+    send(&mut ws, &json!(["EVENT", good])).await;
+    let v = next(&mut ws).await;
+    assert_eq!(v[2], true);
+    assert!(
+        v[3].as_str().expect("text").starts_with("duplicate:"),
+        "{v}"
+    );
+
+    // A flood: past the rate, events are refused as rate-limited.
+    let mut limited = 0;
+    for i in 0..40 {
+        let e = note(&keys, &format!("flood {i}"), vec![], now());
+        send(&mut ws, &json!(["EVENT", e])).await;
+        loop {
+            let v = next(&mut ws).await;
+            if v[0] == "OK" {
+                if v[2] == false {
+                    assert!(
+                        v[3].as_str().expect("text").starts_with("rate-limited:"),
+                        "{v}"
+                    );
+                    limited += 1;
+                }
+                break;
+            }
+        }
+    }
+    assert!(limited > 0, "a flood is rate-limited");
+
+    // A message over the size limit closes that connection, with a reason.
+    ws.send(Message::text(format!(
+        "[\"EVENT\", \"{}\"]",
+        "y".repeat(100_000)
+    )))
+    .await
+    .expect("send");
+    let mut reason = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v[0] == "NOTICE" {
+                reason = v[1].as_str().map(str::to_owned);
+            }
+        }
+    }
+    let reason = reason.expect("a NOTICE before closing");
+    assert!(reason.starts_with("error:"), "{reason}");
+
+    // Meanwhile another client is served, and nothing rejected was stored.
+    let mut other_ws = connect(addr).await;
+    send(&mut other_ws, &json!(["REQ", "all", {}])).await;
+    let stored = until_eose(&mut other_ws, "all").await;
+    let contents: Vec<&str> = stored
+        .iter()
+        .map(|v| v[2]["content"].as_str().expect("content"))
+        .collect();
+    assert!(contents.contains(&"good"));
+    for bad in ["changed after signing", "from the future"] {
+        assert!(!contents.contains(&bad), "{bad} was stored");
+    }
+    assert!(
+        !contents.iter().any(|c| c.len() >= 5000),
+        "the big event was stored"
+    );
+    assert_eq!(
+        stored.len(),
+        1 + (40 - limited),
+        "good + the accepted flood"
+    );
+    h.bridge.stop().await;
+}
