@@ -693,6 +693,35 @@ mod tests {
     }
 
     #[test]
+    fn nostr_limits_are_checked_and_named() {
+        let c = Config::from_toml("").expect("defaults");
+        assert!(c
+            .listeners()
+            .expect("parse")
+            .nostr
+            .expect("relay on")
+            .ip()
+            .is_loopback());
+        for (toml, key) in [
+            (
+                "[nostr]\nmax_event_bytes = 2000000\n",
+                "nostr.max_event_bytes",
+            ),
+            ("[nostr]\nmax_filters = 0\n", "nostr.max_filters"),
+            (
+                "[nostr]\nmessages_per_minute = 0\n",
+                "nostr.messages_per_minute",
+            ),
+            ("[nostr]\nlisten = \"nowhere\"\n", "nostr.listen"),
+        ] {
+            let err = Config::from_toml(toml)
+                .and_then(|c| c.check().map(|_| c))
+                .expect_err(toml);
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::from_toml("[mailbox]\nttl_sec = 5\n").expect_err("typo refused");
         assert!(err.to_string().contains("ttl_sec"), "{err}");

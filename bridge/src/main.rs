@@ -177,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
             {
                 if let Some(s) = &system.bridge.service {
                     println!("satellite: {}", s.satellite.descriptor_key());
+                    println!("satellite in Electrum: {}", s.satellite.electrum_xpub());
+                    if let Some(n) = s.nostr.get() {
+                        println!("satellite's Nostr key: {}", n.public_key().to_hex());
+                    }
                     println!("mail: {}", s.mail_destination());
                 }
                 println!(

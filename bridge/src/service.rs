@@ -477,6 +477,7 @@ impl Service {
     ) -> Result<(WalletId, RequestId), ServiceError> {
         check_email(&email)?;
         check_label(&label)?;
+        let descriptors: Vec<String> = descriptors.iter().map(|d| plain_xpubs(d)).collect();
         let policy = policy.unwrap_or_else(|| self.default_policy.clone());
         policy.check().map_err(|e| ServiceError::Invalid {
             field: "policy",
@@ -1112,6 +1113,39 @@ impl Service {
     }
 }
 
+/// Electrum shows multisig keys in SLIP-132 form (`Vpub...`, `Zpub...`); descriptors take
+/// them as `tpub`/`xpub`. Rewrites every such key of `descriptor` so users can paste the
+/// keys Electrum's Wallet > Information shows.
+pub fn plain_xpubs(descriptor: &str) -> String {
+    let mut out = String::with_capacity(descriptor.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        match satcosign_cosigner::keys::parse_any_xpub(token) {
+            Some(x) if token.len() > 100 && !token.starts_with(['x', 't']) => {
+                out.push_str(&x.to_string())
+            }
+            _ => out.push_str(token),
+        }
+        token.clear();
+    };
+    for c in descriptor.chars() {
+        if c.is_ascii_alphanumeric() {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    if out != descriptor {
+        // A checksum over the SLIP-132 text is not one over the rewritten descriptor.
+        if let Some(i) = out.find('#') {
+            out.truncate(i);
+        }
+    }
+    out
+}
+
 fn new_request(
     id: RequestId,
     wallet_id: WalletId,
@@ -1231,4 +1265,27 @@ pub(crate) async fn transition(
             Ok(Some(r))
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_xpubs;
+
+    #[test]
+    fn electrums_vpub_keys_become_tpubs_and_the_rest_is_unchanged() {
+        let tpub = "tpubDFZBNTpvF2ZW2AUpjJ4bHTCsQRXrUxggsQcWr7HsMyBwuEUmtUcp2gNgUi46cMjuKYQaf8QTAr5U7JTUpT1SC7fQuU8Gpgt5qvxSXHwUUZb";
+        let x = satcosign_cosigner::keys::parse_any_xpub(tpub).expect("tpub");
+        let vpub = satcosign_cosigner::keys::slip132(&x);
+        assert!(vpub.starts_with("Vpub"));
+        let given = format!(
+            "wsh(sortedmulti(2,[eb3191e0/48h/1h/0h/2h]{vpub}/<0;1>/*,{tpub}/<0;1>/*))#abcd"
+        );
+        let want =
+            format!("wsh(sortedmulti(2,[eb3191e0/48h/1h/0h/2h]{tpub}/<0;1>/*,{tpub}/<0;1>/*))");
+        assert_eq!(plain_xpubs(&given), want);
+        assert_eq!(
+            plain_xpubs("wsh(pk(garbage))#abcd"),
+            "wsh(pk(garbage))#abcd"
+        );
+    }
 }

@@ -1,0 +1,189 @@
+//! Stock Electrum 4.6+ with no plugin: its Nostr cosigning (psbt_nostr, emulated with the
+//! libraries it uses, `electrum-aionostr` and `electrum-ecc` from PyPI, over Debian's
+//! Electrum library for the wallet) pointed at the bridge's relay. The PSBT passes the email
+//! gate, the satellite signs over the simulated link, the cosignature comes back as a
+//! Nostr event that the client decrypts and finalizes, and Bitcoin Core's interpreter
+//! accepts the transaction. A stranger's message is ignored; a refusal comes back in words.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bitcoin::consensus::deserialize;
+use bitcoin::Transaction;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use common::flow::{sky, verify_with_core, Flow};
+
+/// A virtualenv over Debian's Python (and its python3-electrum) with the Nostr libraries
+/// Electrum 4.6 uses, made once per target directory.
+fn nostr_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nostr-venv");
+    let python = venv.join("bin/python");
+    let ready = || {
+        std::process::Command::new(&python)
+            .args(["-c", "import electrum, electrum_aionostr, electrum_ecc"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        return python;
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("run");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--system-site-packages"])
+        .arg(&venv));
+    // Without this pip tries to compile libsecp256k1; Debian's libsecp256k1-1 is used.
+    run(std::process::Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "electrum-ecc",
+            "electrum-aionostr",
+            "cryptography",
+        ])
+        .env("ELECTRUM_ECC_DONT_COMPILE", "1"));
+    assert!(ready(), "the Nostr libraries import");
+    python
+}
+
+/// Request ids in the confirmation links of the emails so far.
+fn emailed_requests(flow: &Flow) -> BTreeSet<String> {
+    flow.inbox
+        .all()
+        .iter()
+        .flat_map(|m| {
+            let text = satcosign_bridge::demo::decode_quoted_printable(m);
+            text.match_indices("/confirm/")
+                .filter_map(|(i, _)| text.get(i + 9..i + 41).map(str::to_owned))
+                .filter(|id| id.chars().all(|c| c.is_ascii_hexdigit()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
+    let python = tokio::task::spawn_blocking(nostr_python)
+        .await
+        .expect("venv");
+    let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 500_000).await;
+    let relay = format!("ws://{}", flow.system.bridge.nostr.expect("relay"));
+    let info = flow.ok("satellite.info", vec![]).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/electrum/nostr_client.py"
+    );
+    let mut child = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(&relay)
+        .arg(info["electrum_xpub"].as_str().expect("xpub"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the Nostr client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let errors = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+
+    let mut registration = None;
+    let mut confirmed = BTreeSet::new();
+    let mut sent = Vec::new();
+    let talk = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let line = line.expect("stdout")?;
+                    if let Some(descriptor) = line.strip_prefix("REGISTER ") {
+                        registration = Some(flow.register(descriptor).await);
+                        stdin.write_all(b"registered\n").await.expect("stdin");
+                        stdin.flush().await.expect("flush");
+                    } else if let Some(id) = line.strip_prefix("SENT ") {
+                        sent.push(id.to_owned());
+                    } else if let Some(json) = line.strip_prefix("RESULT ") {
+                        return Some(serde_json::from_str::<Value>(json).expect("json"));
+                    }
+                }
+                _ = tick.tick() => {
+                    // The user confirms each signing request from its email.
+                    if registration.is_some() {
+                        for id in emailed_requests(&flow) {
+                            let status = flow.status(&id).await;
+                            if status["kind"] == "sign" && confirmed.insert(id.clone()) {
+                                let code = flow.inbox.code(&id).await;
+                                flow.ok("request.confirm", vec![json!(id), json!(code)]).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(300), talk).await;
+    let _ = child.start_kill();
+    let stderr = errors.await.unwrap_or_default();
+    let r = match result {
+        Ok(Some(r)) => r,
+        _ => panic!("the Nostr client did not finish; stderr:\n{stderr}"),
+    };
+
+    // The stranger's message and the wallet's two (one to the backup key, one to the
+    // satellite, as psbt_nostr sends to every cosigner), then the large one.
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    // Only the wallet's own small PSBT became a signing request: the stranger was ignored,
+    // the large one refused before any email.
+    assert_eq!(confirmed.len(), 1, "{confirmed:?}");
+    let request = confirmed.iter().next().expect("request").clone();
+    let status = flow.wait_state(&request, "delivered", 60).await;
+    assert_eq!(status["final_state"], "signed", "{status}");
+    assert_eq!(
+        flow.inbox.recipients_of(&request)[0],
+        "alice@example.org",
+        "the registered email confirmed it"
+    );
+
+    let replies = r["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 2, "{r}");
+    assert!(replies.iter().all(|x| x["author"] == r["satellite_pubkey"]));
+    let signed = replies
+        .iter()
+        .find(|x| x["tx"].is_string())
+        .expect("the cosigned PSBT came back");
+    assert_eq!(signed["complete"], true, "{signed}");
+    assert_eq!(signed["txid"], r["txid"]);
+    assert_eq!(signed["label"], format!("satcosign {request}"));
+    let refusal = replies
+        .iter()
+        .find_map(|x| x["text"].as_str())
+        .expect("the refusal came back in words");
+    assert!(
+        refusal.contains("will not co-sign") && refusal.contains("Nothing was signed"),
+        "{refusal}"
+    );
+
+    let tx: Transaction =
+        deserialize(&hex::decode(signed["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
+    let funding: Transaction =
+        deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
+            .expect("funding");
+    verify_with_core(&tx, &[funding]);
+}
