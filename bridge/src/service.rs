@@ -821,23 +821,29 @@ impl Service {
     ) -> Result<State, ServiceError> {
         // The email goes out just before its code is recorded: a user (or script) quick
         // enough to answer in between waits for the record instead of being refused.
-        let mut events = self.events();
+        let events = self.events();
         match self.confirm_once(id, code, approve).await {
             Err(ServiceError::WrongState {
                 state: "received", ..
             }) => {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                    while let Ok(e) = events.recv().await {
-                        if e.id == id && e.state != State::Received {
-                            return;
-                        }
-                    }
-                })
-                .await;
+                Self::email_recorded(id, events).await;
                 self.confirm_once(id, code, approve).await
             }
             other => other,
         }
+    }
+
+    /// Waits (up to 10 s) until request `id` leaves `received`, i.e. until the code of the
+    /// email that just went out is recorded. `events` is subscribed before the first try.
+    async fn email_recorded(id: RequestId, mut events: broadcast::Receiver<Event>) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Ok(e) = events.recv().await {
+                if e.id == id && e.state != State::Received {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     async fn confirm_once(
@@ -934,6 +940,24 @@ impl Service {
     /// What the confirmation page shows for `id` and `code`: read-only (a GET must change
     /// nothing, not even the count of wrong attempts).
     pub async fn page_view(
+        &self,
+        id: RequestId,
+        code: &str,
+    ) -> Result<(WalletRecord, RequestRecord, u64), ServiceError> {
+        // As for `confirm`: a link opened before its code is recorded waits for the record.
+        let events = self.events();
+        match self.page_view_once(id, code).await {
+            Err(ServiceError::WrongState {
+                state: "received", ..
+            }) => {
+                Self::email_recorded(id, events).await;
+                self.page_view_once(id, code).await
+            }
+            other => other,
+        }
+    }
+
+    async fn page_view_once(
         &self,
         id: RequestId,
         code: &str,
