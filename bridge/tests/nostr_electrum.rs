@@ -9,15 +9,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use bitcoin::consensus::deserialize;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use common::flow::{sky, verify_with_core, Flow};
+use common::script::Script;
 
 /// A virtualenv over Debian's Python (and its python3-electrum) with the Nostr libraries
 /// Electrum 4.6 uses, made once per target directory.
@@ -85,24 +84,11 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/electrum/nostr_client.py"
     );
-    let mut child = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(&relay)
-        .arg(info["electrum_xpub"].as_str().expect("xpub"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the Nostr client");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut stderr = child.stderr.take().expect("stderr");
-    let errors = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
+    let python = python.to_string_lossy();
+    let mut script = Script::spawn(
+        &[&python, script],
+        &[&relay, info["electrum_xpub"].as_str().expect("xpub")],
+    );
 
     let mut registration = None;
     let mut confirmed = BTreeSet::new();
@@ -111,12 +97,11 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
-                line = lines.next_line() => {
+                line = script.lines.next_line() => {
                     let line = line.expect("stdout")?;
                     if let Some(descriptor) = line.strip_prefix("REGISTER ") {
                         registration = Some(flow.register(descriptor).await);
-                        stdin.write_all(b"registered\n").await.expect("stdin");
-                        stdin.flush().await.expect("flush");
+                        Script::answer(&mut script.stdin, "registered").await;
                     } else if let Some(id) = line.strip_prefix("SENT ") {
                         sent.push(id.to_owned());
                     } else if let Some(json) = line.strip_prefix("RESULT ") {
@@ -139,8 +124,7 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
         }
     };
     let result = tokio::time::timeout(Duration::from_secs(300), talk).await;
-    let _ = child.start_kill();
-    let stderr = errors.await.unwrap_or_default();
+    let (_, stderr) = script.finish().await;
     let r = match result {
         Ok(Some(r)) => r,
         _ => panic!("the Nostr client did not finish; stderr:\n{stderr}"),

@@ -10,15 +10,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use bitcoin::consensus::deserialize;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use common::flow::{verify_with_core, Flow, Inbox};
+use common::script::Script;
 use satcosign_bridge::dev::Sky;
 
 fn plugin_dir() -> PathBuf {
@@ -38,33 +37,13 @@ fn short_passes() -> Sky {
 /// Runs a plugin test program, answering its `NEED_CODE` lines from `inbox`; returns its
 /// `RESULT` JSON. Fails the test if it does not finish within `limit`.
 async fn run_plugin(program: &[&str], args: &[&str], inbox: &Inbox, limit: Duration) -> Value {
-    let mut child = tokio::process::Command::new(program[0])
-        .args(&program[1..])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start /usr/bin/python3 (Debian's python3-electrum)");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut stderr = child.stderr.take().expect("stderr");
-    let errors = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
+    let mut script = Script::spawn(program, args);
     let talk = async {
         let mut result = None;
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
+        while let Some(line) = script.lines.next_line().await.expect("read stdout") {
             if let Some(id) = line.strip_prefix("NEED_CODE ") {
                 let code = inbox.code(id.trim()).await;
-                stdin
-                    .write_all(format!("{code}\n").as_bytes())
-                    .await
-                    .expect("write code");
-                stdin.flush().await.expect("flush");
+                Script::answer(&mut script.stdin, &code).await;
             } else if let Some(json) = line.strip_prefix("RESULT ") {
                 result = Some(serde_json::from_str::<Value>(json).expect("RESULT is JSON"));
             } else {
@@ -74,9 +53,7 @@ async fn run_plugin(program: &[&str], args: &[&str], inbox: &Inbox, limit: Durat
         result
     };
     let result = tokio::time::timeout(limit, talk).await;
-    let _ = child.start_kill();
-    let status = child.wait().await.expect("wait");
-    let stderr = errors.await.unwrap_or_default();
+    let (status, stderr) = script.finish().await;
     let Ok(result) = result else {
         panic!("{program:?} did not finish within {limit:?}; stderr:\n{stderr}");
     };
@@ -375,7 +352,7 @@ async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transa
     .await;
     eprintln!("screenshots in {}", artifacts.display());
 
-    assert_eq!(r["status_bar"], "Satellite cosigner", "{r}");
+    assert_eq!(r["status_bar"], "Satellite: registered", "{r}");
     // Settings show the bridge set by the install command; "Test connection" reaches it.
     assert_eq!(r["settings_bridge"], tcp.as_str());
     let tested = r["test_connection"].as_str().expect("text");

@@ -17,8 +17,7 @@ from electrum.transaction import tx_from_any
 
 from . import stages, wallet_keys
 from .bridge_client import BridgeClient, parse_address
-from .errors import (BridgeError, LinkDown, RefusedByPolicy, RequestExpired, SatelliteError,
-                     WalletNotRegistered, WRONG_STATE)
+from .errors import BridgeError, LinkDown, SatelliteError, WalletNotRegistered, WRONG_STATE
 
 DEFAULT_BRIDGE = "127.0.0.1:50001"
 RECORD_KEY = "satellite_cosigner"
@@ -195,6 +194,13 @@ class WalletSession:
             raise WalletNotRegistered()
         return self.service.client.wallet_status(wid)
 
+    def registration_state(self):
+        """'active', 'pending', 'refused', or 'none' when never registered."""
+        try:
+            return self.registration_status()["state"]
+        except WalletNotRegistered:
+            return "none"
+
     def registration_text(self):
         try:
             st = self.registration_status()
@@ -265,16 +271,6 @@ class WalletSession:
         except SatelliteError:
             pass
         return stages.describe(st, next_pass)
-
-    def raise_for(self, status):
-        """Raises the error a request's final status stands for (refused, expired)."""
-        state = stages.effective_state(status)
-        if state == "refused":
-            refused = (status.get("outcome") or {}).get("refused") or {}
-            raise RefusedByPolicy(refused.get("code", "refused"),
-                                  stages.refusal_text(status.get("outcome")))
-        if state == "expired":
-            raise RequestExpired("it was not confirmed in time")
 
     def open_requests(self):
         return [rid for rid, r in self.record()["requests"].items()

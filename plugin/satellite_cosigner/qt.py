@@ -43,6 +43,7 @@ class Signals(QObject):
     status = pyqtSignal(str, object, str)
     transaction = pyqtSignal(object, object)
     ready = pyqtSignal(object)
+    registration = pyqtSignal(str, str)
     need_password = pyqtSignal(object, object)
 
 
@@ -109,7 +110,11 @@ class Plugin(BasePlugin):
             sw.close()
 
     @hook
-    def init_menubar_tools(self, window, tools_menu):
+    def init_menubar(self, window):  # Electrum 4.6+
+        self.init_menubar_tools(window, window.tools_menu)
+
+    @hook
+    def init_menubar_tools(self, window, tools_menu):  # Electrum 4.3-4.5
         menu = tools_menu.addMenu(_("Satellite cosigner"))
         menu.addAction(_("Show satellite key"), partial(self.show_satellite_key, window))
         menu.addAction(_("Register with satellite"), partial(self.register_dialog, window))
@@ -173,6 +178,7 @@ class SatelliteWallet:
         self.signals.status.connect(self._on_status)
         self.signals.transaction.connect(self._on_transaction)
         self.signals.ready.connect(self._on_ready)
+        self.signals.registration.connect(self._on_registration)
         self.signals.need_password.connect(self._ask_password)
         self.dialogs = {}  # request id -> RequestDialog
         self.satellite = None  # keystore name, once known
@@ -214,6 +220,23 @@ class SatelliteWallet:
         self.status_label.setText(_("Satellite cosigner"))
         self.status_label.setToolTip(_("This wallet includes the satellite's key."))
         self.session.start()
+        self.refresh_registration()
+
+    def refresh_registration(self):
+        """Off the GUI thread: the wallet's registration, for the status bar."""
+        def probe():
+            try:
+                self.signals.registration.emit(self.session.registration_state(),
+                                               self.session.registration_text())
+            except Exception as e:
+                self.signals.registration.emit("unknown", error_text(e))
+        threading.Thread(target=probe, name="satcosign-registration", daemon=True).start()
+
+    def _on_registration(self, state, text):
+        words = {"active": _("registered"), "pending": _("registration pending"),
+                 "refused": _("registration refused"), "none": _("not registered")}
+        self.status_label.setText(_("Satellite") + ": " + words.get(state, _("bridge unreachable")))
+        self.status_label.setToolTip(text)
 
     def needs_satellite(self, tx):
         if self.satellite is None:
@@ -269,6 +292,8 @@ class SatelliteWallet:
         dialog = self.dialogs.get(request_id)
         if dialog is not None:
             dialog.set_stage(status, text)
+        if status.get("kind") == "register" and status.get("state") == "delivered":
+            self.refresh_registration()
 
     def _on_transaction(self, tx, request_id):
         dialog = self.dialogs.get(request_id)

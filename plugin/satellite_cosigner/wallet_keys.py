@@ -9,9 +9,23 @@
   results come back there.
 - ``open_message``: decrypts a mailbox message with the wallet's own key (ECIES "BIE1"), as
   Electrum's cosigner pool does.
-- ``satellite_has_signed`` / ``verify_signatures``: reads and checks a PSBT's signatures.
+- ``satellite_has_signed`` / ``needs_satellite``: reads a PSBT's signatures.
+
+Electrum 4.5 moved secp256k1 to the ``electrum_ecc`` package and ECIES to
+``electrum.crypto``; both homes are supported.
 """
-from electrum import ecc
+try:  # Electrum 4.5+
+    import electrum_ecc as ecc
+    from electrum.crypto import ecies_decrypt_message, ecies_encrypt_message
+except ImportError:  # Electrum 4.3-4.4
+    from electrum import ecc
+
+    def ecies_encrypt_message(pubkey, message):
+        return pubkey.encrypt_message(message)
+
+    def ecies_decrypt_message(privkey, encrypted):
+        return privkey.decrypt_message(encrypted)
+
 from electrum.bip32 import BIP32Node
 from electrum.crypto import sha256d
 from electrum.wallet import Multisig_Wallet
@@ -95,12 +109,12 @@ def open_message(wallet, keystore_name, message, password=None):
     """Decrypts a mailbox message with the keystore's private key; returns the bytes."""
     ks = wallet.keystores[keystore_name]
     xprv = ks.get_master_private_key(password)
-    return BIP32Node.from_xkey(xprv).eckey.decrypt_message(message)
+    return ecies_decrypt_message(BIP32Node.from_xkey(xprv).eckey, message)
 
 
 def encrypt_to(pubkey_hex, payload):
     """ECIES "BIE1" to a public key, as Electrum's cosigner pool; returns base64 text."""
-    return ecc.ECPubkey(bytes.fromhex(pubkey_hex)).encrypt_message(payload).decode("ascii")
+    return ecies_encrypt_message(ecc.ECPubkey(bytes.fromhex(pubkey_hex)), payload).decode("ascii")
 
 
 def satellite_pubkeys(wallet, satellite_name, tx):
@@ -131,17 +145,3 @@ def needs_satellite(wallet, satellite_name, tx):
     if not any(k is not None for k in satellite_pubkeys(wallet, satellite_name, tx)):
         return False
     return not satellite_has_signed(wallet, satellite_name, tx) and not wallet.can_sign(tx)
-
-
-def verify_signatures(tx):
-    """Checks every partial signature of a PSBT against its input's sighash, with Electrum's
-    own code; returns the number checked. Raises ValueError naming the input on failure."""
-    checked = 0
-    for i, txin in enumerate(tx.inputs()):
-        digest = sha256d(bytes.fromhex(tx.serialize_preimage(i)))
-        for pubkey, sig in txin.part_sigs.items():
-            compact = ecc.sig_string_from_der_sig(sig[:-1])
-            if not ecc.ECPubkey(pubkey).verify_message_hash(compact, digest):
-                raise ValueError(f"input {i}: bad signature by {pubkey.hex()}")
-            checked += 1
-    return checked

@@ -108,6 +108,8 @@ class Driver:
         self.sw = plugin.wallets.get(window.wallet)
         if self.sw is None or self.sw.satellite is None:
             return  # still asking the bridge for the satellite's key
+        if not self.sw.status_label.text().startswith("Satellite:"):
+            return  # still asking for the registration
         self.plugin = plugin
         self.result["status_bar"] = self.sw.status_label.text()
         self.shot(window, "1-wallet")

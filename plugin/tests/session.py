@@ -41,6 +41,22 @@ DERIVATION = "m/48'/1'/0'/2'"
 EMAIL = "alice@example.org"
 
 
+def verify_signatures(tx):
+    """Checks every partial signature of a PSBT against its input's sighash, with Electrum's
+    own code; returns the number checked. Raises ValueError naming the input on failure."""
+    from electrum import ecc
+    from electrum.crypto import sha256d
+    checked = 0
+    for i, txin in enumerate(tx.inputs()):
+        digest = sha256d(bytes.fromhex(tx.serialize_preimage(i)))
+        for pubkey, sig in txin.part_sigs.items():
+            compact = ecc.sig_string_from_der_sig(sig[:-1])
+            if not ecc.ECPubkey(pubkey).verify_message_hash(compact, digest):
+                raise ValueError(f"input {i}: bad signature by {pubkey.hex()}")
+            checked += 1
+    return checked
+
+
 def say(*parts):
     print(*parts, flush=True)
 
@@ -61,14 +77,11 @@ def keystore_for(tag):
 RUN = os.urandom(4).hex()  # each run its own keys, so a bridge never sees a wallet twice
 
 
-def make_wallet(config, path, satellite_xpub, tag="user-A"):
-    """The 2-of-3 as a user makes it in the wizard: their seed key, their backup's Vpub, and
-    the satellite's Vpub pasted from the plugin."""
-    tag = tag + "-" + RUN
-    a, b = keystore_for(tag), keystore_for("backup-B-" + tag)
+def build_wallet(config, path, keystores):
+    """A 2-of-3 multisig wallet file from three keystores (the first is the one it signs
+    with), as Electrum's wizard writes it."""
     db = WalletDB("", manual_upgrades=False)
-    for i, ks in enumerate([a, keystore.from_xpub(b.get_master_public_key()),
-                            keystore.from_xpub(satellite_xpub)]):
+    for i, ks in enumerate(keystores):
         db.put("x%d/" % (i + 1), ks.dump())
     db.put("wallet_type", "2of3")
     w = Multisig_Wallet(db, WalletStorage(path), config=config)
@@ -77,18 +90,22 @@ def make_wallet(config, path, satellite_xpub, tag="user-A"):
     return w
 
 
+def make_wallet(config, path, satellite_xpub, tag="user-A"):
+    """The 2-of-3 as a user makes it in the wizard: their seed key, their backup's Vpub, and
+    the satellite's Vpub pasted from the plugin."""
+    tag = tag + "-" + RUN
+    a, b = keystore_for(tag), keystore_for("backup-B-" + tag)
+    return build_wallet(config, path, [a, keystore.from_xpub(b.get_master_public_key()),
+                                       keystore.from_xpub(satellite_xpub)])
+
+
 def recover(config, path, tx, satellite_xpub, tag="user-A"):
     """Recovery without satcosign: the backup key's own wallet (its seed, the user's xpub,
     the satellite's xpub) adds the second signature to the user's PSBT."""
     tag = tag + "-" + RUN
     a, b = keystore_for(tag), keystore_for("backup-B-" + tag)
-    db = WalletDB("", manual_upgrades=False)
-    for i, ks in enumerate([b, keystore.from_xpub(a.get_master_public_key()),
-                            keystore.from_xpub(satellite_xpub)]):
-        db.put("x%d/" % (i + 1), ks.dump())
-    db.put("wallet_type", "2of3")
-    backup = Multisig_Wallet(db, WalletStorage(path), config=config)
-    backup.synchronize()
+    backup = build_wallet(config, path, [b, keystore.from_xpub(a.get_master_public_key()),
+                                         keystore.from_xpub(satellite_xpub)])
     theirs = tx_from_any(tx.serialize())
     theirs.add_info_from_wallet(backup)
     backup.sign_transaction(theirs, password=None)
@@ -188,7 +205,7 @@ def flow(bridge, workdir):
         # the same transaction.
         status = session.status(request_id)
         signed = tx_from_any(status["outcome"]["signed"]["psbt"])
-        sigs = wallet_keys.verify_signatures(signed)
+        sigs = verify_signatures(signed)
         merged = tx_from_any(tx.serialize())
         merged.add_info_from_wallet(wallet)  # as Electrum does for a loaded PSBT
         merged.combine_with_other_psbt(signed)  # Electrum finalizes once it is complete

@@ -206,3 +206,4 @@ pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 pub mod flow;
+pub mod script;
