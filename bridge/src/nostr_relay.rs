@@ -321,15 +321,37 @@ impl NostrRelay {
                 .limit
                 .unwrap_or(self.config.max_limit)
                 .min(self.config.max_limit);
-            let mut n = 0;
-            for e in index.by_time.values().rev() {
-                if n >= limit {
-                    break;
+            let wanted = |e: &Arc<Event>| {
+                !e.is_expired_at(&now) && f.match_event(e, MatchEventOptions::new())
+            };
+            let found: Vec<&Arc<Event>> = match &f.ids {
+                // By id: look each up rather than scan.
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| {
+                        let key = id.to_bytes();
+                        let t = index.by_id.get(&key)?;
+                        index.by_time.get(&(*t, key))
+                    })
+                    .filter(|e| wanted(e))
+                    .take(limit)
+                    .collect(),
+                // Newest first, from `until` down to `since`.
+                None => {
+                    let upper = f.until.map_or(u64::MAX, |t| t.as_secs());
+                    let lower = f.since.map_or(0, |t| t.as_secs());
+                    index
+                        .by_time
+                        .range(..=(upper, [0xff; 32]))
+                        .rev()
+                        .map(|(_, e)| e)
+                        .take_while(|e| e.created_at.as_secs() >= lower)
+                        .filter(|e| wanted(e))
+                        .take(limit)
+                        .collect()
                 }
-                if e.is_expired_at(&now) || !f.match_event(e, MatchEventOptions::new()) {
-                    continue;
-                }
-                n += 1;
+            };
+            for e in found {
                 if seen.insert(e.id) {
                     out.push(e.clone());
                 }
@@ -433,6 +455,8 @@ impl NostrRelay {
                     continue;
                 }
             };
+            // Answers are small frames after large ones (EOSE after EVENT): no Nagle delay.
+            let _ = stream.set_nodelay(true);
             let relay = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
