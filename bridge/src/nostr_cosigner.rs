@@ -57,6 +57,9 @@ pub struct NostrCosigner {
     relay: Weak<NostrRelay>,
     keys: Keys,
     queue: mpsc::UnboundedSender<Arc<Event>>,
+    /// `SATCOSIGN_TEST_HOLD_AT=nostr_event`: freeze after a message is stored and before it
+    /// becomes a request, so the crash test can kill the bridge there.
+    hold: bool,
 }
 
 impl EventHook for NostrCosigner {
@@ -91,6 +94,7 @@ impl NostrCosigner {
             relay: Arc::downgrade(&relay),
             keys,
             queue,
+            hold: std::env::var("SATCOSIGN_TEST_HOLD_AT").is_ok_and(|v| v == "nostr_event"),
         });
         tracing::info!(pubkey = %me.public_key().to_hex(), "the satellite's Nostr identity");
         relay.set_hook(me.clone());
@@ -186,6 +190,10 @@ impl NostrCosigner {
                     .await;
             }
         };
+        if self.hold {
+            eprintln!("test-hold: nostr_event {}", e.id.to_hex());
+            std::future::pending::<()>().await;
+        }
         let author = e.pubkey.to_bytes();
         let on_open: crate::service::OnOpen = Box::new(move |txn, request| {
             let mut origin = Vec::with_capacity(64);

@@ -20,6 +20,7 @@ use common::flow::parse_id;
 struct Bridge {
     child: Child,
     http: String,
+    nostr: String,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -46,9 +47,13 @@ fn start(dir: &Path, hold_at: Option<&str>) -> Bridge {
     let mut child = cmd.spawn().expect("bridge binary");
     let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut http = None;
+    let mut nostr = None;
     for line in stdout.lines().map_while(Result::ok) {
         if let Some(a) = line.strip_prefix("http: ") {
             http = Some(a.to_owned());
+        }
+        if let Some(a) = line.strip_prefix("nostr relay: ") {
+            nostr = Some(a.to_owned());
         }
         if line == "ready" {
             break;
@@ -66,6 +71,7 @@ fn start(dir: &Path, hold_at: Option<&str>) -> Bridge {
     Bridge {
         child,
         http: http.expect("the bridge printed its http address"),
+        nostr: nostr.expect("the bridge printed its relay address"),
         stderr: rx,
     }
 }
@@ -279,4 +285,112 @@ async fn a_kill_at_any_state_resumes_the_request_which_completes_once() {
     ] {
         crash_at(state).await;
     }
+}
+
+/// The signing requests whose emails are in the mail folder.
+fn signing_emails(dir: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir.join("mail"))
+        .expect("mail dir")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|t| satcosign_bridge::demo::decode_quoted_printable(&t))
+        .filter(|t| t.contains("Send 0.00050000 BTC"))
+        .filter_map(|t| t.split("/confirm/").nth(1).map(|r| r[..32].to_owned()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// One Nostr exchange on a fresh WebSocket: sends `message`, returns the answers up to
+/// `until` (an OK, or the EOSE of a REQ).
+async fn nostr(url: &str, message: Value, until: &str) -> Vec<Value> {
+    use futures::{SinkExt as _, StreamExt as _};
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("relay");
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        message.to_string(),
+    ))
+    .await
+    .expect("send");
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an answer")
+    {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            let done = v[0] == until;
+            out.push(v);
+            if done {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nostr_message_killed_before_it_became_a_request_is_handled_after_restart_once() {
+    use nostr_sdk::prelude::{EventBuilder, Kind, Tag};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir: PathBuf = tmp.path().join("data");
+    registered(&dir).await;
+    let w = wallet(&dir);
+    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
+    let satellite = keys_for(&w.satellite.public().electrum_xpub())
+        .expect("key")
+        .public_key();
+    let user = keys_for(&w.user.public().electrum_xpub()).expect("key");
+    let psbt = w.typical_signed_psbt(1, 9);
+    let content = nostr_sdk::nips::nip04::encrypt(
+        user.secret_key(),
+        &satellite,
+        json!({"tx": hex::encode(psbt.serialize())}).to_string(),
+    )
+    .expect("nip04");
+    let dm = EventBuilder::new(Kind::EncryptedDirectMessage, content)
+        .tag(Tag::public_key(satellite))
+        .sign_with_keys(&user)
+        .expect("sign");
+
+    // Stored and acknowledged, then killed before it became a request.
+    let b = start(&dir, Some("nostr_event"));
+    let ok = nostr(&b.nostr, json!(["EVENT", dm]), "OK").await;
+    assert_eq!(ok.last().expect("OK")[2], true, "{ok:?}");
+    assert_eq!(b.held("nostr_event"), dm.id.to_hex());
+    b.kill();
+    assert!(signing_emails(&dir).is_empty());
+
+    // After the restart it becomes a request, is confirmed, signed and answered.
+    let b = start(&dir, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        if let [id] = signing_emails(&dir).as_slice() {
+            break id.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no signing email after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = code(&dir, &id).await;
+    b.call("request.confirm", vec![json!(id), json!(c)]).await;
+    let done = b.wait_state(&id, "delivered").await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    let answers = json!(["REQ", "a", {"kinds": [4], "authors": [satellite.to_hex()], "#p": [user.public_key().to_hex()]}]);
+    let count = |v: &[Value]| v.iter().filter(|m| m[0] == "EVENT").count();
+    assert_eq!(count(&nostr(&b.nostr, answers.clone(), "EOSE").await), 1);
+    b.terminate();
+
+    // Another restart handles nothing again.
+    let b = start(&dir, None);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count(&nostr(&b.nostr, answers, "EOSE").await),
+        1,
+        "answered once"
+    );
+    assert_eq!(signing_emails(&dir), vec![id], "one request");
+    b.terminate();
 }

@@ -57,21 +57,6 @@ fn nostr_python() -> PathBuf {
     python
 }
 
-/// Request ids in the confirmation links of the emails so far.
-fn emailed_requests(flow: &Flow) -> BTreeSet<String> {
-    flow.inbox
-        .all()
-        .iter()
-        .flat_map(|m| {
-            let text = satcosign_bridge::demo::decode_quoted_printable(m);
-            text.match_indices("/confirm/")
-                .filter_map(|(i, _)| text.get(i + 9..i + 41).map(str::to_owned))
-                .filter(|id| id.chars().all(|c| c.is_ascii_hexdigit()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
     let python = tokio::task::spawn_blocking(nostr_python)
@@ -111,7 +96,7 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
                 _ = tick.tick() => {
                     // The user confirms each signing request from its email.
                     if registration.is_some() {
-                        for id in emailed_requests(&flow) {
+                        for id in flow.inbox.request_ids() {
                             let status = flow.status(&id).await;
                             if status["kind"] == "sign" && confirmed.insert(id.clone()) {
                                 let code = flow.inbox.code(&id).await;

@@ -419,3 +419,105 @@ async fn bad_input_gets_a_reason_nothing_is_stored_and_others_are_still_served()
     );
     h.bridge.stop().await;
 }
+
+/// Sends one event on a fresh connection; returns the relay's OK message.
+async fn publish(addr: std::net::SocketAddr, event: &Event) -> Value {
+    let mut ws = connect(addr).await;
+    send(&mut ws, &json!(["EVENT", event])).await;
+    next(&mut ws).await
+}
+
+/// The stored events matching `filter`.
+async fn stored(addr: std::net::SocketAddr, filter: Value) -> Vec<Value> {
+    let mut ws = connect(addr).await;
+    send(&mut ws, &json!(["REQ", "q", filter])).await;
+    until_eose(&mut ws, "q").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psbt_by_nostr_is_gated_signed_and_answered_once() {
+    use common::flow::{sky, test_wallet, Flow};
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let w = test_wallet(&flow);
+    flow.register(&w.descriptor).await;
+    let info = flow.ok("satellite.info", vec![]).await;
+    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
+    let satellite = keys_for(info["electrum_xpub"].as_str().expect("xpub"))
+        .expect("key")
+        .public_key();
+    // The user's key, as Electrum derives its Nostr identity from the Vpub it shows.
+    let user = keys_for(&w.user.public().electrum_xpub()).expect("key");
+    let psbt = w.typical_signed_psbt(1, 77);
+    let content = nostr_sdk::nips::nip04::encrypt(
+        user.secret_key(),
+        &satellite,
+        json!({"tx": hex::encode(psbt.serialize())}).to_string(),
+    )
+    .expect("nip04");
+    let dm = EventBuilder::new(Kind::EncryptedDirectMessage, content)
+        .tag(Tag::public_key(satellite))
+        .sign_with_keys(&user)
+        .expect("sign");
+    let addr = flow.system.bridge.nostr.expect("relay");
+    assert_eq!(publish(addr, &dm).await[2], true);
+
+    // The registered email asks; the user confirms; the satellite signs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let request = loop {
+        let mut ids = Vec::new();
+        for id in flow.inbox.request_ids() {
+            if flow.status(&id).await["kind"] == "sign" {
+                ids.push(id);
+            }
+        }
+        if let [id] = ids.as_slice() {
+            break id.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no signing email: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let code = flow.inbox.code(&request).await;
+    flow.ok("request.confirm", vec![json!(request), json!(code)])
+        .await;
+    let done = flow.wait_state(&request, "delivered", 60).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+
+    // One answer, from the satellite's identity, with the satellite's signature in it.
+    let answers =
+        json!({"kinds": [4], "authors": [satellite.to_hex()], "#p": [user.public_key().to_hex()]});
+    let replies = stored(addr, answers.clone()).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let plain = nostr_sdk::nips::nip04::decrypt(
+        user.secret_key(),
+        &satellite,
+        replies[0][2]["content"].as_str().expect("content"),
+    )
+    .expect("the user decrypts the answer");
+    let tx = serde_json::from_str::<Value>(&plain).expect("json")["tx"]
+        .as_str()
+        .expect("tx")
+        .to_owned();
+    let signed = bitcoin::Psbt::deserialize(&hex::decode(tx).expect("hex")).expect("psbt");
+    assert_eq!(
+        signed.inputs[0].partial_sigs.len(),
+        2,
+        "the user's and the satellite's signatures"
+    );
+
+    // The same event again is a duplicate and opens nothing.
+    let again = publish(addr, &dm).await;
+    assert!(
+        again[3].as_str().expect("text").starts_with("duplicate:"),
+        "{again}"
+    );
+
+    // (Restarts, and a kill before the message became a request, are in crash_resume.rs.)
+    assert_eq!(
+        flow.inbox.request_ids().len(),
+        2,
+        "the registration and one request"
+    );
+}

@@ -107,6 +107,20 @@ impl Inbox {
             .collect()
     }
 
+    /// Request ids in the confirmation links of the emails so far.
+    pub fn request_ids(&self) -> std::collections::BTreeSet<String> {
+        self.all()
+            .iter()
+            .flat_map(|m| {
+                let text = satcosign_bridge::demo::decode_quoted_printable(m);
+                text.match_indices("/confirm/")
+                    .filter_map(|(i, _)| text.get(i + 9..i + 41).map(str::to_owned))
+                    .filter(|id| id.chars().all(|c| c.is_ascii_hexdigit()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// The newest code emailed for `id` (waits up to 20 s).
     pub async fn code(&self, id: &str) -> String {
         let rid = parse_id(id);
