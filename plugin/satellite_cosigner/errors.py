@@ -110,7 +110,8 @@ def from_rpc_error(code, message, data=None):
         return LinkDown(message)
     if code == NOT_FOUND and "request_id" not in data:
         return WalletNotRegistered(message)
-    if code == WRONG_STATE and "wallet_id" in data and data.get("state") == "pending":
+    if (code == WRONG_STATE and "wallet_id" in data and data.get("state") == "pending"
+            and "already" not in message):
         return WalletNotRegistered("its registration is not confirmed yet")
     if code == REFUSED:
         from .stages import REFUSAL_WORDS

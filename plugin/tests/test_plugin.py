@@ -36,6 +36,8 @@ class ErrorMapping(unittest.TestCase):
             ((-32022, "wallet ab is pending, not active", {"wallet_id": "ab",
                                                            "state": "pending"}),
              errors.WalletNotRegistered),
+            ((-32022, "wallet ab is already pending", {"wallet_id": "ab", "state": "pending"}),
+             errors.BridgeError),
             ((-32023, "refused (fee_too_high): fee 9 > 1", {"reason": "fee_too_high"}),
              errors.RefusedByPolicy),
             ((-32024, "wrong code", {"reason": "wrong_code", "attempts_left": 3}),
