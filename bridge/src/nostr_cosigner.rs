@@ -312,7 +312,7 @@ impl NostrCosigner {
                     .to_string()
             }
             (_, Some(Outcome::Refused { code, reason }), _) => format!(
-                "satcosign: request {} was refused by the satellite ({code}): {reason}. Nothing was signed.",
+                "satcosign: request {} was refused by the satellite's policy ({code}): {reason}. Nothing was signed.",
                 r.id
             ),
             (_, _, state) => format!(

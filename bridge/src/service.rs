@@ -778,7 +778,10 @@ impl Service {
             });
         }
         let now = unix_now();
-        check_policy(&spend, &record.policy, &[], now, replaces).map_err(ServiceError::Refused)?;
+        let refused = check_policy(&spend, &record.policy, &[], now, replaces).err();
+        if let (Some(refusal), None) = (&refused, &on_open) {
+            return Err(ServiceError::Refused(refusal.clone()));
+        }
         let summary = summarize(&spend, self.network);
         let reply_to: Vec<String> = wallet
             .xpubs
@@ -793,6 +796,14 @@ impl Service {
             replaces,
         };
         let wallet_id = record.id;
+        let on_open = match (refused, on_open) {
+            (Some(refusal), Some(on_open)) => {
+                return self
+                    .record_refusal(wallet_id, action, refusal, on_open, now)
+                    .await;
+            }
+            (_, on_open) => on_open,
+        };
         let txid = spend.txid.to_string();
         let gate = self.gate.clone();
         let new_id = RequestId(random_id());
@@ -808,6 +819,35 @@ impl Service {
             })
             .await??;
         self.transitioned(id, state).await;
+        Ok(id)
+    }
+
+    /// A PSBT refused before any email, from a caller that cannot be answered at once (a
+    /// Nostr message): the refusal becomes a request of its own, already `refused`, so
+    /// `request.status` shows it and delivery answers it (by email and where it came from).
+    async fn record_refusal(
+        &self,
+        wallet_id: WalletId,
+        action: Action,
+        refusal: Refusal,
+        on_open: OnOpen,
+        now: u64,
+    ) -> Result<RequestId, ServiceError> {
+        let id = RequestId(random_id());
+        let outcome = Outcome::Refused {
+            code: refusal.code().to_owned(),
+            reason: refusal.to_string(),
+        };
+        tracing::info!(request = %id, reason = refusal.code(), "refused before any email");
+        self.store
+            .write(move |txn| {
+                let mut r = new_request(id, wallet_id, action, State::Refused, now);
+                r.outcome = Some(outcome);
+                save_request(txn, &r)?;
+                on_open(txn, id)
+            })
+            .await?;
+        self.transitioned(id, State::Refused).await;
         Ok(id)
     }
 

@@ -145,8 +145,26 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
         .find_map(|x| x["text"].as_str())
         .expect("the refusal came back in words");
     assert!(
-        refusal.contains("will not co-sign") && refusal.contains("Nothing was signed"),
+        refusal.contains("was refused by the satellite's policy (over_tx_limit)")
+            && refusal.contains("Nothing was signed"),
         "{refusal}"
+    );
+    // ... and it shows in request.status, and the owner was told by email too.
+    let refused_id = refusal
+        .split("request ")
+        .nth(1)
+        .and_then(|r| r.get(..32))
+        .expect("the refusal names its request");
+    let status = flow.status(refused_id).await;
+    assert_eq!(status["kind"], "sign", "{status}");
+    assert_eq!(status["final_state"], "refused", "{status}");
+    assert_eq!(
+        status["outcome"]["refused"]["code"], "over_tx_limit",
+        "{status}"
+    );
+    assert_eq!(
+        flow.inbox.recipients_of(refused_id),
+        vec!["alice@example.org".to_owned()]
     );
 
     let tx: Transaction =
