@@ -19,7 +19,7 @@ use std::sync::{Arc, Weak};
 
 use nostr::nips::nip04;
 use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, PublicKey, SecretKey, Tag, Timestamp};
-use redb::{TableDefinition, WriteTransaction};
+use redb::TableDefinition;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -326,11 +326,6 @@ impl NostrCosigner {
             ),
         };
         self.message_to(&author, &content).map(Some)
-    }
-
-    /// Stores an answer inside the delivery's transaction.
-    pub fn store_reply(txn: &WriteTransaction, reply: &Event) -> Result<(), StoreError> {
-        NostrRelay::store_in(txn, reply)
     }
 
     /// After the delivery's commit: passes the answer to live subscriptions.

@@ -23,7 +23,7 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use nostr::filter::MatchEventOptions;
-use nostr::{Event, Filter, JsonUtil, Kind, Timestamp};
+use nostr::{Event, Filter, JsonUtil, Timestamp};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -186,16 +186,6 @@ impl NostrRelay {
         let _ = self.hook.set(hook);
     }
 
-    /// Number of stored events.
-    pub fn len(&self) -> usize {
-        self.index.read().map(|i| i.by_id.len()).unwrap_or(0)
-    }
-
-    /// Whether no event is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Whether the relay holds event `id`.
     pub fn contains(&self, id: &[u8; 32]) -> bool {
         self.index
@@ -243,21 +233,18 @@ impl NostrRelay {
         }
         let e = Arc::new(e);
         if !e.kind.is_ephemeral() {
-            let replaced = self
-                .index
-                .read()
-                .map(|i| i.replaced_by(&e))
-                .unwrap_or_default();
             // A replaceable event older than the one held is not stored.
-            let newer_held = self
+            let (replaced, newer_held) = self
                 .index
                 .read()
                 .map(|i| {
-                    replaced
+                    let replaced = i.replaced_by(&e);
+                    let newer = replaced
                         .iter()
-                        .any(|r| i.by_id.get(r).is_some_and(|t| *t > e.created_at.as_secs()))
+                        .any(|r| i.by_id.get(r).is_some_and(|t| *t > e.created_at.as_secs()));
+                    (replaced, newer)
                 })
-                .unwrap_or(false);
+                .unwrap_or_default();
             if newer_held {
                 return Ok(Accepted::Duplicate);
             }
@@ -269,9 +256,8 @@ impl NostrRelay {
                     for r in &gone {
                         t.remove(r).map_err(db_err)?;
                     }
-                    t.insert(&stored.id.to_bytes(), stored.as_json().as_bytes())
-                        .map_err(db_err)?;
-                    Ok(())
+                    drop(t);
+                    Self::store_in(txn, &stored)
                 })
                 .await
                 .map_err(|err| Rejection::Error(format!("could not store the event: {err}")))?;
@@ -758,6 +744,3 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r
 }
-
-/// The kind Electrum's `psbt_nostr` uses for PSBTs (NIP-04 direct messages).
-pub const DM_KIND: Kind = Kind::EncryptedDirectMessage;

@@ -461,7 +461,7 @@ where
         let unregistered = matches!(r.action, Action::Register) && prior != State::Signed;
         if transition(&service.store, r.id, &[prior], move |txn, r| {
             if let Some(reply) = &stored_reply {
-                crate::nostr_cosigner::NostrCosigner::store_reply(txn, reply)?;
+                crate::nostr_relay::NostrRelay::store_in(txn, reply)?;
             }
             if unregistered {
                 if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {

@@ -331,27 +331,15 @@ async fn nostr(url: &str, message: Value, until: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nostr_message_killed_before_it_became_a_request_is_handled_after_restart_once() {
-    use nostr_sdk::prelude::{EventBuilder, Kind, Tag};
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = tmp.path().join("data");
     registered(&dir).await;
     let w = wallet(&dir);
-    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
-    let satellite = keys_for(&w.satellite.public().electrum_xpub())
-        .expect("key")
-        .public_key();
-    let user = keys_for(&w.user.public().electrum_xpub()).expect("key");
-    let psbt = w.typical_signed_psbt(1, 9);
-    let content = nostr_sdk::nips::nip04::encrypt(
-        user.secret_key(),
-        &satellite,
-        json!({"tx": hex::encode(psbt.serialize())}).to_string(),
-    )
-    .expect("nip04");
-    let dm = EventBuilder::new(Kind::EncryptedDirectMessage, content)
-        .tag(Tag::public_key(satellite))
-        .sign_with_keys(&user)
-        .expect("sign");
+    let (dm, user, satellite) = common::flow::nostr_dm(
+        &w,
+        &w.satellite.public().electrum_xpub(),
+        &w.typical_signed_psbt(1, 9),
+    );
 
     // Stored and acknowledged, then killed before it became a request.
     let b = start(&dir, Some("nostr_event"));

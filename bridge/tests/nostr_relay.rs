@@ -441,23 +441,11 @@ async fn a_psbt_by_nostr_is_gated_signed_and_answered_once() {
     let w = test_wallet(&flow);
     flow.register(&w.descriptor).await;
     let info = flow.ok("satellite.info", vec![]).await;
-    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
-    let satellite = keys_for(info["electrum_xpub"].as_str().expect("xpub"))
-        .expect("key")
-        .public_key();
-    // The user's key, as Electrum derives its Nostr identity from the Vpub it shows.
-    let user = keys_for(&w.user.public().electrum_xpub()).expect("key");
-    let psbt = w.typical_signed_psbt(1, 77);
-    let content = nostr_sdk::nips::nip04::encrypt(
-        user.secret_key(),
-        &satellite,
-        json!({"tx": hex::encode(psbt.serialize())}).to_string(),
-    )
-    .expect("nip04");
-    let dm = EventBuilder::new(Kind::EncryptedDirectMessage, content)
-        .tag(Tag::public_key(satellite))
-        .sign_with_keys(&user)
-        .expect("sign");
+    let (dm, user, satellite) = common::flow::nostr_dm(
+        &w,
+        info["electrum_xpub"].as_str().expect("xpub"),
+        &w.typical_signed_psbt(1, 77),
+    );
     let addr = flow.system.bridge.nostr.expect("relay");
     assert_eq!(publish(addr, &dm).await[2], true);
 

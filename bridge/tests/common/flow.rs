@@ -341,3 +341,29 @@ pub fn verify_with_core(tx: &bitcoin::Transaction, spent: &[bitcoin::Transaction
             .unwrap_or_else(|e| panic!("input {i} fails Bitcoin Core's interpreter: {e:?}"));
     }
 }
+
+/// A PSBT from the wallet's user key to the satellite as Electrum 4.6's psbt_nostr sends it
+/// (NIP-04, kind 4, `{"tx": hex}`, tagged `p`), the satellite named by the Electrum xpub it
+/// publishes. Returns the event, the user's Nostr keys and the satellite's Nostr key.
+pub fn nostr_dm(
+    w: &satcosign_cosigner::testkit::TestWallet,
+    satellite_xpub: &str,
+    psbt: &bitcoin::Psbt,
+) -> (nostr_sdk::Event, nostr_sdk::Keys, nostr_sdk::PublicKey) {
+    use nostr_sdk::prelude::{EventBuilder, Kind, Tag};
+    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
+    let satellite = keys_for(satellite_xpub).expect("key").public_key();
+    // The user's key, as Electrum derives its Nostr identity from the Vpub it shows.
+    let user = keys_for(&w.user.public().electrum_xpub()).expect("key");
+    let content = nostr_sdk::nips::nip04::encrypt(
+        user.secret_key(),
+        &satellite,
+        serde_json::json!({"tx": hex::encode(psbt.serialize())}).to_string(),
+    )
+    .expect("nip04");
+    let dm = EventBuilder::new(Kind::EncryptedDirectMessage, content)
+        .tag(Tag::public_key(satellite))
+        .sign_with_keys(&user)
+        .expect("sign");
+    (dm, user, satellite)
+}
