@@ -1,0 +1,303 @@
+//! The deployment's shape: the bridge (`satcosign-bridge run`) and the cosigner
+//! (`satcosign-cosigner serve`) as two separate processes, each with its own data directory
+//! and link identity, talking over UDP on loopback as they would through a ground station.
+//!
+//! A wallet is registered and a request signed; meanwhile the satellite is out of reach
+//! (its process is killed) and the bridge is killed too. The request waits in the bridge's
+//! persisted outbox, crosses when the satellite is back, and is signed once.
+
+mod common;
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::HttpClientBuilder;
+use serde_json::{json, Value};
+
+use common::flow::{parse_id, verify_with_core};
+
+/// The cosigner's binary, built beside the bridge's by `cargo test --workspace`.
+fn cosigner_bin() -> PathBuf {
+    let bridge = PathBuf::from(env!("CARGO_BIN_EXE_satcosign-bridge"));
+    let path = bridge.with_file_name("satcosign-cosigner");
+    if !path.exists() {
+        // Run on its own (`cargo test -p satcosign-bridge`), the other binary may be missing.
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "satcosign-cosigner",
+                "--bin",
+                "satcosign-cosigner",
+            ])
+            .status()
+            .expect("cargo");
+        assert!(status.success(), "building satcosign-cosigner");
+    }
+    path
+}
+
+fn cosigner(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(cosigner_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("cosigner binary");
+    assert!(
+        out.status.success(),
+        "satcosign-cosigner {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8");
+    out
+}
+
+/// Two free UDP ports on loopback.
+fn udp_ports() -> (u16, u16) {
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    (
+        a.local_addr().expect("addr").port(),
+        b.local_addr().expect("addr").port(),
+    )
+}
+
+struct Process(Child);
+
+impl Process {
+    fn kill(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        self.0.wait().expect("reaped");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The ground: `satcosign-bridge run` with a config file naming the satellite.
+struct Ground {
+    process: Process,
+    http: String,
+    link_key: String,
+}
+
+fn start_ground(config: &Path) -> Ground {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("bridge binary");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut http, mut link_key) = (None, None);
+    for line in stdout.lines().map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("http: ") {
+            http = Some(a.to_owned());
+        }
+        if let Some((_, k)) = line.split_once("--bridge-key): ") {
+            link_key = Some(k.trim().to_owned());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    Ground {
+        process: Process(child),
+        http: http.expect("the bridge printed its http address"),
+        link_key: link_key.expect("the bridge printed its link key"),
+    }
+}
+
+impl Ground {
+    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
+        HttpClientBuilder::default()
+            .request_timeout(Duration::from_secs(30))
+            .build(&self.http)
+            .expect("client")
+            .request(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    async fn wait_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self.call("request.status", vec![json!(id)]).await;
+            if s["state"] == state {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{id} never reached {state}: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn confirm_from_mail(&self, mail: &Path, id: &str) {
+        let rid = parse_id(id);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Some(c) = satcosign_bridge::demo::code_from_mail_dir(mail, &rid) {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "no email for {id}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.call("request.confirm", vec![json!(id), json!(code)])
+            .await;
+    }
+}
+
+/// The satellite: `satcosign-cosigner serve` over UDP, answering the bridge's link key.
+fn start_satellite(dir: &Path, ground_key: &str, ports: (u16, u16)) -> Process {
+    Process(
+        Command::new(cosigner_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["serve", "--bridge-key", ground_key])
+            .args(["--udp-bind", &format!("127.0.0.1:{}", ports.1)])
+            .args(["--udp-peer", &format!("127.0.0.1:{}", ports.0)])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cosigner binary"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_and_cosigner_processes_sign_over_udp_through_outages_and_kills_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ground_dir, sat_dir) = (tmp.path().join("ground"), tmp.path().join("satellite"));
+
+    // The satellite is provisioned first; its printout is what the operator copies.
+    let init = String::from_utf8(cosigner(&sat_dir, &["init"]).stdout).expect("utf-8");
+    let sat_link_key = init
+        .lines()
+        .find_map(|l| l.split_once("(give it to the bridge): ").map(|(_, k)| k))
+        .expect("init prints the link key")
+        .trim()
+        .to_owned();
+    let testnet = init
+        .split("testnet/signet/regtest:")
+        .nth(1)
+        .expect("test keys");
+    let account_key = testnet
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("descriptor key: "))
+        .expect("init prints the descriptor key")
+        .to_owned();
+
+    let ports = udp_ports();
+    let config = tmp.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"network = "testnet"
+data_dir = "{data}"
+[electrum]
+tcp = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[nostr]
+listen = ""
+[satellite]
+account_key = "{account_key}"
+link_public_key = "{sat_link_key}"
+transport = "udp"
+udp_bind = "127.0.0.1:{ground_port}"
+udp_peer = "127.0.0.1:{sat_port}"
+"#,
+            data = ground_dir.display(),
+            ground_port = ports.0,
+            sat_port = ports.1,
+        ),
+    )
+    .expect("config");
+    let mail = ground_dir.join("mail");
+
+    let ground = start_ground(&config);
+    let satellite = start_satellite(&sat_dir, &ground.link_key, ports);
+    let info = ground.call("satellite.info", vec![]).await;
+    assert_eq!(info["xpub"], json!(account_key), "{info}");
+
+    // The user's wallet holds the satellite's key as the bridge publishes it.
+    let seed = satcosign_cosigner::keys::load_key_file(&sat_dir.join("cosigner.key")).expect("key");
+    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
+        .expect("key");
+    assert_eq!(key.descriptor_key(), account_key);
+    let w = satcosign_cosigner::testkit::TestWallet::with_satellite(key);
+    let reg = ground
+        .call(
+            "wallet.register",
+            vec![json!(w.descriptor), json!("ann@example.org"), json!("Ann")],
+        )
+        .await;
+    let reg_id = reg["request_id"].as_str().expect("id").to_owned();
+    let wid = reg["wallet_id"].as_str().expect("wallet").to_owned();
+    ground.confirm_from_mail(&mail, &reg_id).await;
+    let done = ground.wait_state(&reg_id, "delivered").await;
+    assert_eq!(done["final_state"], "signed", "registration: {done}");
+    let status = ground.call("wallet.status", vec![json!(wid)]).await;
+    assert_eq!(status["state"], "active", "{status}");
+
+    // The satellite goes out of reach; a request is made and confirmed meanwhile.
+    satellite.kill();
+    let psbt = w.typical_signed_psbt(1, 3);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+    let sub = ground
+        .call("request.submit", vec![json!(wid), json!(b64)])
+        .await;
+    let id = sub["request_id"].as_str().expect("id").to_owned();
+    ground.confirm_from_mail(&mail, &id).await;
+    ground.wait_state(&id, "queued").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = ground.call("request.status", vec![json!(id)]).await;
+    assert_eq!(s["state"], "queued", "nobody to hear it: {s}");
+
+    // The ground is killed too; what it acknowledged waits in its outbox.
+    ground.process.kill();
+    let ground = start_ground(&config);
+    let s = ground.call("request.status", vec![json!(id)]).await;
+    assert_eq!(s["state"], "queued", "after the restart: {s}");
+
+    // The satellite comes back into view: the request crosses, is signed and delivered.
+    let _satellite = start_satellite(&sat_dir, &ground.link_key, ports);
+    let done = ground.wait_state(&id, "delivered").await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(
+        done["outcome"]["signed"]["tx"].as_str().expect("final tx"),
+    )
+    .expect("tx");
+    assert_eq!(tx.compute_txid(), psbt.unsigned_tx.compute_txid());
+    let funding: Vec<bitcoin::Transaction> = psbt
+        .inputs
+        .iter()
+        .filter_map(|i| i.non_witness_utxo.clone())
+        .collect();
+    verify_with_core(&tx, &funding);
+    drop(_satellite);
+
+    // The satellite's own audit log: one registration, one signature, for this request.
+    let audit = String::from_utf8(cosigner(&sat_dir, &["audit"]).stdout).expect("utf-8");
+    let signed: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains(" sign ") && l.contains(" signed"))
+        .collect();
+    assert_eq!(signed.len(), 1, "signed once: {audit}");
+    assert!(signed[0].contains(&format!("request={id}")), "{audit}");
+}
