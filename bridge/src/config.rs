@@ -293,11 +293,28 @@ impl Default for GateConfig {
 }
 
 /// The upstream Electrum server (electrs, Fulcrum, ElectrumX).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// `tcp://host:port` or `ssl://host:port`; empty: none (the wallet broadcasts).
     pub url: String,
+    /// How often broadcast transactions are looked up on the chain, seconds. Default 60.
+    pub poll_secs: u64,
+    /// Confirmations after which a transaction is no longer watched. Default 6.
+    pub confirmations: u32,
+    /// How long a transaction the server never shows is watched, seconds. Default 1209600 (14 days).
+    pub watch_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: String::new(),
+            poll_secs: 60,
+            confirmations: 6,
+            watch_secs: 14 * 24 * 3600,
+        }
+    }
 }
 
 /// Electrum-style newline-delimited JSON-RPC over TCP and TLS.
@@ -656,6 +673,24 @@ impl Config {
                 format!("`{}` must start with tcp:// or ssl://", self.upstream.url),
             );
         }
+        if !(1..=86_400).contains(&self.upstream.poll_secs) {
+            return invalid(
+                "upstream.poll_secs",
+                format!("{} is outside 1..=86400", self.upstream.poll_secs),
+            );
+        }
+        if !(1..=1000).contains(&self.upstream.confirmations) {
+            return invalid(
+                "upstream.confirmations",
+                format!("{} is outside 1..=1000", self.upstream.confirmations),
+            );
+        }
+        if self.upstream.watch_secs < self.upstream.poll_secs {
+            return invalid(
+                "upstream.watch_secs",
+                "must be at least upstream.poll_secs".into(),
+            );
+        }
         if let Err(e) = self.default_policy.check() {
             return invalid("default_policy", e.to_string());
         }
@@ -713,6 +748,12 @@ mod tests {
                 "nostr.messages_per_minute",
             ),
             ("[nostr]\nlisten = \"nowhere\"\n", "nostr.listen"),
+            ("[upstream]\npoll_secs = 0\n", "upstream.poll_secs"),
+            ("[upstream]\nconfirmations = 0\n", "upstream.confirmations"),
+            (
+                "[upstream]\npoll_secs = 60\nwatch_secs = 5\n",
+                "upstream.watch_secs",
+            ),
         ] {
             let err = Config::from_toml(toml)
                 .and_then(|c| c.check().map(|_| c))

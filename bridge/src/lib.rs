@@ -19,7 +19,8 @@
 //! - [`state`]: wallet and request records; [`service`]: the operations on them;
 //! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
 //! - [`relay`]: drives requests over the link and delivers outcomes;
-//! - [`upstream`]: the upstream Electrum server; [`dev`]: the embedded system of `dev`/`demo`.
+//! - [`upstream`]: the upstream Electrum server; [`watch`]: broadcast transactions on the
+//!   chain; [`dev`]: the embedded system of `dev`/`demo`.
 
 pub mod config;
 pub mod demo;
@@ -44,6 +45,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -312,8 +314,15 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             gate: config.gate.clone(),
             public_url,
             default_policy: config.default_policy.clone(),
-            upstream,
+            upstream: upstream.clone(),
         }));
+        if let Some(upstream) = upstream {
+            tasks.push(tokio::spawn(watch::run(
+                svc.clone(),
+                upstream,
+                config.upstream.clone(),
+            )));
+        }
         let link_db = config.data_dir.join("link.redb");
         let link_store = Arc::new(
             tokio::task::spawn_blocking(move || satcosign_link::store::RedbStore::open(&link_db))

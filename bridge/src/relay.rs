@@ -30,6 +30,7 @@ use crate::notice;
 use crate::service::{transition, unix_now, Service, ServiceError};
 use crate::state::{load_wallet, save_wallet, Action, Outcome, RequestRecord, State, WalletState};
 use crate::store::StoreError;
+use crate::watch::Watch;
 
 /// How often every active request is looked at, besides the wake-ups.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
@@ -41,6 +42,9 @@ pub struct Relay<S: LinkStore + Clone> {
     service: Arc<Service>,
     link: Arc<LinkHandle<S>>,
     link_store: S,
+    /// `SATCOSIGN_TEST_HOLD_AT=broadcast`: freeze after a broadcast and before its record,
+    /// so a test can kill the bridge there.
+    hold_after_broadcast: bool,
 }
 
 impl<S> Relay<S>
@@ -53,6 +57,8 @@ where
             service,
             link,
             link_store,
+            hold_after_broadcast: std::env::var("SATCOSIGN_TEST_HOLD_AT")
+                .is_ok_and(|v| v == "broadcast"),
         })
     }
 
@@ -406,20 +412,50 @@ where
         {
             let tx: bitcoin::Transaction = bitcoin::consensus::deserialize(tx)
                 .map_err(|e| ServiceError::BadPsbt(e.to_string()))?;
+            let txid = tx.compute_txid();
+            // The script the watch looks the transaction up by: the first input's, one of
+            // the user's own (every input carries its previous transaction by now).
+            let script = match &r.action {
+                Action::Sign { psbt, .. } => Psbt::deserialize(psbt).ok().and_then(|p| {
+                    let prev = p.inputs.first()?.non_witness_utxo.as_ref()?;
+                    let vout = p.unsigned_tx.input.first()?.previous_output.vout;
+                    Some(prev.output.get(vout as usize)?.script_pubkey.clone())
+                }),
+                _ => None,
+            };
             let up = upstream.clone();
-            let result = tokio::task::spawn_blocking(move || up.broadcast(&tx))
-                .await
-                .map_err(|e| StoreError::Database(e.to_string()))?
-                .map(|txid| txid.to_string())
-                .map_err(|e| e.to_string());
-            tracing::info!(request = %r.id, result = ?result, "broadcast");
-            if let Some(saved) = transition(&service.store, r.id, &[State::Signed], move |_, r| {
-                if let Some(Outcome::Signed { broadcast, .. }) = &mut r.outcome {
-                    *broadcast = Some(result);
+            let result = tokio::task::spawn_blocking(move || {
+                // A restart between the broadcast and its record finds it already there.
+                if up.transaction(&txid).is_ok() {
+                    tracing::info!(%txid, "the upstream server already has the transaction");
+                    return Ok(txid);
                 }
-                Ok(())
+                up.broadcast(&tx)
             })
-            .await?
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?
+            .map(|txid| txid.to_string())
+            .map_err(|e| e.to_string());
+            tracing::info!(request = %r.id, result = ?result, "broadcast");
+            if self.hold_after_broadcast {
+                eprintln!("test-hold: broadcast {}", r.id);
+                std::future::pending::<()>().await;
+            }
+            let watch = match (&result, script) {
+                (Ok(_), Some(script)) => Some(Watch::new(txid, script, unix_now())),
+                _ => None,
+            };
+            if let Some(saved) =
+                transition(&service.store, r.id, &[State::Signed], move |txn, r| {
+                    if let Some(Outcome::Signed { broadcast, .. }) = &mut r.outcome {
+                        *broadcast = Some(result);
+                    }
+                    if let Some(w) = &watch {
+                        crate::watch::start_in(txn, r.id, w)?;
+                    }
+                    Ok(())
+                })
+                .await?
             {
                 r = saved;
             }

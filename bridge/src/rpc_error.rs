@@ -127,6 +127,21 @@ impl From<crate::service::ServiceError> for RpcError {
                 Some(json!({"request_id": id.to_string(), "state": state})),
             ),
             E::Refused(r) => (REFUSED, Some(json!({"reason": r.code()}))),
+            E::InputSpent {
+                index,
+                outpoint,
+                spent_by,
+                height,
+            } => (
+                REFUSED,
+                Some(json!({
+                    "reason": "input_spent",
+                    "input": index,
+                    "outpoint": outpoint.to_string(),
+                    "spent_by": spent_by.to_string(),
+                    "height": height,
+                })),
+            ),
             E::WrongCode { attempts_left, .. } => (
                 BAD_CODE,
                 Some(json!({"reason": "wrong_code", "attempts_left": attempts_left})),

@@ -18,6 +18,7 @@ use crate::push::Pusher;
 use crate::rpc::{json_type, positional, string_param, ApiContext};
 use crate::rpc_error::RpcError;
 use crate::state::{Action, Outcome, RequestRecord, WalletRecord, WalletState};
+use crate::watch::Watch;
 
 fn id16(values: &[Value], index: usize, name: &'static str) -> Result<[u8; 16], RpcError> {
     let s = string_param(values, index, name)?;
@@ -88,8 +89,9 @@ pub fn wallet_json(w: &WalletRecord) -> Value {
     })
 }
 
-/// A request as `request.status` and its notifications show it.
-pub fn request_json(r: &RequestRecord) -> Value {
+/// A request as `request.status` and its notifications show it, with where its broadcast
+/// transaction stands on the chain when it is watched.
+pub fn request_json(r: &RequestRecord, watch: Option<&Watch>) -> Value {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let outcome = match &r.outcome {
         None => Value::Null,
@@ -103,7 +105,7 @@ pub fn request_json(r: &RequestRecord) -> Value {
                 "tx": tx.as_ref().map(hex::encode),
                 "broadcast": match broadcast {
                     None => Value::Null,
-                    Some(Ok(txid)) => json!({"txid": txid}),
+                    Some(Ok(txid)) => json!({"txid": txid, "chain": watch.map(Watch::json)}),
                     Some(Err(e)) => json!({"error": e}),
                 },
             }
@@ -256,8 +258,10 @@ pub fn register(
         |params, ctx: Arc<ApiContext>, _| async move {
             let values = positional(&params, "request.status", 1, 1)?;
             let id = request_id(&values, 0)?;
-            let r = ctx.service()?.request(id).await?;
-            Ok::<_, RpcError>(request_json(&r))
+            let service = ctx.service()?;
+            let r = service.request(id).await?;
+            let watch = crate::watch::of(service, id).await?;
+            Ok::<_, RpcError>(request_json(&r, watch.as_ref()))
         },
     )?;
     module.register_async_method(
@@ -297,8 +301,14 @@ pub fn register(
             // Subscribe before reading, so no change between the two is missed.
             let mut events = service.events();
             let r = service.request(id).await?;
+            let watch = crate::watch::of(&service, id).await?;
+            // Pushes go on until the request is delivered and its transaction (if any) buried.
+            // (The watch is written before the request is delivered.)
+            let ended = |r: &RequestRecord, w: &Option<Watch>| {
+                r.state.is_final() && w.as_ref().is_none_or(|w| w.done)
+            };
             if let Some(pusher) = ext.get::<Pusher>().cloned() {
-                if !r.state.is_final() {
+                if !ended(&r, &watch) {
                     tokio::spawn(async move {
                         loop {
                             match events.recv().await {
@@ -306,10 +316,14 @@ pub fn register(
                                     let Ok(r) = service.request(id).await else {
                                         return;
                                     };
+                                    let watch = crate::watch::of(&service, id).await.ok().flatten();
                                     if !pusher.push(
                                         "request.subscribe",
-                                        vec![json!(id.to_string()), request_json(&r)],
-                                    ) || r.state.is_final()
+                                        vec![
+                                            json!(id.to_string()),
+                                            request_json(&r, watch.as_ref()),
+                                        ],
+                                    ) || ended(&r, &watch)
                                     {
                                         return;
                                     }
@@ -326,7 +340,7 @@ pub fn register(
                     });
                 }
             }
-            Ok::<_, RpcError>(request_json(&r))
+            Ok::<_, RpcError>(request_json(&r, watch.as_ref()))
         },
     )?;
     Ok(())

@@ -41,7 +41,7 @@ use crate::state::{
     WalletState, ACTIVE, REQUESTS, WALLETS, WALLET_BY_FINGERPRINT,
 };
 use crate::store::{Store, StoreError};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{find_spender, Upstream, UpstreamError};
 
 /// Why a service call was refused; each variant names what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,18 @@ pub enum ServiceError {
     /// The PSBT would be refused by the cosigner.
     #[error("refused ({code}): {0}", code = .0.code())]
     Refused(Refusal),
+    /// The upstream server shows an input already spent by another transaction.
+    #[error("input {index} ({outpoint}) is already spent by {spent_by} ({where_}); nothing was requested", where_ = match .height { Some(h) => format!("in block {h}"), None => "in the mempool".to_owned() })]
+    InputSpent {
+        /// The input's index.
+        index: usize,
+        /// The output it spends.
+        outpoint: bitcoin::OutPoint,
+        /// The transaction that spent it.
+        spent_by: bitcoin::Txid,
+        /// Where that transaction is: a block height, or `None` for the mempool.
+        height: Option<u32>,
+    },
     /// A rate limit was hit.
     #[error("too many {what}; try again after {retry_after}")]
     RateLimited {
@@ -394,6 +406,15 @@ impl Service {
         inserted.then(|| Claim { service: self, id })
     }
 
+    /// Tells subscribers that request `id` changed without changing state (its
+    /// transaction's place on the chain).
+    pub(crate) fn changed(&self, id: RequestId) {
+        let _ = self.events.send(Event {
+            id,
+            state: State::Delivered,
+        });
+    }
+
     /// Called after every committed transition: tells subscribers (the relay is one), and
     /// honours the test hook that freezes the bridge in a state (so a test can kill it there).
     pub(crate) async fn transitioned(&self, id: RequestId, state: State) {
@@ -692,6 +713,79 @@ impl Service {
         Ok(())
     }
 
+    /// Asks the upstream server whether every input is still unspent, and refuses a PSBT
+    /// whose input another transaction already spent (naming the input and the spender). An
+    /// input spent by the transaction of the request this one replaces is fine. A server
+    /// that cannot answer is logged and skipped: the check spares the user an email for a
+    /// spend that cannot confirm; the cosigner's own rules are what protect the funds.
+    async fn check_unspent(
+        &self,
+        psbt: &Psbt,
+        replaces: Option<RequestId>,
+    ) -> Result<(), ServiceError> {
+        let Some(upstream) = self.upstream.clone() else {
+            return Ok(());
+        };
+        let replaced = match replaces {
+            Some(id) => match self.request(id).await?.action {
+                Action::Sign { psbt, .. } => Psbt::deserialize(&psbt)
+                    .ok()
+                    .map(|p| p.unsigned_tx.compute_txid()),
+                _ => None,
+            },
+            None => None,
+        };
+        let inputs: Vec<(usize, bitcoin::OutPoint, bitcoin::ScriptBuf)> = psbt
+            .unsigned_tx
+            .input
+            .iter()
+            .zip(&psbt.inputs)
+            .enumerate()
+            .filter_map(|(i, (txin, input))| {
+                let prev = input.non_witness_utxo.as_ref()?;
+                let out = prev.output.get(txin.previous_output.vout as usize)?;
+                Some((i, txin.previous_output, out.script_pubkey.clone()))
+            })
+            .collect();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut unspent: HashMap<bitcoin::ScriptBuf, Vec<bitcoin::OutPoint>> = HashMap::new();
+            for (index, outpoint, script) in inputs {
+                let listed = match unspent.get(&script) {
+                    Some(l) => l,
+                    None => unspent
+                        .entry(script.clone())
+                        .or_insert(upstream.unspent(&script)?),
+                };
+                if listed.contains(&outpoint) {
+                    continue;
+                }
+                // Not listed: spent (find by what), or unknown to the server (left to the
+                // broadcast to tell).
+                match find_spender(upstream.as_ref(), &outpoint, &script)? {
+                    Some(s) if Some(s.txid) == replaced => {}
+                    Some(s) => return Ok(Some((index, outpoint, s))),
+                    None => {}
+                }
+            }
+            Ok::<_, UpstreamError>(None)
+        })
+        .await
+        .map_err(db_err)?;
+        match found {
+            Ok(None) => Ok(()),
+            Ok(Some((index, outpoint, spender))) => Err(ServiceError::InputSpent {
+                index,
+                outpoint,
+                spent_by: spender.txid,
+                height: spender.height,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check that the inputs are unspent; going on");
+                Ok(())
+            }
+        }
+    }
+
     /// Every registered wallet (any state), with its parsed descriptors.
     pub async fn wallets(&self) -> Result<Vec<(WalletRecord, Arc<Wallet>)>, ServiceError> {
         let records = self
@@ -747,6 +841,7 @@ impl Service {
             return Err(ServiceError::NoWalletForPsbt);
         }
         self.fill_previous(&mut psbt).await?;
+        self.check_unspent(&psbt, replaces).await?;
         let mut first_refusal = None;
         let mut found = None;
         for record in candidates {

@@ -30,6 +30,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(WALLET_BY_FINGERPRINT)?;
     txn.open_table(REQUESTS)?;
     txn.open_table(ACTIVE)?;
+    txn.open_table(crate::watch::WATCHES)?;
     Ok(())
 }
 

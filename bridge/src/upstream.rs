@@ -1,12 +1,13 @@
 //! The upstream Electrum server (electrs, Fulcrum, ElectrumX), reached with the
-//! `electrum-client` crate: previous transactions for PSBTs that lack them, and the
-//! broadcast of final transactions.
+//! `electrum-client` crate: previous transactions for PSBTs that lack them, whether the
+//! inputs are still unspent (and what spent them), the broadcast of final transactions, and
+//! where a broadcast transaction stands on the chain (see [`crate::watch`]).
 //!
 //! The client is blocking; callers run it on tokio's blocking pool. A fresh connection is
 //! made per call (calls are rare: a few per signing request), so a restarted server never
 //! leaves the bridge holding a dead socket.
 
-use bitcoin::{Transaction, Txid};
+use bitcoin::{OutPoint, Script, Transaction, Txid};
 use electrum_client::ElectrumApi as _;
 
 /// Why the upstream server could not help.
@@ -31,6 +32,23 @@ pub enum UpstreamError {
     /// The server refused the broadcast.
     #[error("the upstream server refused the broadcast: {0}")]
     Broadcast(String),
+    /// The server failed a query about a script or the chain's tip.
+    #[error("the upstream server failed {query}: {reason}")]
+    Query {
+        /// What was asked.
+        query: &'static str,
+        /// The server's words.
+        reason: String,
+    },
+}
+
+/// One transaction in a script's history, as the server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The transaction.
+    pub txid: Txid,
+    /// The block height it confirmed in; `None` while it is in the mempool.
+    pub height: Option<u32>,
 }
 
 /// What the bridge needs of a Bitcoin backend.
@@ -39,6 +57,43 @@ pub trait Upstream: Send + Sync {
     fn transaction(&self, txid: &Txid) -> Result<Transaction, UpstreamError>;
     /// Broadcasts `tx`; returns its id as the server reports it.
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, UpstreamError>;
+    /// The unspent outputs paying `script` (confirmed or in the mempool, and not spent by
+    /// the mempool).
+    fn unspent(&self, script: &Script) -> Result<Vec<OutPoint>, UpstreamError>;
+    /// Every transaction paying or spending `script`.
+    fn history(&self, script: &Script) -> Result<Vec<HistoryEntry>, UpstreamError>;
+    /// The height of the best block.
+    fn tip_height(&self) -> Result<u32, UpstreamError>;
+}
+
+/// What became of an input the server no longer lists as unspent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spender {
+    /// The transaction that spent it.
+    pub txid: Txid,
+    /// Its block height; `None` in the mempool.
+    pub height: Option<u32>,
+}
+
+/// Finds the transaction in `script`'s history that spends `outpoint`.
+pub fn find_spender(
+    upstream: &dyn Upstream,
+    outpoint: &OutPoint,
+    script: &Script,
+) -> Result<Option<Spender>, UpstreamError> {
+    for entry in upstream.history(script)? {
+        if entry.txid == outpoint.txid {
+            continue;
+        }
+        let tx = upstream.transaction(&entry.txid)?;
+        if tx.input.iter().any(|i| i.previous_output == *outpoint) {
+            return Ok(Some(Spender {
+                txid: entry.txid,
+                height: entry.height,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// An Electrum-protocol server.
@@ -82,5 +137,52 @@ impl Upstream for ElectrumUpstream {
         self.client()?
             .transaction_broadcast(tx)
             .map_err(|e| UpstreamError::Broadcast(e.to_string()))
+    }
+
+    fn unspent(&self, script: &Script) -> Result<Vec<OutPoint>, UpstreamError> {
+        let list =
+            self.client()?
+                .script_list_unspent(script)
+                .map_err(|e| UpstreamError::Query {
+                    query: "blockchain.scripthash.listunspent",
+                    reason: e.to_string(),
+                })?;
+        Ok(list
+            .into_iter()
+            .filter_map(|u| Some(OutPoint::new(u.tx_hash, u32::try_from(u.tx_pos).ok()?)))
+            .collect())
+    }
+
+    fn history(&self, script: &Script) -> Result<Vec<HistoryEntry>, UpstreamError> {
+        let list = self
+            .client()?
+            .script_get_history(script)
+            .map_err(|e| UpstreamError::Query {
+                query: "blockchain.scripthash.get_history",
+                reason: e.to_string(),
+            })?;
+        Ok(list
+            .into_iter()
+            .map(|h| HistoryEntry {
+                txid: h.tx_hash,
+                // Electrum's protocol: 0 in the mempool, -1 in the mempool with an
+                // unconfirmed parent, the block height otherwise.
+                height: u32::try_from(h.height).ok().filter(|h| *h > 0),
+            })
+            .collect())
+    }
+
+    fn tip_height(&self) -> Result<u32, UpstreamError> {
+        let tip = self
+            .client()?
+            .block_headers_subscribe()
+            .map_err(|e| UpstreamError::Query {
+                query: "blockchain.headers.subscribe",
+                reason: e.to_string(),
+            })?;
+        u32::try_from(tip.height).map_err(|e| UpstreamError::Query {
+            query: "blockchain.headers.subscribe",
+            reason: e.to_string(),
+        })
     }
 }

@@ -25,22 +25,27 @@ struct Bridge {
 }
 
 fn start(dir: &Path, hold_at: Option<&str>) -> Bridge {
+    start_with(dir, hold_at, &[])
+}
+
+fn start_with(dir: &Path, hold_at: Option<&str>, extra: &[&str]) -> Bridge {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"));
-    cmd.args([
-        "dev",
-        "--electrum-tcp",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--nostr",
-        "127.0.0.1:0",
-    ])
-    .args(["--pass-up", "3600", "--pass-period", "3600"])
-    .arg("--data-dir")
-    .arg(dir)
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(extra)
+        .args([
+            "dev",
+            "--electrum-tcp",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--nostr",
+            "127.0.0.1:0",
+        ])
+        .args(["--pass-up", "3600", "--pass-period", "3600"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if let Some(state) = hold_at {
         cmd.env("SATCOSIGN_TEST_HOLD_AT", state);
     }
@@ -380,5 +385,59 @@ async fn a_nostr_message_killed_before_it_became_a_request_is_handled_after_rest
         "answered once"
     );
     assert_eq!(signing_emails(&dir), vec![id], "one request");
+    b.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_the_broadcast_and_its_record_does_not_broadcast_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir: PathBuf = tmp.path().join("data");
+    let wid = registered(&dir).await;
+    let w = wallet(&dir);
+    let psbt = w.typical_signed_psbt(1, 9);
+    let funding: Vec<bitcoin::Transaction> = psbt
+        .inputs
+        .iter()
+        .filter_map(|i| i.non_witness_utxo.clone())
+        .collect();
+    let chain = common::chain::ChainServer::start(funding).await;
+    let config = tmp.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "network = \"regtest\"\n[upstream]\nurl = \"{}\"\npoll_secs = 1\n",
+            chain.url
+        ),
+    )
+    .expect("config");
+    let with_upstream = ["--config", config.to_str().expect("utf-8 path")];
+
+    let b = start_with(&dir, Some("broadcast"), &with_upstream);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+    let r = b.call("request.submit", vec![json!(wid), json!(b64)]).await;
+    let id = r["request_id"].as_str().expect("id").to_owned();
+    let c = code(&dir, &id).await;
+    b.call("request.confirm", vec![json!(id), json!(c)]).await;
+    assert_eq!(b.held("broadcast"), id);
+    b.kill();
+    assert_eq!(chain.broadcasts().len(), 1, "broadcast before the kill");
+
+    let b = start_with(&dir, None, &with_upstream);
+    let done = b.wait_state(&id, "delivered").await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    let txid = psbt.unsigned_tx.compute_txid().to_string();
+    assert_eq!(done["outcome"]["signed"]["broadcast"]["txid"], json!(txid));
+    // The restarted bridge found it on the server and watches it from there.
+    chain.mine(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = b.call("request.status", vec![json!(id)]).await;
+        if s["outcome"]["signed"]["broadcast"]["chain"]["status"] == "confirmed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never seen confirmed: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(chain.broadcasts().len(), 1, "not broadcast again");
     b.terminate();
 }

@@ -2,18 +2,17 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use bitcoin::psbt::Psbt;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use common::flow::{http_raw, sky, test_wallet, Flow};
-use satcosign_bridge::rpc_error::{BAD_CODE, WRONG_STATE};
+use common::chain::{ChainServer, START_HEIGHT};
+use common::flow::{http_raw, sky, test_wallet, verify_with_core, Flow};
+use common::{contract, LineClient};
+use satcosign_bridge::rpc_error::{BAD_CODE, REFUSED, WRONG_STATE};
 
 fn b64(psbt: &Psbt) -> String {
     base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
@@ -167,74 +166,16 @@ async fn an_expired_code_is_refused_and_the_request_expires() {
     flow.system.stop().await;
 }
 
-/// An Electrum-protocol server at the edge (there is no bitcoind here): it serves the
-/// transactions it is given and records every broadcast.
-struct FakeElectrum {
-    url: String,
-    broadcasts: Arc<Mutex<Vec<String>>>,
-}
-
-async fn fake_electrum(txs: Vec<Transaction>) -> FakeElectrum {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("tcp://{}", listener.local_addr().expect("addr"));
-    let by_id: HashMap<String, String> = txs
-        .iter()
-        .map(|t| {
-            (
-                t.compute_txid().to_string(),
-                bitcoin::consensus::encode::serialize_hex(t),
-            )
-        })
-        .collect();
-    let broadcasts = Arc::new(Mutex::new(Vec::new()));
-    let seen = broadcasts.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let by_id = by_id.clone();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let req: Value = serde_json::from_str(&line).expect("json request");
-                    let p = &req["params"];
-                    let result = match req["method"].as_str().unwrap_or("") {
-                        "server.version" => json!(["fake-electrum", "1.4"]),
-                        "blockchain.transaction.get" => {
-                            match by_id.get(p[0].as_str().unwrap_or("")) {
-                                Some(hex) => json!(hex),
-                                None => Value::Null,
-                            }
-                        }
-                        "blockchain.transaction.broadcast" => {
-                            let hex = p[0].as_str().unwrap_or("").to_owned();
-                            let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(&hex)
-                                .expect("a transaction");
-                            seen.lock().expect("lock").push(hex);
-                            json!(tx.compute_txid().to_string())
-                        }
-                        _ => Value::Null,
-                    };
-                    let resp = if result.is_null() {
-                        json!({"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32600, "message": "unknown"}})
-                    } else {
-                        json!({"jsonrpc": "2.0", "id": req["id"], "result": result})
-                    };
-                    if w.write_all(format!("{resp}\n").as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    FakeElectrum { url, broadcasts }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_upstream_fills_previous_transactions_and_broadcasts_the_final_one_once() {
-    // The cosigner's key is made before the system starts (it keeps a key it finds).
+/// A system whose cosigner key is made before it starts (it keeps a key it finds), so the
+/// test wallet and its funding can be put on the upstream chain first; `poll_secs` 1.
+async fn with_upstream(
+    prepare: impl FnOnce(&satcosign_cosigner::testkit::TestWallet) -> Vec<Transaction>,
+) -> (
+    Flow,
+    satcosign_cosigner::testkit::TestWallet,
+    ChainServer,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(data_dir.join("cosigner")).expect("mkdir");
@@ -243,23 +184,49 @@ async fn the_upstream_fills_previous_transactions_and_broadcasts_the_final_one_o
     let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
         .expect("key");
     let w = satcosign_cosigner::testkit::TestWallet::with_satellite(key);
-    let mut psbt = w.typical_signed_psbt(1, 41);
+    let upstream = ChainServer::start(prepare(&w)).await;
+    let url = upstream.url.clone();
+    let flow = Flow::start(sky(0.0), move |c| {
+        c.data_dir = data_dir;
+        c.upstream.url = url;
+        c.upstream.poll_secs = 1;
+        c.upstream.confirmations = 3;
+    })
+    .await;
+    assert_eq!(flow.system.cosigner_key_seed, seed);
+    (flow, w, upstream, dir)
+}
+
+/// The funding transactions of a PSBT.
+fn funding_of(psbt: &Psbt) -> Vec<Transaction> {
+    psbt.inputs
+        .iter()
+        .filter_map(|i| i.non_witness_utxo.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_fills_previous_transactions_broadcasts_once_and_watches_to_depth() {
+    let mut psbt = None;
+    let (flow, w, upstream, _dir) = with_upstream(|w| {
+        let p = w.typical_signed_psbt(1, 41);
+        let funding = funding_of(&p);
+        psbt = Some(p);
+        funding
+    })
+    .await;
+    let mut psbt = psbt.expect("made");
     // The wallet's funding transaction exists only on the upstream server.
     let funding = psbt.inputs[0]
         .non_witness_utxo
         .take()
         .expect("testkit fills it");
-    let upstream = fake_electrum(vec![funding.clone()]).await;
-    let url = upstream.url.clone();
-    let flow = Flow::start(sky(0.0), move |c| {
-        c.data_dir = data_dir;
-        c.upstream.url = url;
-    })
-    .await;
-    assert_eq!(flow.system.cosigner_key_seed, seed);
     let wid = flow.register(&w.descriptor).await;
-    assert!(psbt.inputs[0].non_witness_utxo.is_none());
     let id = submit(&flow, &wid, &psbt).await;
+
+    // A subscriber over Electrum's TCP protocol hears every change, the chain's included.
+    let mut sub = LineClient::connect(flow.system.bridge.electrum_tcp.expect("tcp")).await;
+    sub.ok("request.subscribe", json!([id])).await;
     let code = flow.inbox.code(&id).await;
     flow.ok("request.confirm", vec![json!(id), json!(code)])
         .await;
@@ -267,16 +234,116 @@ async fn the_upstream_fills_previous_transactions_and_broadcasts_the_final_one_o
     assert_eq!(done["final_state"], "signed", "{done}");
     let txid = psbt.unsigned_tx.compute_txid().to_string();
     assert_eq!(done["outcome"]["signed"]["broadcast"]["txid"], json!(txid));
-    // Give any second broadcast a chance to happen before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let sent = upstream.broadcasts.lock().expect("lock").clone();
+    let sent = upstream.broadcasts();
     assert_eq!(sent.len(), 1, "broadcast exactly once");
-    let tx: Transaction = bitcoin::consensus::encode::deserialize_hex(&sent[0]).expect("tx");
-    assert_eq!(tx.compute_txid().to_string(), txid);
-    let out = &funding.output[tx.input[0].previous_output.vout as usize];
-    out.script_pubkey
-        .verify(0, out.value, &bitcoin::consensus::serialize(&tx))
-        .expect("Bitcoin Core's interpreter accepts the broadcast transaction");
+    assert_eq!(sent[0].compute_txid().to_string(), txid);
+    verify_with_core(&sent[0], &[funding]);
+
+    // The watch: in the mempool, then confirmed, then buried under 3 blocks.
+    let chain = |s: &Value| s["outcome"]["signed"]["broadcast"]["chain"].clone();
+    let mempool = flow
+        .wait_for(&id, 30, |s| chain(s)["status"] == "mempool")
+        .await;
+    assert_eq!(chain(&mempool)["watching"], true, "{mempool}");
+    upstream.mine(0);
+    let mined = flow
+        .wait_for(&id, 30, |s| chain(s)["status"] == "confirmed")
+        .await;
+    assert_eq!(chain(&mined)["height"], json!(START_HEIGHT + 1), "{mined}");
+    assert_eq!(chain(&mined)["confirmations"], 1, "{mined}");
+    assert_eq!(chain(&mined)["watching"], true, "{mined}");
+    upstream.mine(1);
+    let buried = flow
+        .wait_for(&id, 30, |s| chain(s)["confirmations"] == 3)
+        .await;
+    assert_eq!(chain(&buried)["watching"], false, "{buried}");
+    contract().check_result("request.status", &buried);
+
+    // What the subscriber heard, in order, ending with the buried transaction.
+    let mut heard = Vec::new();
+    loop {
+        let n = sub.recv().await;
+        assert_eq!(n["method"], "request.subscribe", "{n}");
+        assert_eq!(n["params"][0], json!(id));
+        let status = n["params"][1].clone();
+        contract().check_result("request.status", &status);
+        let c = chain(&status);
+        heard.push(format!(
+            "{} {}",
+            status["state"].as_str().unwrap_or(""),
+            c["status"].as_str().unwrap_or("-")
+        ));
+        if c["confirmations"] == 3 {
+            break;
+        }
+    }
+    for step in [
+        "confirmed -",
+        "sent -",
+        "delivered mempool",
+        "delivered confirmed",
+    ] {
+        assert!(heard.iter().any(|h| h == step), "{step} in {heard:?}");
+    }
+    // Nothing more is pushed once the transaction is buried.
+    assert!(sub.silent_for(Duration::from_secs(3)).await);
+    assert_eq!(upstream.broadcasts().len(), 1, "still broadcast once");
+    flow.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_email_goes() {
+    let mut psbts = None;
+    let (flow, w, upstream, _dir) = with_upstream(|w| {
+        let p = w.typical_signed_psbt(1, 52);
+        let q = w.typical_signed_psbt(1, 53);
+        let funding = [funding_of(&p), funding_of(&q)].concat();
+        psbts = Some((p, q));
+        funding
+    })
+    .await;
+    let (psbt, other) = psbts.expect("made");
+    let wid = flow.register(&w.descriptor).await;
+    let emails = flow.inbox.all().len();
+
+    // Another transaction (the user's other wallet software, say) spent the coin first.
+    let mut conflicting = psbt.unsigned_tx.clone();
+    conflicting.output[0].value = bitcoin::Amount::from_sat(1_000);
+    let spender = upstream.relay(conflicting).expect("relayed");
+    let (code, message, data) = flow
+        .err("request.submit", vec![json!(wid), json!(b64(&psbt))])
+        .await;
+    assert_eq!(code, REFUSED, "{message}");
+    assert_eq!(data["reason"], "input_spent", "{data}");
+    assert_eq!(data["input"], 0);
+    assert_eq!(
+        data["outpoint"],
+        json!(psbt.unsigned_tx.input[0].previous_output.to_string())
+    );
+    assert_eq!(data["spent_by"], json!(spender.to_string()));
+    assert_eq!(data["height"], Value::Null, "in the mempool: {data}");
+    assert!(
+        message.contains(&spender.to_string()) && message.contains("in the mempool"),
+        "{message}"
+    );
+    upstream.mine(0);
+    let (_, message, data) = flow
+        .err("request.submit", vec![json!(wid), json!(b64(&psbt))])
+        .await;
+    assert_eq!(data["height"], json!(START_HEIGHT + 1), "{data}");
+    assert!(
+        message.contains(&format!("in block {}", START_HEIGHT + 1)),
+        "{message}"
+    );
+
+    // An unspent coin goes through to the email as before.
+    let id = submit(&flow, &wid, &other).await;
+    flow.inbox.code(&id).await;
+    assert_eq!(
+        flow.inbox.all().len(),
+        emails + 1,
+        "one email: the refused spends sent none"
+    );
     flow.system.stop().await;
 }
 

@@ -20,6 +20,7 @@ REFUSAL_WORDS = {
     "input_not_in_wallet": "it spends a coin that is not this wallet's",
     "change_mismatch": "its change does not go back to this wallet",
     "stale_approval": "the approval is too old",
+    "input_spent": "a coin in it was already spent by another transaction",
 }
 
 FINAL = {"delivered", "cancelled", "expired", "refused"}

@@ -237,15 +237,20 @@ impl Flow {
 
     /// Waits until request `id` is in `state` (or fails after `secs`).
     pub async fn wait_state(&self, id: &str, state: &str, secs: u64) -> Value {
+        self.wait_for(id, secs, |s| s["state"] == state).await
+    }
+
+    /// Waits until request `id`'s status satisfies `done` (or fails after `secs`).
+    pub async fn wait_for(&self, id: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let s = self.status(id).await;
-            if s["state"] == state {
+            if done(&s) {
                 return s;
             }
             assert!(
                 Instant::now() < deadline,
-                "request {id} never reached {state}; last {s}"
+                "request {id} never got there; last {s}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
