@@ -349,6 +349,9 @@ pub struct HttpConfig {
     pub max_body_bytes: u32,
     /// Most simultaneous connections. Default 1024.
     pub max_connections: u32,
+    /// Serve `GET /metrics` (Prometheus text: counts and states only). Default true; turn it
+    /// off when this port is public and a proxy does not keep `/metrics` to the operator.
+    pub metrics: bool,
 }
 
 /// The cosigner-pool mailbox.
@@ -410,6 +413,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8780".into(),
             max_body_bytes: 2_000_000,
             max_connections: 1024,
+            metrics: true,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP port: JSON-RPC over HTTP POST and WebSocket (jsonrpsee's server), plus plain
-//! HTTP routes served beside it: `GET /health`, and the confirmation pages of the email gate
+//! HTTP routes served beside it: `GET /health`, `GET /metrics` (see [`crate::metrics`]), and
+//! the confirmation pages of the email gate
 //! (`GET /confirm/<id>?t=<code>` shows what will be approved and changes nothing, so mail
 //! scanners that follow links confirm nothing; only `POST /confirm/<id>` acts).
 
@@ -21,6 +22,7 @@ use crate::rpc::SERVER_VERSION;
 #[derive(Clone, Default)]
 pub struct RoutesLayer {
     service: Option<Arc<crate::service::Service>>,
+    metrics: Option<crate::metrics::Source>,
 }
 
 impl<S> Layer<S> for RoutesLayer {
@@ -30,6 +32,7 @@ impl<S> Layer<S> for RoutesLayer {
         Routes {
             inner,
             service: self.service.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -39,6 +42,7 @@ impl<S> Layer<S> for RoutesLayer {
 pub struct Routes<S> {
     inner: S,
     service: Option<Arc<crate::service::Service>>,
+    metrics: Option<crate::metrics::Source>,
 }
 
 /// Largest form body accepted on the confirmation page.
@@ -217,6 +221,37 @@ fn health_response(head: bool) -> HttpResponse {
     resp
 }
 
+async fn metrics_response(source: &crate::metrics::Source, head: bool) -> HttpResponse {
+    let (status, body) = match crate::metrics::render(source).await {
+        Ok(text) => (http::StatusCode::OK, text),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the metrics");
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("storage error: {e}\n"),
+            )
+        }
+    };
+    let len = body.len();
+    let mut resp = HttpResponse::new(if head {
+        HttpBody::empty()
+    } else {
+        HttpBody::from(body)
+    });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 impl<S> Service<HttpRequest> for Routes<S>
 where
     S: Service<HttpRequest, Response = HttpResponse> + Send,
@@ -236,6 +271,15 @@ where
                 return Box::pin(async move { Ok(confirm_route(service, req).await) });
             }
         }
+        if let (Some(source), "/metrics") = (&self.metrics, req.uri().path()) {
+            let method = req.method().clone();
+            if method == http::Method::GET || method == http::Method::HEAD {
+                let source = source.clone();
+                return Box::pin(async move {
+                    Ok(metrics_response(&source, method == http::Method::HEAD).await)
+                });
+            }
+        }
         if req.uri().path() == "/health" {
             let method = req.method();
             if method == http::Method::GET || method == http::Method::HEAD {
@@ -253,14 +297,19 @@ pub async fn start(
     cfg: &HttpConfig,
     methods: Methods,
     service: Option<Arc<crate::service::Service>>,
+    link_status: Option<crate::rpc::LinkStatusFn>,
 ) -> std::io::Result<(ServerHandle, SocketAddr)> {
+    let metrics = cfg.metrics.then(|| crate::metrics::Source {
+        service: service.clone(),
+        link_status,
+    });
     let config = ServerConfig::builder()
         .max_request_body_size(cfg.max_body_bytes)
         .max_connections(cfg.max_connections)
         .build();
     let server = Server::builder()
         .set_config(config)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer { service }))
+        .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer { service, metrics }))
         .build(addr)
         .await?;
     let local = server.local_addr()?;

@@ -13,6 +13,7 @@
 //! - [`dispatch`]: JSON-RPC over Electrum protocol lines (batches, notifications);
 //! - [`electrum_tcp`]: the Electrum TCP/TLS listener; [`tls`]: its certificates;
 //! - [`http`]: the HTTP + WebSocket listener, `/health` and the confirmation pages;
+//!   [`metrics`]: `/metrics` for the operator;
 //! - [`push`]: Electrum-style server pushes;
 //! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
 //! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages;
@@ -32,6 +33,7 @@ pub mod gate;
 pub mod http;
 pub mod mail;
 pub mod mailbox;
+pub mod metrics;
 pub mod nostr_cosigner;
 pub mod nostr_relay;
 pub mod notice;
@@ -363,7 +365,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         donation_address: config.donation_address.clone(),
         mailbox,
         service: service.clone(),
-        link_status,
+        link_status: link_status.clone(),
     });
     let methods: jsonrpsee::Methods = module.into();
     let dispatcher = Dispatcher::new(methods.clone(), config.electrum.max_batch);
@@ -414,13 +416,19 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         )));
     }
     if let Some(addr) = listeners.http {
-        let (handle, local) = http::start(addr, &config.http, methods.clone(), service.clone())
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "http",
-                addr,
-                source,
-            })?;
+        let (handle, local) = http::start(
+            addr,
+            &config.http,
+            methods.clone(),
+            service.clone(),
+            link_status,
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "http",
+            addr,
+            source,
+        })?;
         running.http = Some(local);
         if let (Some(svc), None) = (&service, &config.email.public_url) {
             svc.set_public_url(format!("http://{local}"));

@@ -437,6 +437,7 @@ where
             .map(|txid| txid.to_string())
             .map_err(|e| e.to_string());
             tracing::info!(request = %r.id, result = ?result, "broadcast");
+            service.counters.broadcast(result.is_ok());
             if self.hold_after_broadcast {
                 eprintln!("test-hold: broadcast {}", r.id);
                 std::future::pending::<()>().await;
@@ -481,8 +482,7 @@ where
         }
         for to in recipients {
             service
-                .mailer
-                .send(notice::outcome_email(&wallet, &r, &to))
+                .send_mail(notice::outcome_email(&wallet, &r, &to))
                 .await?;
         }
         // A request that came by Nostr is answered there too; the answer is stored in the

@@ -136,7 +136,8 @@ pub fn request_json(r: &RequestRecord, watch: Option<&Watch>) -> Value {
     })
 }
 
-fn unix(t: std::time::SystemTime) -> u64 {
+/// Unix seconds of `t` (0 before the epoch).
+pub fn unix(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

@@ -222,6 +222,8 @@ pub struct Service {
     hold_at: Option<State>,
     /// The satellite's Nostr identity, when the relay runs: delivery answers by Nostr.
     pub nostr: std::sync::OnceLock<Arc<crate::nostr_cosigner::NostrCosigner>>,
+    /// Events counted for `/metrics`.
+    pub counters: crate::metrics::Counters,
 }
 
 /// Runs inside the write transaction that opens a request (e.g. to record where it came
@@ -365,6 +367,7 @@ impl Service {
             busy: Mutex::new(HashSet::new()),
             hold_at,
             nostr: std::sync::OnceLock::new(),
+            counters: crate::metrics::Counters::default(),
         }
     }
 
@@ -419,6 +422,7 @@ impl Service {
     /// honours the test hook that freezes the bridge in a state (so a test can kill it there).
     pub(crate) async fn transitioned(&self, id: RequestId, state: State) {
         tracing::info!(request = %id, state = state.as_str(), "request state");
+        self.counters.transition(state);
         let _ = self.events.send(Event { id, state });
         if self.hold_at == Some(state) {
             eprintln!("test-hold: {} {id}", state.as_str());
@@ -1183,6 +1187,13 @@ impl Service {
         self.send_confirmation(&r).await
     }
 
+    /// Sends `email`, counted for `/metrics`.
+    pub(crate) async fn send_mail(&self, email: crate::mail::Email) -> Result<(), MailError> {
+        let result = self.mailer.send(email).await;
+        self.counters.email(result.is_ok());
+        result
+    }
+
     /// Emails a fresh code for `r` and records its hash (the email first, so a crash
     /// between the two costs a dead code, never a lost email).
     pub(crate) async fn send_confirmation(&self, r: &RequestRecord) -> Result<(), ServiceError> {
@@ -1191,7 +1202,7 @@ impl Service {
         let now = unix_now();
         let expires_at = now + self.gate.token_ttl_secs;
         let email = notice::confirm_email(&self.public_url(), &wallet, r, &token.text, expires_at);
-        self.mailer.send(email).await?;
+        self.send_mail(email).await?;
         let record = TokenRecord {
             hash: token.hash,
             digest: approval_digest(&r.id, &r.action),

@@ -1,0 +1,339 @@
+//! `GET /metrics` on the HTTP port: the bridge's state in Prometheus' text format (0.0.4),
+//! for the operator's monitoring and alerting (a link that stays down, a queue that grows,
+//! mail that fails).
+//!
+//! Counters count events since the process started (Prometheus copes with restarts);
+//! gauges are read at scrape time from redb and the link. Only counts and states are
+//! shown: no request or wallet ids, keys, addresses or emails.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use redb::ReadableTable;
+
+use crate::rpc::LinkStatusFn;
+use crate::service::Service;
+use crate::state::{
+    db_err, from_bytes, RequestRecord, State, WalletRecord, WalletState, ACTIVE, ALL_STATES,
+    REQUESTS, WALLETS,
+};
+use crate::store::StoreError;
+use crate::watch::{ChainStatus, Watch, WATCHES};
+
+/// Events counted since start.
+#[derive(Default)]
+pub struct Counters {
+    transitions: [AtomicU64; ALL_STATES.len()],
+    emails_sent: AtomicU64,
+    email_failures: AtomicU64,
+    broadcasts: AtomicU64,
+    broadcast_failures: AtomicU64,
+}
+
+impl Counters {
+    /// A request entered `state`.
+    pub fn transition(&self, state: State) {
+        if let Some(i) = ALL_STATES.iter().position(|s| *s == state) {
+            self.transitions[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// An email was sent (`ok`) or could not be.
+    pub fn email(&self, ok: bool) {
+        let c = if ok {
+            &self.emails_sent
+        } else {
+            &self.email_failures
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A transaction was broadcast (`ok`), or the upstream server refused or failed it.
+    pub fn broadcast(&self, ok: bool) {
+        let c = if ok {
+            &self.broadcasts
+        } else {
+            &self.broadcast_failures
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a scrape reads.
+#[derive(Clone, Default)]
+pub struct Source {
+    /// The signing service (absent on a mailbox-only bridge).
+    pub service: Option<Arc<Service>>,
+    /// The satellite link's status.
+    pub link_status: Option<LinkStatusFn>,
+}
+
+/// Prometheus text, one family at a time.
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let _ = write!(self.0, "{{{}}}", inner.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// Counts read from redb at scrape time.
+struct Stored {
+    active: Vec<(State, u64)>,
+    wallets: [u64; 3],
+    chain: [u64; 4],
+}
+
+fn chain_index(s: ChainStatus) -> usize {
+    match s {
+        ChainStatus::Broadcast => 0,
+        ChainStatus::Mempool => 1,
+        ChainStatus::Confirmed { .. } => 2,
+        ChainStatus::NotSeen => 3,
+    }
+}
+
+async fn stored(service: &Service) -> Result<Stored, StoreError> {
+    service
+        .store
+        .read(|txn| {
+            let requests = txn.open_table(REQUESTS).map_err(db_err)?;
+            let mut by_state = [0u64; ALL_STATES.len()];
+            for row in txn
+                .open_table(ACTIVE)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (k, _) = row.map_err(db_err)?;
+                if let Some(v) = requests.get(k.value()).map_err(db_err)? {
+                    let r: RequestRecord = from_bytes(v.value())?;
+                    if let Some(i) = ALL_STATES.iter().position(|s| *s == r.state) {
+                        by_state[i] += 1;
+                    }
+                }
+            }
+            let mut wallets = [0u64; 3];
+            for row in txn
+                .open_table(WALLETS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (_, v) = row.map_err(db_err)?;
+                let w: WalletRecord = from_bytes(v.value())?;
+                wallets[match w.state {
+                    WalletState::Pending => 0,
+                    WalletState::Active => 1,
+                    WalletState::Refused => 2,
+                }] += 1;
+            }
+            let mut chain = [0u64; 4];
+            for row in txn
+                .open_table(WATCHES)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (_, v) = row.map_err(db_err)?;
+                let w: Watch = from_bytes(v.value())?;
+                if !w.done {
+                    chain[chain_index(w.status)] += 1;
+                }
+            }
+            Ok(Stored {
+                active: ALL_STATES
+                    .iter()
+                    .zip(by_state)
+                    .filter(|(s, _)| !s.is_final())
+                    .map(|(s, n)| (*s, n))
+                    .collect(),
+                wallets,
+                chain,
+            })
+        })
+        .await
+}
+
+/// The whole page.
+pub async fn render(source: &Source) -> Result<String, StoreError> {
+    let mut t = Text(String::new());
+    t.family(
+        "satcosign_build_info",
+        "gauge",
+        "The bridge's version (always 1).",
+    );
+    t.sample(
+        "satcosign_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    if let Some(service) = &source.service {
+        let c = &service.counters;
+        t.family(
+            "satcosign_request_transitions_total",
+            "counter",
+            "Requests that entered each state since start.",
+        );
+        for (s, n) in ALL_STATES.iter().zip(&c.transitions) {
+            t.sample(
+                "satcosign_request_transitions_total",
+                &[("state", s.as_str())],
+                n.load(Ordering::Relaxed),
+            );
+        }
+        let stored = stored(service).await?;
+        t.family(
+            "satcosign_requests_active",
+            "gauge",
+            "Requests not yet delivered, by state.",
+        );
+        for (s, n) in &stored.active {
+            t.sample("satcosign_requests_active", &[("state", s.as_str())], n);
+        }
+        t.family(
+            "satcosign_wallets",
+            "gauge",
+            "Registered wallets, by state.",
+        );
+        for (name, n) in ["pending", "active", "refused"].iter().zip(stored.wallets) {
+            t.sample("satcosign_wallets", &[("state", name)], n);
+        }
+        t.family(
+            "satcosign_transactions_watched",
+            "gauge",
+            "Broadcast transactions still watched, by where the upstream server last saw them.",
+        );
+        for (name, n) in ["broadcast", "mempool", "confirmed", "not_seen"]
+            .iter()
+            .zip(stored.chain)
+        {
+            t.sample("satcosign_transactions_watched", &[("status", name)], n);
+        }
+        t.one(
+            "satcosign_emails_sent_total",
+            "counter",
+            "Emails handed to the mail server (or written) since start.",
+            c.emails_sent.load(Ordering::Relaxed),
+        );
+        t.one(
+            "satcosign_email_failures_total",
+            "counter",
+            "Emails that could not be sent since start (each is retried).",
+            c.email_failures.load(Ordering::Relaxed),
+        );
+        t.one(
+            "satcosign_broadcasts_total",
+            "counter",
+            "Final transactions the upstream server accepted since start.",
+            c.broadcasts.load(Ordering::Relaxed),
+        );
+        t.one(
+            "satcosign_broadcast_failures_total",
+            "counter",
+            "Broadcasts the upstream server refused or failed since start.",
+            c.broadcast_failures.load(Ordering::Relaxed),
+        );
+    }
+    if let Some(status) = &source.link_status {
+        let l = status();
+        t.one(
+            "satcosign_link_up",
+            "gauge",
+            "1 when the satellite was heard recently.",
+            u8::from(l.up),
+        );
+        t.one(
+            "satcosign_link_queue_depth",
+            "gauge",
+            "Messages queued for the satellite and not yet acknowledged.",
+            l.queue_depth,
+        );
+        if let Some(p) = l.next_pass {
+            t.one(
+                "satcosign_link_next_pass_start_seconds",
+                "gauge",
+                "Start of the pass in progress or the next one, unix seconds.",
+                crate::rpc_signing::unix(p.start),
+            );
+        }
+        let s = &l.stats;
+        for (name, help, v) in [
+            (
+                "satcosign_link_transmissions_total",
+                "Transmissions (each costs a preamble).",
+                s.transmissions,
+            ),
+            (
+                "satcosign_link_frames_sent_total",
+                "Frames sent.",
+                s.frames_sent,
+            ),
+            (
+                "satcosign_link_bytes_sent_total",
+                "Bytes sent.",
+                s.bytes_sent,
+            ),
+            (
+                "satcosign_link_frames_resent_total",
+                "Data frames sent again.",
+                s.frames_resent,
+            ),
+            (
+                "satcosign_link_frames_received_total",
+                "Frames received and accepted.",
+                s.frames_received,
+            ),
+            (
+                "satcosign_link_bytes_received_total",
+                "Bytes received in accepted frames.",
+                s.bytes_received,
+            ),
+            (
+                "satcosign_link_messages_delivered_total",
+                "Messages from the satellite delivered to the bridge.",
+                s.messages_delivered,
+            ),
+            (
+                "satcosign_link_messages_acknowledged_total",
+                "Messages the satellite acknowledged.",
+                s.messages_acknowledged,
+            ),
+        ] {
+            t.one(name, "counter", help, v);
+        }
+        t.family(
+            "satcosign_link_frames_rejected_total",
+            "counter",
+            "Frames rejected, by reason.",
+        );
+        for (reason, v) in [
+            ("damaged", s.rejected_damaged),
+            ("forged", s.rejected_forged),
+            ("replayed", s.rejected_replayed),
+            ("malformed", s.rejected_malformed),
+        ] {
+            t.sample(
+                "satcosign_link_frames_rejected_total",
+                &[("reason", reason)],
+                v,
+            );
+        }
+    }
+    Ok(t.0)
+}
