@@ -417,3 +417,64 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
     assert!(detail.starts_with("the new limits apply from "), "{detail}");
     flow.system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
+    use satcosign_cosigner::testkit::{foreign_script, SpendSpec};
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let w = test_wallet(&flow);
+    let wid = flow.register(&w.descriptor).await;
+    let allowed = bitcoin::Address::from_script(&foreign_script(7), bitcoin::Network::Regtest)
+        .expect("address");
+
+    // Adding an allowlist tightens: it applies at once.
+    let mut policy = flow.ok("wallet.status", vec![json!(wid)]).await["policy"].clone();
+    policy["allowlist"] = json!([allowed.to_string()]);
+    let r = flow
+        .ok("wallet.set_policy", vec![json!(wid), policy.clone()])
+        .await;
+    assert_eq!(r["needs_email"], false, "{r}");
+    let id = r["request_id"].as_str().expect("id").to_owned();
+    flow.wait_state(&id, "delivered", 60).await;
+    // Shown as the script it stands for.
+    assert_eq!(
+        flow.ok("wallet.status", vec![json!(wid)]).await["policy"]["allowlist"],
+        json!([hex::encode(foreign_script(7).as_bytes())])
+    );
+
+    // Paying elsewhere is refused before any email, naming the output.
+    let mut elsewhere = w.psbt(&SpendSpec {
+        inputs: vec![(0, 900, 100_000)],
+        payments: vec![(foreign_script(8), 50_000)],
+        change: Some((900, 49_300)),
+    });
+    w.sign_with(&w.user, &mut elsewhere);
+    let (code, message, data) = flow
+        .err("request.submit", vec![json!(wid), json!(b64(&elsewhere))])
+        .await;
+    assert_eq!(code, satcosign_bridge::rpc_error::REFUSED, "{message}");
+    assert_eq!(data["reason"], "destination_not_allowed", "{message}");
+    assert!(message.contains("output 0"), "{message}");
+
+    // Paying the allowed address goes on to the email and is signed.
+    let psbt = w.typical_signed_psbt(1, 61);
+    let id = submit(&flow, &wid, &psbt).await;
+    let code = flow.inbox.code(&id).await;
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    let done = flow.wait_state(&id, "delivered", 60).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+
+    // An entry that is neither an address nor hex is named.
+    policy["allowlist"] = json!(["not an address"]);
+    let (code, message, _) = flow
+        .err("wallet.set_policy", vec![json!(wid), policy])
+        .await;
+    assert_eq!(
+        code,
+        satcosign_bridge::rpc_error::INVALID_PARAMS,
+        "{message}"
+    );
+    assert!(message.contains("`not an address`"), "{message}");
+    flow.system.stop().await;
+}

@@ -21,10 +21,58 @@ pub struct Policy {
     pub max_fee_sat: u64,
     /// Highest fee rate, sat per virtual byte.
     pub max_fee_rate_sat_vb: u64,
-    /// If set, the only output scripts (script_pubkey bytes) non-change outputs may pay.
+    /// If set, the only output scripts non-change outputs may pay. In JSON and TOML each
+    /// entry is an address or a script_pubkey in hex (shown as hex); in binary encodings
+    /// (the link, the databases) the script's bytes.
+    #[serde(default, with = "allowlist_text")]
     pub allowlist: Option<Vec<Vec<u8>>>,
     /// Seconds that must pass between the user's approval and the signature.
     pub min_approval_delay_secs: u64,
+}
+
+/// An allowlist entry as people write it: an address (any network's: the script is the
+/// same) or an output script in hex.
+pub fn parse_allowlist_entry(entry: &str) -> Result<Vec<u8>, String> {
+    let entry = entry.trim();
+    if let Ok(address) = entry.parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>() {
+        return Ok(address.assume_checked().script_pubkey().to_bytes());
+    }
+    match hex::decode(entry) {
+        Ok(script) if !script.is_empty() => Ok(script),
+        _ => Err(format!(
+            "allowlist entry `{entry}` is neither an address nor an output script in hex"
+        )),
+    }
+}
+
+/// Allowlists as text for people (JSON, TOML) and as bytes for machines (postcard).
+mod allowlist_text {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<Vec<u8>>>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            v.as_ref()
+                .map(|l| l.iter().map(hex::encode).collect::<Vec<_>>())
+                .serialize(s)
+        } else {
+            v.serialize(s)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Vec<u8>>>, D::Error> {
+        if d.is_human_readable() {
+            let text: Option<Vec<String>> = Option::deserialize(d)?;
+            text.map(|l| {
+                l.iter()
+                    .map(|e| super::parse_allowlist_entry(e).map_err(D::Error::custom))
+                    .collect()
+            })
+            .transpose()
+        } else {
+            Option::<Vec<Vec<u8>>>::deserialize(d)
+        }
+    }
 }
 
 /// Why a policy is refused.
@@ -162,6 +210,66 @@ mod tests {
             allowlist: None,
             min_approval_delay_secs: 0,
         }
+    }
+
+    #[test]
+    fn allowlists_read_addresses_and_hex_and_keep_their_binary_form() {
+        let p2wpkh = "0014751e76e8199196d454941c45d1b3a323f1433bd6";
+        let json = serde_json::json!({
+            "max_per_tx_sat": 1, "max_per_period_sat": 1, "period_secs": 1,
+            "max_fee_sat": 1, "max_fee_rate_sat_vb": 1, "min_approval_delay_secs": 0,
+            "allowlist": ["bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", p2wpkh,
+                          "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"],
+        });
+        let p: Policy = serde_json::from_value(json).expect("parses");
+        let script = hex::decode(p2wpkh).expect("hex");
+        // The mainnet and testnet spellings of one key hash are one script.
+        assert_eq!(p.allowlist, Some(vec![script.clone(); 3]));
+        let shown = serde_json::to_value(&p).expect("json");
+        assert_eq!(
+            shown["allowlist"],
+            serde_json::json!([p2wpkh, p2wpkh, p2wpkh])
+        );
+        // Binary: the script bytes, exactly as before this text form existed.
+        #[derive(Serialize)]
+        struct Plain {
+            a: u64,
+            b: u64,
+            c: u64,
+            d: u64,
+            e: u64,
+            allowlist: Option<Vec<Vec<u8>>>,
+            f: u64,
+        }
+        let plain = Plain {
+            a: 1,
+            b: 1,
+            c: 1,
+            d: 1,
+            e: 1,
+            allowlist: p.allowlist.clone(),
+            f: 0,
+        };
+        let bytes = postcard::to_stdvec(&p).expect("postcard");
+        assert_eq!(bytes, postcard::to_stdvec(&plain).expect("postcard"));
+        assert_eq!(postcard::from_bytes::<Policy>(&bytes).expect("back"), p);
+        // TOML, as in a config file; a typo is named.
+        let t: Policy = toml::from_str(&format!(
+            "max_per_tx_sat = 1\nmax_per_period_sat = 1\nperiod_secs = 1\nmax_fee_sat = 1\n\
+             max_fee_rate_sat_vb = 1\nmin_approval_delay_secs = 0\nallowlist = [\"{p2wpkh}\"]\n"
+        ))
+        .expect("toml");
+        assert_eq!(t.allowlist, Some(vec![script]));
+        let err = serde_json::from_value::<Policy>(serde_json::json!({
+            "max_per_tx_sat": 1, "max_per_period_sat": 1, "period_secs": 1,
+            "max_fee_sat": 1, "max_fee_rate_sat_vb": 1, "min_approval_delay_secs": 0,
+            "allowlist": ["bc1qnotanaddress"],
+        }))
+        .expect_err("refused");
+        assert!(
+            err.to_string().contains("`bc1qnotanaddress` is neither"),
+            "{err}"
+        );
     }
 
     #[test]
