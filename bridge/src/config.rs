@@ -278,6 +278,11 @@ pub struct GateConfig {
     pub resend_interval_secs: u64,
     /// Signing requests per wallet per hour. Default 30.
     pub max_requests_per_hour: u32,
+    /// Registrations per email address per day (each sends that address an email). Default 5.
+    pub max_registrations_per_email_per_day: u32,
+    /// Registrations per hour in all, whatever the address: a cap on the mail anyone can
+    /// make the bridge send. Default 100.
+    pub max_registrations_per_hour: u32,
 }
 
 impl Default for GateConfig {
@@ -288,6 +293,8 @@ impl Default for GateConfig {
             max_emails: 4,
             resend_interval_secs: 60,
             max_requests_per_hour: 30,
+            max_registrations_per_email_per_day: 5,
+            max_registrations_per_hour: 100,
         }
     }
 }
@@ -669,6 +676,18 @@ impl Config {
         }
         if self.gate.max_requests_per_hour == 0 {
             return invalid("gate.max_requests_per_hour", "must be at least 1".into());
+        }
+        if self.gate.max_registrations_per_email_per_day == 0 {
+            return invalid(
+                "gate.max_registrations_per_email_per_day",
+                "must be at least 1".into(),
+            );
+        }
+        if self.gate.max_registrations_per_hour == 0 {
+            return invalid(
+                "gate.max_registrations_per_hour",
+                "must be at least 1".into(),
+            );
         }
         let url = &self.upstream.url;
         if !(url.is_empty() || url.starts_with("tcp://") || url.starts_with("ssl://")) {

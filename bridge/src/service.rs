@@ -518,6 +518,24 @@ impl Service {
         ];
         let now = unix_now();
         let request_id = RequestId(random_id());
+        let email_key: [u8; 32] = {
+            use bitcoin::hashes::sha256;
+            sha256::Hash::hash(email.to_lowercase().as_bytes()).to_byte_array()
+        };
+        let limits = [
+            (
+                email_key,
+                self.gate.max_registrations_per_email_per_day,
+                24 * 3600,
+                "registrations for this email address",
+            ),
+            (
+                state::ALL_REGISTRATIONS,
+                self.gate.max_registrations_per_hour,
+                3600,
+                "registrations on this bridge",
+            ),
+        ];
         let record = WalletRecord {
             id: wallet_id,
             descriptors,
@@ -539,6 +557,32 @@ impl Service {
                         }));
                     }
                 }
+                // Each registration emails the address given: limit them per address and
+                // in all, so the bridge cannot be made to flood anyone's inbox.
+                let mut recent = txn.open_table(state::REGISTRATIONS).map_err(db_err)?;
+                let mut updated = Vec::new();
+                for (key, max, window, what) in limits {
+                    let mut times: Vec<u64> = match recent.get(&key).map_err(db_err)? {
+                        Some(v) => from_bytes(v.value())?,
+                        None => Vec::new(),
+                    };
+                    times.retain(|t| *t + window > now);
+                    if times.len() >= max as usize {
+                        let oldest = times.iter().min().copied().unwrap_or(now);
+                        return Ok(Err(ServiceError::RateLimited {
+                            what,
+                            retry_after: notice::format_utc(oldest + window),
+                        }));
+                    }
+                    times.push(now);
+                    updated.push((key, times));
+                }
+                for (key, times) in updated {
+                    recent
+                        .insert(&key, state::to_bytes(&times).as_slice())
+                        .map_err(db_err)?;
+                }
+                drop(recent);
                 save_wallet(txn, &record)?;
                 let mut index = txn.open_table(WALLET_BY_FINGERPRINT).map_err(db_err)?;
                 for fp in fingerprints.iter().filter(|f| !satellite_fp.contains(f)) {

@@ -23,6 +23,11 @@ pub const WALLET_BY_FINGERPRINT: TableDefinition<&[u8; 20], ()> =
 pub const REQUESTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("requests");
 /// Requests still moving (not in a final state): request id -> ().
 pub const ACTIVE: TableDefinition<&[u8; 16], ()> = TableDefinition::new("active_requests");
+/// Recent registrations (unix seconds, postcard `Vec<u64>`), keyed by the SHA-256 of the
+/// lower-cased email address, and by [`ALL_REGISTRATIONS`] for every address together.
+pub const REGISTRATIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("registrations");
+/// The [`REGISTRATIONS`] key counting every address.
+pub const ALL_REGISTRATIONS: [u8; 32] = [0; 32];
 
 /// Creates every table, so readers never meet a missing one.
 pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
@@ -30,6 +35,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(WALLET_BY_FINGERPRINT)?;
     txn.open_table(REQUESTS)?;
     txn.open_table(ACTIVE)?;
+    txn.open_table(REGISTRATIONS)?;
     txn.open_table(crate::watch::WATCHES)?;
     Ok(())
 }

@@ -478,3 +478,65 @@ async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
     assert!(message.contains("`not an address`"), "{message}");
     flow.system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_limited_per_email_address_and_in_all() {
+    use satcosign_bridge::rpc_error::RATE_LIMITED;
+    use satcosign_cosigner::testkit::key;
+    let flow = Flow::start(sky(0.0), |c| {
+        c.gate.max_registrations_per_email_per_day = 2;
+        c.gate.max_registrations_per_hour = 3;
+    })
+    .await;
+    let satellite = test_wallet(&flow).satellite.descriptor_key();
+    // A distinct 2-of-3 wallet per tag, each with the satellite's key.
+    let wallet = |tag: &str| {
+        format!(
+            "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{satellite}/<0;1>/*))",
+            key(&format!("{tag}-hot")).descriptor_key(),
+            key(&format!("{tag}-backup")).descriptor_key(),
+        )
+    };
+    let register = |tag: &str, email: &str| {
+        vec![
+            json!(wallet(tag)),
+            json!(email),
+            json!(format!("wallet {tag}")),
+        ]
+    };
+    flow.ok("wallet.register", register("a", "dora@example.org"))
+        .await;
+    // The same address in other letters is the same address.
+    flow.ok("wallet.register", register("b", "DORA@example.org"))
+        .await;
+    let (code, message, data) = flow
+        .err("wallet.register", register("c", "dora@example.org"))
+        .await;
+    assert_eq!(code, RATE_LIMITED, "{message}");
+    assert!(
+        message.contains("registrations for this email address"),
+        "{message}"
+    );
+    assert!(data["retry_after"].is_string(), "{data}");
+
+    // Another address still can, until the bridge's hourly total is reached.
+    flow.ok("wallet.register", register("c", "eve@example.org"))
+        .await;
+    let (code, message, _) = flow
+        .err("wallet.register", register("d", "fay@example.org"))
+        .await;
+    assert_eq!(code, RATE_LIMITED, "{message}");
+    assert!(
+        message.contains("registrations on this bridge"),
+        "{message}"
+    );
+
+    // Refused registrations sent nobody anything and left no wallet behind.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = flow.inbox.recipients_of("");
+    let to = |who: &str| all.iter().filter(|r| r.eq_ignore_ascii_case(who)).count();
+    assert_eq!(to("dora@example.org"), 2);
+    assert_eq!(to("eve@example.org"), 1);
+    assert_eq!(to("fay@example.org"), 0);
+    flow.system.stop().await;
+}
