@@ -169,7 +169,15 @@ impl Dispatcher {
                 )
                 .await
             }
-            Some(MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_)) | None => {
+            Some(MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_)) => {
+                let msg = format!(
+                    "Method not found: {} is a WebSocket subscription; on this transport, \
+                     subscribe with request.subscribe (Electrum-style pushes)",
+                    call.method
+                );
+                return (!is_notification).then(|| error_response(id, METHOD_NOT_FOUND, &msg));
+            }
+            None => {
                 let msg = format!("Method not found: {}", call.method);
                 return (!is_notification).then(|| error_response(id, METHOD_NOT_FOUND, &msg));
             }

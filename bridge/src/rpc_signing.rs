@@ -300,49 +300,134 @@ pub fn register(
             let id = request_id(&values, 0)?;
             let service = ctx.service()?.clone();
             // Subscribe before reading, so no change between the two is missed.
-            let mut events = service.events();
-            let r = service.request(id).await?;
-            let watch = crate::watch::of(&service, id).await?;
-            // Pushes go on until the request is delivered and its transaction (if any) buried.
-            // (The watch is written before the request is delivered.)
-            let ended = |r: &RequestRecord, w: &Option<Watch>| {
-                r.state.is_final() && w.as_ref().is_none_or(|w| w.done)
-            };
+            let events = service.events();
+            let (r, watch) = view(&service, id).await?;
             if let Some(pusher) = ext.get::<Pusher>().cloned() {
                 if !ended(&r, &watch) {
-                    tokio::spawn(async move {
-                        loop {
-                            match events.recv().await {
-                                Ok(e) if e.id == id => {
-                                    let Ok(r) = service.request(id).await else {
-                                        return;
-                                    };
-                                    let watch = crate::watch::of(&service, id).await.ok().flatten();
-                                    if !pusher.push(
-                                        "request.subscribe",
-                                        vec![
-                                            json!(id.to_string()),
-                                            request_json(&r, watch.as_ref()),
-                                        ],
-                                    ) || ended(&r, &watch)
-                                    {
-                                        return;
-                                    }
-                                }
-                                Ok(_)
-                                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                    if pusher.is_closed() {
-                                        return;
-                                    }
-                                }
-                                Err(_) => return,
-                            }
-                        }
-                    });
+                    let gone = pusher.clone();
+                    tokio::spawn(follow(
+                        service,
+                        id,
+                        events,
+                        move |status| {
+                            let ok = pusher
+                                .push("request.subscribe", vec![json!(id.to_string()), status]);
+                            async move { ok }
+                        },
+                        move || gone.is_closed(),
+                    ));
                 }
             }
             Ok::<_, RpcError>(request_json(&r, watch.as_ref()))
         },
     )?;
+    // The same over WebSocket, as a jsonrpsee subscription (the Electrum TCP transport has
+    // `request.subscribe`'s pushes instead).
+    module.register_subscription(
+        "request.watch",
+        "request.watch",
+        "request.unwatch",
+        |params, pending, ctx: Arc<ApiContext>, _| async move {
+            let start = async {
+                let values = positional(&params, "request.watch", 1, 1)?;
+                let id = request_id(&values, 0)?;
+                let service = ctx.service()?.clone();
+                let events = service.events();
+                let (r, watch) = view(&service, id).await?;
+                Ok::<_, RpcError>((service, id, events, r, watch))
+            };
+            use jsonrpsee::core::server::SubscriptionCloseResponse as Close;
+            let (service, id, events, r, watch) = match start.await {
+                Ok(x) => x,
+                Err(e) => {
+                    pending.reject(e).await;
+                    return Close::None;
+                }
+            };
+            let Ok(sink) = pending.accept().await else {
+                return Close::None;
+            };
+            // jsonrpsee's way to end a subscription from the server is a closing
+            // notification with an `error` member; clients then end the stream.
+            let done = || Close::NotifErr("ended: the request is delivered and final".into());
+            let first = request_json(&r, watch.as_ref());
+            if !send_json(&sink, &first).await {
+                return Close::None;
+            }
+            if ended(&r, &watch) {
+                return done();
+            }
+            let gone = sink.clone();
+            follow(
+                service,
+                id,
+                events,
+                move |status| {
+                    let sink = sink.clone();
+                    async move { send_json(&sink, &status).await }
+                },
+                move || gone.is_closed(),
+            )
+            .await;
+            done()
+        },
+    )?;
     Ok(())
+}
+
+/// A request and its watch, if its transaction was broadcast.
+async fn view(
+    service: &crate::service::Service,
+    id: RequestId,
+) -> Result<(RequestRecord, Option<Watch>), RpcError> {
+    let r = service.request(id).await?;
+    let watch = crate::watch::of(service, id).await?;
+    Ok((r, watch))
+}
+
+/// Whether nothing more will change: delivered, and its transaction (if any) buried. (The
+/// watch is written before the request is delivered.)
+fn ended(r: &RequestRecord, watch: &Option<Watch>) -> bool {
+    r.state.is_final() && watch.as_ref().is_none_or(|w| w.done)
+}
+
+async fn send_json(sink: &jsonrpsee::SubscriptionSink, value: &Value) -> bool {
+    match serde_json::value::to_raw_value(value) {
+        Ok(raw) => sink.send(raw).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Follows request `id` on `events`, handing `send` each new view of it until nothing more
+/// will change, `send` fails, or `gone` says the listener left.
+async fn follow<F, Fut>(
+    service: Arc<crate::service::Service>,
+    id: RequestId,
+    mut events: tokio::sync::broadcast::Receiver<crate::service::Event>,
+    mut send: F,
+    gone: impl Fn() -> bool,
+) where
+    F: FnMut(Value) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(e) if e.id != id => {
+                if gone() {
+                    return;
+                }
+                continue;
+            }
+            // A lagging listener may have missed this request's change: look again.
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+        let Ok((r, watch)) = view(&service, id).await else {
+            return;
+        };
+        if !send(request_json(&r, watch.as_ref())).await || ended(&r, &watch) {
+            return;
+        }
+    }
 }

@@ -333,3 +333,81 @@ async fn the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approv
     drop(browser);
     flow.system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_subscribe() {
+    use jsonrpsee::core::client::SubscriptionClientT;
+    use jsonrpsee::rpc_params;
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let w = test_wallet(&flow);
+    let wid = flow.register(&w.descriptor).await;
+    let psbt = w.typical_signed_psbt(1, 71);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+    let r = flow
+        .ok("request.submit", vec![json!(wid), json!(b64)])
+        .await;
+    let id = r["request_id"].as_str().expect("id").to_owned();
+
+    let ws = jsonrpsee::ws_client::WsClientBuilder::default()
+        .build(format!("ws://{}", flow.http_addr()))
+        .await
+        .expect("websocket");
+    let mut sub = ws
+        .subscribe::<Value, _>("request.watch", rpc_params![id.clone()], "request.unwatch")
+        .await
+        .expect("subscribed");
+    let code = flow.inbox.code(&id).await;
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    let mut states = Vec::new();
+    let last = loop {
+        let status = tokio::time::timeout(Duration::from_secs(60), sub.next())
+            .await
+            .expect("a status within a minute")
+            .expect("the subscription is open until the end")
+            .expect("a status");
+        common::contract().check_result("request.status", &status);
+        assert_eq!(status["request_id"], json!(id));
+        states.push(status["state"].as_str().unwrap_or("").to_owned());
+        if status["state"] == "delivered" {
+            break status;
+        }
+    };
+    assert_eq!(last["final_state"], "signed", "{last}");
+    assert!(
+        states.iter().any(|s| s == "confirmed") && states.iter().any(|s| s == "signed"),
+        "{states:?}"
+    );
+    // Nothing more will change, so the bridge ends the subscription.
+    let end = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("ended");
+    assert!(end.is_none(), "{end:?}");
+
+    // An unknown request is refused as request.status refuses it.
+    let err = ws
+        .subscribe::<Value, _>(
+            "request.watch",
+            rpc_params!["00".repeat(16)],
+            "request.unwatch",
+        )
+        .await
+        .expect_err("refused");
+    let jsonrpsee::core::client::Error::Call(e) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(e.code(), satcosign_bridge::rpc_error::NOT_FOUND, "{e:?}");
+
+    // Electrum's TCP transport is pointed to request.subscribe.
+    let mut tcp = common::LineClient::connect(flow.system.bridge.electrum_tcp.expect("tcp")).await;
+    let resp = tcp.call(1, "request.watch", json!([id])).await;
+    assert_eq!(common::error_code(&resp), -32601, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("request.subscribe"),
+        "{resp}"
+    );
+    flow.system.stop().await;
+}

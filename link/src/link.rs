@@ -76,11 +76,34 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
         let task = tokio::spawn(async move {
             let result = async {
                 let mut last_heard: Option<Instant> = None;
+                let mut failures: u64 = 0;
                 loop {
                     let now = Instant::now();
                     while let Some(burst) = engine.poll_transmit(now)? {
-                        if let Err(e) = transport.transmit(burst).await {
-                            tracing::warn!(error = %e, "transmit failed");
+                        // A transmission lasts its air time (a preamble, then the frames);
+                        // messages handed over meanwhile are stored at once, so `send`
+                        // never waits for the radio.
+                        let transmit = transport.transmit(burst);
+                        tokio::pin!(transmit);
+                        loop {
+                            tokio::select! {
+                                result = &mut transmit => {
+                                    if let Err(e) = result {
+                                        failures += 1;
+                                        // Every transmission fails while the peer's socket
+                                        // is gone: say so once, then once in a hundred.
+                                        if failures % 100 == 1 {
+                                            tracing::warn!(error = %e, failures, "transmit failed");
+                                        }
+                                    } else {
+                                        failures = 0;
+                                    }
+                                    break;
+                                }
+                                Some(Cmd::Send(payload, reply)) = cmd_rx.recv() => {
+                                    let _ = reply.send(engine.send(&payload));
+                                }
+                            }
                         }
                     }
                     let _ = status_tx.send(LinkStatus {
