@@ -293,7 +293,8 @@ class WalletSession:
                 status.get("state"):
             rec["requests"][request_id]["state"] = status.get("state")
             self._save(rec)
-        changed = previous is None or previous.get("state") != status.get("state")
+        changed = (previous is None or previous.get("state") != status.get("state")
+                   or stages.chain_key(previous) != stages.chain_key(status))
         if changed:
             self.on_status(request_id, status, stages.describe(status))
         if status.get("state") == "delivered" and self.listener is not None:

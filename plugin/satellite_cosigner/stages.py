@@ -39,6 +39,37 @@ def refusal_text(outcome):
     return REFUSAL_WORDS.get(code) or refused.get("reason") or code
 
 
+def chain_key(status):
+    """What the bridge last saw of the broadcast transaction, for change detection."""
+    chain = chain_of(status)
+    return (chain.get("status"), chain.get("confirmations")) if chain else None
+
+
+def chain_of(status):
+    signed = (status.get("outcome") or {}).get("signed") or {}
+    return (signed.get("broadcast") or {}).get("chain") or None
+
+
+def chain_text(status):
+    """Where the bridge's broadcast stands, as a sentence to follow another; '' if none."""
+    signed = (status.get("outcome") or {}).get("signed") or {}
+    broadcast = signed.get("broadcast") or {}
+    if broadcast.get("error"):
+        return " The bridge could not broadcast it: " + broadcast["error"] + "."
+    chain = broadcast.get("chain")
+    if not broadcast.get("txid"):
+        return ""
+    if not chain or chain.get("status") == "broadcast":
+        return " The bridge broadcast it."
+    if chain["status"] == "mempool":
+        return " The bridge broadcast it; it is waiting to be mined."
+    if chain["status"] == "confirmed":
+        n = chain.get("confirmations", 1)
+        return (f" Confirmed in block {chain.get('height')} "
+                f"({n} confirmation{'s' if n != 1 else ''}).")
+    return " The bridge broadcast it, but its server no longer shows it (replaced or dropped)."
+
+
 def effective_state(status):
     """The state that matters to the user: a delivered request's final state."""
     state = status.get("state")
@@ -66,7 +97,7 @@ def describe(status, next_pass=None):
         return "Sent to the satellite; waiting for its answer."
     if state == "signed":
         if status.get("state") == "delivered" or kind != "sign":
-            return ("Signed by the satellite." if kind == "sign"
+            return ("Signed by the satellite." + chain_text(status) if kind == "sign"
                     else "Accepted by the satellite.")
         return "Signed by the satellite; the transaction is on its way back to this wallet."
     if state == "refused":

@@ -77,6 +77,22 @@ class Stages(unittest.TestCase):
         signed = {"state": "delivered", "final_state": "signed", "kind": "sign"}
         self.assertEqual(stages.describe(signed), "Signed by the satellite.")
 
+    def test_a_broadcast_transaction_reads_as_where_it_stands(self):
+        def status(chain):
+            return {"state": "delivered", "final_state": "signed", "kind": "sign",
+                    "outcome": {"signed": {"broadcast": {"txid": "ab" * 32, "chain": chain}}}}
+        self.assertEqual(stages.describe(status(None)),
+                         "Signed by the satellite. The bridge broadcast it.")
+        self.assertIn("waiting to be mined", stages.describe(status({"status": "mempool"})))
+        confirmed = status({"status": "confirmed", "height": 840_001, "confirmations": 3})
+        self.assertIn("Confirmed in block 840001 (3 confirmations).",
+                      stages.describe(confirmed))
+        self.assertNotEqual(stages.chain_key(confirmed),
+                            stages.chain_key(status({"status": "mempool"})))
+        failed = {"state": "delivered", "final_state": "signed", "kind": "sign",
+                  "outcome": {"signed": {"broadcast": {"error": "txn-mempool-conflict"}}}}
+        self.assertIn("could not broadcast it: txn-mempool-conflict", stages.describe(failed))
+
     def test_queued_gives_the_next_pass_time(self):
         text = stages.describe({"state": "queued"}, {"start": 4_000_000_000,
                                                      "end": 4_000_000_600})
