@@ -11,70 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Why a configuration could not be loaded; each variant names the key or file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// File that was asked for.
-        path: PathBuf,
-        /// Underlying I/O error.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed, has an unknown key, or a value of the wrong type.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// File being parsed.
-        path: PathBuf,
-        /// The parser's message, which names the key and line.
-        message: String,
-    },
-    /// A value parsed but is outside what the bridge accepts.
-    #[error("config key `{key}`: {reason}")]
-    Invalid {
-        /// Dotted key, e.g. `mailbox.ttl_secs`.
-        key: &'static str,
-        /// What is wrong with the value.
-        reason: String,
-    },
-}
-
-/// Bitcoin network the bridge serves; decides `genesis_hash` in `server.features`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// Bitcoin mainnet.
-    Bitcoin,
-    /// Testnet3.
-    Testnet,
-    /// Testnet4.
-    Testnet4,
-    /// The default signet.
-    Signet,
-    /// Regtest.
-    Regtest,
-}
-
-impl Network {
-    /// The rust-bitcoin network value.
-    pub fn to_bitcoin(self) -> bitcoin::Network {
-        match self {
-            Network::Bitcoin => bitcoin::Network::Bitcoin,
-            Network::Testnet => bitcoin::Network::Testnet,
-            Network::Testnet4 => bitcoin::Network::Testnet4,
-            Network::Signet => bitcoin::Network::Signet,
-            Network::Regtest => bitcoin::Network::Regtest,
-        }
-    }
-
-    /// Hash of the network's genesis block, hex, as Electrum servers report it.
-    pub fn genesis_hash(self) -> String {
-        bitcoin::blockdata::constants::genesis_block(self.to_bitcoin())
-            .block_hash()
-            .to_string()
-    }
-}
+// One configuration error type and one network list for both daemons (the cosigner's).
+pub use satcosign_cosigner::config::{ConfigError, Network};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -460,26 +398,14 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Option<SocketAddr>, Co
 impl Config {
     /// Reads and checks a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config = Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })?;
+        let config: Config = satcosign_cosigner::config::read_toml(path)?;
+        config.check()?;
         Ok(config)
     }
 
     /// Parses and checks TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string(),
-        })?;
+        let config: Config = satcosign_cosigner::config::parse_toml(text, Path::new("<text>"))?;
         config.check()?;
         Ok(config)
     }

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use crate::daemon::Settings;
 use crate::decision::Rules;
 
-/// Why the configuration cannot be used.
+/// Why a configuration (the cosigner's or the bridge's) cannot be used; each variant names
+/// the file or the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -37,7 +38,7 @@ pub enum ConfigError {
     },
 }
 
-/// Network the cosigner signs for.
+/// The Bitcoin network a daemon serves (the bridge's and the cosigner's must agree).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
@@ -64,6 +65,33 @@ impl Network {
             Network::Regtest => bitcoin::Network::Regtest,
         }
     }
+
+    /// Hash of the network's genesis block, hex, as Electrum servers report it.
+    pub fn genesis_hash(self) -> String {
+        bitcoin::blockdata::constants::genesis_block(self.to_bitcoin())
+            .block_hash()
+            .to_string()
+    }
+}
+
+/// Parses TOML `text` read from `path` (named in errors) into `T`.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads and parses the TOML file at `path` into `T` (its values are not checked here).
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_toml(&text, path)
 }
 
 /// The configuration file.
@@ -100,14 +128,7 @@ impl Default for Config {
 impl Config {
     /// Reads and checks a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config: Config = read_toml(path)?;
         config.check()?;
         Ok(config)
     }
