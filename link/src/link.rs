@@ -78,8 +78,8 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                 let mut last_heard: Option<Instant> = None;
                 let mut failures: u64 = 0;
                 loop {
-                    let now = Instant::now();
-                    while let Some(burst) = engine.poll_transmit(now)? {
+                    // The clock is read for each burst: a transmission takes air time.
+                    while let Some(burst) = engine.poll_transmit(Instant::now())? {
                         // A transmission lasts its air time (a preamble, then the frames);
                         // messages handed over meanwhile are stored at once, so `send`
                         // never waits for the radio.
@@ -207,6 +207,14 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
 
     /// Stops the link (a crash, as far as the protocol is concerned: only the store remains).
     pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl<S: LinkStore + Clone> Drop for LinkHandle<S> {
+    /// The link runs as long as its handle: dropping the handle stops it, releasing its
+    /// transport and store.
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
