@@ -57,6 +57,8 @@ pub struct DevSystem {
     /// The simulated channel (its air statistics).
     pub channel: SimChannel,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The satellite side's link store, released at stop.
+    sat_store: crate::store::Released,
 }
 
 impl DevSystem {
@@ -66,6 +68,20 @@ impl DevSystem {
             t.abort();
         }
         self.bridge.stop().await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // The cosigner's databases, once its link service (and link) have let go of them.
+        let cosigner = crate::store::Released::of(Arc::downgrade(&self.cosigner));
+        drop(self.cosigner);
+        for (what, db) in [
+            ("cosigner.redb", cosigner),
+            ("cosigner/link.redb", self.sat_store),
+        ] {
+            if !db.wait(std::time::Duration::from_secs(10)).await {
+                tracing::warn!(database = what, "still held 10 s after stop");
+            }
+        }
     }
 }
 
@@ -155,6 +171,7 @@ pub async fn start_dev_with(
     let sat_store = Arc::new(
         RedbStore::open(&cdir.join("link.redb")).map_err(|e| err("cosigner link store", e))?,
     );
+    let sat_store_released = crate::store::Released::of(Arc::downgrade(&sat_store));
     let sat_cipher =
         satcosign_link::crypto::Cipher::new(&cosigner_identity, &bridge_identity.public());
     let sat_engine = Engine::new(
@@ -204,5 +221,6 @@ pub async fn start_dev_with(
         mail_dir,
         channel,
         tasks: vec![serve],
+        sat_store: sat_store_released,
     })
 }

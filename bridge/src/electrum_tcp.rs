@@ -108,8 +108,14 @@ pub async fn serve(
 ) {
     static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
     let local = listener.local_addr().ok();
+    // Connections belong to the listener: stopping it (aborting this task) closes them.
+    let mut open = tokio::task::JoinSet::new();
     loop {
-        let (socket, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
+        };
+        let (socket, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -125,7 +131,7 @@ pub async fn serve(
         let dispatcher = dispatcher.clone();
         let tls = tls.clone();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
+        open.spawn(async move {
             let _permit = permit;
             tracing::debug!(%peer, ?local, conn = id, tls = tls.is_some(), "connection opened");
             match tls {

@@ -124,6 +124,8 @@ pub struct RunningBridge {
     pub service: Option<Arc<Service>>,
     tasks: Vec<JoinHandle<()>>,
     http_handle: Option<jsonrpsee::server::ServerHandle>,
+    /// The databases, released once every task holding them has ended.
+    databases: Vec<(&'static str, store::Released)>,
 }
 
 impl RunningBridge {
@@ -135,6 +137,17 @@ impl RunningBridge {
         if let Some(h) = self.http_handle {
             let _ = h.stop();
             h.stopped().await;
+        }
+        // Wait until each task is gone (its state dropped), then until the tasks they
+        // started have let go of the databases, so the files can be opened again.
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        drop(self.service);
+        for (what, db) in self.databases {
+            if !db.wait(Duration::from_secs(10)).await {
+                tracing::warn!(database = what, "still held 10 s after stop");
+            }
         }
     }
 }
@@ -273,6 +286,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await
         .map_err(|e| StoreError::Database(e.to_string()))??;
+    let mut databases = vec![("bridge.redb", store.released())];
     let mailbox = Mailbox::new(
         store.clone(),
         Duration::from_secs(config.mailbox.ttl_secs),
@@ -332,6 +346,10 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
                 .map_err(|e| StartError::Link(e.to_string()))?
                 .map_err(|e| StartError::Link(e.to_string()))?,
         );
+        databases.push((
+            "link.redb",
+            store::Released::of(Arc::downgrade(&link_store)),
+        ));
         let cipher = satcosign_link::crypto::Cipher::new(&link.identity, &link.peer);
         let engine_config = satcosign_link::engine::EngineConfig {
             mtu: config.satellite.mtu,
@@ -383,6 +401,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         service: service.clone(),
         tasks: Vec::new(),
         http_handle: None,
+        databases: Vec::new(),
     };
     if let (Some(addr), Some(relay)) = (listeners.nostr, nostr) {
         let listener = bind("nostr", addr).await?;
@@ -436,6 +455,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         running.http_handle = Some(handle);
     }
     running.tasks = tasks;
+    running.databases = databases;
     tracing::info!(
         electrum_tcp = ?running.electrum_tcp,
         electrum_tls = ?running.electrum_tls,

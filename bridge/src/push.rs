@@ -31,4 +31,9 @@ impl Pusher {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Waits until the connection has closed.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }

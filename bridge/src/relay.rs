@@ -13,6 +13,7 @@ use std::time::Duration;
 use bitcoin::psbt::Psbt;
 use miniscript::psbt::PsbtExt as _;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use satcosign_cosigner::air;
 use satcosign_cosigner::decision::{Approval, RequestId, SignRequest};
@@ -63,14 +64,16 @@ where
     }
 
     /// Runs until the link stops: one task receives answers, another drives requests.
+    /// Every task it starts is its own (a [`JoinSet`]): aborting `run` stops them all.
     pub async fn run(self: Arc<Self>) {
+        let mut tasks = JoinSet::new();
         let receiver = {
             let me = self.clone();
-            tokio::spawn(async move { me.receive_loop().await })
+            tasks.spawn(async move { me.receive_loop().await })
         };
         let (work_tx, mut work_rx) = mpsc::unbounded_channel::<RequestId>();
         let mut events = self.service.events();
-        let forward = tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 match events.recv().await {
                     Ok(e) => {
@@ -86,11 +89,13 @@ where
         let mut scan = tokio::time::interval(SCAN_EVERY);
         let mut expire = tokio::time::interval(EXPIRE_EVERY);
         loop {
+            // Reap the steps that ended.
+            while tasks.try_join_next().is_some() {}
             tokio::select! {
-                Some(id) = work_rx.recv() => self.spawn_step(id),
+                Some(id) = work_rx.recv() => self.spawn_step(&mut tasks, id),
                 _ = scan.tick() => {
                     match self.service.active_requests().await {
-                        Ok(ids) => ids.into_iter().for_each(|id| self.spawn_step(id)),
+                        Ok(ids) => ids.into_iter().for_each(|id| self.spawn_step(&mut tasks, id)),
                         Err(e) => tracing::warn!(error = %e, "cannot list active requests"),
                     }
                 }
@@ -102,13 +107,13 @@ where
                 _ = async { while !receiver.is_finished() { tokio::time::sleep(Duration::from_secs(1)).await } } => break,
             }
         }
-        forward.abort();
+        tasks.abort_all();
         tracing::warn!("relay stopped: the link has stopped");
     }
 
-    fn spawn_step(self: &Arc<Self>, id: RequestId) {
+    fn spawn_step(self: &Arc<Self>, tasks: &mut JoinSet<()>, id: RequestId) {
         let me = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = me.step(id).await {
                 tracing::warn!(request = %id, error = %e, "request step failed; will retry");
             }

@@ -314,7 +314,7 @@ pub fn register(
                                 .push("request.subscribe", vec![json!(id.to_string()), status]);
                             async move { ok }
                         },
-                        move || gone.is_closed(),
+                        async move { gone.closed().await },
                     ));
                 }
             }
@@ -366,7 +366,7 @@ pub fn register(
                     let sink = sink.clone();
                     async move { send_json(&sink, &status).await }
                 },
-                move || gone.is_closed(),
+                async move { gone.closed().await },
             )
             .await;
             done()
@@ -399,26 +399,26 @@ async fn send_json(sink: &jsonrpsee::SubscriptionSink, value: &Value) -> bool {
 }
 
 /// Follows request `id` on `events`, handing `send` each new view of it until nothing more
-/// will change, `send` fails, or `gone` says the listener left.
+/// will change, `send` fails, or `gone` completes (the listener left).
 async fn follow<F, Fut>(
     service: Arc<crate::service::Service>,
     id: RequestId,
     mut events: tokio::sync::broadcast::Receiver<crate::service::Event>,
     mut send: F,
-    gone: impl Fn() -> bool,
+    gone: impl std::future::Future<Output = ()>,
 ) where
     F: FnMut(Value) -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     use tokio::sync::broadcast::error::RecvError;
+    tokio::pin!(gone);
     loop {
-        match events.recv().await {
-            Ok(e) if e.id != id => {
-                if gone() {
-                    return;
-                }
-                continue;
-            }
+        let event = tokio::select! {
+            e = events.recv() => e,
+            () = &mut gone => return,
+        };
+        match event {
+            Ok(e) if e.id != id => continue,
             // A lagging listener may have missed this request's change: look again.
             Ok(_) | Err(RecvError::Lagged(_)) => {}
             Err(RecvError::Closed) => return,

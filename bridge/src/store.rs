@@ -91,6 +91,47 @@ pub struct Store {
     writer: std_mpsc::Sender<WriteOp>,
 }
 
+impl Store {
+    /// A handle that tells when every clone of this store (and its writer) is gone, so the
+    /// file can be opened again.
+    pub fn released(&self) -> Released {
+        Released(Box::new(Arc::downgrade(&self.db)))
+    }
+}
+
+/// Something whose last handle is awaited at shutdown (a database, a store).
+pub struct Released(Box<dyn AnyWeak>);
+
+trait AnyWeak: Send + Sync {
+    fn alive(&self) -> bool;
+}
+
+impl<T: Send + Sync> AnyWeak for std::sync::Weak<T> {
+    fn alive(&self) -> bool {
+        self.strong_count() > 0
+    }
+}
+
+impl Released {
+    /// Tracks `weak`'s target.
+    pub fn of<T: Send + Sync + 'static>(weak: std::sync::Weak<T>) -> Released {
+        Released(Box::new(weak))
+    }
+
+    /// Waits until the last handle is dropped (tasks that held it are ending); `false` if
+    /// it is still held after `timeout`.
+    pub async fn wait(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.0.alive() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
 /// A mailbox entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEntry {

@@ -411,3 +411,43 @@ async fn a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_s
     );
     flow.system.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it_stood() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let at = data_dir.clone();
+    let flow = Flow::start(sky(0.0), move |c| c.data_dir = at).await;
+    let w = test_wallet(&flow);
+    let wid = flow.register(&w.descriptor).await;
+    // A subscriber left connected must not keep the system alive.
+    let mut tcp = common::LineClient::connect(flow.system.bridge.electrum_tcp.expect("tcp")).await;
+    let psbt = w.typical_signed_psbt(1, 81);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+    let r = flow
+        .ok("request.submit", vec![json!(wid), json!(b64)])
+        .await;
+    let id = r["request_id"].as_str().expect("id").to_owned();
+    tcp.ok("request.subscribe", json!([id])).await;
+    flow.wait_state(&id, "awaiting_email", 30).await;
+    let first_inbox = flow.inbox.clone();
+    flow.system.stop().await;
+
+    // The same data directory opens again in this process: nothing holds its databases.
+    let at = data_dir.clone();
+    let flow = Flow::start(sky(0.0), move |c| c.data_dir = at).await;
+    assert_eq!(
+        flow.ok("wallet.status", vec![json!(wid)]).await["state"],
+        "active"
+    );
+    let s = flow.status(&id).await;
+    assert_eq!(s["state"], "awaiting_email", "{s}");
+    // The code emailed before the stop still works.
+    let code = first_inbox.code(&id).await;
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    let done = flow.wait_state(&id, "delivered", 60).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    flow.system.stop().await;
+    drop(tcp);
+}
