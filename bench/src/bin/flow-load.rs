@@ -324,6 +324,8 @@ async fn main() -> anyhow::Result<()> {
         )
     );
     println!("goal: one request's air bytes at most 60% of the raw PSBT");
+    // The system's databases close once nothing here holds its service.
+    drop(service);
     system.stop().await;
     Ok(())
 }
