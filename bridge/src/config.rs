@@ -163,6 +163,9 @@ pub struct EmailConfig {
     pub smtp_username: Option<String>,
     /// File holding the SMTP password (kept out of the config file).
     pub smtp_password_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the SMTP server, besides the usual public
+    /// roots (a mail server with a private CA).
+    pub smtp_ca_file: Option<PathBuf>,
     /// Base URL of the confirmation pages, as users reach the HTTP port. Default
     /// `http://<http.listen>`.
     pub public_url: Option<String>,
@@ -196,6 +199,7 @@ impl Default for EmailConfig {
             smtp_security: SmtpSecurity::Starttls,
             smtp_username: None,
             smtp_password_file: None,
+            smtp_ca_file: None,
             public_url: None,
         }
     }
@@ -640,6 +644,22 @@ impl Config {
                 "must be at least upstream.poll_secs".into(),
             );
         }
+        if let (Some(host), SmtpSecurity::Plain) = (&self.email.smtp_host, self.email.smtp_security)
+        {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                return invalid(
+                    "email.smtp_security",
+                    format!(
+                        "plain (unencrypted) SMTP is for a server on this machine only, not {host}; \
+                         use starttls or tls"
+                    ),
+                );
+            }
+        }
         if let Err(e) = self.default_policy.check() {
             return invalid("default_policy", e.to_string());
         }
@@ -698,6 +718,10 @@ mod tests {
             ),
             ("[nostr]\nlisten = \"nowhere\"\n", "nostr.listen"),
             ("[upstream]\npoll_secs = 0\n", "upstream.poll_secs"),
+            (
+                "[email]\nsmtp_host = \"mail.example.org\"\nsmtp_security = \"plain\"\n",
+                "email.smtp_security",
+            ),
             ("[upstream]\nconfirmations = 0\n", "upstream.confirmations"),
             (
                 "[upstream]\npoll_secs = 60\nwatch_secs = 5\n",

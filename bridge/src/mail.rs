@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use lettre::message::{Mailbox as Address, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{EmailConfig, SmtpSecurity};
@@ -107,8 +107,27 @@ pub fn from_config(
                 SmtpSecurity::Starttls => 587,
                 SmtpSecurity::Plain => 25,
             });
-            let tls_params =
-                || TlsParameters::new(host.clone()).map_err(|e| MailError::Send(e.to_string()));
+            let extra_roots = match &cfg.smtp_ca_file {
+                None => Vec::new(),
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        MailError::Send(format!("email.smtp_ca_file {}: {e}", path.display()))
+                    })?;
+                    vec![Certificate::from_pem(&pem).map_err(|e| {
+                        MailError::Send(format!("email.smtp_ca_file {}: {e}", path.display()))
+                    })?]
+                }
+            };
+            let tls_params = || {
+                extra_roots
+                    .iter()
+                    .cloned()
+                    .fold(TlsParameters::builder(host.clone()), |b, c| {
+                        b.add_root_certificate(c)
+                    })
+                    .build_rustls()
+                    .map_err(|e| MailError::Send(e.to_string()))
+            };
             let mut builder =
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
                     .port(port)

@@ -37,6 +37,14 @@ use crate::watch::Watch;
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// How often expired codes are swept.
 const EXPIRE_EVERY: Duration = Duration::from_secs(30);
+/// Longest wait before a step that keeps failing (a mail server down) is tried again.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+
+/// A request whose last step failed: not tried again before `until`.
+struct Backoff {
+    until: std::time::Instant,
+    failures: u32,
+}
 
 /// The relay between the service and the link.
 pub struct Relay<S: LinkStore + Clone> {
@@ -46,6 +54,9 @@ pub struct Relay<S: LinkStore + Clone> {
     /// `SATCOSIGN_TEST_HOLD_AT=broadcast`: freeze after a broadcast and before its record,
     /// so a test can kill the bridge there.
     hold_after_broadcast: bool,
+    /// Requests whose last step failed, waiting 1 s, 2 s, 4 s... (at most
+    /// [`MAX_RETRY_WAIT`]) before the next try, so a dead mail server is not hammered.
+    backoff: std::sync::Mutex<std::collections::HashMap<RequestId, Backoff>>,
 }
 
 impl<S> Relay<S>
@@ -60,6 +71,7 @@ where
             link_store,
             hold_after_broadcast: std::env::var("SATCOSIGN_TEST_HOLD_AT")
                 .is_ok_and(|v| v == "broadcast"),
+            backoff: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -112,10 +124,36 @@ where
     }
 
     fn spawn_step(self: &Arc<Self>, tasks: &mut JoinSet<()>, id: RequestId) {
+        let now = std::time::Instant::now();
+        let waiting = self
+            .backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|b| b.until > now);
+        if waiting {
+            return;
+        }
         let me = self.clone();
         tasks.spawn(async move {
-            if let Err(e) = me.step(id).await {
-                tracing::warn!(request = %id, error = %e, "request step failed; will retry");
+            let result = me.step(id).await;
+            let mut backoff = me.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(()) => {
+                    backoff.remove(&id);
+                }
+                Err(e) => {
+                    let b = backoff.entry(id).or_insert(Backoff {
+                        until: std::time::Instant::now(),
+                        failures: 0,
+                    });
+                    b.failures += 1;
+                    let wait =
+                        Duration::from_secs(1u64 << (b.failures - 1).min(16)).min(MAX_RETRY_WAIT);
+                    b.until = std::time::Instant::now() + wait;
+                    tracing::warn!(request = %id, error = %e, failures = b.failures,
+                        retry_in_secs = wait.as_secs(), "request step failed; will retry");
+                }
             }
         });
     }

@@ -29,11 +29,31 @@ struct Sink {
     inbox: Inbox,
     current: Vec<u8>,
     to: Vec<String>,
+    /// The user name and password AUTH PLAIN accepts, when the server asks for one.
+    login: Option<(String, String)>,
+    authenticated: bool,
 }
 
 impl Handler for Sink {
+    fn auth_plain(
+        &mut self,
+        _authorization_id: &str,
+        authentication_id: &str,
+        password: &str,
+    ) -> Response {
+        match &self.login {
+            Some((u, p)) if u == authentication_id && p == password => {
+                self.authenticated = true;
+                response::AUTH_OK
+            }
+            _ => response::INVALID_CREDENTIALS,
+        }
+    }
     fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, _from: &str) -> Response {
         self.to.clear();
+        if self.login.is_some() && !self.authenticated {
+            return response::AUTHENTICATION_REQUIRED;
+        }
         response::OK
     }
     fn rcpt(&mut self, to: &str) -> Response {
@@ -68,6 +88,12 @@ impl Handler for Sink {
 impl Inbox {
     /// Starts an SMTP server on a loopback port; returns the port.
     pub fn start() -> (Inbox, u16) {
+        Inbox::start_with(SslConfig::None, None)
+    }
+
+    /// Starts an SMTP server offering STARTTLS with `tls` and requiring AUTH PLAIN with
+    /// `login`, if given.
+    pub fn start_with(tls: SslConfig, login: Option<(&str, &str)>) -> (Inbox, u16) {
         let inbox = Inbox::default();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind smtp");
         let port = listener.local_addr().expect("addr").port();
@@ -75,11 +101,16 @@ impl Inbox {
             inbox: inbox.clone(),
             current: Vec::new(),
             to: Vec::new(),
+            login: login.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            authenticated: false,
         });
+        if login.is_some() {
+            server.with_auth(mailin_embedded::AuthMechanism::Plain);
+        }
         server
             .with_name("mail.test")
-            .with_ssl(SslConfig::None)
-            .expect("no tls")
+            .with_ssl(tls)
+            .expect("tls setup")
             .with_tcp_listener(listener);
         std::thread::spawn(move || {
             let _ = server.serve();
