@@ -48,7 +48,13 @@ pub struct Routes<S> {
 /// Largest form body accepted on the confirmation page.
 const MAX_FORM_BYTES: usize = 4096;
 
-fn html_response(status: http::StatusCode, body: String, head: bool) -> HttpResponse {
+/// A response of `content_type` that is never cached; HEAD gets the headers only.
+fn plain_response(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: String,
+    head: bool,
+) -> HttpResponse {
     let len = body.len();
     let mut resp = HttpResponse::new(if head {
         HttpBody::empty()
@@ -59,13 +65,19 @@ fn html_response(status: http::StatusCode, body: String, head: bool) -> HttpResp
     let h = resp.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/html; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
     );
     h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     h.insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    resp
+}
+
+fn html_response(status: http::StatusCode, body: String, head: bool) -> HttpResponse {
+    let mut resp = plain_response(status, "text/html; charset=utf-8", body, head);
+    let h = resp.headers_mut();
     h.insert(
         "referrer-policy",
         http::HeaderValue::from_static("no-referrer"),
@@ -205,20 +217,7 @@ async fn confirm_route(service: Arc<crate::service::Service>, req: HttpRequest) 
 
 fn health_response(head: bool) -> HttpResponse {
     let body = serde_json::json!({"status": "ok", "server_version": SERVER_VERSION}).to_string();
-    let len = body.len();
-    let body = if head {
-        HttpBody::empty()
-    } else {
-        HttpBody::from(body)
-    };
-    let mut resp = HttpResponse::new(body);
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut()
-        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-    resp
+    plain_response(http::StatusCode::OK, "application/json", body, head)
 }
 
 async fn metrics_response(source: &crate::metrics::Source, head: bool) -> HttpResponse {
@@ -232,24 +231,12 @@ async fn metrics_response(source: &crate::metrics::Source, head: bool) -> HttpRe
             )
         }
     };
-    let len = body.len();
-    let mut resp = HttpResponse::new(if head {
-        HttpBody::empty()
-    } else {
-        HttpBody::from(body)
-    });
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    resp
+    plain_response(
+        status,
+        "text/plain; version=0.0.4; charset=utf-8",
+        body,
+        head,
+    )
 }
 
 impl<S> Service<HttpRequest> for Routes<S>

@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -16,139 +13,47 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use serde_json::{json, Value};
 
 use common::flow::parse_id;
+use common::process::{mailed_code, BridgeProcess};
 
-struct Bridge {
-    child: Child,
-    http: String,
-    nostr: String,
-    stderr: mpsc::Receiver<String>,
+/// `satcosign-bridge dev` on `dir`, frozen at `hold_at` if given, with `extra` arguments.
+fn start_with(dir: &Path, hold_at: Option<&str>, extra: &[&str]) -> BridgeProcess {
+    let dir = dir.to_str().expect("utf-8 path");
+    let mut args = extra.to_vec();
+    args.extend([
+        "dev",
+        "--electrum-tcp",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--nostr",
+        "127.0.0.1:0",
+        "--pass-up",
+        "3600",
+        "--pass-period",
+        "3600",
+        "--data-dir",
+        dir,
+    ]);
+    let env: Vec<(&str, &str)> = hold_at
+        .map(|s| ("SATCOSIGN_TEST_HOLD_AT", s))
+        .into_iter()
+        .collect();
+    BridgeProcess::spawn(&args, &env)
 }
 
-fn start(dir: &Path, hold_at: Option<&str>) -> Bridge {
+fn start(dir: &Path, hold_at: Option<&str>) -> BridgeProcess {
     start_with(dir, hold_at, &[])
 }
 
-fn start_with(dir: &Path, hold_at: Option<&str>, extra: &[&str]) -> Bridge {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"));
-    cmd.args(extra)
-        .args([
-            "dev",
-            "--electrum-tcp",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--nostr",
-            "127.0.0.1:0",
-        ])
-        .args(["--pass-up", "3600", "--pass-period", "3600"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(state) = hold_at {
-        cmd.env("SATCOSIGN_TEST_HOLD_AT", state);
-    }
-    let mut child = cmd.spawn().expect("bridge binary");
-    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut http = None;
-    let mut nostr = None;
-    for line in stdout.lines().map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("http: ") {
-            http = Some(a.to_owned());
-        }
-        if let Some(a) = line.strip_prefix("nostr relay: ") {
-            nostr = Some(a.to_owned());
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    let (tx, rx) = mpsc::channel();
-    let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    Bridge {
-        child,
-        http: http.expect("the bridge printed its http address"),
-        nostr: nostr.expect("the bridge printed its relay address"),
-        stderr: rx,
-    }
-}
-
-impl Bridge {
-    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
-        let client = HttpClientBuilder::default()
-            .request_timeout(Duration::from_secs(30))
-            .build(&self.http)
-            .expect("client");
-        client
-            .request(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    /// Waits for the hold line; returns the request id it names.
-    fn held(&self, state: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .stderr
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("the bridge never held at {state}"));
-            if let Some(rest) = line.strip_prefix(&format!("test-hold: {state} ")) {
-                return rest.trim().to_owned();
-            }
-        }
-    }
-
-    fn kill(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill");
-        self.child.wait().expect("reaped");
-    }
-
-    fn terminate(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("term");
-        self.child.wait().expect("reaped");
-    }
-
-    async fn wait_state(&self, id: &str, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let s = self.call("request.status", vec![json!(id)]).await;
-            if s["state"] == state {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{id} never reached {state}: {s}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+/// The Nostr relay's address, as the bridge printed it.
+fn relay_of(b: &BridgeProcess) -> String {
+    b.printed_after("nostr relay: ")
+        .expect("the bridge printed its relay address")
+        .to_owned()
 }
 
 async fn code(dir: &Path, id: &str) -> String {
-    let rid = parse_id(id);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(c) = satcosign_bridge::demo::code_from_mail_dir(&dir.join("mail"), &rid) {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "no email for {id}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    mailed_code(&dir.join("mail"), id).await
 }
 
 fn wallet(dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
@@ -348,7 +253,7 @@ async fn a_nostr_message_killed_before_it_became_a_request_is_handled_after_rest
 
     // Stored and acknowledged, then killed before it became a request.
     let b = start(&dir, Some("nostr_event"));
-    let ok = nostr(&b.nostr, json!(["EVENT", dm]), "OK").await;
+    let ok = nostr(&relay_of(&b), json!(["EVENT", dm]), "OK").await;
     assert_eq!(ok.last().expect("OK")[2], true, "{ok:?}");
     assert_eq!(b.held("nostr_event"), dm.id.to_hex());
     b.kill();
@@ -373,14 +278,17 @@ async fn a_nostr_message_killed_before_it_became_a_request_is_handled_after_rest
     assert_eq!(done["final_state"], "signed", "{done}");
     let answers = json!(["REQ", "a", {"kinds": [4], "authors": [satellite.to_hex()], "#p": [user.public_key().to_hex()]}]);
     let count = |v: &[Value]| v.iter().filter(|m| m[0] == "EVENT").count();
-    assert_eq!(count(&nostr(&b.nostr, answers.clone(), "EOSE").await), 1);
+    assert_eq!(
+        count(&nostr(&relay_of(&b), answers.clone(), "EOSE").await),
+        1
+    );
     b.terminate();
 
     // Another restart handles nothing again.
     let b = start(&dir, None);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        count(&nostr(&b.nostr, answers, "EOSE").await),
+        count(&nostr(&relay_of(&b), answers, "EOSE").await),
         1,
         "answered once"
     );

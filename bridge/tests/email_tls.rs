@@ -38,6 +38,18 @@ fn secure_smtp(c: &mut Config, port: u16, dir: &Path, password: &str, trust: Opt
     c.email.smtp_ca_file = trust.map(Into::into);
 }
 
+/// Registers the flow's test wallet; returns the registration's request id.
+async fn register(flow: &Flow) -> String {
+    let w = test_wallet(flow);
+    let r = flow
+        .ok(
+            "wallet.register",
+            vec![json!(w.descriptor), json!("gil@example.org"), json!("Gil")],
+        )
+        .await;
+    r["request_id"].as_str().expect("id").to_owned()
+}
+
 async fn email_failures(flow: &Flow) -> f64 {
     let (_, text) = http_raw(
         flow.http_addr(),
@@ -68,14 +80,7 @@ async fn mail_goes_over_starttls_with_a_login_and_not_without_trust_or_the_passw
         secure_smtp(c, port, &dir, "s3cret", Some(&ca))
     })
     .await;
-    let w = test_wallet(&flow);
-    let r = flow
-        .ok(
-            "wallet.register",
-            vec![json!(w.descriptor), json!("gil@example.org"), json!("Gil")],
-        )
-        .await;
-    let id = r["request_id"].as_str().expect("id").to_owned();
+    let id = register(&flow).await;
     let code = inbox.code(&id).await;
     flow.ok("request.confirm", vec![json!(id), json!(code)])
         .await;
@@ -89,14 +94,7 @@ async fn mail_goes_over_starttls_with_a_login_and_not_without_trust_or_the_passw
         let (inbox, port) = Inbox::start_with(tls(), Some(("satcosign", "s3cret")));
         let dir = tmp.path().to_owned();
         let flow = Flow::start(sky(0.0), |c| secure_smtp(c, port, &dir, password, trust)).await;
-        let w = test_wallet(&flow);
-        let r = flow
-            .ok(
-                "wallet.register",
-                vec![json!(w.descriptor), json!("gil@example.org"), json!("Gil")],
-            )
-            .await;
-        let id = r["request_id"].as_str().expect("id").to_owned();
+        let id = register(&flow).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while email_failures(&flow).await < 1.0 {
             assert!(

@@ -8,17 +8,15 @@
 
 mod common;
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
-use jsonrpsee::core::client::ClientT;
-use jsonrpsee::http_client::HttpClientBuilder;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use common::flow::{parse_id, verify_with_core};
+use common::flow::verify_with_core;
+use common::process::{mailed_code, BridgeProcess};
 
 /// The cosigner's binary, built beside the bridge's by `cargo test --workspace`.
 fn cosigner_bin() -> PathBuf {
@@ -87,79 +85,27 @@ impl Drop for Process {
     }
 }
 
-/// The ground: `satcosign-bridge run` with a config file naming the satellite.
-struct Ground {
-    process: Process,
-    http: String,
-    link_key: String,
+/// The ground: `satcosign-bridge run` with a config file naming the satellite; returns it
+/// and the link key it printed for the satellite's `--bridge-key`.
+fn start_ground(config: &Path) -> (BridgeProcess, String) {
+    let config = config.to_str().expect("utf-8 path");
+    let ground = BridgeProcess::spawn(&["--config", config, "run"], &[]);
+    let key = ground
+        .printed
+        .iter()
+        .find_map(|l| {
+            l.split_once("--bridge-key): ")
+                .map(|(_, k)| k.trim().to_owned())
+        })
+        .expect("the bridge printed its link key");
+    (ground, key)
 }
 
-fn start_ground(config: &Path) -> Ground {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("bridge binary");
-    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let (mut http, mut link_key) = (None, None);
-    for line in stdout.lines().map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("http: ") {
-            http = Some(a.to_owned());
-        }
-        if let Some((_, k)) = line.split_once("--bridge-key): ") {
-            link_key = Some(k.trim().to_owned());
-        }
-        if line == "ready" {
-            break;
-        }
-    }
-    Ground {
-        process: Process(child),
-        http: http.expect("the bridge printed its http address"),
-        link_key: link_key.expect("the bridge printed its link key"),
-    }
-}
-
-impl Ground {
-    async fn call(&self, method: &str, params: Vec<Value>) -> Value {
-        HttpClientBuilder::default()
-            .request_timeout(Duration::from_secs(30))
-            .build(&self.http)
-            .expect("client")
-            .request(method, params)
-            .await
-            .unwrap_or_else(|e| panic!("{method}: {e}"))
-    }
-
-    async fn wait_state(&self, id: &str, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let s = self.call("request.status", vec![json!(id)]).await;
-            if s["state"] == state {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{id} never reached {state}: {s}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn confirm_from_mail(&self, mail: &Path, id: &str) {
-        let rid = parse_id(id);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let code = loop {
-            if let Some(c) = satcosign_bridge::demo::code_from_mail_dir(mail, &rid) {
-                break c;
-            }
-            assert!(Instant::now() < deadline, "no email for {id}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        self.call("request.confirm", vec![json!(id), json!(code)])
-            .await;
-    }
+async fn confirm_from_mail(ground: &BridgeProcess, mail: &Path, id: &str) {
+    let code = mailed_code(mail, id).await;
+    ground
+        .call("request.confirm", vec![json!(id), json!(code)])
+        .await;
 }
 
 /// The satellite: `satcosign-cosigner serve` over UDP, answering the bridge's link key.
@@ -230,8 +176,8 @@ udp_peer = "127.0.0.1:{sat_port}"
     .expect("config");
     let mail = ground_dir.join("mail");
 
-    let ground = start_ground(&config);
-    let satellite = start_satellite(&sat_dir, &ground.link_key, ports);
+    let (ground, ground_key) = start_ground(&config);
+    let satellite = start_satellite(&sat_dir, &ground_key, ports);
     let info = ground.call("satellite.info", vec![]).await;
     assert_eq!(info["xpub"], json!(account_key), "{info}");
 
@@ -249,7 +195,7 @@ udp_peer = "127.0.0.1:{sat_port}"
         .await;
     let reg_id = reg["request_id"].as_str().expect("id").to_owned();
     let wid = reg["wallet_id"].as_str().expect("wallet").to_owned();
-    ground.confirm_from_mail(&mail, &reg_id).await;
+    confirm_from_mail(&ground, &mail, &reg_id).await;
     let done = ground.wait_state(&reg_id, "delivered").await;
     assert_eq!(done["final_state"], "signed", "registration: {done}");
     let status = ground.call("wallet.status", vec![json!(wid)]).await;
@@ -263,20 +209,20 @@ udp_peer = "127.0.0.1:{sat_port}"
         .call("request.submit", vec![json!(wid), json!(b64)])
         .await;
     let id = sub["request_id"].as_str().expect("id").to_owned();
-    ground.confirm_from_mail(&mail, &id).await;
+    confirm_from_mail(&ground, &mail, &id).await;
     ground.wait_state(&id, "queued").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s = ground.call("request.status", vec![json!(id)]).await;
     assert_eq!(s["state"], "queued", "nobody to hear it: {s}");
 
     // The ground is killed too; what it acknowledged waits in its outbox.
-    ground.process.kill();
-    let ground = start_ground(&config);
+    ground.kill();
+    let (ground, ground_key) = start_ground(&config);
     let s = ground.call("request.status", vec![json!(id)]).await;
     assert_eq!(s["state"], "queued", "after the restart: {s}");
 
     // The satellite comes back into view: the request crosses, is signed and delivered.
-    let _satellite = start_satellite(&sat_dir, &ground.link_key, ports);
+    let _satellite = start_satellite(&sat_dir, &ground_key, ports);
     let done = ground.wait_state(&id, "delivered").await;
     assert_eq!(done["final_state"], "signed", "{done}");
     let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(

@@ -207,4 +207,5 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 pub mod chain;
 pub mod flow;
+pub mod process;
 pub mod script;

@@ -1,0 +1,137 @@
+//! The bridge's own binary as a child process, reached over HTTP as any client reaches it:
+//! started with its arguments, read until it prints `ready`, and stopped by a signal
+//! (SIGKILL for a crash, SIGTERM for a shutdown).
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::HttpClientBuilder;
+use serde_json::{json, Value};
+
+/// A running `satcosign-bridge`.
+pub struct BridgeProcess {
+    child: Child,
+    /// Every line it printed up to `ready` (addresses, keys, where mail goes).
+    pub printed: Vec<String>,
+    /// Its JSON-RPC URL (`http://…`).
+    pub http: String,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl BridgeProcess {
+    /// Runs the bridge binary with `args` and `env`; returns once it is ready.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bridge binary");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let printed: Vec<String> = stdout
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| l != "ready")
+            .collect();
+        let (tx, rx) = mpsc::channel();
+        let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut p = BridgeProcess {
+            child,
+            printed,
+            http: String::new(),
+            stderr: rx,
+        };
+        p.http = p
+            .printed_after("http: ")
+            .unwrap_or_else(|| panic!("the bridge printed no http address: {:?}", p.printed))
+            .to_owned();
+        p
+    }
+
+    /// The rest of the printed line that starts with `prefix`.
+    pub fn printed_after(&self, prefix: &str) -> Option<&str> {
+        self.printed.iter().find_map(|l| l.strip_prefix(prefix))
+    }
+
+    /// Calls `method`; panics with the error if it fails.
+    pub async fn call(&self, method: &str, params: Vec<Value>) -> Value {
+        HttpClientBuilder::default()
+            .request_timeout(Duration::from_secs(30))
+            .build(&self.http)
+            .expect("client")
+            .request(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// Waits (up to two minutes) until request `id` is in `state`.
+    pub async fn wait_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = self.call("request.status", vec![json!(id)]).await;
+            if s["state"] == state {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{id} never reached {state}: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the bridge to freeze at the test hold point `at`
+    /// (`SATCOSIGN_TEST_HOLD_AT`); returns the id it names.
+    pub fn held(&self, at: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("the bridge never held at {at}"));
+            if let Some(rest) = line.strip_prefix(&format!("test-hold: {at} ")) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    fn signal(mut self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .expect("signal");
+        self.child.wait().expect("reaped");
+    }
+
+    /// A crash: SIGKILL.
+    pub fn kill(self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// A shutdown: SIGTERM.
+    pub fn terminate(self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// The code of request `id` from the `.eml` files in `mail_dir` (waiting up to 30 s).
+pub async fn mailed_code(mail_dir: &Path, id: &str) -> String {
+    let rid = super::flow::parse_id(id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(c) = satcosign_bridge::demo::code_from_mail_dir(mail_dir, &rid) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "no email for {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
