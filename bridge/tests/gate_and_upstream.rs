@@ -18,21 +18,13 @@ fn b64(psbt: &Psbt) -> String {
     base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
 }
 
-async fn submit(flow: &Flow, wid: &str, psbt: &Psbt) -> String {
-    flow.ok("request.submit", vec![json!(wid), json!(b64(psbt))])
-        .await["request_id"]
-        .as_str()
-        .expect("id")
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes_nothing() {
     let flow = Flow::start(sky(0.0), |_| {}).await;
     let w = test_wallet(&flow);
     let wid = flow.register(&w.descriptor).await;
     let p1 = w.typical_signed_psbt(1, 21);
-    let id1 = submit(&flow, &wid, &p1).await;
+    let id1 = flow.submit(&wid, &p1).await;
     let code1 = flow.inbox.code(&id1).await;
 
     // GET and HEAD on the emailed link, and a GET with a wrong code, change nothing.
@@ -58,7 +50,7 @@ async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes
 
     // A code of another request confirms nothing here.
     let p2 = w.typical_signed_psbt(1, 22);
-    let id2 = submit(&flow, &wid, &p2).await;
+    let id2 = flow.submit(&wid, &p2).await;
     let code2 = flow.inbox.code(&id2).await;
     let (code, _, data) = flow
         .err("request.confirm", vec![json!(id1), json!(code2)])
@@ -80,7 +72,7 @@ async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes
         },
         vec![1, 2, 3],
     );
-    let again = submit(&flow, &wid, &p1b).await;
+    let again = flow.submit(&wid, &p1b).await;
     assert_eq!(again, id1, "same transaction, same request");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let code1b = loop {
@@ -154,7 +146,7 @@ async fn an_expired_code_is_refused_and_the_request_expires() {
     let flow = Flow::start(sky(0.0), |c| c.gate.token_ttl_secs = 3).await;
     let w = test_wallet(&flow);
     let wid = flow.register(&w.descriptor).await;
-    let id = submit(&flow, &wid, &w.typical_signed_psbt(1, 31)).await;
+    let id = flow.submit(&wid, &w.typical_signed_psbt(1, 31)).await;
     let code = flow.inbox.code(&id).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (c, _, data) = flow
@@ -222,7 +214,7 @@ async fn the_upstream_fills_previous_transactions_broadcasts_once_and_watches_to
         .take()
         .expect("testkit fills it");
     let wid = flow.register(&w.descriptor).await;
-    let id = submit(&flow, &wid, &psbt).await;
+    let id = flow.submit(&wid, &psbt).await;
 
     // A subscriber over Electrum's TCP protocol hears every change, the chain's included.
     let mut sub = LineClient::connect(flow.system.bridge.electrum_tcp.expect("tcp")).await;
@@ -337,7 +329,7 @@ async fn an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_e
     );
 
     // An unspent coin goes through to the email as before.
-    let id = submit(&flow, &wid, &other).await;
+    let id = flow.submit(&wid, &other).await;
     flow.inbox.code(&id).await;
     assert_eq!(
         flow.inbox.all().len(),
@@ -458,7 +450,7 @@ async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
 
     // Paying the allowed address goes on to the email and is signed.
     let psbt = w.typical_signed_psbt(1, 61);
-    let id = submit(&flow, &wid, &psbt).await;
+    let id = flow.submit(&wid, &psbt).await;
     let code = flow.inbox.code(&id).await;
     flow.ok("request.confirm", vec![json!(id), json!(code)])
         .await;

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 
-use base64::Engine as _;
 use serde_json::json;
 
 use common::flow::{http_raw, sky, test_wallet, Flow};
@@ -35,12 +34,7 @@ async fn metrics_count_what_happened_and_name_nobody() {
     let flow = Flow::start(sky(0.0), |_| {}).await;
     let w = test_wallet(&flow);
     let wid = flow.register(&w.descriptor).await;
-    let psbt = w.typical_signed_psbt(1, 5);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
-    let r = flow
-        .ok("request.submit", vec![json!(wid), json!(b64)])
-        .await;
-    let id = r["request_id"].as_str().expect("id").to_owned();
+    let id = flow.submit(&wid, &w.typical_signed_psbt(1, 5)).await;
     let code = flow.inbox.code(&id).await;
     flow.ok("request.confirm", vec![json!(id), json!(code)])
         .await;

@@ -292,14 +292,7 @@ async fn the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approv
     let flow = Flow::start(sky(0.0), |_| {}).await;
     let w = test_wallet(&flow);
     let wid = flow.register(&w.descriptor).await;
-    let psbt = w.typical_signed_psbt(1, 11);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
-    let id = flow
-        .ok("request.submit", vec![json!(wid), json!(b64)])
-        .await["request_id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = flow.submit(&wid, &w.typical_signed_psbt(1, 11)).await;
     let code = flow.inbox.code(&id).await;
     let url = format!("http://{}/confirm/{id}?t={code}", flow.http_addr());
 
@@ -341,12 +334,7 @@ async fn a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_s
     let flow = Flow::start(sky(0.0), |_| {}).await;
     let w = test_wallet(&flow);
     let wid = flow.register(&w.descriptor).await;
-    let psbt = w.typical_signed_psbt(1, 71);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
-    let r = flow
-        .ok("request.submit", vec![json!(wid), json!(b64)])
-        .await;
-    let id = r["request_id"].as_str().expect("id").to_owned();
+    let id = flow.submit(&wid, &w.typical_signed_psbt(1, 71)).await;
 
     let ws = jsonrpsee::ws_client::WsClientBuilder::default()
         .build(format!("ws://{}", flow.http_addr()))
@@ -422,12 +410,7 @@ async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it
     let wid = flow.register(&w.descriptor).await;
     // A subscriber left connected must not keep the system alive.
     let mut tcp = common::LineClient::connect(flow.system.bridge.electrum_tcp.expect("tcp")).await;
-    let psbt = w.typical_signed_psbt(1, 81);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
-    let r = flow
-        .ok("request.submit", vec![json!(wid), json!(b64)])
-        .await;
-    let id = r["request_id"].as_str().expect("id").to_owned();
+    let id = flow.submit(&wid, &w.typical_signed_psbt(1, 81)).await;
     tcp.ok("request.subscribe", json!([id])).await;
     flow.wait_state(&id, "awaiting_email", 30).await;
     let first_inbox = flow.inbox.clone();

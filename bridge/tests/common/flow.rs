@@ -287,6 +287,17 @@ impl Flow {
         }
     }
 
+    /// Submits `psbt` for wallet `wid` with `request.submit`; returns the request id.
+    pub async fn submit(&self, wid: &str, psbt: &bitcoin::Psbt) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+        self.ok("request.submit", vec![json!(wid), json!(b64)])
+            .await["request_id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+
     /// Registers `descriptor` and confirms it by the emailed code; returns the wallet id.
     pub async fn register(&self, descriptor: &str) -> String {
         let r = self
