@@ -121,6 +121,15 @@ impl BridgeProcess {
     pub fn terminate(self) {
         self.signal(nix::sys::signal::Signal::SIGTERM);
     }
+
+    /// A shutdown (SIGTERM); returns everything the bridge wrote to stderr that no
+    /// [`Self::held`] consumed.
+    pub fn terminate_with_logs(mut self) -> Vec<String> {
+        let stderr = std::mem::replace(&mut self.stderr, mpsc::channel().1);
+        self.terminate();
+        // The reader thread ends at the pipe's end, which closes the channel.
+        stderr.iter().collect()
+    }
 }
 
 /// The code of request `id` from the `.eml` files in `mail_dir` (waiting up to 30 s).
