@@ -3,9 +3,10 @@
 //! inputs are still unspent (and what spent them), the broadcast of final transactions, and
 //! where a broadcast transaction stands on the chain (see [`crate::watch`]).
 //!
-//! The client is blocking; callers run it on tokio's blocking pool. A fresh connection is
-//! made per call (calls are rare: a few per signing request), so a restarted server never
-//! leaves the bridge holding a dead socket.
+//! The client is blocking; callers run it on tokio's blocking pool. One connection is kept
+//! and shared (the watch asks about every broadcast transaction each round); a call that
+//! fails drops it, and the next call connects afresh, so a restarted server never leaves
+//! the bridge holding a dead socket.
 
 use bitcoin::{OutPoint, Script, Transaction, Txid};
 use electrum_client::ElectrumApi as _;
@@ -99,6 +100,7 @@ pub fn find_spender(
 /// An Electrum-protocol server.
 pub struct ElectrumUpstream {
     url: String,
+    connection: std::sync::Mutex<Option<std::sync::Arc<electrum_client::Client>>>,
 }
 
 impl ElectrumUpstream {
@@ -106,47 +108,69 @@ impl ElectrumUpstream {
     pub fn new(url: &str) -> ElectrumUpstream {
         ElectrumUpstream {
             url: url.to_owned(),
+            connection: std::sync::Mutex::new(None),
         }
     }
 
-    fn client(&self) -> Result<electrum_client::Client, UpstreamError> {
+    fn client(&self) -> Result<std::sync::Arc<electrum_client::Client>, UpstreamError> {
+        let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
         let config = electrum_client::ConfigBuilder::new()
             .timeout(Some(std::time::Duration::from_secs(20)))
             .retry(1)
             .build();
-        electrum_client::Client::from_config(&self.url, config).map_err(|e| {
+        let client = electrum_client::Client::from_config(&self.url, config).map_err(|e| {
             UpstreamError::Connect {
                 url: self.url.clone(),
                 reason: e.to_string(),
             }
-        })
+        })?;
+        let client = std::sync::Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `call` on the shared connection. The server's own error answers (an unknown
+    /// transaction, a refused broadcast) keep it; any other failure drops it for the next
+    /// call.
+    fn with<T>(
+        &self,
+        call: impl FnOnce(&electrum_client::Client) -> Result<T, electrum_client::Error>,
+    ) -> Result<Result<T, String>, UpstreamError> {
+        let client = self.client()?;
+        let result = call(&client);
+        if let Err(e) = &result {
+            if !matches!(e, electrum_client::Error::Protocol(_)) {
+                *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        Ok(result.map_err(|e| e.to_string()))
     }
 }
 
 impl Upstream for ElectrumUpstream {
     fn transaction(&self, txid: &Txid) -> Result<Transaction, UpstreamError> {
-        self.client()?
-            .transaction_get(txid)
-            .map_err(|e| UpstreamError::Missing {
+        self.with(|c| c.transaction_get(txid))?
+            .map_err(|reason| UpstreamError::Missing {
                 txid: *txid,
-                reason: e.to_string(),
+                reason,
             })
     }
 
     fn broadcast(&self, tx: &Transaction) -> Result<Txid, UpstreamError> {
-        self.client()?
-            .transaction_broadcast(tx)
-            .map_err(|e| UpstreamError::Broadcast(e.to_string()))
+        self.with(|c| c.transaction_broadcast(tx))?
+            .map_err(UpstreamError::Broadcast)
     }
 
     fn unspent(&self, script: &Script) -> Result<Vec<OutPoint>, UpstreamError> {
-        let list =
-            self.client()?
-                .script_list_unspent(script)
-                .map_err(|e| UpstreamError::Query {
-                    query: "blockchain.scripthash.listunspent",
-                    reason: e.to_string(),
-                })?;
+        let list = self
+            .with(|c| c.script_list_unspent(script))?
+            .map_err(|reason| UpstreamError::Query {
+                query: "blockchain.scripthash.listunspent",
+                reason,
+            })?;
         Ok(list
             .into_iter()
             .filter_map(|u| Some(OutPoint::new(u.tx_hash, u32::try_from(u.tx_pos).ok()?)))
@@ -155,11 +179,10 @@ impl Upstream for ElectrumUpstream {
 
     fn history(&self, script: &Script) -> Result<Vec<HistoryEntry>, UpstreamError> {
         let list = self
-            .client()?
-            .script_get_history(script)
-            .map_err(|e| UpstreamError::Query {
+            .with(|c| c.script_get_history(script))?
+            .map_err(|reason| UpstreamError::Query {
                 query: "blockchain.scripthash.get_history",
-                reason: e.to_string(),
+                reason,
             })?;
         Ok(list
             .into_iter()
@@ -174,11 +197,16 @@ impl Upstream for ElectrumUpstream {
 
     fn tip_height(&self) -> Result<u32, UpstreamError> {
         let tip = self
-            .client()?
-            .block_headers_subscribe()
-            .map_err(|e| UpstreamError::Query {
+            .with(|c| {
+                let tip = c.block_headers_subscribe()?;
+                // The subscription queues a notification per block on this long-lived
+                // connection: drop them, the next round asks again.
+                while let Ok(Some(_)) = c.block_headers_pop() {}
+                Ok(tip)
+            })?
+            .map_err(|reason| UpstreamError::Query {
                 query: "blockchain.headers.subscribe",
-                reason: e.to_string(),
+                reason,
             })?;
         u32::try_from(tip.height).map_err(|e| UpstreamError::Query {
             query: "blockchain.headers.subscribe",

@@ -280,6 +280,12 @@ async fn the_upstream_fills_previous_transactions_broadcasts_once_and_watches_to
     // Nothing more is pushed once the transaction is buried.
     assert!(sub.silent_for(Duration::from_secs(3)).await);
     assert_eq!(upstream.broadcasts().len(), 1, "still broadcast once");
+    // Every lookup of the request and its watch shared one connection.
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one connection to the upstream server"
+    );
     flow.system.stop().await;
 }
 

@@ -24,6 +24,8 @@ struct Chain {
     tip: u32,
     /// Every broadcast call, accepted or not.
     broadcasts: Vec<Transaction>,
+    /// Connections accepted.
+    connections: usize,
 }
 
 impl Chain {
@@ -156,6 +158,7 @@ impl ChainServer {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let chain = shared.clone();
+                chain.lock().expect("lock").connections += 1;
                 tokio::spawn(async move {
                     let (r, mut w) = stream.into_split();
                     let mut lines = BufReader::new(r).lines();
@@ -203,6 +206,11 @@ impl ChainServer {
             c.height.insert(t, tip);
         }
         c.tip += more;
+    }
+
+    /// How many connections clients opened.
+    pub fn connections(&self) -> usize {
+        self.chain.lock().expect("lock").connections
     }
 
     /// The height of the best block.
