@@ -245,6 +245,37 @@ where
     }
 
     async fn queue(&self, r: &RequestRecord) -> Result<(), ServiceError> {
+        // Hours may pass between the email and the confirmation: a coin spent meanwhile is
+        // refused here rather than spend a pass on a transaction that cannot confirm.
+        if let Action::Sign { psbt, replaces, .. } = &r.action {
+            let parsed =
+                Psbt::deserialize(psbt).map_err(|e| ServiceError::BadPsbt(e.to_string()))?;
+            if let Err(e @ ServiceError::InputSpent { .. }) =
+                self.service.check_unspent(&parsed, *replaces).await
+            {
+                let outcome = Outcome::Refused {
+                    code: "input_spent".into(),
+                    reason: e.to_string(),
+                };
+                tracing::info!(request = %r.id, reason = %e, "refused before the link");
+                if transition(
+                    &self.service.store,
+                    r.id,
+                    &[State::Confirmed],
+                    move |_, r| {
+                        r.state = State::Refused;
+                        r.outcome = Some(outcome);
+                        Ok(())
+                    },
+                )
+                .await?
+                .is_some()
+                {
+                    self.service.transitioned(r.id, State::Refused).await;
+                }
+                return Ok(());
+            }
+        }
         let message = self.message_for(r).await?;
         let bytes = seal_envelope(&r.id, &message.encode());
         // Into the link's persisted outbox first; a crash before the transition below sends

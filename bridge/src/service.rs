@@ -86,7 +86,7 @@ pub enum ServiceError {
     #[error("refused ({code}): {0}", code = .0.code())]
     Refused(Refusal),
     /// The upstream server shows an input already spent by another transaction.
-    #[error("input {index} ({outpoint}) is already spent by {spent_by} ({where_}); nothing was requested", where_ = match .height { Some(h) => format!("in block {h}"), None => "in the mempool".to_owned() })]
+    #[error("input {index} ({outpoint}) is already spent by {spent_by} ({where_}); the satellite will not be asked to sign it", where_ = match .height { Some(h) => format!("in block {h}"), None => "in the mempool".to_owned() })]
     InputSpent {
         /// The input's index.
         index: usize,
@@ -766,7 +766,7 @@ impl Service {
     /// input spent by the transaction of the request this one replaces is fine. A server
     /// that cannot answer is logged and skipped: the check spares the user an email for a
     /// spend that cannot confirm; the cosigner's own rules are what protect the funds.
-    async fn check_unspent(
+    pub(crate) async fn check_unspent(
         &self,
         psbt: &Psbt,
         replaces: Option<RequestId>,

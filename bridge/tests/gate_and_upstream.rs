@@ -336,12 +336,40 @@ async fn an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_e
 
     // An unspent coin goes through to the email as before.
     let id = flow.submit(&wid, &other).await;
-    flow.inbox.code(&id).await;
+    let code = flow.inbox.code(&id).await;
     assert_eq!(
         flow.inbox.all().len(),
         emails + 1,
         "one email: the refused spends sent none"
     );
+
+    // Spent by another transaction between the email and the confirmation: refused before
+    // the link, and the user is told why.
+    let mut late = other.unsigned_tx.clone();
+    late.output[0].value = bitcoin::Amount::from_sat(2_000);
+    let spender = upstream.relay(late).expect("relayed");
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    let done = flow.wait_state(&id, "delivered", 60).await;
+    assert_eq!(done["final_state"], "refused", "{done}");
+    assert_eq!(done["outcome"]["refused"]["code"], "input_spent", "{done}");
+    let reason = done["outcome"]["refused"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains(&spender.to_string()), "{reason}");
+    assert!(
+        upstream.broadcasts().is_empty(),
+        "nothing signed, nothing broadcast"
+    );
+    let told = flow.inbox.recipients_of("refused");
+    assert!(!told.is_empty(), "the outcome is emailed");
+    let signed = flow
+        .system
+        .cosigner
+        .audit_log()
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == "sign")
+        .count();
+    assert_eq!(signed, 0, "the satellite was never asked");
     flow.system.stop().await;
 }
 
