@@ -17,28 +17,11 @@ use common::process::{mailed_code, BridgeProcess};
 
 /// `satcosign-bridge dev` on `dir`, frozen at `hold_at` if given, with `extra` arguments.
 fn start_with(dir: &Path, hold_at: Option<&str>, extra: &[&str]) -> BridgeProcess {
-    let dir = dir.to_str().expect("utf-8 path");
-    let mut args = extra.to_vec();
-    args.extend([
-        "dev",
-        "--electrum-tcp",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--nostr",
-        "127.0.0.1:0",
-        "--pass-up",
-        "3600",
-        "--pass-period",
-        "3600",
-        "--data-dir",
-        dir,
-    ]);
     let env: Vec<(&str, &str)> = hold_at
         .map(|s| ("SATCOSIGN_TEST_HOLD_AT", s))
         .into_iter()
         .collect();
-    BridgeProcess::spawn(&args, &env)
+    BridgeProcess::dev(dir, extra, &env)
 }
 
 fn start(dir: &Path, hold_at: Option<&str>) -> BridgeProcess {

@@ -21,25 +21,7 @@ fn secret_text(path: &Path) -> String {
 async fn no_key_or_code_is_ever_logged_at_debug_level() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    let data = dir.to_str().expect("utf-8 path");
-    let b = BridgeProcess::spawn(
-        &[
-            "dev",
-            "--electrum-tcp",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--nostr",
-            "127.0.0.1:0",
-            "--pass-up",
-            "3600",
-            "--pass-period",
-            "3600",
-            "--data-dir",
-            data,
-        ],
-        &[("RUST_LOG", "debug")],
-    );
+    let b = BridgeProcess::dev(&dir, &[], &[("RUST_LOG", "debug")]);
     let seed =
         satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
     let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)

@@ -61,6 +61,29 @@ impl BridgeProcess {
         p
     }
 
+    /// `satcosign-bridge dev` on data folder `dir`, every listener on a free loopback port,
+    /// the satellite always in view; `global` goes before the command (`--config …`).
+    pub fn dev(dir: &Path, global: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
+        let dir = dir.to_str().expect("utf-8 path");
+        let mut args = global.to_vec();
+        args.extend([
+            "dev",
+            "--electrum-tcp",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--nostr",
+            "127.0.0.1:0",
+            "--pass-up",
+            "3600",
+            "--pass-period",
+            "3600",
+            "--data-dir",
+            dir,
+        ]);
+        BridgeProcess::spawn(&args, env)
+    }
+
     /// The rest of the printed line that starts with `prefix`.
     pub fn printed_after(&self, prefix: &str) -> Option<&str> {
         self.printed.iter().find_map(|l| l.strip_prefix(prefix))
