@@ -78,10 +78,26 @@ async fn no_key_or_code_is_ever_logged_at_debug_level() {
         assert!(!logs.contains(secret.as_str()), "{what} is in the logs");
         assert!(!printed.contains(secret.as_str()), "{what} was printed");
     }
-    for prefix in ["tprv", "xprv"] {
+    // Extended private keys: the cosigner's own, and anything spelled like one (a bare
+    // "tprv" could occur inside random base58).
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let master = bitcoin::bip32::Xpriv::new_master(bitcoin::NetworkKind::Test, &seed).expect("key");
+    let account = master
+        .derive_priv(
+            &secp,
+            &satcosign_cosigner::keys::account_path(bitcoin::NetworkKind::Test),
+        )
+        .expect("account");
+    for key in [master, account] {
         assert!(
-            !logs.contains(prefix),
-            "an extended private key in the logs"
+            !logs.contains(&key.to_string()),
+            "the cosigner's xprv is in the logs"
         );
     }
+    assert!(
+        !logs
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|t| t.starts_with("xprv") || t.starts_with("tprv")),
+        "an extended private key in the logs"
+    );
 }

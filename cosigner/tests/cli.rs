@@ -47,7 +47,27 @@ fn init_creates_a_private_key_and_prints_both_xpub_forms() {
     );
     let seed = std::fs::read_to_string(dir.path().join("cosigner.key")).expect("key file");
     assert!(!text.contains(seed.trim()), "the seed is never printed");
-    assert!(!text.contains("prv"), "no private key is printed");
+    // No extended private key: not the master's nor the account's, in either network's
+    // form, nor anything spelled like one. (A bare "prv" can occur in random base58 or
+    // in the random temporary folder's name, so the test looks for whole keys.)
+    let seed_bytes =
+        satcosign_cosigner::keys::load_key_file(&dir.path().join("cosigner.key")).expect("seed");
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    for network in [bitcoin::NetworkKind::Main, bitcoin::NetworkKind::Test] {
+        let master = bitcoin::bip32::Xpriv::new_master(network, &seed_bytes).expect("master");
+        let account = master
+            .derive_priv(&secp, &satcosign_cosigner::keys::account_path(network))
+            .expect("account");
+        for key in [master, account] {
+            assert!(!text.contains(&key.to_string()), "a private key is printed");
+        }
+    }
+    assert!(
+        !text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|t| t.starts_with("xprv") || t.starts_with("tprv")),
+        "no extended private key is printed: {text}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
