@@ -188,15 +188,12 @@ where
     }
 
     async fn to_sent(&self, id: RequestId) -> Result<(), ServiceError> {
-        if transition(&self.service.store, id, &[State::Queued], |_, r| {
-            r.state = State::Sent;
-            Ok(())
-        })
-        .await?
-        .is_some()
-        {
-            self.service.transitioned(id, State::Sent).await;
-        }
+        self.service
+            .advance(id, &[State::Queued], |_, r| {
+                r.state = State::Sent;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 
@@ -258,21 +255,13 @@ where
                     reason: e.to_string(),
                 };
                 tracing::info!(request = %r.id, reason = %e, "refused before the link");
-                if transition(
-                    &self.service.store,
-                    r.id,
-                    &[State::Confirmed],
-                    move |_, r| {
+                self.service
+                    .advance(r.id, &[State::Confirmed], move |_, r| {
                         r.state = State::Refused;
                         r.outcome = Some(outcome);
                         Ok(())
-                    },
-                )
-                .await?
-                .is_some()
-                {
-                    self.service.transitioned(r.id, State::Refused).await;
-                }
+                    })
+                    .await?;
                 return Ok(());
             }
         }
@@ -285,21 +274,13 @@ where
             .send(bytes)
             .await
             .map_err(|e| StoreError::Database(format!("link: {e}")))?;
-        if transition(
-            &self.service.store,
-            r.id,
-            &[State::Confirmed],
-            move |_, r| {
+        self.service
+            .advance(r.id, &[State::Confirmed], move |_, r| {
                 r.state = State::Queued;
                 r.link_msg = Some(msg);
                 Ok(())
-            },
-        )
-        .await?
-        .is_some()
-        {
-            self.service.transitioned(r.id, State::Queued).await;
-        }
+            })
+            .await?;
         Ok(())
     }
 
@@ -378,33 +359,29 @@ where
             (Action::SetPolicy { policy }, Outcome::Done { .. }) => Some(policy.clone()),
             _ => None,
         };
-        if transition(
-            &self.service.store,
-            id,
-            &[State::Confirmed, State::Queued, State::Sent],
-            move |txn, r| {
-                if wallet_change.is_some() || new_policy.is_some() {
-                    if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
-                        if let Some((s, why)) = wallet_change {
-                            w.state = s;
-                            w.refusal = why;
+        self.service
+            .advance(
+                id,
+                &[State::Confirmed, State::Queued, State::Sent],
+                move |txn, r| {
+                    if wallet_change.is_some() || new_policy.is_some() {
+                        if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
+                            if let Some((s, why)) = wallet_change {
+                                w.state = s;
+                                w.refusal = why;
+                            }
+                            if let Some(p) = new_policy {
+                                w.policy = p;
+                            }
+                            save_wallet(txn, &w)?;
                         }
-                        if let Some(p) = new_policy {
-                            w.policy = p;
-                        }
-                        save_wallet(txn, &w)?;
                     }
-                }
-                r.state = state;
-                r.outcome = Some(outcome);
-                Ok(())
-            },
-        )
-        .await?
-        .is_some()
-        {
-            self.service.transitioned(id, state).await;
-        }
+                    r.state = state;
+                    r.outcome = Some(outcome);
+                    Ok(())
+                },
+            )
+            .await?;
         Ok(())
     }
 

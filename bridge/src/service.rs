@@ -430,6 +430,25 @@ impl Service {
         }
     }
 
+    /// Commits a transition of request `id` from one of `from` (see [`transition`]) and,
+    /// if it happened, announces the state it left the request in. Returns whether it did.
+    pub(crate) async fn advance(
+        &self,
+        id: RequestId,
+        from: &[State],
+        change: impl FnOnce(&WriteTransaction, &mut RequestRecord) -> Result<(), StoreError>
+            + Send
+            + 'static,
+    ) -> Result<bool, StoreError> {
+        match transition(&self.store, id, from, change).await? {
+            Some(r) => {
+                self.transitioned(id, r.state).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// The checked wallet for a record (cached).
     pub fn wallet(&self, record: &WalletRecord) -> Result<Arc<Wallet>, ServiceError> {
         if let Some(w) = self
