@@ -11,7 +11,18 @@
 //! - only the gaps are resent; if nothing is heard, one probe fragment is resent to draw
 //!   a report, with exponential back-off (so a pass that ends mid-transfer costs little and
 //!   the transfer resumes at the next pass);
-//! - every transmission costs a radio preamble, so the engine sends few, full bursts.
+//! - every transmission costs a radio preamble, so the engine sends few, full bursts;
+//! - passes are short: with a [`Schedule`] the engine transmits only in view, sends what it
+//!   holds the moment a pass begins (a one-frame beacon if it holds nothing, so a peer that
+//!   knows no schedule answers), ends every transmission early enough that the peer's answer
+//!   fits in the same window, keeps retry timers inside windows, and caps a burst at a third
+//!   of the window so that turns (and acknowledgements) alternate while a long message
+//!   crosses;
+//! - a side that restarts with a queue listens first, then sends a short burst and doubles
+//!   it each time the peer answers, so an end that lives only a few seconds still moves its
+//!   oldest messages instead of replaying its whole outbox into the air;
+//! - at an expected loss above zero, acknowledgements and reports are repeated in the same
+//!   transmission (a lost acknowledgement, not lost data, is what costs a round trip).
 //!
 //! Exactly once: message ids are persisted with the outbox; the receiver records delivered
 //! ids in the same transaction that puts the message in its inbox, and acknowledges
@@ -26,6 +37,7 @@ use crate::crypto::{Cipher, ReplayWindow};
 use crate::frame::{
     varint_len, FrameError, Plain, Record, FLAG_END_OF_BURST, MAX_COUNTER, OVERHEAD,
 };
+use crate::schedule::{Schedule, Window};
 use crate::store::{LinkStore, StoreError};
 
 /// Counters reserved durably at a time.
@@ -120,6 +132,41 @@ pub struct Stats {
     pub messages_acknowledged: u64,
 }
 
+/// Where the oldest queued message stands, for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadStatus {
+    /// Its link message id.
+    pub msg_id: u64,
+    /// Fragments it has (data and parity).
+    pub fragments: usize,
+    /// Fragments sent at least once.
+    pub fragments_sent: usize,
+    /// What it waits for.
+    pub state: HeadState,
+}
+
+/// What the oldest queued message waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadState {
+    /// The peer is out of view: the next pass.
+    WaitingForPass,
+    /// Fragments are due to go (now, or when the channel is ours).
+    Sending,
+    /// Everything went out; waiting for the peer's acknowledgement or report.
+    AwaitingAck,
+}
+
+impl HeadState {
+    /// A stable lowercase name, for JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadState::WaitingForPass => "waiting_for_pass",
+            HeadState::Sending => "sending",
+            HeadState::AwaitingAck => "awaiting_ack",
+        }
+    }
+}
+
 struct OutMsg {
     /// Data fragments (the first `data`), then parity fragments.
     chunks: Vec<Vec<u8>>,
@@ -184,6 +231,22 @@ pub struct Engine<S: LinkStore> {
     tx_reserved_end: u64,
     window: ReplayWindow,
     stats: Stats,
+    schedule: Schedule,
+    /// The pass we last transmitted in (to see a new one begin).
+    pass: Option<Window>,
+    /// A one-frame beacon is due (a pass began).
+    beacon_due: bool,
+    /// Most data frames in the next transmission (slow start after a restart).
+    burst_limit: usize,
+    /// Listen before the first transmission after a restart; set at the first poll.
+    listen_first: bool,
+    listen_until: Option<Instant>,
+    /// When our last transmission ends on the air (estimated from its air time).
+    tx_end: Option<Instant>,
+    /// After a transmission the peer has the turn: we stay quiet until its answer could
+    /// have begun to arrive.
+    quiet_until: Option<Instant>,
+    peer_heard_at: Option<Instant>,
 }
 
 impl<S: LinkStore> Engine<S> {
@@ -216,11 +279,137 @@ impl<S: LinkStore> Engine<S> {
             tx_reserved_end: 0,
             window,
             stats: Stats::default(),
+            schedule: Schedule::Always,
+            pass: None,
+            beacon_due: false,
+            burst_limit: 0,
+            listen_first: false,
+            listen_until: None,
+            tx_end: None,
+            quiet_until: None,
+            peer_heard_at: None,
         };
+        e.burst_limit = e.cfg.max_burst_frames.max(1);
         for (id, payload) in e.store.outbox()? {
             e.add_out(id, &payload);
         }
+        if !e.out.is_empty() {
+            // A restart with a queue: hear the peer out first, then start small.
+            e.listen_first = true;
+            e.burst_limit = e.restart_burst();
+        }
         Ok(e)
+    }
+
+    /// Sets the pass schedule (replacing any earlier one).
+    pub fn set_schedule(&mut self, schedule: Schedule) {
+        self.schedule = schedule;
+        self.pass = None;
+    }
+
+    /// The pass schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// When a frame of the peer was last accepted.
+    pub fn peer_heard_at(&self) -> Option<Instant> {
+        self.peer_heard_at
+    }
+
+    /// Where the oldest queued message stands.
+    pub fn head(&self, now: Instant) -> Option<HeadStatus> {
+        let (&msg_id, m) = self.out.iter().next()?;
+        let state = if !self.schedule.in_view(now) {
+            HeadState::WaitingForPass
+        } else if m.pending.iter().any(|p| *p) {
+            HeadState::Sending
+        } else {
+            HeadState::AwaitingAck
+        };
+        Some(HeadStatus {
+            msg_id,
+            fragments: m.chunks.len(),
+            fragments_sent: m.ever_sent.iter().filter(|s| **s).count(),
+            state,
+        })
+    }
+
+    /// Data frames in the first transmission after a restart: what fits in about a second
+    /// of air, so a side that lives only seconds still hears the peer's answer.
+    fn restart_burst(&self) -> usize {
+        let room = Duration::from_secs(1).saturating_sub(self.cfg.preamble);
+        let per = self.frame_airtime(self.cfg.mtu).as_secs_f64().max(1e-6);
+        ((room.as_secs_f64() / per) as usize).clamp(1, self.cfg.max_burst_frames.max(1))
+    }
+
+    /// How many times feedback records (acknowledgements, reports) go out in one
+    /// transmission, so that at the expected loss all copies are lost at most 5% of the time.
+    fn feedback_copies(&self) -> usize {
+        let p = self.cfg.expected_loss;
+        if p <= 0.0 {
+            return 1;
+        }
+        ((0.05f64.ln() / p.min(0.9).ln()).ceil() as usize).clamp(1, 4)
+    }
+
+    /// Air time the peer needs to answer a transmission: its turnaround and preamble, two
+    /// full frames (acknowledgements, a report, or the start of its reply), the response
+    /// delay, and propagation both ways.
+    fn answer_room(&self) -> Duration {
+        self.cfg.preamble
+            + self.frame_airtime(self.cfg.mtu * 2)
+            + self.cfg.response_delay
+            + self.cfg.latency * 2
+    }
+
+    /// When to retry after `delay`, kept inside passes: a timer that would run past the last
+    /// moment of the current window from which a probe and its answer still fit fires at
+    /// that moment, or, if no round fits any more, at the next pass (which resends at once).
+    fn retry_at(&self, now: Instant, delay: Duration, round: Duration) -> Instant {
+        let t = now + delay;
+        if !self.schedule.is_known() {
+            return t;
+        }
+        let next = self.schedule.next(now).map(|w| w.start);
+        match self.schedule.current(now) {
+            Some(w) => {
+                let probe = self.cfg.preamble + self.frame_airtime(self.cfg.mtu);
+                let last = w
+                    .end
+                    .checked_sub(probe + self.answer_room())
+                    .filter(|l| *l >= w.start);
+                match last {
+                    Some(l) if t <= l => t,
+                    Some(l) if l >= now + round => l,
+                    _ => next.unwrap_or(t),
+                }
+            }
+            None => next.unwrap_or(t),
+        }
+    }
+
+    /// A pass began: the peer is (again) in view, so whatever waits goes now instead of at
+    /// the end of a timer that may land outside the window.
+    fn pass_began(&mut self, now: Instant) {
+        // The side with the larger jitter waits a moment, so the two do not key up together.
+        let hold = self.idle_gap().mul_f64((self.jitter - 1.0).max(0.0));
+        if !hold.is_zero() {
+            self.listen_until = Some(now + hold);
+        }
+        self.backoff = 0;
+        self.awaiting_until = None;
+        self.peer_talking_until = None;
+        for m in self.out.values_mut() {
+            if !m.pending.iter().any(|p| *p) {
+                // Sent whole in an earlier pass and never acknowledged: a probe draws the
+                // peer's report (or its acknowledgement), and only the gaps go again.
+                if let Some(last) = m.pending.last_mut() {
+                    *last = true;
+                }
+            }
+        }
+        self.beacon_due = true;
     }
 
     /// Operator counters.
@@ -331,12 +520,19 @@ impl<S: LinkStore> Engine<S> {
             }
         };
         self.window.accept(counter);
+        self.peer_heard_at = Some(now);
         // The peer is in reach again: retry at full speed.
         self.backoff = 0;
         self.stats.frames_received += 1;
         self.stats.bytes_received += frame.len() as u64;
         let end = plain.flags & FLAG_END_OF_BURST != 0;
         self.peer_talking_until = (!end).then(|| now + self.idle_gap());
+        // A frame read just after our own transmission was on the air before it ended (it
+        // queued while we were deaf to it): the peer has heard us since, and the turn is its.
+        let stale = self.tx_end.is_some_and(|t| now < t + self.cfg.preamble / 2);
+        if end && !stale {
+            self.quiet_until = None;
+        }
         let mut delivered = false;
         match plain.record {
             Record::Data {
@@ -415,6 +611,8 @@ impl<S: LinkStore> Engine<S> {
         // whole (or its last frame was lost): an implicit NAK. Probe it now rather than
         // after a timeout; the peer's report then names the gaps.
         let feedback = std::mem::take(&mut self.feedback_in_burst);
+        // The peer answered: the next transmission may be longer (slow start after a restart).
+        self.burst_limit = (self.burst_limit * 2).min(self.cfg.max_burst_frames.max(1));
         for (id, m) in self.out.iter_mut() {
             let all_sent = m.ever_sent.iter().all(|s| *s) && !m.pending.iter().any(|p| *p);
             if all_sent && !feedback.contains(id) {
@@ -508,12 +706,33 @@ impl<S: LinkStore> Engine<S> {
     }
 
     /// When the engine next needs [`Self::poll_transmit`] called, if ever.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    pub fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        // Holding back (after a restart, or while the peer has the turn): nothing before then.
+        let hold = self.listen_until.into_iter().chain(self.quiet_until).max();
+        if let Some(h) = hold.filter(|h| *h > now) {
+            return Some(h);
+        }
         // The same order in which `poll_transmit` gates: while the peer talks nothing else
         // happens, then a due response, then a retransmission timeout.
-        self.peer_talking_until
+        let timer = self
+            .peer_talking_until
             .or(self.respond_at)
-            .or(self.awaiting_until)
+            .or(self.awaiting_until);
+        if !self.schedule.is_known() {
+            return timer;
+        }
+        match self.schedule.current(now) {
+            // Out of view: nothing until the next pass begins.
+            None => self.schedule.next(now).map(|w| w.start),
+            // A pass began that the engine has not acted on yet.
+            Some(w) if self.pass != Some(w) => Some(now),
+            // In view: the timer, and at the latest the next pass (whatever did not fit in
+            // the rest of this one goes then).
+            Some(_) => match (timer, self.schedule.next(now).map(|w| w.start)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
     }
 
     fn has_pending_data(&self) -> bool {
@@ -521,15 +740,20 @@ impl<S: LinkStore> Engine<S> {
     }
 
     fn rto(&self, burst_bytes: usize) -> Duration {
-        let base = self.cfg.preamble * 2
+        let base = self.base_rto(burst_bytes);
+        let scaled = base.mul_f64(self.jitter * f64::from(1u32 << self.backoff.min(10)));
+        scaled.min(self.cfg.max_rto.max(base))
+    }
+
+    /// The time a transmission of `burst_bytes` and the peer's answer take, with no back-off.
+    fn base_rto(&self, burst_bytes: usize) -> Duration {
+        self.cfg.preamble * 2
             + self.frame_airtime(burst_bytes)
             + self.frame_airtime(self.cfg.mtu * 4)
             + self.cfg.latency * 2
             + self.cfg.response_delay
             + self.idle_gap()
-            + Duration::from_millis(200);
-        let scaled = base.mul_f64(self.jitter * f64::from(1u32 << self.backoff.min(10)));
-        scaled.min(self.cfg.max_rto.max(base))
+            + Duration::from_millis(200)
     }
 
     /// The frames to transmit now as one transmission, if it is our turn and we have
@@ -543,12 +767,42 @@ impl<S: LinkStore> Engine<S> {
             && self.respond_at.is_none()
             && !self.has_pending_data()
         {
-            self.awaiting_until = Some(now + self.rto(0));
+            let delay = self.rto(0);
+            self.awaiting_until = Some(self.retry_at(now, delay, self.base_rto(0)));
         }
         Ok(out)
     }
 
     fn poll_transmit_inner(&mut self, now: Instant) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+        // Out of view, nothing goes; a pass that begins resends at once.
+        let Some(pass) = self.schedule.current(now) else {
+            self.pass = None;
+            return Ok(None);
+        };
+        if self.schedule.is_known() && self.pass != Some(pass) {
+            self.pass = Some(pass);
+            self.pass_began(now);
+        }
+        if std::mem::take(&mut self.listen_first) {
+            // After a restart both sides may start at once (one process held both, or both
+            // rebooted): the side with the larger jitter holds back a moment, so the other's
+            // carrier is on the air before it would key up (the radio's carrier sense then
+            // defers it).
+            let until = now + self.idle_gap().mul_f64((self.jitter - 1.0).max(0.0));
+            self.listen_until = Some(self.listen_until.map_or(until, |l| l.max(until)));
+        }
+        if let Some(until) = self.listen_until {
+            if now < until {
+                return Ok(None);
+            }
+            self.listen_until = None;
+        }
+        if let Some(until) = self.quiet_until {
+            if now < until {
+                return Ok(None);
+            }
+            self.quiet_until = None;
+        }
         if let Some(until) = self.peer_talking_until {
             if now < until {
                 return Ok(None);
@@ -575,50 +829,52 @@ impl<S: LinkStore> Engine<S> {
         }
         let may_send_data = self.awaiting_until.is_none();
         let data = may_send_data && self.has_pending_data();
-        if !must_respond && !data {
+        if !must_respond && !data && !self.beacon_due {
             return Ok(None);
         }
 
-        let mut records: Vec<Record> = Vec::new();
-        if !self.acks_due.is_empty() {
-            // ACKs: as many ids per frame as fit.
-            let room = self.cfg.mtu.saturating_sub(OVERHEAD + 1 + 3);
-            let mut batch = Vec::new();
-            let mut used = 0;
-            for id in std::mem::take(&mut self.acks_due) {
-                if used + varint_len(id) > room && !batch.is_empty() {
-                    records.push(Record::Ack {
-                        msg_ids: std::mem::take(&mut batch),
-                    });
-                    used = 0;
-                }
-                used += varint_len(id);
-                batch.push(id);
-            }
-            records.push(Record::Ack { msg_ids: batch });
+        // What the rest of the pass allows: feedback must end before loss of signal; data
+        // must also leave the peer room to answer, and takes at most a third of the window
+        // so turns alternate while a long message crosses.
+        let remaining = pass.end.saturating_duration_since(now);
+        let frame_air = self
+            .frame_airtime(self.cfg.mtu)
+            .max(Duration::from_micros(1));
+        let feedback = self.feedback_records();
+        let copies = self.feedback_copies();
+        let feedback_air = self.frame_airtime(self.cfg.mtu) * (feedback.len() * copies) as u32;
+        if self.cfg.preamble + feedback_air > remaining {
+            // Not even the feedback fits before loss of signal: it goes with the next pass.
+            self.respond_at = None;
+            return Ok(None);
         }
-        for id in std::mem::take(&mut self.reports_due) {
-            if let Some(m) = self.inbound.get(&id) {
-                let mut bitmap = vec![0u8; m.parts.len().div_ceil(8)];
-                for (i, p) in m.parts.iter().enumerate() {
-                    if p.is_some() {
-                        bitmap[i / 8] |= 1 << (i % 8);
-                    }
-                }
-                records.push(Record::Report {
-                    msg_id: id,
-                    count: m.parts.len() as u32,
-                    received: bitmap,
-                });
-            }
+        let mut data_room =
+            remaining.saturating_sub(self.cfg.preamble + feedback_air + self.answer_room());
+        if self.schedule.is_known() {
+            data_room = data_room.min((pass.len() / 3).max(frame_air));
         }
+        let data_budget = (data_room.as_secs_f64() / frame_air.as_secs_f64()) as usize;
+        let data_budget = data_budget.min(self.burst_limit).min(
+            self.cfg
+                .max_burst_frames
+                .saturating_sub(feedback.len() * copies),
+        );
+        if feedback.is_empty() && (!data || data_budget == 0) && !self.beacon_due {
+            // Nothing to say, or nothing fits in the rest of this pass: the next one.
+            self.respond_at = None;
+            return Ok(None);
+        }
+        self.acks_due.clear();
+        self.reports_due.clear();
+
+        let mut records: Vec<Record> = feedback.clone();
         let mut data_frames = 0;
         if may_send_data {
             'outer: for (&id, m) in self.out.iter_mut() {
                 let count = m.data as u32;
                 let parity = (m.chunks.len() - m.data) as u32;
                 for i in 0..m.chunks.len() {
-                    if records.len() >= self.cfg.max_burst_frames {
+                    if data_frames >= data_budget {
                         break 'outer;
                     }
                     if m.pending[i] {
@@ -639,10 +895,19 @@ impl<S: LinkStore> Engine<S> {
                 }
             }
         }
-        self.respond_at = None;
-        if records.is_empty() {
-            return Ok(None);
+        // Repeated feedback goes last, apart from the first copies, against burst loss.
+        for _ in 1..copies {
+            records.extend(feedback.iter().cloned());
         }
+        if records.is_empty() {
+            // A pass began and we have nothing to say: one empty acknowledgement tells the
+            // peer we are here, so a peer with no schedule of its own answers now.
+            records.push(Record::Ack {
+                msg_ids: Vec::new(),
+            });
+        }
+        self.beacon_due = false;
+        self.respond_at = None;
         let last = records.len() - 1;
         let mut frames = Vec::with_capacity(records.len());
         let mut bytes = 0;
@@ -656,10 +921,66 @@ impl<S: LinkStore> Engine<S> {
         self.stats.transmissions += 1;
         self.stats.frames_sent += frames.len() as u64;
         self.stats.bytes_sent += bytes as u64;
+        self.transmitted(now + self.cfg.preamble + self.frame_airtime(bytes));
         if data_frames > 0 {
-            self.awaiting_until = Some(now + self.rto(bytes));
+            let delay = self.rto(bytes);
+            self.awaiting_until = Some(self.retry_at(now, delay, self.base_rto(bytes)));
         }
         Ok(Some(frames))
+    }
+
+    /// Tells the engine when the transmission it last returned ended on the air, if the
+    /// radio knows (it may have deferred it, for another's carrier); otherwise the engine
+    /// goes by its own estimate. After it, the peer has the turn.
+    pub fn transmitted(&mut self, end: Instant) {
+        let end = self.tx_end.map_or(end, |t| t.max(end));
+        self.tx_end = Some(end);
+        // The peer answers a response delay after our last frame; its first frame needs its
+        // preamble and its own air time to reach us.
+        self.quiet_until = Some(
+            end + self.cfg.latency * 2
+                + self.cfg.response_delay
+                + self.cfg.preamble
+                + self.frame_airtime(self.cfg.mtu)
+                + Duration::from_millis(50),
+        );
+    }
+
+    /// The acknowledgements (as many ids per frame as fit) and reports now due.
+    fn feedback_records(&self) -> Vec<Record> {
+        let mut records: Vec<Record> = Vec::new();
+        if !self.acks_due.is_empty() {
+            let room = self.cfg.mtu.saturating_sub(OVERHEAD + 1 + 3);
+            let mut batch = Vec::new();
+            let mut used = 0;
+            for &id in &self.acks_due {
+                if used + varint_len(id) > room && !batch.is_empty() {
+                    records.push(Record::Ack {
+                        msg_ids: std::mem::take(&mut batch),
+                    });
+                    used = 0;
+                }
+                used += varint_len(id);
+                batch.push(id);
+            }
+            records.push(Record::Ack { msg_ids: batch });
+        }
+        for &id in &self.reports_due {
+            if let Some(m) = self.inbound.get(&id) {
+                let mut bitmap = vec![0u8; m.parts.len().div_ceil(8)];
+                for (i, p) in m.parts.iter().enumerate() {
+                    if p.is_some() {
+                        bitmap[i / 8] |= 1 << (i % 8);
+                    }
+                }
+                records.push(Record::Report {
+                    msg_id: id,
+                    count: m.parts.len() as u32,
+                    received: bitmap,
+                });
+            }
+        }
+        records
     }
 
     fn next_counter(&mut self) -> Result<u64, StoreError> {

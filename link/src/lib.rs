@@ -6,6 +6,7 @@
 //!
 //! - [`frame`]: the bytes of a frame and of the record inside it;
 //! - [`crypto`]: identities, frame sealing, replay protection;
+//! - [`schedule`]: when the peer is in view (the pass schedule);
 //! - [`store`]: what survives restarts (redb, or memory for simulations);
 //! - [`engine`]: the protocol, with no I/O;
 //! - [`transport`]: the radio (KISS over TCP, UDP, a simulated channel);
@@ -15,5 +16,6 @@ pub mod crypto;
 pub mod engine;
 pub mod frame;
 pub mod link;
+pub mod schedule;
 pub mod store;
 pub mod transport;

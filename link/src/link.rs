@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::engine::{Engine, SendError, Stats};
+use crate::engine::{Engine, HeadState, HeadStatus, SendError, Stats};
+use crate::schedule::{Schedule, Window};
 use crate::store::{LinkStore, StoreError};
 use crate::transport::Transport;
 
@@ -26,18 +27,52 @@ pub struct PassWindow {
 /// What operators and users see of the link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStatus {
-    /// Whether the peer was heard recently (within `heard_window`).
-    pub up: bool,
-    /// The pass in progress or the next one, if passes were given ([`LinkHandle::set_passes`]).
+    /// Whether a pass schedule is known; without one the link takes the peer to be in view.
+    pub passes_known: bool,
+    /// Whether the peer is in view now, from the schedule (not from what was heard).
+    pub in_view: bool,
+    /// The pass in progress, if any.
+    pub current_pass: Option<PassWindow>,
+    /// The next pass that has not started (never the one in progress).
     pub next_pass: Option<PassWindow>,
+    /// When a frame of the peer was last heard (accepted), if ever since start.
+    pub peer_heard_at: Option<std::time::SystemTime>,
+    /// Where the oldest queued message stands.
+    pub head: Option<HeadStatus>,
     /// Messages queued and not yet acknowledged.
     pub queue_depth: usize,
     /// Counters.
     pub stats: Stats,
 }
 
+/// What the link task publishes after each step; the handle adds what the clock tells.
+#[derive(Debug, Clone, Default)]
+struct Published {
+    peer_heard_at: Option<Instant>,
+    head: Option<HeadStatus>,
+    queue_depth: usize,
+    stats: Stats,
+}
+
 enum Cmd {
     Send(Vec<u8>, oneshot::Sender<Result<u64, SendError>>),
+}
+
+/// `t` on the wall clock, for showing to people.
+fn to_system(t: Instant) -> std::time::SystemTime {
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    if t >= now {
+        wall + (t - now)
+    } else {
+        wall.checked_sub(now - t).unwrap_or(wall)
+    }
+}
+
+fn pass_window(w: Window) -> PassWindow {
+    PassWindow {
+        start: to_system(w.start),
+        end: to_system(w.end),
+    }
 }
 
 /// The application's side of a running link.
@@ -45,8 +80,8 @@ pub struct LinkHandle<S: LinkStore + Clone> {
     cmd: mpsc::Sender<Cmd>,
     store: S,
     delivered: Arc<Notify>,
-    status: watch::Receiver<LinkStatus>,
-    passes: std::sync::Mutex<Vec<PassWindow>>,
+    status: watch::Receiver<Published>,
+    schedule: watch::Sender<Schedule>,
     task: JoinHandle<Result<(), StoreError>>,
 }
 
@@ -71,11 +106,10 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
         let (cmd_tx, mut cmd_rx) = mpsc::channel::<Cmd>(64);
         let delivered = Arc::new(Notify::new());
         let notify = delivered.clone();
-        let (status_tx, status_rx) = watch::channel(LinkStatus::default());
-        let heard_window = Duration::from_secs(60);
+        let (status_tx, status_rx) = watch::channel(Published::default());
+        let (schedule_tx, mut schedule_rx) = watch::channel(engine.schedule().clone());
         let task = tokio::spawn(async move {
             let result = async {
-                let mut last_heard: Option<Instant> = None;
                 let mut failures: u64 = 0;
                 loop {
                     // The clock is read for each burst: a transmission takes air time.
@@ -98,32 +132,28 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                                     } else {
                                         failures = 0;
                                     }
+                                    engine.transmitted(Instant::now());
                                     break;
                                 }
-                                Some(Cmd::Send(payload, reply)) = cmd_rx.recv() => {
-                                    let _ = reply.send(engine.send(&payload));
-                                }
+                                Some(cmd) = cmd_rx.recv() => apply(&mut engine, cmd),
                             }
                         }
                     }
-                    let _ = status_tx.send(LinkStatus {
-                        next_pass: None,
-                        up: last_heard.is_some_and(|t| Instant::now() - t < heard_window),
+                    let now = Instant::now();
+                    let _ = status_tx.send(Published {
+                        peer_heard_at: engine.peer_heard_at(),
+                        head: engine.head(now),
                         queue_depth: engine.queue_depth(),
                         stats: engine.stats().clone(),
                     });
                     let wake = engine
-                        .next_wakeup()
-                        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                        .next_wakeup(now)
+                        .unwrap_or_else(|| now + Duration::from_secs(3600));
                     tokio::select! {
                         frame = transport.recv() => match frame {
                             Ok(f) => {
-                                let received_before = engine.stats().frames_received;
                                 if engine.on_frame(&f, Instant::now())? {
                                     notify.notify_one();
-                                }
-                                if engine.stats().frames_received > received_before {
-                                    last_heard = Some(Instant::now());
                                 }
                             }
                             Err(e) => {
@@ -132,11 +162,12 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                             }
                         },
                         cmd = cmd_rx.recv() => match cmd {
-                            Some(Cmd::Send(payload, reply)) => {
-                                let _ = reply.send(engine.send(&payload));
-                            }
+                            Some(cmd) => apply(&mut engine, cmd),
                             None => return Ok(()),
                         },
+                        Ok(()) = schedule_rx.changed() => {
+                            engine.set_schedule(schedule_rx.borrow_and_update().clone());
+                        }
                         _ = tokio::time::sleep_until(wake) => {}
                     }
                 }
@@ -152,7 +183,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
             store,
             delivered,
             status: status_rx,
-            passes: std::sync::Mutex::new(Vec::new()),
+            schedule: schedule_tx,
             task,
         }
     }
@@ -188,26 +219,56 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
 
     /// The link's status.
     pub fn status(&self) -> LinkStatus {
-        let mut status = self.status.borrow().clone();
-        let now = std::time::SystemTime::now();
-        let passes = self.passes.lock().unwrap_or_else(|p| p.into_inner());
-        status.next_pass = passes
-            .iter()
-            .filter(|w| w.end > now)
-            .min_by_key(|w| w.start)
-            .copied();
-        status
+        let p = self.status.borrow().clone();
+        let schedule = self.schedule.borrow().clone();
+        let now = Instant::now();
+        let current = schedule.current(now);
+        let in_view = current.is_some();
+        let head = p.head.map(|mut h| {
+            // The task published this before the clock moved on: what the schedule says now.
+            h.state = match (in_view, h.state) {
+                (false, _) => HeadState::WaitingForPass,
+                (true, HeadState::WaitingForPass) => HeadState::Sending,
+                (true, s) => s,
+            };
+            h
+        });
+        LinkStatus {
+            passes_known: schedule.is_known(),
+            in_view,
+            current_pass: current.filter(|_| schedule.is_known()).map(pass_window),
+            next_pass: schedule.next(now).map(pass_window),
+            peer_heard_at: p.peer_heard_at.map(to_system),
+            head,
+            queue_depth: p.queue_depth,
+            stats: p.stats,
+        }
     }
 
-    /// Tells the link the predicted passes (from the operator's orbit predictions), so its
-    /// status can say when the satellite is next in view.
+    /// Tells the link the predicted passes in wall-clock time (from the operator's orbit
+    /// predictions): it transmits only in them, and its status says when the next one is.
     pub fn set_passes(&self, windows: Vec<PassWindow>) {
-        *self.passes.lock().unwrap_or_else(|p| p.into_inner()) = windows;
+        let list: Vec<_> = windows.iter().map(|w| (w.start, w.end)).collect();
+        self.set_schedule(Schedule::from_system(&list));
+    }
+
+    /// Gives the link its pass schedule (replacing any earlier one).
+    pub fn set_schedule(&self, schedule: Schedule) {
+        // The task applies it at once (it also wakes for it).
+        self.schedule.send_replace(schedule);
     }
 
     /// Stops the link (a crash, as far as the protocol is concerned: only the store remains).
     pub fn stop(self) {
         self.task.abort();
+    }
+}
+
+fn apply<S: LinkStore>(engine: &mut Engine<S>, cmd: Cmd) {
+    match cmd {
+        Cmd::Send(payload, reply) => {
+            let _ = reply.send(engine.send(&payload));
+        }
     }
 }
 

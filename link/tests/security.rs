@@ -31,6 +31,18 @@ fn captured_frames(msg: &[u8]) -> Vec<Vec<u8>> {
         .expect("a transmission")
 }
 
+/// The next transmission of `e` from `t` on, stepping the clock to each of its wake-ups (a
+/// restarted engine listens first).
+fn next_burst<S: LinkStore>(e: &mut Engine<S>, t: &mut Instant) -> Option<Vec<Vec<u8>>> {
+    for _ in 0..100 {
+        if let Some(frames) = e.poll_transmit(*t).expect("store") {
+            return Some(frames);
+        }
+        *t = e.next_wakeup(*t)?.max(*t);
+    }
+    None
+}
+
 fn inbox(store: &impl LinkStore) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     while let Some((id, m)) = store.inbox_first().expect("inbox") {
@@ -134,7 +146,8 @@ async fn counters_are_never_reused_across_restarts() {
         let store = Arc::new(RedbStore::open(&path).expect("store"));
         let mut ground = engine(1, 2, store);
         ground.send(b"hello").expect("send");
-        for f in ground.poll_transmit(now).expect("store").expect("frames") {
+        let mut t = now;
+        for f in next_burst(&mut ground, &mut t).expect("frames") {
             let (c, _) = receiver.open(&f).expect("authentic");
             assert!(counters.insert(c), "counter {c} reused after a restart");
         }
@@ -164,8 +177,29 @@ async fn a_sender_restarted_mid_transfer_resumes_from_its_store() {
         1,
         "the unacknowledged message survived"
     );
-    for f in ground.poll_transmit(now).expect("store").expect("frames") {
-        sat.on_frame(&f, now).expect("store");
+    // The restarted ground listens first, then sends in short bursts, each answered by the
+    // satellite's report, until the message is whole.
+    let mut t = now;
+    for _ in 0..20 {
+        if sat_store.inbox_first().expect("inbox").is_some() {
+            break;
+        }
+        let frames = next_burst(&mut ground, &mut t).expect("frames");
+        assert!(
+            frames.len() <= 8,
+            "a restarted side starts with a short burst, not its whole outbox: {}",
+            frames.len()
+        );
+        for f in &frames {
+            sat.on_frame(f, t).expect("store");
+        }
+        let mut ts = t;
+        if let Some(answer) = next_burst(&mut sat, &mut ts) {
+            for f in &answer {
+                ground.on_frame(f, ts).expect("store");
+            }
+        }
+        t = t.max(ts);
     }
     assert_eq!(inbox(&sat_store), vec![msg]);
 }

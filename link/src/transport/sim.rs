@@ -2,9 +2,12 @@
 //! with tokio's clock so it runs in paused virtual time (an hour of passes in milliseconds).
 //!
 //! Models: bit rate, one-way latency, a preamble per transmission, half-duplex turnaround
-//! (and collisions: a side that is transmitting hears nothing), Bernoulli or Gilbert-Elliott
-//! burst loss, bit errors, duplication, reordering (extra delay), and pass windows (the
-//! satellite is in view for `up` out of every `period`).
+//! (and collisions: a side that is transmitting hears nothing), carrier sense (a side defers
+//! while it hears the other's carrier, as a TNC's CSMA does; two sides that key up within the
+//! propagation delay of each other still collide), Bernoulli or Gilbert-Elliott burst loss,
+//! bit errors, duplication, reordering (extra delay), and pass windows (the satellite is in
+//! view for `up` out of every `period`, the first window `first_pass_in` after the channel is
+//! made), given as a [`Schedule`] that the engines can be handed too.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Transport;
+use crate::schedule::Schedule;
 
 /// Frame loss model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,6 +68,8 @@ pub struct SimConfig {
     pub reorder_delay: Duration,
     /// Pass windows; `None`: always in view.
     pub passes: Option<Passes>,
+    /// How long after the channel is made the first pass begins (zero: in view at once).
+    pub first_pass_in: Duration,
     /// Seed.
     pub seed: u64,
 }
@@ -81,6 +87,7 @@ impl Default for SimConfig {
             reorder: 0.0,
             reorder_delay: Duration::from_millis(200),
             passes: None,
+            first_pass_in: Duration::ZERO,
             seed: 1,
         }
     }
@@ -109,7 +116,11 @@ struct Shared {
     cfg: SimConfig,
     rng: u64,
     bad_state: bool,
-    epoch: Instant,
+    schedule: Schedule,
+    /// Each side's radio: bumped when a side is attached again (its process restarted).
+    generation: [u64; 2],
+    /// When each side's previous radio went silent (its process died).
+    cut_at: [Instant; 2],
     tx_interval: [(Instant, Instant); 2],
     inbox: [Option<mpsc::UnboundedSender<Vec<u8>>>; 2],
     stats: AirStats,
@@ -150,13 +161,7 @@ impl Shared {
         }
     }
     fn in_view(&self, at: Instant) -> bool {
-        match self.cfg.passes {
-            None => true,
-            Some(p) => {
-                let t = at.saturating_duration_since(self.epoch).as_nanos();
-                t % p.period.as_nanos().max(1) < p.up.as_nanos()
-            }
-        }
+        self.schedule.in_view(at)
     }
 }
 
@@ -168,11 +173,21 @@ impl SimChannel {
     /// A new channel; time (and pass windows) start now.
     pub fn new(cfg: SimConfig) -> SimChannel {
         let now = Instant::now();
+        let schedule = match cfg.passes {
+            None => Schedule::Always,
+            Some(p) => Schedule::Periodic {
+                first: now + cfg.first_pass_in,
+                up: p.up,
+                period: p.period,
+            },
+        };
         SimChannel(Arc::new(Mutex::new(Shared {
             rng: cfg.seed,
             cfg,
             bad_state: false,
-            epoch: now,
+            schedule,
+            generation: [0; 2],
+            cut_at: [now; 2],
             tx_interval: [(now, now); 2],
             inbox: [None, None],
             stats: AirStats::default(),
@@ -183,10 +198,20 @@ impl SimChannel {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches a radio to side 0 or 1 (replacing any earlier one: a restart).
+    /// Attaches a radio to side 0 or 1 (replacing any earlier one: a restart). A restart
+    /// cuts whatever the side's previous radio was still transmitting: a process that dies
+    /// stops keying its transmitter.
     pub fn attach(&self, side: usize) -> SimTransport {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().inbox[side & 1] = Some(tx);
+        let mut s = self.lock();
+        let now = Instant::now();
+        let side = side & 1;
+        s.inbox[side] = Some(tx);
+        s.generation[side] += 1;
+        s.cut_at[side] = now;
+        let (start, end) = s.tx_interval[side];
+        s.tx_interval[side] = (start.min(now), end.min(now));
+        drop(s);
         SimTransport {
             channel: self.clone(),
             side: side & 1,
@@ -203,6 +228,11 @@ impl SimChannel {
     pub fn in_view(&self, at: Instant) -> bool {
         self.lock().in_view(at)
     }
+
+    /// The channel's pass schedule, to hand to the engines on either side.
+    pub fn schedule(&self) -> Schedule {
+        self.lock().schedule.clone()
+    }
 }
 
 /// One side's radio on a [`SimChannel`].
@@ -214,11 +244,28 @@ pub struct SimTransport {
 
 impl Transport for SimTransport {
     async fn transmit(&mut self, frames: Vec<Vec<u8>>) -> std::io::Result<()> {
+        // Carrier sense, as a TNC's CSMA does: while the other side's carrier is heard here
+        // (once it has propagated, and in view), wait for it to end, then sense again.
+        loop {
+            let wait = {
+                let s = self.channel.lock();
+                let now = Instant::now();
+                let (other_start, other_end) = s.tx_interval[1 - self.side];
+                let latency = s.cfg.latency;
+                (other_start + latency <= now && now < other_end + latency && s.in_view(now))
+                    .then_some(other_end + latency)
+            };
+            match wait {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => break,
+            }
+        }
         let end = {
             let mut s = self.channel.lock();
             let now = Instant::now();
             let cfg = s.cfg.clone();
-            let start = now.max(s.tx_interval[self.side].1) + cfg.turnaround;
+            let start = now.max(s.tx_interval[self.side].1);
+            let start = start + cfg.turnaround;
             let mut t = start + cfg.preamble;
             for frame in &frames {
                 t += Duration::from_secs_f64(frame.len() as f64 * 8.0 / cfg.bitrate as f64);
@@ -247,6 +294,8 @@ impl Transport for SimTransport {
                     arrive += Duration::from_micros(extra);
                 }
                 let copies = if s.chance(cfg.duplicate) { 2 } else { 1 };
+                let (generation, sent_at) = (s.generation[self.side], t);
+                let from = self.side;
                 for copy in 0..copies {
                     let at = arrive + Duration::from_millis(copy * 30);
                     let channel = self.channel.clone();
@@ -255,6 +304,11 @@ impl Transport for SimTransport {
                     tokio::spawn(async move {
                         tokio::time::sleep_until(at).await;
                         let mut s = channel.lock();
+                        if s.generation[from] != generation && sent_at > s.cut_at[from] {
+                            // The sender died before this frame was on the air.
+                            s.stats.unheard += 1;
+                            return;
+                        }
                         let (tx_start, tx_end) = s.tx_interval[to];
                         let deaf = tx_start <= at && at < tx_end;
                         if deaf || !s.in_view(at) {

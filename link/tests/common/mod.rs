@@ -40,6 +40,16 @@ pub fn start(
     store: &MemStore,
     sim: &SimConfig,
 ) -> LinkHandle<MemStore> {
+    start_with(side, channel, store, engine_config(sim))
+}
+
+/// As [`start`], with the engine's configuration given.
+pub fn start_with(
+    side: usize,
+    channel: &SimChannel,
+    store: &MemStore,
+    config: EngineConfig,
+) -> LinkHandle<MemStore> {
     let (me, peer) = if side == 0 {
         (GROUND, SAT)
     } else {
@@ -48,7 +58,9 @@ pub fn start(
     let me = Identity::from_bytes(me);
     let cipher = Cipher::new(&me, &Identity::from_bytes(peer).public());
     let jitter = if side == 0 { 1.0 } else { 1.37 };
-    let engine = Engine::new(engine_config(sim), cipher, store.clone(), jitter).expect("engine");
+    let mut engine = Engine::new(config, cipher, store.clone(), jitter).expect("engine");
+    // Both ends know the passes, as the bridge and a satellite with orbit predictions do.
+    engine.set_schedule(channel.schedule());
     LinkHandle::spawn(engine, channel.attach(side))
 }
 
