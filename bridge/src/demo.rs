@@ -98,10 +98,43 @@ async fn wait_for_code(sys: &DevSystem, id: &RequestId) -> Result<String, DemoEr
     Err(DemoError::NoEmail(*id, sys.mail_dir.display().to_string()))
 }
 
+/// What the link is doing, in words, with a bar of the oldest queued message's fragments.
+fn link_line(sys: &DevSystem) -> String {
+    let Some(status) = sys.bridge.link_status.as_ref().map(|f| f()) else {
+        return String::new();
+    };
+    let secs = |t: SystemTime| {
+        t.duration_since(SystemTime::now())
+            .map(|d| d.as_secs_f64().ceil() as u64)
+            .unwrap_or(0)
+    };
+    let sky = match (status.in_view, status.current_pass, status.next_pass) {
+        (true, Some(p), _) => format!("in view, {:>3} s left", secs(p.end)),
+        (true, None, _) => "in view".to_owned(),
+        (false, _, Some(p)) => format!("next pass in {:>3} s", secs(p.start)),
+        (false, _, None) => "out of view".to_owned(),
+    };
+    let head = match status.head {
+        Some(h) => {
+            let width = 12;
+            let done = h.fragments_sent * width / h.fragments.max(1);
+            format!(
+                " [{}{}] {}/{} fragments, {}",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                h.fragments_sent,
+                h.fragments,
+                h.state.as_str().replace('_', " ")
+            )
+        }
+        None => String::new(),
+    };
+    format!("{sky}{head}")
+}
+
 async fn wait_delivered(
     sys: &DevSystem,
     sky: &Sky,
-    started: SystemTime,
     id: RequestId,
     out: &mut (dyn Write + Send),
 ) -> Result<crate::state::RequestRecord, DemoError> {
@@ -110,7 +143,8 @@ async fn wait_delivered(
         .service
         .as_ref()
         .ok_or_else(|| DemoError::Unexpected(id, "no service".into()))?;
-    let limit = sky.pass_period * 3 + Duration::from_secs(60);
+    // A safety net, not a schedule: ten passes carry any request the link can carry.
+    let limit = sky.first_pass_in + sky.pass_period * 10 + Duration::from_secs(60);
     let t0 = Instant::now();
     let mut last = None;
     loop {
@@ -118,7 +152,7 @@ async fn wait_delivered(
         if r.state == State::Delivered {
             writeln!(
                 out,
-                "\r  [{:>5.1} s] delivered{:40}",
+                "\r  [{:>5.1} s] delivered{:60}",
                 t0.elapsed().as_secs_f64(),
                 ""
             )?;
@@ -127,19 +161,6 @@ async fn wait_delivered(
         if t0.elapsed() > limit {
             return Err(DemoError::Timeout(id, limit));
         }
-        let since = SystemTime::now()
-            .duration_since(started)
-            .unwrap_or_default();
-        let phase =
-            Duration::from_nanos((since.as_nanos() % sky.pass_period.as_nanos().max(1)) as u64);
-        let sky_text = if phase < sky.pass_up {
-            format!(
-                "satellite in view for {:>3} s more",
-                (sky.pass_up - phase).as_secs()
-            )
-        } else {
-            format!("next pass in {:>3} s", (sky.pass_period - phase).as_secs())
-        };
         if last != Some(r.state) {
             if last.is_some() {
                 writeln!(out)?;
@@ -148,10 +169,10 @@ async fn wait_delivered(
         }
         write!(
             out,
-            "\r  [{:>5.1} s] {:<10} {}",
+            "\r  [{:>5.1} s] {:<10} {:<70}",
             t0.elapsed().as_secs_f64(),
             r.state.as_str(),
-            sky_text
+            link_line(sys)
         )?;
         out.flush()?;
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -162,7 +183,6 @@ async fn wait_delivered(
 pub async fn run(
     sys: &DevSystem,
     sky: Sky,
-    started: SystemTime,
     out: &mut (dyn Write + Send),
 ) -> Result<String, DemoError> {
     let service = sys
@@ -219,7 +239,7 @@ pub async fn run(
         let code = wait_for_code(sys, &reg).await?;
         writeln!(out, "3. The email's code: {code}; confirming it")?;
         service.confirm(reg, &code, true).await?;
-        let r = wait_delivered(sys, &sky, started, reg, out).await?;
+        let r = wait_delivered(sys, &sky, reg, out).await?;
         match r.outcome {
             Some(Outcome::Done { detail }) => writeln!(out, "   {detail}")?,
             other => return Err(DemoError::Unexpected(reg, format!("{other:?}"))),
@@ -269,7 +289,7 @@ pub async fn run(
         out,
         "6. Waiting for the pass, the satellite's signature and the answer:"
     )?;
-    let r = wait_delivered(sys, &sky, started, id, out).await?;
+    let r = wait_delivered(sys, &sky, id, out).await?;
     let Some(Outcome::Signed {
         psbt, tx: Some(tx), ..
     }) = r.outcome

@@ -6,14 +6,14 @@
 //! exactly as the satellite would; only the simulated channel joins the two.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use satcosign_cosigner::daemon::{Cosigner, Settings};
 use satcosign_cosigner::decision::Rules;
 use satcosign_cosigner::keys::{create_key_file, load_key_file, CosignerKey};
 use satcosign_link::crypto::Identity;
 use satcosign_link::engine::{Engine, EngineConfig};
-use satcosign_link::link::{LinkHandle, PassWindow};
+use satcosign_link::link::LinkHandle;
 use satcosign_link::store::RedbStore;
 use satcosign_link::transport::sim::{Loss, Passes, SimChannel, SimConfig};
 
@@ -31,6 +31,8 @@ pub struct Sky {
     pub loss: f64,
     /// Bit rate.
     pub bitrate: u64,
+    /// How long after start the first pass begins (zero: in view at once).
+    pub first_pass_in: Duration,
 }
 
 impl Default for Sky {
@@ -40,6 +42,7 @@ impl Default for Sky {
             pass_period: Duration::from_secs(120),
             loss: 0.0,
             bitrate: 9600,
+            first_pass_in: Duration::ZERO,
         }
     }
 }
@@ -59,6 +62,7 @@ pub struct DevSystem {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The satellite side's link store, released at stop.
     sat_store: crate::store::Released,
+    cosigner_dir: std::path::PathBuf,
 }
 
 impl DevSystem {
@@ -72,7 +76,8 @@ impl DevSystem {
             let _ = t.await;
         }
         // The cosigner's databases, once its link service (and link) have let go of them.
-        let cosigner = crate::store::Released::of(Arc::downgrade(&self.cosigner));
+        let cosigner = crate::store::Released::of(Arc::downgrade(&self.cosigner))
+            .file(self.cosigner_dir.join("cosigner.redb"));
         drop(self.cosigner);
         for (what, db) in [
             ("cosigner.redb", cosigner),
@@ -89,8 +94,68 @@ fn err(what: &str, e: impl std::fmt::Display) -> StartError {
     StartError::Link(format!("{what}: {e}"))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_folder_in_git_must_be_ignored() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(repo.path())
+                .args(args)
+                .output()
+                .expect("git")
+        };
+        assert!(git(&["init", "-q"]).status.success());
+        let data = repo.path().join("satcosign-data");
+        let e = check_data_dir_not_in_git(&data).expect_err("not ignored");
+        assert!(e.to_string().contains(".gitignore"), "{e}");
+        std::fs::write(repo.path().join(".gitignore"), "satcosign-data/\n").expect("write");
+        check_data_dir_not_in_git(&data).expect("ignored now");
+        let outside = tempfile::tempdir().expect("tempdir");
+        check_data_dir_not_in_git(outside.path()).expect("not in a work tree");
+    }
+}
+
 fn network_kind(n: bitcoin::Network) -> bitcoin::NetworkKind {
     bitcoin::NetworkKind::from(n)
+}
+
+/// Refuses a data folder inside a git work tree that does not ignore it: it holds the
+/// cosigner's seed, the link keys and the mailbox key, and one `git add .` would publish them.
+pub fn check_data_dir_not_in_git(data_dir: &std::path::Path) -> Result<(), StartError> {
+    let abs = std::path::absolute(data_dir).map_err(|e| err("data directory", e))?;
+    let Some(top) = abs.ancestors().find(|a| a.join(".git").exists()) else {
+        return Ok(());
+    };
+    let ignored = std::process::Command::new("git")
+        .arg("-C")
+        .arg(top)
+        .args(["check-ignore", "-q", "--no-index"])
+        // A file inside it: a `dir/` rule matches that whether or not the folder exists yet.
+        .arg(abs.join("cosigner"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match ignored {
+        Ok(s) if s.success() => Ok(()),
+        Ok(_) => Err(StartError::Link(format!(
+            "the data folder {} is inside the git work tree {} and not ignored: it will hold \
+             the satellite's seed and the link keys. Add it to .gitignore, or choose \
+             --data-dir outside the work tree",
+            abs.display(),
+            top.display()
+        ))),
+        Err(e) => {
+            tracing::warn!(data_dir = %abs.display(), work_tree = %top.display(), error = %e,
+                "the data folder is inside a git work tree and git could not be asked whether \
+                 it is ignored: make sure it is, since it holds keys");
+            Ok(())
+        }
+    }
 }
 
 /// Starts the bridge and an in-process cosigner over the simulated link.
@@ -104,6 +169,7 @@ pub async fn start_dev_with(
     sky: Sky,
     mailer: Option<Box<dyn crate::mail::Mailer>>,
 ) -> Result<DevSystem, StartError> {
+    check_data_dir_not_in_git(&config.data_dir)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| err("data directory", e))?;
     let cdir = config.data_dir.join("cosigner");
     std::fs::create_dir_all(&cdir).map_err(|e| err("cosigner directory", e))?;
@@ -153,28 +219,23 @@ pub async fn start_dev_with(
             up: sky.pass_up,
             period: sky.pass_period,
         }),
+        first_pass_in: sky.first_pass_in,
         seed: u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()) ^ 0x5a71,
         ..SimConfig::default()
     });
-    let now = SystemTime::now();
-    let passes = (0..720u32)
-        .map(|k| {
-            let start = now + sky.pass_period * k;
-            PassWindow {
-                start,
-                end: start + sky.pass_up,
-            }
-        })
-        .collect();
+    // Both ends know the passes: the ground from orbit predictions, the satellite from its
+    // own (here, the channel's schedule itself).
+    let schedule = channel.schedule();
 
     // The satellite's side of the link.
     let sat_store = Arc::new(
         RedbStore::open(&cdir.join("link.redb")).map_err(|e| err("cosigner link store", e))?,
     );
-    let sat_store_released = crate::store::Released::of(Arc::downgrade(&sat_store));
+    let sat_store_released =
+        crate::store::Released::of(Arc::downgrade(&sat_store)).file(cdir.join("link.redb"));
     let sat_cipher =
         satcosign_link::crypto::Cipher::new(&cosigner_identity, &bridge_identity.public());
-    let sat_engine = Engine::new(
+    let mut sat_engine = Engine::new(
         EngineConfig {
             mtu: config.satellite.mtu,
             bitrate: sky.bitrate,
@@ -188,6 +249,7 @@ pub async fn start_dev_with(
         1.37,
     )
     .map_err(|e| err("cosigner link", e))?;
+    sat_engine.set_schedule(schedule.clone());
     let sat_link = Arc::new(LinkHandle::spawn(sat_engine, channel.attach(1)));
     let serve = tokio::spawn({
         let cosigner = cosigner.clone();
@@ -209,7 +271,7 @@ pub async fn start_dev_with(
             transport: channel.attach(0),
             identity: bridge_identity,
             peer: cosigner_identity.public(),
-            passes,
+            schedule,
             mailer,
         }),
     )
@@ -222,5 +284,6 @@ pub async fn start_dev_with(
         channel,
         tasks: vec![serve],
         sat_store: sat_store_released,
+        cosigner_dir: cdir,
     })
 }

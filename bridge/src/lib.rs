@@ -122,6 +122,8 @@ pub struct RunningBridge {
     pub nostr: Option<SocketAddr>,
     /// The signing service, when a satellite is configured.
     pub service: Option<Arc<Service>>,
+    /// The radio link's status, when a satellite is configured.
+    pub link_status: Option<rpc::LinkStatusFn>,
     tasks: Vec<JoinHandle<()>>,
     http_handle: Option<jsonrpsee::server::ServerHandle>,
     /// The databases, released once every task holding them has ended.
@@ -144,6 +146,7 @@ impl RunningBridge {
             let _ = t.await;
         }
         drop(self.service);
+        drop(self.link_status);
         for (what, db) in self.databases {
             if !db.wait(Duration::from_secs(10)).await {
                 tracing::warn!(database = what, "still held 10 s after stop");
@@ -166,8 +169,11 @@ pub struct SatelliteLink<T> {
     pub identity: satcosign_link::crypto::Identity,
     /// The cosigner's link public key.
     pub peer: [u8; 32],
-    /// Predicted passes, for `satellite.info`.
-    pub passes: Vec<satcosign_link::link::PassWindow>,
+    /// When the satellite is in view ([`Schedule::Always`] where nothing is predicted): the
+    /// link transmits only in passes, and `satellite.info` shows them.
+    ///
+    /// [`Schedule::Always`]: satcosign_link::schedule::Schedule::Always
+    pub schedule: satcosign_link::schedule::Schedule,
     /// A mailer to use instead of the configured one (benchmarks).
     pub mailer: Option<Box<dyn mail::Mailer>>,
 }
@@ -180,7 +186,7 @@ impl<T> SatelliteLink<T> {
             transport,
             identity,
             peer,
-            passes: Vec::new(),
+            schedule: satcosign_link::schedule::Schedule::Always,
             mailer: None,
         }
     }
@@ -286,7 +292,10 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await
         .map_err(|e| StoreError::Database(e.to_string()))??;
-    let mut databases = vec![("bridge.redb", store.released())];
+    let mut databases = vec![(
+        "bridge.redb",
+        store.released().file(config.database_path()),
+    )];
     let mailbox = Mailbox::new(
         store.clone(),
         Duration::from_secs(config.mailbox.ttl_secs),
@@ -340,6 +349,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             )));
         }
         let link_db = config.data_dir.join("link.redb");
+        let link_db_path = link_db.clone();
         let link_store = Arc::new(
             tokio::task::spawn_blocking(move || satcosign_link::store::RedbStore::open(&link_db))
                 .await
@@ -348,7 +358,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         );
         databases.push((
             "link.redb",
-            store::Released::of(Arc::downgrade(&link_store)),
+            store::Released::of(Arc::downgrade(&link_store)).file(link_db_path),
         ));
         let cipher = satcosign_link::crypto::Cipher::new(&link.identity, &link.peer);
         let engine_config = satcosign_link::engine::EngineConfig {
@@ -357,14 +367,14 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             expected_loss: config.satellite.expected_loss,
             ..Default::default()
         };
-        let engine =
+        let mut engine =
             satcosign_link::engine::Engine::new(engine_config, cipher, link_store.clone(), 1.0)
                 .map_err(|e| StartError::Link(e.to_string()))?;
+        engine.set_schedule(link.schedule);
         let handle = Arc::new(satcosign_link::link::LinkHandle::spawn(
             engine,
             link.transport,
         ));
-        handle.set_passes(link.passes);
         let status_handle = handle.clone();
         link_status = Some(Arc::new(move || status_handle.status()));
         // The satellite's Nostr identity answers deliveries: hook it before the relay
@@ -399,6 +409,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         http: None,
         nostr: None,
         service: service.clone(),
+        link_status: link_status.clone(),
         tasks: Vec::new(),
         http_handle: None,
         databases: Vec::new(),

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use lettre::message::{Mailbox as Address, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{EmailConfig, SmtpSecurity};
 
@@ -95,11 +95,7 @@ pub fn from_config(
             let dir = cfg.dir.clone().unwrap_or_else(|| data_dir.join("mail"));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| MailError::Send(format!("cannot create {}: {e}", dir.display())))?;
-            Ok(Box::new(LettreMailer {
-                from,
-                transport: AsyncFileTransport::<Tokio1Executor>::new(&dir),
-                destination: format!("{} (.eml files)", dir.display()),
-            }))
+            Ok(Box::new(MailFolder { from, dir }))
         }
         Some(host) => {
             let port = cfg.smtp_port.unwrap_or(match cfg.smtp_security {
@@ -151,6 +147,48 @@ pub fn from_config(
     }
 }
 
+/// Mail as `.eml` files in a folder (the embedded default). Each is written whole under a
+/// temporary name, synced, then renamed, so a reader of the folder never sees a partial mail,
+/// even if the process is killed while writing.
+pub struct MailFolder {
+    from: Address,
+    dir: std::path::PathBuf,
+}
+
+impl MailFolder {
+    fn write(dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let name = hex::encode(id);
+        // Not `.eml`: readers of the folder skip it until the rename.
+        let part = dir.join(format!(".{name}.part"));
+        let mut f = std::fs::File::create(&part)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&part, dir.join(format!("{name}.eml")))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+impl Mailer for MailFolder {
+    fn send(&self, email: Email) -> SendFuture<'_> {
+        Box::pin(async move {
+            let bytes = build(&self.from, &email)?.formatted();
+            let dir = self.dir.clone();
+            tokio::task::spawn_blocking(move || Self::write(&dir, &bytes))
+                .await
+                .map_err(|e| MailError::Send(e.to_string()))?
+                .map_err(|e| MailError::Send(format!("writing to {}: {e}", self.dir.display())))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (.eml files)", self.dir.display())
+    }
+}
+
 impl<T> Mailer for LettreMailer<T>
 where
     T: AsyncTransport + Send + Sync,
@@ -169,5 +207,40 @@ where
 
     fn describe(&self) -> String {
         self.destination.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn mail_files_appear_whole_and_nothing_else_is_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mailer = MailFolder {
+            from: parse_address("bridge@example.org").expect("from"),
+            dir: dir.path().to_path_buf(),
+        };
+        for i in 0..3 {
+            mailer
+                .send(Email {
+                    to: "you@example.org".into(),
+                    subject: format!("mail {i}"),
+                    text: "text".into(),
+                    html: "<p>html</p>".into(),
+                })
+                .await
+                .expect("send");
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        for n in &names {
+            assert!(n.ends_with(".eml"), "only whole mails: {n}");
+            let text = std::fs::read_to_string(dir.path().join(n)).expect("read");
+            assert!(text.contains("Subject: mail") && text.contains("html"), "{text}");
+        }
     }
 }

@@ -66,10 +66,14 @@ struct SkyArgs {
     /// Frame loss on the simulated channel, 0 to 0.45.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Seconds until the first pass begins. `dev` starts in view (0); `demo` starts out of
+    /// view, so you see the wait for a pass (default: the gap between passes, at most 30 s).
+    #[arg(long, value_name = "SECS")]
+    first_pass_in: Option<u64>,
 }
 
 impl SkyArgs {
-    fn sky(self) -> anyhow::Result<Sky> {
+    fn sky(self, start_out_of_view: bool) -> anyhow::Result<Sky> {
         anyhow::ensure!(self.pass_up >= 5, "--pass-up must be at least 5 seconds");
         anyhow::ensure!(
             self.pass_period >= self.pass_up,
@@ -79,10 +83,23 @@ impl SkyArgs {
             (0.0..=0.45).contains(&self.loss),
             "--loss must be within 0..=0.45"
         );
+        let gap = self.pass_period - self.pass_up;
+        let first_pass_in = match self.first_pass_in {
+            Some(s) => {
+                anyhow::ensure!(
+                    s <= self.pass_period,
+                    "--first-pass-in must be at most --pass-period"
+                );
+                s
+            }
+            None if start_out_of_view => gap.min(30),
+            None => 0,
+        };
         Ok(Sky {
             pass_up: Duration::from_secs(self.pass_up),
             pass_period: Duration::from_secs(self.pass_period),
             loss: self.loss,
+            first_pass_in: Duration::from_secs(first_pass_in),
             ..Sky::default()
         })
     }
@@ -169,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         Command::Dev(sky) => {
-            let sky = sky.sky()?;
+            let sky = sky.sky(false)?;
             let config = load_config(cli.overrides, true)?;
             let system = satcosign_bridge::dev::start_dev(config, sky).await?;
             print_listeners(&system.bridge);
@@ -184,10 +201,14 @@ async fn main() -> anyhow::Result<()> {
                     println!("mail: {}", s.mail_destination());
                 }
                 println!(
-                    "passes: in view {} s every {} s, loss {}",
+                    "passes: in view {} s every {} s, the first in {} s, loss {}",
                     sky.pass_up.as_secs(),
                     sky.pass_period.as_secs(),
+                    sky.first_pass_in.as_secs(),
                     sky.loss
+                );
+                println!(
+                    "network: regtest (point Electrum at it with --regtest; see the README)"
                 );
                 println!("ready");
             }
@@ -195,13 +216,12 @@ async fn main() -> anyhow::Result<()> {
             system.stop().await;
         }
         Command::Demo(sky) => {
-            let sky = sky.sky()?;
+            let sky = sky.sky(true)?;
             let config = load_config(cli.overrides, true)?;
-            let started = std::time::SystemTime::now();
             let system = satcosign_bridge::dev::start_dev(config, sky).await?;
             print_listeners(&system.bridge);
             let mut out = std::io::stdout();
-            let result = satcosign_bridge::demo::run(&system, sky, started, &mut out).await;
+            let result = satcosign_bridge::demo::run(&system, sky, &mut out).await;
             system.stop().await;
             let txid = result?;
             #[allow(clippy::print_stdout)]

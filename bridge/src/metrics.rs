@@ -253,22 +253,54 @@ pub async fn render(source: &Source) -> Result<String, StoreError> {
     if let Some(status) = &source.link_status {
         let l = status();
         t.one(
-            "satcosign_link_up",
+            "satcosign_link_in_view",
             "gauge",
-            "1 when the satellite was heard recently.",
-            u8::from(l.up),
+            "1 while the satellite is in view by the pass schedule (always 1 without one).",
+            u8::from(l.in_view),
         );
+        if let Some(heard) = l.peer_heard_at {
+            t.one(
+                "satcosign_link_peer_heard_timestamp_seconds",
+                "gauge",
+                "When a frame of the satellite was last heard, unix seconds.",
+                crate::rpc_signing::unix(heard),
+            );
+        }
         t.one(
             "satcosign_link_queue_depth",
             "gauge",
             "Messages queued for the satellite and not yet acknowledged.",
             l.queue_depth,
         );
+        t.family(
+            "satcosign_link_head_state",
+            "gauge",
+            "1 for what the oldest queued message waits for (all 0: the queue is empty).",
+        );
+        for state in [
+            satcosign_link::engine::HeadState::WaitingForPass,
+            satcosign_link::engine::HeadState::Sending,
+            satcosign_link::engine::HeadState::AwaitingAck,
+        ] {
+            t.sample(
+                "satcosign_link_head_state",
+                &[("state", state.as_str())],
+                u8::from(l.head.is_some_and(|h| h.state == state)),
+            );
+        }
+        if let Some(p) = l.current_pass {
+            t.one(
+                "satcosign_link_current_pass_end_seconds",
+                "gauge",
+                "Loss of signal of the pass in progress, unix seconds.",
+                crate::rpc_signing::unix(p.end),
+            );
+        }
         if let Some(p) = l.next_pass {
             t.one(
                 "satcosign_link_next_pass_start_seconds",
                 "gauge",
-                "Start of the pass in progress or the next one, unix seconds.",
+                "Start of the next pass that has not begun, unix seconds.",
                 crate::rpc_signing::unix(p.start),
             );
         }

@@ -143,6 +143,34 @@ pub fn unix(t: std::time::SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+fn pass_json(p: satcosign_link::link::PassWindow) -> Value {
+    json!({ "start": unix(p.start), "end": unix(p.end) })
+}
+
+/// The link as `satellite.info` shows it: whether the satellite is in view (from the pass
+/// schedule), when it was last heard (a frame accepted), and where the oldest queued
+/// message stands.
+fn link_json(l: &satcosign_link::link::LinkStatus) -> Value {
+    let ago = |t: std::time::SystemTime| {
+        std::time::SystemTime::now()
+            .duration_since(t)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    json!({
+        "in_view": l.in_view,
+        "passes_known": l.passes_known,
+        "peer_heard_at": l.peer_heard_at.map(unix),
+        "peer_heard_secs_ago": l.peer_heard_at.map(ago),
+        "queue_depth": l.queue_depth,
+        "head": l.head.map(|h| json!({
+            "state": h.state.as_str(),
+            "fragments": h.fragments,
+            "fragments_sent": h.fragments_sent,
+        })),
+    })
+}
+
 /// Registers the methods.
 pub fn register(
     module: &mut RpcModule<ApiContext>,
@@ -157,14 +185,9 @@ pub fn register(
             "electrum_xpub": service.satellite.electrum_xpub(),
             "keyhash": hex::encode(service.satellite_keyhash().0),
             "mailbox_pubkey": hex::encode(service.mailbox_public.serialize()),
-            "link": link.as_ref().map(|l| json!({
-                "up": l.up,
-                "queue_depth": l.queue_depth,
-            })),
-            "next_pass": link.as_ref().and_then(|l| l.next_pass).map(|p| json!({
-                "start": unix(p.start),
-                "end": unix(p.end),
-            })),
+            "link": link.as_ref().map(link_json),
+            "current_pass": link.as_ref().and_then(|l| l.current_pass).map(pass_json),
+            "next_pass": link.as_ref().and_then(|l| l.next_pass).map(pass_json),
         }))
     })?;
     module.register_async_method(

@@ -95,12 +95,17 @@ impl Store {
     /// A handle that tells when every clone of this store (and its writer) is gone, so the
     /// file can be opened again.
     pub fn released(&self) -> Released {
-        Released(Box::new(Arc::downgrade(&self.db)))
+        Released::of(Arc::downgrade(&self.db))
     }
 }
 
-/// Something whose last handle is awaited at shutdown (a database, a store).
-pub struct Released(Box<dyn AnyWeak>);
+/// Something whose last handle is awaited at shutdown (a database, a store), and, for a
+/// database, its file's lock: the last handle going away is not the file being closed, and
+/// a restart must be able to take the lock (redb's `Database already open` otherwise).
+pub struct Released {
+    handle: Box<dyn AnyWeak>,
+    file: Option<std::path::PathBuf>,
+}
 
 trait AnyWeak: Send + Sync {
     fn alive(&self) -> bool;
@@ -115,14 +120,38 @@ impl<T: Send + Sync> AnyWeak for std::sync::Weak<T> {
 impl Released {
     /// Tracks `weak`'s target.
     pub fn of<T: Send + Sync + 'static>(weak: std::sync::Weak<T>) -> Released {
-        Released(Box::new(weak))
+        Released {
+            handle: Box::new(weak),
+            file: None,
+        }
     }
 
-    /// Waits until the last handle is dropped (tasks that held it are ending); `false` if
-    /// it is still held after `timeout`.
+    /// Also waits for the lock on the database file at `path` to be free.
+    pub fn file(mut self, path: impl Into<std::path::PathBuf>) -> Released {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Whether the file's lock can be taken now (a missing file has none).
+    fn file_free(&self) -> bool {
+        let Some(path) = &self.file else {
+            return true;
+        };
+        let Ok(f) = std::fs::File::open(path) else {
+            return true;
+        };
+        match f.try_lock() {
+            Ok(()) => f.unlock().is_ok(),
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(_)) => true,
+        }
+    }
+
+    /// Waits until the last handle is dropped (tasks that held it are ending) and the file's
+    /// lock is free; `false` if it is still held after `timeout`.
     pub async fn wait(&self, timeout: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.0.alive() {
+        while self.handle.alive() || !self.file_free() {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }

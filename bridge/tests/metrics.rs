@@ -101,7 +101,26 @@ async fn metrics_count_what_happened_and_name_nobody() {
         "every email counted"
     );
     assert_eq!(get("satcosign_email_failures_total{}"), 0.0);
-    assert_eq!(get("satcosign_link_up{}"), 1.0);
+    // In view or not is the schedule's word; the satellite was heard during the flow.
+    let in_view = get("satcosign_link_in_view{}");
+    assert!(in_view == 0.0 || in_view == 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let heard = get("satcosign_link_peer_heard_timestamp_seconds{}");
+    assert!(
+        now - heard < 300.0 && heard <= now + 1.0,
+        "heard at {heard}, now {now}"
+    );
+    for state in ["waiting_for_pass", "sending", "awaiting_ack"] {
+        assert_eq!(
+            get(&format!("satcosign_link_head_state{{state={state}}}")),
+            0.0,
+            "nothing queued"
+        );
+    }
+    assert!(get("satcosign_link_next_pass_start_seconds{}") > now - 1.0);
     assert_eq!(get("satcosign_link_queue_depth{}"), 0.0);
     assert!(get("satcosign_link_messages_acknowledged_total{}") >= 2.0);
     assert!(get("satcosign_link_messages_delivered_total{}") >= 2.0);

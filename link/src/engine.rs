@@ -15,7 +15,7 @@
 //! - passes are short: with a [`Schedule`] the engine transmits only in view, sends what it
 //!   holds the moment a pass begins (a one-frame beacon if it holds nothing, so a peer that
 //!   knows no schedule answers), ends every transmission early enough that the peer's answer
-//!   fits in the same window, keeps retry timers inside windows, and caps a burst at a third
+//!   fits in the same window, keeps retry timers inside windows, and caps a burst at half
 //!   of the window so that turns (and acknowledgements) alternate while a long message
 //!   crosses;
 //! - a side that restarts with a queue listens first, then sends a short burst and doubles
@@ -834,7 +834,7 @@ impl<S: LinkStore> Engine<S> {
         }
 
         // What the rest of the pass allows: feedback must end before loss of signal; data
-        // must also leave the peer room to answer, and takes at most a third of the window
+        // must also leave the peer room to answer, and takes at most half of the window
         // so turns alternate while a long message crosses.
         let remaining = pass.end.saturating_duration_since(now);
         let frame_air = self
@@ -842,7 +842,19 @@ impl<S: LinkStore> Engine<S> {
             .max(Duration::from_micros(1));
         let feedback = self.feedback_records();
         let copies = self.feedback_copies();
-        let feedback_air = self.frame_airtime(self.cfg.mtu) * (feedback.len() * copies) as u32;
+        let feedback_bytes: usize = feedback
+            .iter()
+            .map(|r| {
+                OVERHEAD
+                    + Plain {
+                        flags: 0,
+                        record: r.clone(),
+                    }
+                    .encode()
+                    .len()
+            })
+            .sum();
+        let feedback_air = self.frame_airtime(feedback_bytes * copies);
         if self.cfg.preamble + feedback_air > remaining {
             // Not even the feedback fits before loss of signal: it goes with the next pass.
             self.respond_at = None;
@@ -851,7 +863,7 @@ impl<S: LinkStore> Engine<S> {
         let mut data_room =
             remaining.saturating_sub(self.cfg.preamble + feedback_air + self.answer_room());
         if self.schedule.is_known() {
-            data_room = data_room.min((pass.len() / 3).max(frame_air));
+            data_room = data_room.min((pass.len() / 2).max(frame_air));
         }
         let data_budget = (data_room.as_secs_f64() / frame_air.as_secs_f64()) as usize;
         let data_budget = data_budget.min(self.burst_limit).min(

@@ -78,11 +78,11 @@ impl Budget {
     }
 
     /// Time a window of length `w` must have left to carry `n` frames and then all of them
-    /// once more (one round of retransmissions), in bursts of at most a third of the window,
+    /// once more (one round of retransmissions), in bursts of at most half of the window,
     /// each with its turn, and a last turn for the acknowledgement.
     fn need(&self, n: usize, w: f64) -> f64 {
         let air = n as f64 * self.frame_air;
-        let bursts = (air / (w / 3.0)).ceil().max(1.0);
+        let bursts = (air / (w / 2.0)).ceil().max(1.0);
         2.0 * (bursts * self.turn + air) + self.turn
     }
 }

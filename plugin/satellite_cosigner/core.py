@@ -90,15 +90,17 @@ class Service:
         return {
             "server_version": version[0] if isinstance(version, list) else str(version),
             "network": info.get("network"),
-            "link_up": bool(link and link.get("up")),
+            # In view by the pass schedule (the bridge's word), not "heard lately".
+            "in_view": bool(link and link.get("in_view")),
             "queue_depth": (link or {}).get("queue_depth"),
+            "current_pass": info.get("current_pass"),
             "next_pass": info.get("next_pass"),
         }
 
     def link_text(self, test=None):
         test = test or self.test_connection()
         np = test.get("next_pass")
-        if test["link_up"]:
+        if test["in_view"]:
             link = "the satellite is in view now"
         elif np and np.get("start"):
             link = f"next pass at about {stages.when(np['start'])}"
@@ -265,12 +267,13 @@ class WalletSession:
 
     def stage_text(self, request_id):
         st = self._statuses.get(request_id) or self.status(request_id)
-        next_pass = None
+        next_pass = current_pass = None
         try:
-            next_pass = self.service.info().get("next_pass")
+            info = self.service.info()
+            next_pass, current_pass = info.get("next_pass"), info.get("current_pass")
         except SatelliteError:
             pass
-        return stages.describe(st, next_pass)
+        return stages.describe(st, next_pass, current_pass)
 
     def open_requests(self):
         return [rid for rid, r in self.record()["requests"].items()

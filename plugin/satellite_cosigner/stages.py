@@ -78,8 +78,9 @@ def effective_state(status):
     return state
 
 
-def describe(status, next_pass=None):
-    """One sentence for the request's stage."""
+def describe(status, next_pass=None, current_pass=None):
+    """One sentence for the request's stage. `next_pass` is the next pass that has not
+    begun; `current_pass` the one in progress, if any (both as satellite.info gives them)."""
     state = effective_state(status)
     kind = status.get("kind", "sign")
     what = "registration" if kind == "register" else "request"
@@ -87,11 +88,11 @@ def describe(status, next_pass=None):
         return (f"Waiting for you: confirm the {what} with the code or the link in the email "
                 "the bridge sent.")
     if state in ("confirmed", "queued"):
+        if current_pass and time.time() <= current_pass.get("end", 0):
+            return "Confirmed. Going up to the satellite now, during this pass."
         if next_pass and next_pass.get("start"):
-            start = next_pass["start"]
-            if start <= time.time() <= next_pass.get("end", start):
-                return "Confirmed. Going up to the satellite now, during this pass."
-            return f"Confirmed. Queued for the next satellite pass, at about {when(start)}."
+            return (f"Confirmed. Queued for the next satellite pass, at about "
+                    f"{when(next_pass['start'])}.")
         return "Confirmed. Queued for the next satellite pass."
     if state == "sent":
         return "Sent to the satellite; waiting for its answer."

@@ -98,6 +98,13 @@ class Stages(unittest.TestCase):
                                                      "end": 4_000_000_600})
         self.assertIn("next satellite pass, at about " + stages.when(4_000_000_000), text)
 
+    def test_queued_during_a_pass_says_it_goes_up_now(self):
+        import time
+        now = int(time.time())
+        text = stages.describe({"state": "queued"}, {"start": now + 3600, "end": now + 3700},
+                               {"start": now - 5, "end": now + 300})
+        self.assertIn("during this pass", text)
+
 
 class SettingsAndAddresses(unittest.TestCase):
     def test_bad_settings_are_named(self):
