@@ -94,32 +94,6 @@ fn err(what: &str, e: impl std::fmt::Display) -> StartError {
     StartError::Link(format!("{what}: {e}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_data_folder_in_git_must_be_ignored() {
-        let repo = tempfile::tempdir().expect("tempdir");
-        let git = |args: &[&str]| {
-            std::process::Command::new("git")
-                .arg("-C")
-                .arg(repo.path())
-                .args(args)
-                .output()
-                .expect("git")
-        };
-        assert!(git(&["init", "-q"]).status.success());
-        let data = repo.path().join("satcosign-data");
-        let e = check_data_dir_not_in_git(&data).expect_err("not ignored");
-        assert!(e.to_string().contains(".gitignore"), "{e}");
-        std::fs::write(repo.path().join(".gitignore"), "satcosign-data/\n").expect("write");
-        check_data_dir_not_in_git(&data).expect("ignored now");
-        let outside = tempfile::tempdir().expect("tempdir");
-        check_data_dir_not_in_git(outside.path()).expect("not in a work tree");
-    }
-}
-
 fn network_kind(n: bitcoin::Network) -> bitcoin::NetworkKind {
     bitcoin::NetworkKind::from(n)
 }
@@ -286,4 +260,30 @@ pub async fn start_dev_with(
         sat_store: sat_store_released,
         cosigner_dir: cdir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_folder_in_git_must_be_ignored() {
+        let repo = tempfile::tempdir().expect("tempdir");
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(repo.path())
+                .args(args)
+                .output()
+                .expect("git")
+        };
+        assert!(git(&["init", "-q"]).status.success());
+        let data = repo.path().join("satcosign-data");
+        let e = check_data_dir_not_in_git(&data).expect_err("not ignored");
+        assert!(e.to_string().contains(".gitignore"), "{e}");
+        std::fs::write(repo.path().join(".gitignore"), "satcosign-data/\n").expect("write");
+        check_data_dir_not_in_git(&data).expect("ignored now");
+        let outside = tempfile::tempdir().expect("tempdir");
+        check_data_dir_not_in_git(outside.path()).expect("not in a work tree");
+    }
 }

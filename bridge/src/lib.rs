@@ -292,10 +292,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await
         .map_err(|e| StoreError::Database(e.to_string()))??;
-    let mut databases = vec![(
-        "bridge.redb",
-        store.released().file(config.database_path()),
-    )];
+    let mut databases = vec![("bridge.redb", store.released().file(config.database_path()))];
     let mailbox = Mailbox::new(
         store.clone(),
         Duration::from_secs(config.mailbox.ttl_secs),

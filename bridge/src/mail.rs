@@ -240,7 +240,10 @@ mod tests {
         for n in &names {
             assert!(n.ends_with(".eml"), "only whole mails: {n}");
             let text = std::fs::read_to_string(dir.path().join(n)).expect("read");
-            assert!(text.contains("Subject: mail") && text.contains("html"), "{text}");
+            assert!(
+                text.contains("Subject: mail") && text.contains("html"),
+                "{text}"
+            );
         }
     }
 }

@@ -207,9 +207,7 @@ async fn main() -> anyhow::Result<()> {
                     sky.first_pass_in.as_secs(),
                     sky.loss
                 );
-                println!(
-                    "network: regtest (point Electrum at it with --regtest; see the README)"
-                );
+                println!("network: regtest (point Electrum at it with --regtest; see the README)");
                 println!("ready");
             }
             satcosign_bridge::shutdown_signal().await;

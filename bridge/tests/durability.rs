@@ -10,8 +10,33 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+/// A child killed when dropped, so a failing test leaves no bridge behind.
+struct Killed(Child);
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the real binary on an ephemeral port; returns it and its Electrum TCP address.
-fn spawn_bridge(data_dir: &Path) -> (Child, SocketAddr) {
+fn spawn_bridge(data_dir: &Path) -> (Killed, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
         .args([
             "--electrum-tcp",
@@ -38,7 +63,7 @@ fn spawn_bridge(data_dir: &Path) -> (Child, SocketAddr) {
             break;
         }
     }
-    (child, addr.expect("bridge printed its address"))
+    (Killed(child), addr.expect("bridge printed its address"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,7 @@ fn short_passes() -> Sky {
         pass_period: Duration::from_secs(6),
         loss: 0.0,
         bitrate: 9600,
+        ..Sky::default()
     }
 }
 

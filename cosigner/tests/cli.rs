@@ -161,7 +161,7 @@ fn serve_answers_the_bridge_over_udp_with_authenticated_link_messages() {
             .expect("addr")
     };
     let (sat_addr, ground_addr) = (free(0), free(1));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-cosigner"))
+    let child = Command::new(env!("CARGO_BIN_EXE_satcosign-cosigner"))
         .arg("--data-dir")
         .arg(dir.path())
         .args(["serve", "--bridge-key", &hex::encode(ground.public())])
@@ -173,6 +173,15 @@ fn serve_answers_the_bridge_over_udp_with_authenticated_link_messages() {
         ])
         .spawn()
         .expect("serve");
+    // Killed however the test ends, so no daemon outlives it.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Killed(child);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let reply = rt.block_on(async {
         let peer = satcosign_link::crypto::parse_public(&sat_key).expect("key");
@@ -200,8 +209,7 @@ fn serve_answers_the_bridge_over_udp_with_authenticated_link_messages() {
         assert_eq!(rid, id, "answered with the request's id");
         Response::decode(body).expect("decodes")
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     match reply {
         Response::Info(info) => assert!(text.contains(&info.electrum_xpub), "{info:?}"),
         other => panic!("expected Info, got {other:?}"),

@@ -13,7 +13,7 @@ use satcosign_cosigner::protocol::{RegisterWallet, Request, Response, SignOutcom
 use satcosign_cosigner::testkit::{self, foreign_script, SpendSpec, TestWallet};
 
 struct Daemon {
-    child: Child,
+    child: Reaped,
     stdin: ChildStdin,
     stdout: ChildStdout,
 }
@@ -33,7 +33,32 @@ fn start(dir: &Path, pause: bool) -> Daemon {
     Daemon {
         stdin: child.stdin.take().expect("stdin"),
         stdout: child.stdout.take().expect("stdout"),
-        child,
+        child: Reaped(child),
+    }
+}
+
+/// The daemon's process, killed when dropped: a failing test never leaves it running.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

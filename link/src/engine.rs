@@ -18,11 +18,12 @@
 //!   fits in the same window, keeps retry timers inside windows, and caps a burst at half
 //!   of the window so that turns (and acknowledgements) alternate while a long message
 //!   crosses;
-//! - a side that restarts with a queue listens first, then sends a short burst and doubles
-//!   it each time the peer answers, so an end that lives only a few seconds still moves its
-//!   oldest messages instead of replaying its whole outbox into the air;
-//! - at an expected loss above zero, acknowledgements and reports are repeated in the same
-//!   transmission (a lost acknowledgement, not lost data, is what costs a round trip).
+//! - after a transmission the peer has the turn: a side stays quiet until the peer's answer
+//!   could have begun, and frames that queued while it was transmitting do not hand it the
+//!   turn back;
+//! - a side that restarts with a queue sends a short burst and doubles it each time the peer
+//!   answers, so an end that lives only a few seconds still moves its oldest messages
+//!   instead of replaying its whole outbox into the air.
 //!
 //! Exactly once: message ids are persisted with the outbox; the receiver records delivered
 //! ids in the same transaction that puts the message in its inbox, and acknowledges
@@ -341,16 +342,6 @@ impl<S: LinkStore> Engine<S> {
         let room = Duration::from_secs(1).saturating_sub(self.cfg.preamble);
         let per = self.frame_airtime(self.cfg.mtu).as_secs_f64().max(1e-6);
         ((room.as_secs_f64() / per) as usize).clamp(1, self.cfg.max_burst_frames.max(1))
-    }
-
-    /// How many times feedback records (acknowledgements, reports) go out in one
-    /// transmission, so that at the expected loss all copies are lost at most 5% of the time.
-    fn feedback_copies(&self) -> usize {
-        let p = self.cfg.expected_loss;
-        if p <= 0.0 {
-            return 1;
-        }
-        ((0.05f64.ln() / p.min(0.9).ln()).ceil() as usize).clamp(1, 4)
     }
 
     /// Air time the peer needs to answer a transmission: its turnaround and preamble, two
@@ -841,7 +832,6 @@ impl<S: LinkStore> Engine<S> {
             .frame_airtime(self.cfg.mtu)
             .max(Duration::from_micros(1));
         let feedback = self.feedback_records();
-        let copies = self.feedback_copies();
         let feedback_bytes: usize = feedback
             .iter()
             .map(|r| {
@@ -854,7 +844,7 @@ impl<S: LinkStore> Engine<S> {
                     .len()
             })
             .sum();
-        let feedback_air = self.frame_airtime(feedback_bytes * copies);
+        let feedback_air = self.frame_airtime(feedback_bytes);
         if self.cfg.preamble + feedback_air > remaining {
             // Not even the feedback fits before loss of signal: it goes with the next pass.
             self.respond_at = None;
@@ -866,11 +856,9 @@ impl<S: LinkStore> Engine<S> {
             data_room = data_room.min((pass.len() / 2).max(frame_air));
         }
         let data_budget = (data_room.as_secs_f64() / frame_air.as_secs_f64()) as usize;
-        let data_budget = data_budget.min(self.burst_limit).min(
-            self.cfg
-                .max_burst_frames
-                .saturating_sub(feedback.len() * copies),
-        );
+        let data_budget = data_budget
+            .min(self.burst_limit)
+            .min(self.cfg.max_burst_frames.saturating_sub(feedback.len()));
         if feedback.is_empty() && (!data || data_budget == 0) && !self.beacon_due {
             // Nothing to say, or nothing fits in the rest of this pass: the next one.
             self.respond_at = None;
@@ -879,7 +867,7 @@ impl<S: LinkStore> Engine<S> {
         self.acks_due.clear();
         self.reports_due.clear();
 
-        let mut records: Vec<Record> = feedback.clone();
+        let mut records: Vec<Record> = feedback;
         let mut data_frames = 0;
         if may_send_data {
             'outer: for (&id, m) in self.out.iter_mut() {
@@ -906,10 +894,6 @@ impl<S: LinkStore> Engine<S> {
                     }
                 }
             }
-        }
-        // Repeated feedback goes last, apart from the first copies, against burst loss.
-        for _ in 1..copies {
-            records.extend(feedback.iter().cloned());
         }
         if records.is_empty() {
             // A pass began and we have nothing to say: one empty acknowledgement tells the

@@ -122,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         pass_period: Duration::from_secs(1 << 30),
         loss: args.loss,
         bitrate: args.bitrate,
+        ..Sky::default()
     };
     let codes = Codes::default();
     let system = start_dev_with(config, sky, Some(Box::new(codes.clone()))).await?;

@@ -11,7 +11,7 @@ use satcosign_link::crypto::{Cipher, Identity};
 use satcosign_link::engine::{Engine, EngineConfig};
 use satcosign_link::link::LinkHandle;
 use satcosign_link::store::MemStore;
-use satcosign_link::transport::sim::{Loss, SimChannel, SimConfig, SimTransport};
+use satcosign_link::transport::sim::{Loss, Passes, SimChannel, SimConfig, SimTransport};
 use satcosign_link::transport::Transport;
 use tokio::time::Instant;
 
@@ -49,6 +49,16 @@ fn sim(args: &Args, latency: Duration, loss: f64, seed: u64) -> SimConfig {
 }
 
 fn link(side: usize, channel: &SimChannel, cfg: &SimConfig) -> LinkHandle<MemStore> {
+    link_with(side, channel, cfg, false)
+}
+
+/// A side of the link; with `schedule`, it is told the channel's passes, as the bridge is.
+fn link_with(
+    side: usize,
+    channel: &SimChannel,
+    cfg: &SimConfig,
+    schedule: bool,
+) -> LinkHandle<MemStore> {
     let (me, peer) = if side == 0 {
         ([1u8; 32], [2u8; 32])
     } else {
@@ -70,8 +80,64 @@ fn link(side: usize, channel: &SimChannel, cfg: &SimConfig) -> LinkHandle<MemSto
         ..EngineConfig::default()
     };
     let jitter = if side == 0 { 1.0 } else { 1.37 };
-    let engine = Engine::new(engine_cfg, cipher, MemStore::new(), jitter).expect("engine");
+    let mut engine = Engine::new(engine_cfg, cipher, MemStore::new(), jitter).expect("engine");
+    if schedule {
+        engine.set_schedule(channel.schedule());
+    }
     LinkHandle::spawn(engine, channel.attach(side))
+}
+
+/// A request confirmed `confirm_at` into the channel's life and the satellite's reply, on a
+/// channel with passes: the time from confirmation to the reply, the part of it spent
+/// waiting for the first pass, and how many passes carried it.
+struct PassRun {
+    time: Duration,
+    waiting: Duration,
+    /// Time in view between confirmation and reply.
+    in_view: Duration,
+    passes: u32,
+    transmissions: u64,
+}
+
+async fn over_passes(cfg: SimConfig, size: usize, confirm_at: Duration) -> PassRun {
+    let channel = SimChannel::new(cfg.clone());
+    let schedule = channel.schedule();
+    let ground = link_with(0, &channel, &cfg, true);
+    let sat = link_with(1, &channel, &cfg, true);
+    tokio::time::sleep(confirm_at).await;
+    let start = Instant::now();
+    ground.send(vec![0x11; size]).await.expect("send");
+    let (id, _) = sat.recv().await.expect("request");
+    sat.send(vec![0x22; size]).await.expect("reply");
+    sat.ack(id).expect("ack");
+    let (_, reply) = ground.recv().await.expect("reply");
+    assert_eq!(reply.len(), size);
+    let end = Instant::now();
+    let first = match schedule.current(start) {
+        Some(w) => w,
+        None => schedule.next(start).expect("passes"),
+    };
+    let mut passes = 1;
+    let mut w = first;
+    let overlap = |w: satcosign_link::schedule::Window| {
+        w.end.min(end).saturating_duration_since(w.start.max(start))
+    };
+    let mut in_view = overlap(w);
+    while w.end < end {
+        w = schedule.next(w.start).expect("passes");
+        passes += 1;
+        in_view += overlap(w);
+    }
+    let air = channel.stats();
+    ground.stop();
+    sat.stop();
+    PassRun {
+        time: end - start,
+        waiting: first.start.saturating_duration_since(start),
+        in_view,
+        passes,
+        transmissions: air.transmissions,
+    }
 }
 
 /// Ours: the ground sends a request; the satellite replies as soon as it is delivered.
@@ -232,4 +298,74 @@ fn main() {
         )
     );
     println!("goals: <= 1.15x limit at 0% loss, <= 1.5x at 10%, completes at 30%, >= 3x faster than stop-and-wait at 10%");
+
+    // Short passes: 30 s in view every 90 s, 10% loss, confirmed at a moment spread over a
+    // period (by seed), against the same traffic in one long window.
+    let mut rows = Vec::new();
+    for size in [512usize, 1024, 4096] {
+        let (mut long, mut short) = (Vec::new(), Vec::new());
+        for seed in 1..=args.seeds {
+            let rt = || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .start_paused(true)
+                    .build()
+                    .expect("runtime")
+            };
+            let base = sim(&args, Duration::from_millis(10), 0.10, seed);
+            long.push(rt().block_on(ours(base.clone(), size)));
+            let passes = SimConfig {
+                passes: Some(Passes {
+                    up: Duration::from_secs(30),
+                    period: Duration::from_secs(90),
+                }),
+                ..base
+            };
+            let confirm_at = Duration::from_millis(seed.wrapping_mul(7919) % 90_000);
+            short.push(rt().block_on(over_passes(passes, size, confirm_at)));
+        }
+        let n = short.len() as f64;
+        let avg = |f: &dyn Fn(&PassRun) -> f64| short.iter().map(f).sum::<f64>() / n;
+        let (lt, ltx, _) = mean(&long);
+        let t = avg(&|r| r.time.as_secs_f64());
+        let wait = avg(&|r| r.waiting.as_secs_f64());
+        let in_pass = avg(&|r| r.in_view.as_secs_f64());
+        let worst_passes = short.iter().map(|r| r.passes).max().unwrap_or(0);
+        rows.push(vec![
+            format!("{size} B"),
+            format!("{lt:.2}"),
+            format!("{ltx:.1}"),
+            format!("{t:.1}"),
+            format!("{wait:.1}"),
+            format!("{in_pass:.2}"),
+            format!("{:.2}x", in_pass / lt),
+            format!("{:.2}", avg(&|r| f64::from(r.passes))),
+            format!("{worst_passes}"),
+            format!("{:.1}", avg(&|r| r.transmissions as f64)),
+        ]);
+    }
+    println!();
+    println!(
+        "link-exchange over passes: request + reply, 30 s in view every 90 s, 10% loss, confirmed at a moment spread over the period; mean of {} seeds",
+        args.seeds
+    );
+    println!(
+        "{}",
+        table(
+            &[
+                "size each way",
+                "one long window s",
+                "long transmissions",
+                "passes: confirmation to reply s",
+                "of which waiting for the pass s",
+                "in view s",
+                "in view vs long",
+                "passes used (mean)",
+                "passes used (worst)",
+                "transmissions"
+            ],
+            &rows
+        )
+    );
+    println!("goal: carried in the first pass with room for it (passes used 1, worst <= 2 when confirmed near a pass's end), in-pass time near the long window's");
 }

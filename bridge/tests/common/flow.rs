@@ -193,6 +193,7 @@ pub fn sky(loss: f64) -> Sky {
         pass_period: Duration::from_secs(3600),
         loss,
         bitrate: 9600,
+        ..Sky::default()
     }
 }
 

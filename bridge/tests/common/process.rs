@@ -64,6 +64,22 @@ impl BridgeProcess {
     /// `satcosign-bridge dev` on data folder `dir`, every listener on a free loopback port,
     /// the satellite always in view; `global` goes before the command (`--config …`).
     pub fn dev(dir: &Path, global: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
+        BridgeProcess::dev_sky(
+            dir,
+            global,
+            &["--pass-up", "3600", "--pass-period", "3600"],
+            env,
+        )
+    }
+
+    /// As [`Self::dev`], with the sky's arguments (`--pass-up`, `--pass-period`, `--loss`,
+    /// `--first-pass-in`).
+    pub fn dev_sky(
+        dir: &Path,
+        global: &[&str],
+        sky: &[&str],
+        env: &[(&str, &str)],
+    ) -> BridgeProcess {
         let dir = dir.to_str().expect("utf-8 path");
         let mut args = global.to_vec();
         args.extend([
@@ -74,13 +90,10 @@ impl BridgeProcess {
             "127.0.0.1:0",
             "--nostr",
             "127.0.0.1:0",
-            "--pass-up",
-            "3600",
-            "--pass-period",
-            "3600",
             "--data-dir",
             dir,
         ]);
+        args.extend(sky);
         BridgeProcess::spawn(&args, env)
     }
 
@@ -152,6 +165,16 @@ impl BridgeProcess {
         self.terminate();
         // The reader thread ends at the pipe's end, which closes the channel.
         stderr.iter().collect()
+    }
+}
+
+impl Drop for BridgeProcess {
+    /// A test that fails (or forgets) never leaves its bridge running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
