@@ -13,7 +13,7 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use serde_json::{json, Value};
 
 use common::flow::parse_id;
-use common::process::{mailed_code, BridgeProcess};
+use common::process::{dev_cosigner, dev_wallet, mailed_code, BridgeProcess};
 
 /// `satcosign-bridge dev` on `dir`, frozen at `hold_at` if given, with `extra` arguments.
 fn start_with(dir: &Path, hold_at: Option<&str>, extra: &[&str]) -> BridgeProcess {
@@ -39,18 +39,10 @@ async fn code(dir: &Path, id: &str) -> String {
     mailed_code(&dir.join("mail"), id).await
 }
 
-fn wallet(dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
-    let seed =
-        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
-    satcosign_cosigner::testkit::TestWallet::with_satellite(key)
-}
-
 /// A data directory with the test wallet registered and active.
 async fn registered(dir: &Path) -> String {
     let b = start(dir, None);
-    let w = wallet(dir);
+    let w = dev_wallet(dir);
     let r = b
         .call(
             "wallet.register",
@@ -69,7 +61,7 @@ async fn crash_at(state: &'static str) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = tmp.path().join("data");
     let wid = registered(&dir).await;
-    let w = wallet(&dir);
+    let w = dev_wallet(&dir);
     let psbt = w.typical_signed_psbt(1, 7);
     let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
 
@@ -137,23 +129,7 @@ async fn crash_at(state: &'static str) {
     b.terminate();
 
     // The cosigner debited its ledger once and signed once.
-    let seed =
-        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
-    let cosigner = satcosign_cosigner::daemon::Cosigner::open(
-        key,
-        &dir.join("cosigner/cosigner.redb"),
-        satcosign_cosigner::daemon::Settings {
-            network: bitcoin::Network::Regtest,
-            rules: satcosign_cosigner::decision::Rules {
-                approval_max_age_secs: 3600,
-                clock_skew_secs: 60,
-            },
-            policy_loosen_delay_secs: 0,
-        },
-    )
-    .expect("cosigner db");
+    let cosigner = dev_cosigner(&dir);
     let ledger = cosigner.ledger(&w.wallet.id, 0).expect("ledger");
     assert_eq!(ledger.len(), 1, "{state}: one debit");
     assert_eq!(ledger[0].request_id, parse_id(&id));
@@ -227,7 +203,7 @@ async fn a_nostr_message_killed_before_it_became_a_request_is_handled_after_rest
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = tmp.path().join("data");
     registered(&dir).await;
-    let w = wallet(&dir);
+    let w = dev_wallet(&dir);
     let (dm, user, satellite) = common::flow::nostr_dm(
         &w,
         &w.satellite.public().electrum_xpub(),
@@ -284,7 +260,7 @@ async fn a_kill_between_the_broadcast_and_its_record_does_not_broadcast_again() 
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = tmp.path().join("data");
     let wid = registered(&dir).await;
-    let w = wallet(&dir);
+    let w = dev_wallet(&dir);
     let psbt = w.typical_signed_psbt(1, 9);
     let funding: Vec<bitcoin::Transaction> = psbt
         .inputs

@@ -15,7 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::json;
 
-use common::flow::verify_with_core;
+use common::flow::assert_final_tx;
 use common::process::{mailed_code, BridgeProcess};
 
 /// The cosigner's binary, built beside the bridge's by `cargo test --workspace`.
@@ -225,17 +225,7 @@ udp_peer = "127.0.0.1:{sat_port}"
     let _satellite = start_satellite(&sat_dir, &ground_key, ports);
     let done = ground.wait_state(&id, "delivered").await;
     assert_eq!(done["final_state"], "signed", "{done}");
-    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(
-        done["outcome"]["signed"]["tx"].as_str().expect("final tx"),
-    )
-    .expect("tx");
-    assert_eq!(tx.compute_txid(), psbt.unsigned_tx.compute_txid());
-    let funding: Vec<bitcoin::Transaction> = psbt
-        .inputs
-        .iter()
-        .filter_map(|i| i.non_witness_utxo.clone())
-        .collect();
-    verify_with_core(&tx, &funding);
+    assert_final_tx(&done, &psbt);
     drop(_satellite);
 
     // The satellite's own audit log: one registration, one signature, for this request.

@@ -11,16 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use common::flow::verify_with_core;
-use common::process::{mailed_code, BridgeProcess};
-
-fn wallet(dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
-    let seed =
-        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
-    satcosign_cosigner::testkit::TestWallet::with_satellite(key)
-}
+use common::flow::assert_final_tx;
+use common::process::{dev_cosigner, dev_wallet, mailed_code, BridgeProcess};
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -31,7 +23,7 @@ fn unix_now() -> f64 {
 
 /// Registers the test wallet through `b` and confirms it from the mail; returns its id.
 async fn register(b: &BridgeProcess, dir: &Path) -> String {
-    let w = wallet(dir);
+    let w = dev_wallet(dir);
     let r = b
         .call(
             "wallet.register",
@@ -55,7 +47,7 @@ async fn submit_and_confirm(
     wid: &str,
     salt: u32,
 ) -> (String, bitcoin::Psbt) {
-    let psbt = wallet(dir).typical_signed_psbt(1, salt);
+    let psbt = dev_wallet(dir).typical_signed_psbt(1, salt);
     let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
     let sub = b.call("request.submit", vec![json!(wid), json!(b64)]).await;
     let id = sub["request_id"].as_str().expect("id").to_owned();
@@ -63,20 +55,6 @@ async fn submit_and_confirm(
     b.call("request.confirm", vec![json!(id), json!(code)])
         .await;
     (id, psbt)
-}
-
-fn assert_signed_by_core(done: &Value, psbt: &bitcoin::Psbt) {
-    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(
-        done["outcome"]["signed"]["tx"].as_str().expect("final tx"),
-    )
-    .expect("tx");
-    assert_eq!(tx.compute_txid(), psbt.unsigned_tx.compute_txid());
-    let funding: Vec<bitcoin::Transaction> = psbt
-        .inputs
-        .iter()
-        .filter_map(|i| i.non_witness_utxo.clone())
-        .collect();
-    verify_with_core(&tx, &funding);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +115,7 @@ async fn a_request_confirmed_out_of_view_is_signed_in_the_very_next_pass() {
         at >= next_start - 1.0 && at <= next_end + 2.0,
         "delivered at {at}, the next pass was {next_start}..{next_end}"
     );
-    assert_signed_by_core(&done, &psbt);
+    assert_final_tx(&done, &psbt);
     b.terminate();
 }
 
@@ -266,27 +244,11 @@ async fn a_bridge_killed_every_few_seconds_still_delivers_during_the_kills() {
     for (id, psbt) in &requests {
         let done = b.wait_state(id, "delivered").await;
         assert_eq!(done["final_state"], "signed", "{done}");
-        assert_signed_by_core(&done, psbt);
+        assert_final_tx(&done, psbt);
     }
     b.terminate();
     // The satellite's own audit log: each request signed exactly once.
-    let seed =
-        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
-    let cosigner = satcosign_cosigner::daemon::Cosigner::open(
-        key,
-        &dir.join("cosigner/cosigner.redb"),
-        satcosign_cosigner::daemon::Settings {
-            network: bitcoin::Network::Regtest,
-            rules: satcosign_cosigner::decision::Rules {
-                approval_max_age_secs: 3600,
-                clock_skew_secs: 60,
-            },
-            policy_loosen_delay_secs: 0,
-        },
-    )
-    .expect("cosigner db");
+    let cosigner = dev_cosigner(&dir);
     let audit = cosigner.audit_log().expect("audit");
     for (id, _) in &requests {
         let rid = common::flow::parse_id(id);

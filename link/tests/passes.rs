@@ -16,34 +16,10 @@ use satcosign_link::store::MemStore;
 use satcosign_link::transport::sim::{Loss, Passes, SimChannel, SimConfig};
 use tokio::time::Instant;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
-
-/// The mean loss of a channel: what the link is told to expect.
-fn mean_loss(loss: Loss) -> f64 {
-    match loss {
-        Loss::Bernoulli(p) => p,
-        Loss::GilbertElliott {
-            p_good_to_bad,
-            p_bad_to_good,
-            loss_good,
-            loss_bad,
-        } => {
-            let bad = p_good_to_bad / (p_good_to_bad + p_bad_to_good);
-            bad * loss_bad + (1.0 - bad) * loss_good
-        }
-    }
-}
-
 /// The engine as the bridge configures it: told the channel's loss and the passes.
 fn start(side: usize, channel: &SimChannel, store: &MemStore, sim: &SimConfig) -> Link {
     let mut cfg = common::engine_config(sim);
-    cfg.expected_loss = mean_loss(sim.loss);
+    cfg.expected_loss = sim.loss.mean();
     common::start_with(side, channel, store, cfg)
 }
 
@@ -52,6 +28,8 @@ type Link = satcosign_link::link::LinkHandle<MemStore>;
 /// Air time and turn costs of the channel, as a user would compute them from its figures.
 struct Budget {
     frame_air: f64,
+    /// Air time per frame delivered, relative to a frame sent (above 1 under burst loss).
+    burst_factor: f64,
     /// One transmission's preamble and the peer's answer to it.
     turn: f64,
 }
@@ -63,6 +41,7 @@ impl Budget {
         let preamble = (sim.preamble + sim.turnaround).as_secs_f64();
         Budget {
             frame_air: air(cfg.mtu),
+            burst_factor: 1.0,
             turn: 2.0 * preamble
                 + air(2 * cfg.mtu)
                 + cfg.response_delay.as_secs_f64()
@@ -81,7 +60,7 @@ impl Budget {
     /// once more (one round of retransmissions), in bursts of at most half of the window,
     /// each with its turn, and a last turn for the acknowledgement.
     fn need(&self, n: usize, w: f64) -> f64 {
-        let air = n as f64 * self.frame_air;
+        let air = n as f64 * self.frame_air * self.burst_factor;
         let bursts = (air / (w / 2.0)).ceil().max(1.0);
         2.0 * (bursts * self.turn + air) + self.turn
     }
@@ -108,7 +87,7 @@ fn deadline(schedule: &Schedule, t0: Instant, queued: f64, budget: &Budget, n: u
             return end;
         }
         carried += (left - 2.0 * budget.turn).max(0.0);
-        if carried >= 2.0 * n as f64 * budget.frame_air + budget.turn {
+        if carried >= 2.0 * n as f64 * budget.frame_air * budget.burst_factor + budget.turn {
             return end;
         }
         t = w.end;
@@ -171,6 +150,14 @@ async fn request_and_reply(
     (arrivals, channel)
 }
 
+/// A pass length and the channel's loss. Burst loss only on passes of 20 s and more: its
+/// bursts last about a second, and on a 3 s pass one burst can take the whole window, which
+/// no bound per window can tell from a fault of the link's.
+fn window_and_loss() -> impl Strategy<Value = (u64, Loss)> {
+    let bernoulli = prop_oneof![Just(0.0), 0.0f64..=0.45].prop_map(Loss::Bernoulli);
+    prop_oneof![(3u64..20, bernoulli), (20u64..=600, loss())]
+}
+
 fn loss() -> impl Strategy<Value = Loss> {
     prop_oneof![
         Just(Loss::Bernoulli(0.0)),
@@ -188,13 +175,19 @@ fn loss() -> impl Strategy<Value = Loss> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+    // A fixed seed (PROPTEST_RNG_SEED picks another), so CI runs the same cases every time.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(
+            std::env::var("PROPTEST_RNG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(12),
+        ),
+        .. ProptestConfig::default()
+    })]
 
     #[test]
     fn every_message_crosses_in_the_first_window_with_room_for_it(
-        up in prop_oneof![3u64..20, 20u64..=600],
+        (up, loss) in window_and_loss(),
         gap in 10u64..1800,
-        loss in loss(),
         first_pass_in in 0u64..600,
         confirm_at in 0u64..1200,
         request_size in 100usize..3000,
@@ -208,10 +201,18 @@ proptest! {
             seed,
             ..SimConfig::default()
         };
-        let budget = Budget::of(&sim);
-        let p = mean_loss(loss);
+        // The engine adds parity for the mean loss; under burst loss a burst can cover most
+        // of a short window, so each frame then costs 1 / (1 - the bad state's loss) of air.
+        let p = loss.mean();
+        let budget = Budget {
+            burst_factor: match loss {
+                Loss::GilbertElliott { loss_bad, .. } => 1.0 / (1.0 - loss_bad),
+                Loss::Bernoulli(_) => 1.0,
+            },
+            ..Budget::of(&sim)
+        };
         let (n_req, n_rep) = (Budget::frames(request_size, p), Budget::frames(reply_size, p));
-        let (arrivals, req_deadline, schedule, t0) = runtime().block_on(async {
+        let (arrivals, req_deadline, schedule, t0) = common::runtime().block_on(async {
             let schedule = SimChannel::new(sim.clone()).schedule();
             let t0 = Instant::now();
             let req_deadline = deadline(&schedule, t0, confirm_at as f64, &budget, n_req);
@@ -245,7 +246,7 @@ proptest! {
 
 #[test]
 fn status_tells_the_schedule_and_what_was_heard() {
-    runtime().block_on(async {
+    common::runtime().block_on(async {
         let sim = SimConfig {
             passes: Some(Passes {
                 up: Duration::from_secs(10),
@@ -338,7 +339,7 @@ fn status_tells_the_schedule_and_what_was_heard() {
 #[test]
 fn both_ends_restarting_every_few_seconds_still_move_messages() {
     for (seed, together) in [(1u64, true), (2, false), (3, true), (4, false)] {
-        runtime().block_on(crash_loop(seed, together));
+        common::runtime().block_on(crash_loop(seed, together));
     }
 }
 

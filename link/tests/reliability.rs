@@ -8,14 +8,6 @@ use std::time::Duration;
 use proptest::prelude::*;
 use satcosign_link::transport::sim::{Loss, Passes, SimConfig};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime")
-}
-
 fn loss() -> impl Strategy<Value = Loss> {
     prop_oneof![
         (0.0f64..0.3).prop_map(Loss::Bernoulli),
@@ -71,7 +63,7 @@ proptest! {
     #[test]
     fn delivered_exactly_once_and_intact(sim in sim(), a in messages(), b in messages()) {
         let msgs = [a, b];
-        let (received, took, _) = runtime().block_on(common::exchange(
+        let (received, took, _) = common::runtime().block_on(common::exchange(
             sim.clone(),
             msgs.clone(),
             vec![],
@@ -92,7 +84,7 @@ proptest! {
         let sim = SimConfig { loss: Loss::Bernoulli(0.1), seed, ..SimConfig::default() };
         let msgs = [a, b];
         let restarts = restarts.into_iter().map(|(ms, side)| (Duration::from_millis(ms), side)).collect();
-        let (received, took, _) = runtime().block_on(common::exchange(
+        let (received, took, _) = common::runtime().block_on(common::exchange(
             sim, msgs.clone(), restarts, Duration::from_secs(3 * 3600), Duration::from_secs(600),
         ));
         prop_assert!(took < Duration::from_secs(3 * 3600), "not delivered within 3 virtual hours");
@@ -111,7 +103,7 @@ fn a_64_kib_message_crosses_a_lossy_link() {
         seed: 42,
         ..SimConfig::default()
     };
-    let (received, took, channel) = runtime().block_on(common::exchange(
+    let (received, took, channel) = common::runtime().block_on(common::exchange(
         sim,
         msgs.clone(),
         vec![],
@@ -135,7 +127,7 @@ fn a_message_queued_out_of_view_goes_at_the_next_pass() {
         ..SimConfig::default()
     };
     let msgs = [vec![common::body(1, 2000)], vec![]];
-    let (received, took, channel) = runtime().block_on(common::exchange_after(
+    let (received, took, channel) = common::runtime().block_on(common::exchange_after(
         sim,
         msgs.clone(),
         vec![],
@@ -167,7 +159,7 @@ fn erasure_coding_recovers_lost_fragments_without_a_resend() {
                 seed: seed * 2 + (1 - fec as u64),
                 ..SimConfig::default()
             };
-            let (received, _, channel) = runtime().block_on(common::exchange(
+            let (received, _, channel) = common::runtime().block_on(common::exchange(
                 sim,
                 msgs.clone(),
                 vec![],
@@ -194,7 +186,7 @@ fn status_reports_traffic_queue_and_the_next_pass() {
     use satcosign_link::store::MemStore;
     use satcosign_link::transport::sim::SimChannel;
 
-    runtime().block_on(async {
+    common::runtime().block_on(async {
         let sim = SimConfig::default();
         let channel = SimChannel::new(sim.clone());
         let ground = common::start(0, &channel, &MemStore::new(), &sim);

@@ -73,10 +73,7 @@ fn link_with(
         latency: cfg.latency,
         preamble: cfg.preamble + cfg.turnaround,
         // Erasure coding sized to the channel's loss, as an operator would set it.
-        expected_loss: match cfg.loss {
-            Loss::Bernoulli(p) => p,
-            Loss::GilbertElliott { .. } => 0.1,
-        },
+        expected_loss: cfg.loss.mean(),
         ..EngineConfig::default()
     };
     let jitter = if side == 0 { 1.0 } else { 1.37 };
@@ -225,6 +222,15 @@ async fn stop_and_wait(cfg: SimConfig, size: usize) -> Run {
     }
 }
 
+/// A runtime in tokio's paused virtual time.
+fn paused() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
 fn mean(runs: &[Run]) -> (f64, f64, f64) {
     let n = runs.len() as f64;
     (
@@ -245,11 +251,7 @@ fn main() {
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 for seed in 1..=args.seeds {
                     let cfg = sim(&args, latency, loss, seed);
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .start_paused(true)
-                        .build()
-                        .expect("runtime");
+                    let rt = paused();
                     a.push(rt.block_on(ours(cfg.clone(), size)));
                     b.push(rt.block_on(stop_and_wait(cfg, size)));
                 }
@@ -305,15 +307,8 @@ fn main() {
     for size in [512usize, 1024, 4096] {
         let (mut long, mut short) = (Vec::new(), Vec::new());
         for seed in 1..=args.seeds {
-            let rt = || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .start_paused(true)
-                    .build()
-                    .expect("runtime")
-            };
             let base = sim(&args, Duration::from_millis(10), 0.10, seed);
-            long.push(rt().block_on(ours(base.clone(), size)));
+            long.push(paused().block_on(ours(base.clone(), size)));
             let passes = SimConfig {
                 passes: Some(Passes {
                     up: Duration::from_secs(30),
@@ -322,7 +317,7 @@ fn main() {
                 ..base
             };
             let confirm_at = Duration::from_millis(seed.wrapping_mul(7919) % 90_000);
-            short.push(rt().block_on(over_passes(passes, size, confirm_at)));
+            short.push(paused().block_on(over_passes(passes, size, confirm_at)));
         }
         let n = short.len() as f64;
         let avg = |f: &dyn Fn(&PassRun) -> f64| short.iter().map(f).sum::<f64>() / n;

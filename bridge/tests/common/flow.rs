@@ -376,6 +376,23 @@ pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String
 }
 
 /// Checks every input of `tx` with libbitcoinconsensus against the outputs it spends.
+/// The final transaction of a delivered request's status: it spends what `psbt` spends, and
+/// Bitcoin Core's interpreter accepts every input.
+pub fn assert_final_tx(done: &Value, psbt: &bitcoin::Psbt) -> bitcoin::Transaction {
+    let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(
+        done["outcome"]["signed"]["tx"].as_str().expect("final tx"),
+    )
+    .expect("tx");
+    assert_eq!(tx.compute_txid(), psbt.unsigned_tx.compute_txid());
+    let funding: Vec<bitcoin::Transaction> = psbt
+        .inputs
+        .iter()
+        .filter_map(|i| i.non_witness_utxo.clone())
+        .collect();
+    verify_with_core(&tx, &funding);
+    tx
+}
+
 pub fn verify_with_core(tx: &bitcoin::Transaction, spent: &[bitcoin::Transaction]) {
     let raw = bitcoin::consensus::serialize(tx);
     for (i, input) in tx.input.iter().enumerate() {

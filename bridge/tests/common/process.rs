@@ -190,3 +190,34 @@ pub async fn mailed_code(mail_dir: &Path, id: &str) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The test wallet of a `dev` data folder: two test user keys and its satellite's key.
+pub fn dev_wallet(dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
+    let seed =
+        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
+    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
+        .expect("key");
+    satcosign_cosigner::testkit::TestWallet::with_satellite(key)
+}
+
+/// The in-process satellite of a `dev` data folder, opened after the bridge stopped (its
+/// ledger and audit log, as the satellite keeps them).
+pub fn dev_cosigner(dir: &Path) -> satcosign_cosigner::daemon::Cosigner {
+    let seed =
+        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
+    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
+        .expect("key");
+    satcosign_cosigner::daemon::Cosigner::open(
+        key,
+        &dir.join("cosigner/cosigner.redb"),
+        satcosign_cosigner::daemon::Settings {
+            network: bitcoin::Network::Regtest,
+            rules: satcosign_cosigner::decision::Rules {
+                approval_max_age_secs: 3600,
+                clock_skew_secs: 60,
+            },
+            policy_loosen_delay_secs: 0,
+        },
+    )
+    .expect("cosigner db")
+}

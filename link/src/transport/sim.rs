@@ -36,7 +36,29 @@ pub enum Loss {
     },
 }
 
-/// Visibility windows: in view for `up`, every `period`, starting at `offset` into it.
+impl Loss {
+    /// The long-run fraction of frames lost: what a link should be told to expect.
+    pub fn mean(self) -> f64 {
+        match self {
+            Loss::Bernoulli(p) => p,
+            Loss::GilbertElliott {
+                p_good_to_bad,
+                p_bad_to_good,
+                loss_good,
+                loss_bad,
+            } => {
+                let switching = p_good_to_bad + p_bad_to_good;
+                if switching <= 0.0 {
+                    return loss_good;
+                }
+                let bad = p_good_to_bad / switching;
+                bad * loss_bad + (1.0 - bad) * loss_good
+            }
+        }
+    }
+}
+
+/// Visibility windows: in view for `up` at the start of every `period`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Passes {
     /// Time in view per period.

@@ -13,13 +13,19 @@ use satcosign_link::transport::sim::{SimChannel, SimConfig};
 pub const GROUND: [u8; 32] = [1; 32];
 pub const SAT: [u8; 32] = [2; 32];
 
+/// A runtime in tokio's paused virtual time: an hour of passes in milliseconds.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
 /// The engine's view of the channel. Even seeds also turn on erasure coding sized to the
 /// channel's loss, so the property tests cover both plain selective repeat and FEC.
 pub fn engine_config(sim: &SimConfig) -> EngineConfig {
-    let loss = match sim.loss {
-        satcosign_link::transport::sim::Loss::Bernoulli(p) => p,
-        satcosign_link::transport::sim::Loss::GilbertElliott { .. } => 0.1,
-    };
+    let loss = sim.loss.mean();
     EngineConfig {
         bitrate: sim.bitrate,
         latency: sim.latency,
