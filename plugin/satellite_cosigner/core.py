@@ -15,11 +15,25 @@ import time
 
 from electrum.transaction import tx_from_any
 
-from . import stages, wallet_keys
+# Electrum 4.6+ imports an external plugin as `electrum_external_plugins.<name>` from its zip,
+# where `from . import module` fails (ModuleNotFoundError for the bare package name); names
+# imported from submodules (`from .module import name`, as Electrum's own plugins do) work
+# in every version from 4.3 on.
+from .stages import FINAL, chain_key, describe as describe_stage, when
+from .wallet_keys import (
+    NotASatelliteWallet,
+    descriptor as wallet_descriptor,
+    encrypt_to,
+    find_satellite,
+    mailbox_keyhashes,
+    needs_satellite as tx_needs_satellite,
+    open_message,
+)
 from .bridge_client import BridgeClient, parse_address
 from .errors import BridgeError, LinkDown, SatelliteError, WalletNotRegistered, WRONG_STATE
 
-DEFAULT_BRIDGE = "127.0.0.1:50001"
+# The bridge's default Electrum-protocol port (electrum.tcp = 127.0.0.1:50101).
+DEFAULT_BRIDGE = "127.0.0.1:50101"
 RECORD_KEY = "satellite_cosigner"
 
 
@@ -103,7 +117,7 @@ class Service:
         if test["in_view"]:
             link = "the satellite is in view now"
         elif np and np.get("start"):
-            link = f"next pass at about {stages.when(np['start'])}"
+            link = f"next pass at about {when(np['start'])}"
         else:
             link = "the satellite is out of view"
         return f"Connected to {test['server_version']} ({test['network']}); {link}."
@@ -156,13 +170,13 @@ class WalletSession:
 
     # ---- the satellite in this wallet --------------------------------------------------
     def satellite_keystore(self):
-        return wallet_keys.find_satellite(self.wallet, self.service.satellite_xpub())
+        return find_satellite(self.wallet, self.service.satellite_xpub())
 
     def contains_satellite(self):
         return self.satellite_keystore() is not None
 
     def descriptor(self):
-        return wallet_keys.descriptor(self.wallet, self.service.satellite_xpub())
+        return wallet_descriptor(self.wallet, self.service.satellite_xpub())
 
     # ---- registration ------------------------------------------------------------------
     def register(self, email, label):
@@ -220,13 +234,13 @@ class WalletSession:
     # ---- signing -----------------------------------------------------------------------
     def needs_satellite(self, tx):
         name = self.satellite_keystore()
-        return name is not None and wallet_keys.needs_satellite(self.wallet, name, tx)
+        return name is not None and tx_needs_satellite(self.wallet, name, tx)
 
     def ask_cosign(self, tx, label=None):
         """Encrypts the PSBT to the bridge's mailbox key and puts it to the satellite's
         keyhash; returns the request id the put answers with."""
         if self.satellite_keystore() is None:
-            raise wallet_keys.NotASatelliteWallet(
+            raise NotASatelliteWallet(
                 "The satellite's key is not one of this wallet's cosigners.")
         if not self.wallet_id():
             raise WalletNotRegistered()
@@ -236,7 +250,7 @@ class WalletSession:
         info = self.service.info(refresh=True)
         if info.get("link") is None:
             raise LinkDown("the bridge runs without a satellite")
-        message = wallet_keys.encrypt_to(info["mailbox_pubkey"], tx.serialize_as_bytes())
+        message = encrypt_to(info["mailbox_pubkey"], tx.serialize_as_bytes())
         request_id = self.service.client.cosigner_put(info["keyhash"], message)
         if not isinstance(request_id, str):
             raise SatelliteError("The bridge stored the transaction but did not start a "
@@ -273,11 +287,11 @@ class WalletSession:
             next_pass, current_pass = info.get("next_pass"), info.get("current_pass")
         except SatelliteError:
             pass
-        return stages.describe(st, next_pass, current_pass)
+        return describe_stage(st, next_pass, current_pass)
 
     def open_requests(self):
         return [rid for rid, r in self.record()["requests"].items()
-                if r.get("state") not in stages.FINAL]
+                if r.get("state") not in FINAL]
 
     # ---- status updates and the listener ------------------------------------------------
     def watch(self, request_id):
@@ -297,9 +311,9 @@ class WalletSession:
             rec["requests"][request_id]["state"] = status.get("state")
             self._save(rec)
         changed = (previous is None or previous.get("state") != status.get("state")
-                   or stages.chain_key(previous) != stages.chain_key(status))
+                   or chain_key(previous) != chain_key(status))
         if changed:
-            self.on_status(request_id, status, stages.describe(status))
+            self.on_status(request_id, status, describe_stage(status))
         if status.get("state") == "delivered" and self.listener is not None:
             self.listener.wake()
 
@@ -325,12 +339,12 @@ class WalletSession:
         """Fetches, decrypts and hands over what waits in this wallet's mailboxes; returns
         the transactions received."""
         received = []
-        for kh, name in wallet_keys.mailbox_keyhashes(self.wallet).items():
+        for kh, name in mailbox_keyhashes(self.wallet).items():
             message = self.service.client.cosigner_get(kh)
             if not message:
                 continue
             try:
-                plain = wallet_keys.open_message(self.wallet, name, message, self.password())
+                plain = open_message(self.wallet, name, message, self.password())
                 tx = tx_from_any(plain)
             except Exception as e:  # not for this key, or not a transaction: the slot stays
                 raise SatelliteError(f"A message in this wallet's mailbox could not be read: "
@@ -409,6 +423,6 @@ class Listener(threading.Thread):
             self._generation = client.generation
             self._subscribed.add(rid)
             self.session._on_status(rid, status)
-            if status.get("state") in stages.FINAL:
+            if status.get("state") in FINAL:
                 self._watched.discard(rid)
         self.session.check_mailbox()

@@ -25,7 +25,7 @@ from electrum.gui.qt.qrcodewidget import QRCodeWidget
 from electrum.gui.qt.util import (Buttons, CancelButton, CloseButton, EnterButton, OkButton,
                                   TaskThread, WaitingDialog, WindowModalDialog)
 
-from . import wallet_keys
+from .wallet_keys import NotASatelliteWallet, check_wallet, needs_satellite as tx_needs_satellite
 from .core import Service, Settings, WalletSession
 from .errors import SatelliteError
 
@@ -34,7 +34,7 @@ ASK_BUTTON = "Ask satellite to co-sign"
 
 def error_text(exc):
     """The plain-language text of an exception from the core."""
-    if isinstance(exc, (SatelliteError, wallet_keys.NotASatelliteWallet, ValueError)):
+    if isinstance(exc, (SatelliteError, NotASatelliteWallet, ValueError)):
         return str(exc)
     return _("Unexpected error") + f": {exc!r}"
 
@@ -137,7 +137,9 @@ class Plugin(BasePlugin):
         b = getattr(d, "satellite_button", None)
         if sw is None or b is None:
             return
-        b.setVisible(bool(d.finalized) and sw.needs_satellite(d.tx))
+        # Electrum 4.4 removed `finalized`: its transaction dialog shows only finalized
+        # transactions (the preview moved to a dialog of its own). 4.3 still has it.
+        b.setVisible(bool(getattr(d, "finalized", True)) and sw.needs_satellite(d.tx))
 
     # ---- menu actions ---------------------------------------------------------------------
     def _run(self, window, message, task, on_success):
@@ -242,7 +244,7 @@ class SatelliteWallet:
         if self.satellite is None:
             return False
         try:
-            return wallet_keys.needs_satellite(self.wallet, self.satellite, tx)
+            return tx_needs_satellite(self.wallet, self.satellite, tx)
         except Exception:
             return False
 
@@ -421,9 +423,9 @@ class SatelliteKeyDialog(WindowModalDialog):
         vbox.addWidget(QRCodeWidget(info["electrum_xpub"]))
         if sw is not None:
             try:
-                wallet_keys.check_wallet(sw.wallet, info["electrum_xpub"])
+                check_wallet(sw.wallet, info["electrum_xpub"])
                 verdict = _("This wallet contains the satellite's key.")
-            except wallet_keys.NotASatelliteWallet as e:
+            except NotASatelliteWallet as e:
                 verdict = _("This wallet cannot use the satellite") + f": {e}"
             self.verdict = QLabel(verdict)
             vbox.addWidget(self.verdict)
