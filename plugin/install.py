@@ -20,7 +20,7 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.join(HERE, "satellite_cosigner")
 NAME = "satellite_cosigner"
-SOURCES = ("__init__.py", "bridge_client.py", "core.py", "errors.py", "stages.py",
+SOURCES = ("__init__.py", "bridge_client.py", "compat.py", "core.py", "errors.py", "stages.py",
            "wallet_keys.py", "qt.py", "manifest.json")
 
 

@@ -1,9 +1,10 @@
-//! The Electrum plugin (`plugin/satellite_cosigner`) inside Debian's real Electrum 4.3.4,
-//! against the bridge, the cosigner and the simulated link started here, with mail through
-//! a real SMTP server.
+//! The Electrum plugin (`plugin/satellite_cosigner`) inside Debian's real Electrum (4.3.4 of
+//! this machine, and 4.5.8 and 4.8.3 from Debian's trixie and sid, fetched and cached by
+//! `scripts/electrum-debian`), against the bridge, the cosigner and the simulated link started
+//! here, with mail through a real SMTP server.
 //!
-//! The plugin's side runs in `/usr/bin/python3` (`plugin/tests/session.py`, and under Xvfb
-//! `plugin/tests/gui.py`). It prints `NEED_CODE <request id>` when a user would read the
+//! The plugin's side runs in `/usr/bin/python3` or the other versions' virtualenvs
+//! (`plugin/tests/session.py`, and under Xvfb `plugin/tests/gui.py`). It prints `NEED_CODE <request id>` when a user would read the
 //! email; this harness answers with the code from the SMTP inbox, as the user would type it.
 //! Final transactions go through Bitcoin Core's script interpreter here.
 
@@ -64,9 +65,35 @@ async fn run_plugin(program: &[&str], args: &[&str], inbox: &Inbox, limit: Durat
     }
 }
 
+/// The python that runs Debian's Electrum of `suite` (`bookworm`: this machine's 4.3.4;
+/// `trixie`: 4.5.x; `sid`: 4.8.x), installing it when missing.
+fn electrum_python(suite: &str) -> String {
+    if suite == "bookworm" {
+        return "/usr/bin/python3".into();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/electrum-debian");
+    let out = std::process::Command::new(&script)
+        .arg(suite)
+        .output()
+        .expect("scripts/electrum-debian");
+    assert!(
+        out.status.success(),
+        "scripts/electrum-debian {suite}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
 fn session_py() -> Vec<String> {
+    session_py_in("bookworm")
+}
+
+fn session_py_in(suite: &str) -> Vec<String> {
     vec![
-        "/usr/bin/python3".into(),
+        electrum_python(suite),
         plugin_dir()
             .join("tests/session.py")
             .to_string_lossy()
@@ -75,12 +102,31 @@ fn session_py() -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transaction() {
+async fn in_electrum_4_3_the_plugin_registers_asks_the_satellite_and_receives_the_signed_transaction(
+) {
+    headless_flow("bookworm", "4.3.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_electrum_4_5_the_plugin_registers_asks_the_satellite_and_receives_the_signed_transaction(
+) {
+    headless_flow("trixie", "4.5.").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_electrum_4_8_the_plugin_registers_asks_the_satellite_and_receives_the_signed_transaction(
+) {
+    headless_flow("sid", "4.8.").await;
+}
+
+/// The whole flow through the plugin's core in the Electrum of `suite`, whose version
+/// starts with `version`.
+async fn headless_flow(suite: &str, version: &str) {
     let flow = Flow::start(short_passes(), |_| {}).await;
     let info = flow.ok("satellite.info", vec![]).await;
     let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
     let work = flow.dir.path().join("plugin");
-    let program = session_py();
+    let program = session_py_in(suite);
     let program: Vec<&str> = program.iter().map(String::as_str).collect();
     let r = run_plugin(
         &program,
@@ -90,6 +136,11 @@ async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transac
     )
     .await;
 
+    let ran_in = r["electrum_version"].as_str().expect("electrum_version");
+    assert!(
+        ran_in.starts_with(version),
+        "ran in Electrum {ran_in}, not {version}"
+    );
     // "Test connection" shows the bridge's version and network.
     let connection = r["connection"].as_str().expect("connection");
     assert!(
@@ -191,7 +242,22 @@ async fn the_plugin_registers_asks_the_satellite_and_receives_the_signed_transac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_plugin_names_each_failure_plainly_and_nothing_hangs() {
+async fn in_electrum_4_3_the_plugin_names_each_failure_plainly_and_nothing_hangs() {
+    failures_named("bookworm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_electrum_4_5_the_plugin_names_each_failure_plainly_and_nothing_hangs() {
+    failures_named("trixie").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_electrum_4_8_the_plugin_names_each_failure_plainly_and_nothing_hangs() {
+    failures_named("sid").await;
+}
+
+/// Every failure a user can meet, through the plugin's core in the Electrum of `suite`.
+async fn failures_named(suite: &str) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let certs = tempfile::tempdir().expect("tempdir");
     let cert_path = certs.path().join("cert.pem");
@@ -214,7 +280,7 @@ async fn the_plugin_names_each_failure_plainly_and_nothing_hangs() {
     // A bridge with no satellite behind it (mailbox only).
     let mailbox_only = common::start_bridge(|_| {}).await;
     let work = flow.dir.path().join("plugin");
-    let program = session_py();
+    let program = session_py_in(suite);
     let program: Vec<&str> = program.iter().map(String::as_str).collect();
     let r = run_plugin(
         &program,

@@ -26,6 +26,7 @@ from electrum.gui.qt.util import (Buttons, CancelButton, CloseButton, EnterButto
                                   TaskThread, WaitingDialog, WindowModalDialog)
 
 from .wallet_keys import NotASatelliteWallet, check_wallet, needs_satellite as tx_needs_satellite
+from .compat import dialog_finalized
 from .core import Service, Settings, WalletSession
 from .errors import SatelliteError
 
@@ -137,9 +138,7 @@ class Plugin(BasePlugin):
         b = getattr(d, "satellite_button", None)
         if sw is None or b is None:
             return
-        # Electrum 4.4 removed `finalized`: its transaction dialog shows only finalized
-        # transactions (the preview moved to a dialog of its own). 4.3 still has it.
-        b.setVisible(bool(getattr(d, "finalized", True)) and sw.needs_satellite(d.tx))
+        b.setVisible(dialog_finalized(d) and sw.needs_satellite(d.tx))
 
     # ---- menu actions ---------------------------------------------------------------------
     def _run(self, window, message, task, on_success):

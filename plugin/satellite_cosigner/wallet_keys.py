@@ -11,24 +11,14 @@
   Electrum's cosigner pool does.
 - ``satellite_has_signed`` / ``needs_satellite``: reads a PSBT's signatures.
 
-Electrum 4.5 moved secp256k1 to the ``electrum_ecc`` package and ECIES to
-``electrum.crypto``; both homes are supported.
+What differs between Electrum versions (where secp256k1 and ECIES live, what a PSBT input
+calls its signatures) comes from ``compat``.
 """
-try:  # Electrum 4.5+
-    import electrum_ecc as ecc
-    from electrum.crypto import ecies_decrypt_message, ecies_encrypt_message
-except ImportError:  # Electrum 4.3-4.4
-    from electrum import ecc
-
-    def ecies_encrypt_message(pubkey, message):
-        return pubkey.encrypt_message(message)
-
-    def ecies_decrypt_message(privkey, encrypted):
-        return privkey.decrypt_message(encrypted)
-
 from electrum.bip32 import BIP32Node
 from electrum.crypto import sha256d
 from electrum.wallet import Multisig_Wallet
+
+from .compat import ecc, ecies_decrypt_message, ecies_encrypt_message, partial_sigs
 
 
 class NotASatelliteWallet(Exception):
@@ -133,7 +123,7 @@ def satellite_has_signed(wallet, satellite_name, tx):
     """Whether every wallet input of ``tx`` already carries the satellite's signature."""
     pairs = [(k, txin) for k, txin in zip(satellite_pubkeys(wallet, satellite_name, tx),
                                           tx.inputs()) if k is not None]
-    return bool(pairs) and all(k in txin.part_sigs for k, txin in pairs)
+    return bool(pairs) and all(k in partial_sigs(txin) for k, txin in pairs)
 
 
 def needs_satellite(wallet, satellite_name, tx):

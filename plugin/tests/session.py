@@ -15,6 +15,7 @@ transaction also goes through Bitcoin Core's script interpreter there).
 Keys derive from public tags (seed = sha256(tag)): test keys, never for real funds.
 """
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -24,7 +25,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from electrum import constants  # noqa: E402
-constants.set_regtest()
+if hasattr(constants, "set_regtest"):
+    constants.set_regtest()  # Electrum 4.3-4.5
+else:
+    constants.BitcoinRegtest.set_as_network()  # 4.6+ (4.8: set_regtest is gone)
 from electrum import bitcoin, keystore  # noqa: E402
 from electrum.address_synchronizer import TX_HEIGHT_UNCONFIRMED  # noqa: E402
 from electrum.simple_config import SimpleConfig  # noqa: E402
@@ -33,6 +37,7 @@ from electrum.transaction import PartialTxOutput, Transaction, tx_from_any  # no
 from electrum.util import create_and_start_event_loop  # noqa: E402
 from electrum.wallet import Multisig_Wallet  # noqa: E402
 from electrum.wallet_db import WalletDB  # noqa: E402
+from electrum.version import ELECTRUM_VERSION  # noqa: E402
 
 from satellite_cosigner import errors, wallet_keys  # noqa: E402
 from satellite_cosigner.core import Service, Settings, WalletSession  # noqa: E402
@@ -44,14 +49,22 @@ EMAIL = "alice@example.org"
 def verify_signatures(tx):
     """Checks every partial signature of a PSBT against its input's sighash, with Electrum's
     own code; returns the number checked. Raises ValueError naming the input on failure."""
-    from electrum import ecc
     from electrum.crypto import sha256d
+    from satellite_cosigner.compat import ecc, partial_sigs
     checked = 0
     for i, txin in enumerate(tx.inputs()):
-        digest = sha256d(bytes.fromhex(tx.serialize_preimage(i)))
-        for pubkey, sig in txin.part_sigs.items():
-            compact = ecc.sig_string_from_der_sig(sig[:-1])
-            if not ecc.ECPubkey(pubkey).verify_message_hash(compact, digest):
+        preimage = tx.serialize_preimage(i)
+        if isinstance(preimage, str):
+            preimage = bytes.fromhex(preimage)  # Electrum before 4.6 returns hex
+        digest = sha256d(preimage)
+        for pubkey, sig in partial_sigs(txin).items():
+            if hasattr(ecc, "ecdsa_sig64_from_der_sig"):  # 4.6+ (electrum_ecc)
+                ok = ecc.ECPubkey(pubkey).ecdsa_verify(ecc.ecdsa_sig64_from_der_sig(sig[:-1]),
+                                                       digest)
+            else:  # 4.3-4.5
+                compact = ecc.sig_string_from_der_sig(sig[:-1])
+                ok = ecc.ECPubkey(pubkey).verify_message_hash(compact, digest)
+            if not ok:
                 raise ValueError(f"input {i}: bad signature by {pubkey.hex()}")
             checked += 1
     return checked
@@ -70,8 +83,9 @@ def ask_code(request_id):
 
 
 def keystore_for(tag):
-    return keystore.from_bip43_rootseed(hashlib.sha256(tag.encode()).digest(), DERIVATION,
-                                        xtype="p2wsh")
+    # `derivation` is keyword-only since Electrum 4.4.
+    return keystore.from_bip43_rootseed(hashlib.sha256(tag.encode()).digest(),
+                                        derivation=DERIVATION, xtype="p2wsh")
 
 
 RUN = os.urandom(4).hex()  # each run its own keys, so a bridge never sees a wallet twice
@@ -80,11 +94,20 @@ RUN = os.urandom(4).hex()  # each run its own keys, so a bridge never sees a wal
 def build_wallet(config, path, keystores):
     """A 2-of-3 multisig wallet file from three keystores (the first is the one it signs
     with), as Electrum's wizard writes it."""
-    db = WalletDB("", manual_upgrades=False)
+    storage = WalletStorage(path)
+    if "manual_upgrades" in inspect.signature(WalletDB.__init__).parameters:
+        db = WalletDB("", manual_upgrades=False)  # Electrum 4.3
+        name = "x%d/"  # 4.3 names a multisig keystore "x1/"
+    else:
+        db = WalletDB("", storage=storage, upgrade=True)  # 4.4+: the db holds its storage
+        name = "x%d"  # 4.4+: "x1"
     for i, ks in enumerate(keystores):
-        db.put("x%d/" % (i + 1), ks.dump())
+        db.put(name % (i + 1), ks.dump())
     db.put("wallet_type", "2of3")
-    w = Multisig_Wallet(db, WalletStorage(path), config=config)
+    if "storage" in inspect.signature(Multisig_Wallet.__init__).parameters:
+        w = Multisig_Wallet(db, storage, config=config)  # Electrum 4.3
+    else:
+        w = Multisig_Wallet(db, config=config)
     w.synchronize()
     w.save_db()
     return w
@@ -115,12 +138,18 @@ def recover(config, path, tx, satellite_xpub, tag="user-A"):
 
 def fund(wallet, sats=1_000_000):
     address = wallet.get_receiving_addresses()[0]
-    spk = bytes.fromhex(bitcoin.address_to_script(address))
+    spk = bitcoin.address_to_script(address)
+    if isinstance(spk, str):
+        spk = bytes.fromhex(spk)  # Electrum before 4.6 returns hex
     raw = (b"\x02\x00\x00\x00" + b"\x01" + os.urandom(32) + b"\x00" * 4 + b"\x00"
            + b"\xfd\xff\xff\xff" + b"\x01" + sats.to_bytes(8, "little") + bytes([len(spk)])
            + spk + b"\x00" * 4)
     funding = Transaction(raw.hex())
-    wallet.adb.receive_tx_callback(funding.txid(), funding, TX_HEIGHT_UNCONFIRMED)
+    params = inspect.signature(wallet.adb.receive_tx_callback).parameters
+    if "tx_hash" in params:
+        wallet.adb.receive_tx_callback(funding.txid(), funding, TX_HEIGHT_UNCONFIRMED)  # 4.3
+    else:
+        wallet.adb.receive_tx_callback(funding, tx_height=TX_HEIGHT_UNCONFIRMED)  # 4.4+
     wallet.save_db()
     return funding
 
@@ -128,9 +157,14 @@ def fund(wallet, sats=1_000_000):
 def spend(wallet, amount=400_000):
     """A spend signed by the user's own key only: a partially signed transaction."""
     dest = bitcoin.public_key_to_p2wpkh(bytes.fromhex("02" + "11" * 32))
+    try:  # Electrum 4.6+ takes a fee policy (the wrapped method hides its signature)
+        from electrum.fee_policy import FixedFeePolicy
+        fee = {"fee_policy": FixedFeePolicy(1_000)}
+    except ImportError:
+        fee = {"fee": 1_000}
     tx = wallet.make_unsigned_transaction(
         coins=wallet.get_spendable_coins(None),
-        outputs=[PartialTxOutput.from_address_and_value(dest, amount)], fee=1_000)
+        outputs=[PartialTxOutput.from_address_and_value(dest, amount)], **fee)
     tx.set_rbf(True)
     wallet.sign_transaction(tx, password=None)
     assert not tx.is_complete()
@@ -214,6 +248,7 @@ def flow(bridge, workdir):
         result = {
             "recovered_complete": recovered.is_complete(),
             "recovered_tx": recovered.serialize() if recovered.is_complete() else None,
+            "electrum_version": ELECTRUM_VERSION,
             "connection": connection_text,
             "descriptor": descriptor,
             "registered": registered,
