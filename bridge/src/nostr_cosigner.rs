@@ -181,13 +181,10 @@ impl NostrCosigner {
         let psbt = match self.read_psbt(e) {
             Ok(p) => p,
             Err(why) => {
-                return self
-                    .answer(
-                        &service,
-                        e,
-                        &format!("satcosign: this message was not read: {why}."),
-                    )
-                    .await;
+                // No transaction to give back: Electrum's psbt_nostr ignores a message
+                // without one, so this reaches only other Nostr clients.
+                let text = format!("satcosign: this message was not read: {why}.");
+                return self.answer(&service, e, &text).await;
             }
         };
         if self.hold {
@@ -217,16 +214,12 @@ impl NostrCosigner {
                 tracing::info!(event = %e.id, %request, "a PSBT by Nostr became a signing request");
                 Ok(())
             }
-            Err(err @ (ServiceError::Upstream(_) | ServiceError::Mail(_) | ServiceError::Store(_))) => {
-                Err(err)
-            }
+            Err(
+                err @ (ServiceError::Upstream(_) | ServiceError::Mail(_) | ServiceError::Store(_)),
+            ) => Err(err),
             Err(err) => {
-                self.answer(
-                    &service,
-                    e,
-                    &format!("satcosign: the satellite will not co-sign this: {err}. Nothing was signed."),
-                )
-                .await
+                let label = format!("NOT co-signed by the satellite: {err}. Nothing was signed.");
+                self.answer(&service, e, &not_cosigned(&psbt, &label)).await
             }
         }
     }
@@ -306,24 +299,29 @@ impl NostrCosigner {
         let Ok(author) = PublicKey::from_slice(&origin[32..]) else {
             return Ok(None);
         };
-        let content = match (&r.action, &r.outcome, r.state) {
-            (Action::Sign { .. }, Some(Outcome::Signed { psbt, .. }), _) => {
+        let why = match (&r.outcome, r.state) {
+            (Some(Outcome::Refused { code, reason }), _) => {
+                format!("refused by the satellite's policy ({code}): {reason}")
+            }
+            (_, State::Expired) => "expired: it was not confirmed in time".to_owned(),
+            (_, State::Cancelled) => "cancelled".to_owned(),
+            (_, other) => format!("ended {}", other.as_str()),
+        };
+        let content = match (&r.action, &r.outcome) {
+            (Action::Sign { .. }, Some(Outcome::Signed { psbt, .. })) => {
                 serde_json::json!({"tx": hex::encode(psbt), "label": format!("satcosign {}", r.id)})
                     .to_string()
             }
-            (_, Some(Outcome::Refused { code, reason }), _) => format!(
-                "satcosign: request {} was refused by the satellite's policy ({code}): {reason}. Nothing was signed.",
-                r.id
+            // The PSBT as the user sent it, so Electrum shows it, still not co-signed,
+            // with the reason as its label.
+            (Action::Sign { psbt, .. }, _) => not_cosigned(
+                psbt,
+                &format!(
+                    "NOT co-signed by the satellite: request {} {why}. Nothing was signed.",
+                    r.id
+                ),
             ),
-            (_, _, state) => format!(
-                "satcosign: request {} ended {}: nothing was signed.",
-                r.id,
-                match state {
-                    State::Expired => "expired (not confirmed in time)",
-                    State::Cancelled => "cancelled",
-                    other => other.as_str(),
-                }
-            ),
+            (_, _) => format!("satcosign: request {} {why}: nothing was signed.", r.id),
         };
         self.message_to(&author, &content).map(Some)
     }
@@ -335,6 +333,14 @@ impl NostrCosigner {
             relay.published(reply);
         }
     }
+}
+
+/// An answer that gives back the user's own PSBT, unchanged, with `label` saying why it was
+/// not co-signed: Electrum's psbt_nostr accepts only `{"tx": …}` messages (and drops
+/// anything else unseen), shows the label, and shows the transaction as still needing a
+/// signature, so a refusal can never pass for a signature.
+fn not_cosigned(psbt: &[u8], label: &str) -> String {
+    serde_json::json!({"tx": hex::encode(psbt), "label": format!("satcosign: {label}")}).to_string()
 }
 
 impl std::fmt::Debug for NostrCosigner {

@@ -3,7 +3,8 @@
 //! Electrum library for the wallet) pointed at the bridge's relay. The PSBT passes the email
 //! gate, the satellite signs over the simulated link, the cosignature comes back as a
 //! Nostr event that the client decrypts and finalizes, and Bitcoin Core's interpreter
-//! accepts the transaction. A stranger's message is ignored; a refusal comes back in words.
+//! accepts the transaction. A stranger's message is ignored; a refusal comes back as the user's own PSBT, unsigned by
+//! the satellite, with the reason as its label: the only form Electrum's psbt_nostr shows.
 
 mod common;
 
@@ -133,19 +134,28 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
     let replies = r["replies"].as_array().expect("replies");
     assert_eq!(replies.len(), 2, "{r}");
     assert!(replies.iter().all(|x| x["author"] == r["satellite_pubkey"]));
+    // Both answers are in the only form psbt_nostr shows: neither is dropped unseen.
+    assert!(replies.iter().all(|x| x["shown"] == true), "{r}");
     let signed = replies
         .iter()
-        .find(|x| x["tx"].is_string())
+        .find(|x| x["txid"] == r["txid"])
         .expect("the cosigned PSBT came back");
     assert_eq!(signed["complete"], true, "{signed}");
-    assert_eq!(signed["txid"], r["txid"]);
     assert_eq!(signed["label"], format!("satcosign {request}"));
-    let refusal = replies
+    // The refusal is the user's own PSBT, unchanged: Electrum shows it still unsigned by the
+    // satellite (never as a signature), with the reason as its label.
+    let refused = replies
         .iter()
-        .find_map(|x| x["text"].as_str())
-        .expect("the refusal came back in words");
+        .find(|x| x["txid"] == r["large_txid"])
+        .expect("the refusal came back as the refused PSBT");
+    assert_eq!(
+        refused["complete"], false,
+        "a refusal is not a signature: {refused}"
+    );
+    let refusal = refused["label"].as_str().expect("label");
     assert!(
-        refusal.contains("was refused by the satellite's policy (over_tx_limit)")
+        refusal.contains("NOT co-signed by the satellite")
+            && refusal.contains("refused by the satellite's policy (over_tx_limit)")
             && refusal.contains("Nothing was signed"),
         "{refusal}"
     );

@@ -167,20 +167,29 @@ def main():
         replies = asyncio.run(run())
         result = {"replies": [], "funding_tx": funding.serialize(), "txid": small.txid(),
                   "satellite_pubkey": sat_pub}
+        ours = {small.txid(): small, large.txid(): large}
+        result["large_txid"] = large.txid()
         for r in replies:
-            entry = {"author": r["author"], "text": None, "tx": None, "complete": None}
+            # Exactly what psbt_nostr accepts: a JSON object whose "tx" parses; anything else
+            # it logs and drops, and the user sees nothing.
+            entry = {"author": r["author"], "shown": False, "text": r["message"], "tx": None,
+                     "complete": None}
             try:
                 message = json.loads(r["message"])
-                signed = tx_from_any(message["tx"])
-                # As Electrum does with a received PSBT: merge into its own, finalize.
-                mine = tx_from_any(small.serialize())
-                mine.add_info_from_wallet(wallet)
-                mine.combine_with_other_psbt(signed)
-                mine.finalize_psbt()
-                entry.update(complete=mine.is_complete(), tx=mine.serialize(),
-                             txid=mine.txid(), label=message.get("label"))
-            except (ValueError, KeyError, TypeError):
-                entry["text"] = r["message"]
+                if not isinstance(message, dict):
+                    raise ValueError("not a dict")
+                received = tx_from_any(message.get("tx"))
+            except (ValueError, KeyError, TypeError) as e:
+                entry["dropped_because"] = str(e)
+                result["replies"].append(entry)
+                continue
+            entry.update(shown=True, text=None, txid=received.txid(), label=message.get("label"))
+            # As Electrum does with a received PSBT: merge into its own, finalize.
+            mine = tx_from_any(ours[received.txid()].serialize())
+            mine.add_info_from_wallet(wallet)
+            mine.combine_with_other_psbt(received)
+            mine.finalize_psbt()
+            entry.update(complete=mine.is_complete(), tx=mine.serialize())
             result["replies"].append(entry)
         say("RESULT", json.dumps(result))
     finally:
