@@ -109,7 +109,10 @@ pub fn summary(
                     summary.fee_sat, summary.fee_rate_sat_vb
                 ),
             ));
-            rows.push(("Change back to the wallet".into(), btc(summary.change_sat)));
+            rows.push((
+                "Back to the wallet (change and its own addresses)".into(),
+                btc(summary.change_sat),
+            ));
             rows.push(("Inputs spent".into(), summary.inputs.to_string()));
             rows.push(("Transaction id".into(), summary.txid.clone()));
         }

@@ -291,7 +291,7 @@ pub fn summarize(spend: &Spend, network: bitcoin::Network) -> SpendSummary {
         destinations: spend
             .outputs
             .iter()
-            .filter(|o| !o.change)
+            .filter(|o| !o.own)
             .map(|o| Destination {
                 address: bitcoin::Address::from_script(&o.script_pubkey, network)
                     .map(|a| a.to_string())

@@ -169,7 +169,7 @@ pub struct SpendSummary {
     pub txid: String,
     /// Payments out of the wallet.
     pub destinations: Vec<Destination>,
-    /// Change back to the wallet, sat.
+    /// Back to the wallet (change, and payments to its own receive addresses), sat.
     pub change_sat: u64,
     /// Fee, sat.
     pub fee_sat: u64,

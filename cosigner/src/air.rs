@@ -80,6 +80,13 @@ pub enum CompactOutput {
         /// Index on the change branch.
         index: u32,
     },
+    /// To the wallet's own receive address at this index (a payment to oneself).
+    Receive {
+        /// Amount, sat.
+        value_sat: u64,
+        /// Index on the receive branch.
+        index: u32,
+    },
 }
 
 /// The satellite's signatures, one per input in order (64-byte compact, SIGHASH_ALL).
@@ -137,12 +144,13 @@ pub fn compact(
     let mut outputs = Vec::with_capacity(tx.output.len());
     for ((out, plan), txout) in psbt.outputs.iter().zip(&spend.outputs).zip(&tx.output) {
         let value_sat = txout.value.to_sat();
-        if plan.change {
+        if plan.own {
             let (_, branch, index) = wallet.locate_ours(&out.bip32_derivation)?;
-            if branch != 1 {
-                return None;
-            }
-            outputs.push(CompactOutput::Change { value_sat, index });
+            outputs.push(match branch {
+                0 => CompactOutput::Receive { value_sat, index },
+                1 => CompactOutput::Change { value_sat, index },
+                _ => return None,
+            });
         } else {
             outputs.push(CompactOutput::Pay {
                 value_sat,
@@ -192,11 +200,13 @@ pub fn expand<C: Verification>(
             CompactOutput::Pay { value_sat, script } => {
                 (*value_sat, ScriptBuf::from_bytes(script.clone()))
             }
-            CompactOutput::Change { value_sat, index } => {
-                let derived = wallet
-                    .derive(secp, 1, *index)
-                    .ok_or_else(|| malformed(format!("change output {j}: index {index}")))?;
-                change.push((j, *index, derived.clone()));
+            CompactOutput::Change { value_sat, index }
+            | CompactOutput::Receive { value_sat, index } => {
+                let branch = u32::from(matches!(o, CompactOutput::Change { .. }));
+                let derived = wallet.derive(secp, branch, *index).ok_or_else(|| {
+                    malformed(format!("own output {j}: branch {branch} index {index}"))
+                })?;
+                change.push((j, branch, *index, derived.clone()));
                 (*value_sat, derived.script_pubkey)
             }
         };
@@ -249,10 +259,11 @@ pub fn expand<C: Verification>(
             );
         }
     }
-    for (j, index, derived) in change {
+    for (j, branch, index, derived) in change {
         let out = &mut psbt.outputs[j];
         out.witness_script = Some(derived.witness_script);
-        let source = path(1, index).ok_or_else(|| malformed(format!("change index {index}")))?;
+        let source = path(branch, index)
+            .ok_or_else(|| malformed(format!("own output branch {branch} index {index}")))?;
         out.bip32_derivation.insert(
             derived.our_pubkey.inner,
             (wallet.our_own_fingerprint(), source),
@@ -306,6 +317,36 @@ mod tests {
             "{size} vs {}",
             psbt.serialize().len()
         );
+    }
+
+    #[test]
+    fn a_payment_to_the_wallets_own_receive_address_crosses_as_its_own() {
+        let w = TestWallet::new();
+        let secp = Secp256k1::new();
+        let spec = crate::testkit::SpendSpec {
+            inputs: vec![(0, 0, 1_000_000)],
+            payments: vec![(w.script(0, 7), 600_000)],
+            change: Some((2, 399_000)),
+        };
+        let mut psbt = w.psbt(&spec);
+        w.mark_own(&mut psbt, 0, 0, 7);
+        w.sign_with(&w.user, &mut psbt);
+        let spend = analyze(&secp, &w.wallet, &psbt).expect("valid");
+        assert!(spend.outputs.iter().all(|o| o.own), "{:?}", spend.outputs);
+        assert_eq!(spend.leaving_sat(), 1_000, "only the fee leaves");
+        let c = compact(&w.wallet, &psbt, &spend, RequestId([2; 16]), 100, None).expect("compacts");
+        assert!(matches!(
+            c.outputs[0],
+            CompactOutput::Receive { index: 7, .. }
+        ));
+        let again = analyze(
+            &secp,
+            &w.wallet,
+            &expand(&secp, &w.wallet, &c).expect("expands"),
+        )
+        .expect("still valid");
+        assert_eq!(again.outputs, spend.outputs);
+        assert_eq!(again.leaving_sat(), 1_000);
     }
 
     #[test]

@@ -313,7 +313,7 @@ pub fn check_policy(
     }
     if let Some(allow) = &policy.allowlist {
         for (j, out) in spend.outputs.iter().enumerate() {
-            if !out.change
+            if !out.own
                 && !allow
                     .iter()
                     .any(|a| a.as_slice() == out.script_pubkey.as_bytes())

@@ -5,8 +5,9 @@
 //! input must come from the wallet (its script derives from the descriptor at the branch and
 //! index the PSBT claims for the satellite's key), carry its full previous transaction, ask
 //! for SIGHASH_ALL only, and already hold a valid signature from another key of the wallet.
-//! Outputs the PSBT claims as the wallet's own must derive from it; only those on the change
-//! branch count as change, everything else counts as leaving the wallet.
+//! Outputs the PSBT claims as the wallet's own must derive from it (the claim is checked,
+//! never taken on its word); those, on its change branch or its receive branch (a payment
+//! to oneself), stay in the wallet. Everything else counts as leaving it.
 
 use bitcoin::hashes::Hash as _;
 use bitcoin::psbt::Psbt;
@@ -46,8 +47,9 @@ pub struct OutputPlan {
     pub script_pubkey: ScriptBuf,
     /// How much.
     pub value_sat: u64,
-    /// Whether it is proven change (derives from the wallet's change branch).
-    pub change: bool,
+    /// Whether it is proven to pay the wallet itself: its script derives from the registered
+    /// descriptor, on the change branch (change) or the receive branch (a self-payment).
+    pub own: bool,
 }
 
 /// The spend a PSBT describes.
@@ -61,7 +63,7 @@ pub struct Spend {
     pub outputs: Vec<OutputPlan>,
     /// Sum of inputs.
     pub total_in_sat: u64,
-    /// Sum of change outputs.
+    /// Sum of the outputs back to the wallet (change and payments to its own addresses).
     pub change_sat: u64,
     /// Fee.
     pub fee_sat: u64,
@@ -70,7 +72,7 @@ pub struct Spend {
 }
 
 impl Spend {
-    /// What leaves the wallet: every non-change output plus the fee.
+    /// What leaves the wallet: every output not proven the wallet's own, plus the fee.
     pub fn leaving_sat(&self) -> u64 {
         self.total_in_sat - self.change_sat
     }
@@ -241,15 +243,16 @@ pub fn analyze<C: Verification>(
     let mut total_out: u64 = 0;
     let mut change: u64 = 0;
     for (j, (txout, pout)) in tx.output.iter().zip(&psbt.outputs).enumerate() {
-        let mut is_change = false;
+        let mut own = false;
         if let Some((_, branch, index)) = wallet.locate_ours(&pout.bip32_derivation) {
+            // Proven, not claimed: the script at that branch and index must be this output's.
             let derived = wallet
                 .derive(secp, branch, index)
                 .ok_or(Refusal::ChangeMismatch { output: j })?;
             if derived.script_pubkey != txout.script_pubkey {
                 return Err(Refusal::ChangeMismatch { output: j });
             }
-            is_change = branch == 1;
+            own = true;
         }
         let value = txout.value.to_sat();
         total_out = total_out
@@ -257,13 +260,13 @@ pub fn analyze<C: Verification>(
             .ok_or_else(|| Refusal::MalformedPsbt {
                 reason: "output amounts overflow".into(),
             })?;
-        if is_change {
+        if own {
             change += value;
         }
         outputs.push(OutputPlan {
             script_pubkey: txout.script_pubkey.clone(),
             value_sat: value,
-            change: is_change,
+            own,
         });
     }
     if total_out > total_in {

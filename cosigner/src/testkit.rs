@@ -253,6 +253,19 @@ impl TestWallet {
         }
     }
 
+    /// Marks output `output` of an unsigned `psbt` as the wallet's own at `branch` and
+    /// `index` (its key paths and witness script), as Electrum writes an output to one of
+    /// its own addresses. The claim is only metadata: the cosigner checks it.
+    pub fn mark_own(&self, psbt: &mut Psbt, output: usize, branch: u32, index: u32) {
+        let derived = self
+            .wallet
+            .derive(&self.secp, branch, index)
+            .expect("derive");
+        let out = &mut psbt.outputs[output];
+        out.witness_script = Some(derived.witness_script);
+        out.bip32_derivation = self.key_map(branch, index);
+    }
+
     /// Signs every input with `who` (a key of this wallet), as Electrum's first signature.
     pub fn sign_with(&self, who: &CosignerKey, psbt: &mut Psbt) {
         let tx = psbt.unsigned_tx.clone();

@@ -337,3 +337,44 @@ fn garbage_instead_of_a_psbt() {
     req.psbt = b"psbt\xff but not really".to_vec();
     k.expect_refused(&req, "malformed_psbt");
 }
+
+#[test]
+fn a_payment_to_oneself_is_not_spending_but_the_claim_is_checked() {
+    // 0.1 BTC a transaction, 0.1 BTC a day.
+    let k = setup(Policy {
+        max_per_tx_sat: 10_000_000,
+        max_per_period_sat: 10_000_000,
+        ..testkit::generous_policy()
+    });
+    // Each case spends its own coin (a coin signed once is never signed in another spend).
+    let spec = |pay: bitcoin::ScriptBuf, coin: u32| SpendSpec {
+        inputs: vec![(0, coin, 60_000_000)],
+        payments: vec![(pay, 50_000_000)],
+        change: Some((1, 9_990_000)),
+    };
+    // 0.5 BTC to the wallet's own receive address: only the fee leaves it, so it is signed
+    // (the output derives from the registered descriptor, which the cosigner checks).
+    let mut own = k.tw.psbt(&spec(k.tw.script(0, 12), 0));
+    k.tw.mark_own(&mut own, 0, 0, 12);
+    k.tw.sign_with(&k.tw.user, &mut own);
+    let signed = common::signed_psbt(common::sign(&k.c, &k.tw.request(&own, 1, NOW), NOW));
+    common::finalize_and_verify(signed);
+    let debited: u64 =
+        k.c.ledger(&k.wallet_id, 0)
+            .expect("ledger")
+            .iter()
+            .map(|e| e.amount_sat)
+            .sum();
+    assert_eq!(debited, 10_000, "only the fee counts against the limits");
+
+    // 0.5 BTC to a stranger is over the limit.
+    let stranger = k.signed_by_user(&spec(foreign_script(3), 1));
+    k.expect_refused(&k.tw.request(&stranger, 2, NOW), "over_tx_limit");
+
+    // A stranger's address claimed as the wallet's own (its key paths point at index 12,
+    // whose script is another) is caught, not believed.
+    let mut lie = k.tw.psbt(&spec(foreign_script(4), 2));
+    k.tw.mark_own(&mut lie, 0, 0, 12);
+    k.tw.sign_with(&k.tw.user, &mut lie);
+    k.expect_refused(&k.tw.request(&lie, 3, NOW), "change_mismatch");
+}
