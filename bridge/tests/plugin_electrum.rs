@@ -472,3 +472,56 @@ async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transa
         .await;
     assert_eq!(status["final_state"], "signed", "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_registered_by_json_rpc_shows_its_real_status_in_the_plugin() {
+    let flow = Flow::start(short_passes(), |_| {}).await;
+    let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
+    let work = flow.dir.path().join("plugin");
+    let program = session_py_in("sid");
+    let mut script = Script::spawn(
+        &program.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["registered_elsewhere", &tcp, &work.to_string_lossy()],
+    );
+    let talk = async {
+        while let Some(line) = script.lines.next_line().await.expect("read stdout") {
+            if let Some(descriptor) = line.strip_prefix("REGISTER_ELSEWHERE ") {
+                // The wallet's owner registers it without the plugin, as the Nostr route does.
+                let r = flow
+                    .ok(
+                        "wallet.register",
+                        vec![
+                            json!(descriptor),
+                            json!("alice@example.org"),
+                            json!("By RPC"),
+                        ],
+                    )
+                    .await;
+                let id = r["request_id"].as_str().expect("id").to_owned();
+                let code = flow.inbox.code(&id).await;
+                flow.ok("request.confirm", vec![json!(id), json!(code)])
+                    .await;
+                flow.wait_state(&id, "delivered", 120).await;
+                Script::answer(&mut script.stdin, "go").await;
+            } else if let Some(json) = line.strip_prefix("RESULT ") {
+                return Some(serde_json::from_str::<Value>(json).expect("RESULT is JSON"));
+            }
+        }
+        None
+    };
+    let r = tokio::time::timeout(Duration::from_secs(240), talk).await;
+    let (status, stderr) = script.finish().await;
+    let Ok(Some(r)) = r else {
+        panic!("the plugin did not finish ({status}):\n{stderr}");
+    };
+    assert_eq!(r["before"], "Not registered with the satellite.", "{r}");
+    assert_eq!(
+        r["after"], "Registered with the satellite as \u{201c}By RPC\u{201d} (a***@example.org).",
+        "{r}"
+    );
+    let listed = flow.ok("wallet.status", vec![r["wallet_id"].clone()]).await;
+    assert_eq!(
+        listed["state"], "active",
+        "the plugin's id is the bridge's: {listed}"
+    );
+}

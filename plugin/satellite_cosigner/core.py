@@ -28,9 +28,11 @@ from .wallet_keys import (
     mailbox_keyhashes,
     needs_satellite as tx_needs_satellite,
     open_message,
+    wallet_id as derived_wallet_id,
 )
 from .bridge_client import BridgeClient, parse_address
-from .errors import BridgeError, LinkDown, SatelliteError, WalletNotRegistered, WRONG_STATE
+from .errors import (BridgeError, LinkDown, NOT_FOUND, SatelliteError, WalletNotRegistered,
+                     WRONG_STATE)
 
 # The bridge's default Electrum-protocol port (electrum.tcp = 127.0.0.1:50101).
 DEFAULT_BRIDGE = "127.0.0.1:50101"
@@ -204,11 +206,25 @@ class WalletSession:
         return self.record()["wallet_id"]
 
     def registration_status(self):
-        """``wallet.status`` (state pending/active/refused), or raises WalletNotRegistered."""
+        """``wallet.status`` (state pending/active/refused), or raises WalletNotRegistered.
+
+        A wallet this plugin never registered may have been registered by another route
+        (JSON-RPC, Nostr, another copy of the wallet): the bridge is asked by the id it
+        derives from the wallet's keys, and a known wallet is remembered."""
         wid = self.wallet_id()
-        if not wid:
-            raise WalletNotRegistered()
-        return self.service.client.wallet_status(wid)
+        if wid:
+            return self.service.client.wallet_status(wid)
+        wid = derived_wallet_id(self.wallet)
+        try:
+            status = self.service.client.wallet_status(wid)
+        except BridgeError as e:
+            if e.code == NOT_FOUND:
+                raise WalletNotRegistered() from e
+            raise
+        rec = self.record()
+        rec["wallet_id"] = wid
+        self._save(rec)
+        return status
 
     def registration_state(self):
         """'active', 'pending', 'refused', or 'none' when never registered."""

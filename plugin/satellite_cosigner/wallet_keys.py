@@ -5,6 +5,7 @@
 - ``descriptor``: the wallet's output descriptor, ``wsh(sortedmulti(m, ...))`` with every key
   as a ``tpub``/``xpub`` and ``/<0;1>/*``, with ``[fingerprint/path]`` origins where Electrum
   knows them (its own seed keys). Electrum's multisig wallets always sort their keys.
+- ``wallet_id``: the id the bridge knows the wallet by, whoever registered it.
 - ``mailbox_keyhashes``: the cosigner-pool slots of the keys this wallet can sign with;
   results come back there.
 - ``open_message``: decrypts a mailbox message with the wallet's own key (ECIES "BIE1"), as
@@ -14,6 +15,8 @@
 What differs between Electrum versions (where secp256k1 and ECIES live, what a PSBT input
 calls its signatures) comes from ``compat``.
 """
+import hashlib
+
 from electrum.bip32 import BIP32Node
 from electrum.crypto import sha256d
 from electrum.wallet import Multisig_Wallet
@@ -84,6 +87,15 @@ def descriptor(wallet, satellite_xpub):
         ks = wallet.keystores[name]
         keys.append(_origin(ks) + plain_xpub(ks.get_master_public_key()) + "/<0;1>/*")
     return "wsh(sortedmulti(%d,%s))" % (wallet.m, ",".join(keys))
+
+
+def wallet_id(wallet):
+    """The id the bridge and the satellite give this wallet, however it was registered (by
+    the plugin, by JSON-RPC, or by Nostr): the first 16 bytes of sha256 of
+    ``wsh(sortedmulti(m,<xpubs, sorted>))``, keys in their plain xpub/tpub spelling."""
+    keys = sorted(plain_xpub(ks.get_master_public_key()) for ks in wallet.keystores.values())
+    text = "wsh(sortedmulti(%d,%s))" % (wallet.m, ",".join(keys))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def mailbox_keyhashes(wallet):

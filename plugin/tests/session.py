@@ -11,6 +11,8 @@ transaction also goes through Bitcoin Core's script interpreter there).
     session.py tls    HOST:PORT CA_FILE   "Test connection" over TLS, trusted and not
     session.py prepare BRIDGE WORKDIR     a registered wallet file and a PSBT signed once,
                                           for the GUI test
+    session.py registered_elsewhere BRIDGE WORKDIR   a wallet registered by JSON-RPC shows
+                                          its real status
 
 Keys derive from public tags (seed = sha256(tag)): test keys, never for real funds.
 """
@@ -345,6 +347,28 @@ def prepare(bridge, workdir):
         env.close()
 
 
+def registered_elsewhere(bridge, workdir):
+    """A wallet registered by another route (JSON-RPC, as a Nostr user's tools do): the
+    plugin shows its real status. Prints REGISTER_ELSEWHERE <descriptor>, waits for a line on
+    stdin once the harness has registered and confirmed it."""
+    env = Env(workdir)
+    try:
+        service = Service(Settings(bridge=bridge, email=EMAIL))
+        wallet = make_wallet(env.config, os.path.join(workdir, "wallet"),
+                             service.satellite_xpub(), "user-R")
+        session = WalletSession(service, wallet)
+        before = session.registration_text()
+        say("REGISTER_ELSEWHERE", session.descriptor())
+        if not sys.stdin.readline():
+            sys.exit("no go-ahead on stdin")
+        after = session.registration_text()
+        service.close()
+        say("RESULT", json.dumps({"before": before, "after": after,
+                                  "wallet_id": session.wallet_id()}))
+    finally:
+        env.close()
+
+
 def tls(address, ca_file):
     """Test connection over TLS: trusting the bridge's own certificate, then the system's
     roots only (which do not know a self-signed bridge)."""
@@ -368,6 +392,8 @@ def main():
         tls(*args)
     elif cmd == "prepare":
         prepare(*args)
+    elif cmd == "registered_elsewhere":
+        registered_elsewhere(*args)
     else:
         sys.exit("unknown command " + cmd)
 
