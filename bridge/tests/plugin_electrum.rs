@@ -525,3 +525,52 @@ async fn a_wallet_registered_by_json_rpc_shows_its_real_status_in_the_plugin() {
         "the plugin's id is the bridge's: {listed}"
     );
 }
+
+/// With Electrum's proxy set, the plugin reaches the bridge only through it (a Tor user's
+/// address never reaches the bridge), in each Electrum version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_electrums_proxy_set_the_plugin_connects_only_through_it() {
+    let flow = Flow::start(short_passes(), |_| {}).await;
+    let bridge = flow.system.bridge.electrum_tcp.expect("tcp");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    for (suite, version) in [("bookworm", "4.3."), ("trixie", "4.5."), ("sid", "4.8.")] {
+        let proxy = common::socks::SocksProxy::start().await;
+        let program = session_py_in(suite);
+        let program: Vec<&str> = program.iter().map(String::as_str).collect();
+        let r = run_plugin(
+            &program,
+            &[
+                "proxied",
+                &bridge.to_string(),
+                &proxy.addr.to_string(),
+                &dead,
+            ],
+            &flow.inbox,
+            Duration::from_secs(60),
+        )
+        .await;
+        let ran_in = r["electrum_version"].as_str().expect("version");
+        assert!(ran_in.starts_with(version), "{ran_in}");
+        assert!(
+            r["connection"]
+                .as_str()
+                .expect("text")
+                .starts_with("Connected to satcosign-bridge"),
+            "{r}"
+        );
+        assert!(r["xpub"].as_str().expect("xpub").starts_with("Vpub"), "{r}");
+        let seen = proxy.destinations();
+        assert!(
+            !seen.is_empty() && seen.iter().all(|d| *d == bridge.to_string()),
+            "{version}: every connection went through the proxy to the bridge: {seen:?}"
+        );
+        let down = r["proxy_down"].as_str().expect("text");
+        assert!(
+            down.starts_with("Cannot reach the satcosign bridge") && down.contains("proxy"),
+            "{version}: with the proxy down the bridge is unreachable, not reached directly: {down}"
+        );
+    }
+}

@@ -5,6 +5,10 @@ Electrum port. One connection carries calls (matched to answers by id) and Elect
 notifications (``{"method": ..., "params": [...]}`` without an id), which the bridge sends
 for ``request.subscribe``.
 
+With a proxy (Electrum's own, so a Tor user's address never reaches the bridge), the
+connection is dialed through it with ``python_socks``, the library Electrum's own network
+code uses, and the bridge's name is resolved by the proxy.
+
 ``AsyncBridgeClient`` is plain asyncio. ``BridgeClient`` wraps it for threads (Qt's, a
 script's): it runs its own event loop in a daemon thread and reconnects on the next call
 after the connection drops. Only methods documented in ``schemas/openrpc.json`` are called.
@@ -44,8 +48,9 @@ class AsyncBridgeClient:
     event loop for every notification."""
 
     def __init__(self, address, *, use_tls=False, ca_file=None, timeout=15.0,
-                 on_notification=None):
+                 on_notification=None, proxy=None):
         self.address = address
+        self.proxy = proxy
         self.host, self.port = parse_address(address)
         self.use_tls = use_tls
         self.ca_file = ca_file
@@ -64,15 +69,35 @@ class AsyncBridgeClient:
 
     async def connect(self):
         ssl_ctx = tls_context(self.ca_file) if self.use_tls else None
+        hostname = self.host if ssl_ctx else None
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=ssl_ctx, limit=MAX_LINE,
-                                        server_hostname=self.host if ssl_ctx else None),
-                self.timeout)
+            if self.proxy:
+                sock = await asyncio.wait_for(self._through_proxy(), self.timeout)
+                opened = asyncio.open_connection(sock=sock, ssl=ssl_ctx, limit=MAX_LINE,
+                                                 server_hostname=hostname)
+            else:
+                opened = asyncio.open_connection(self.host, self.port, ssl=ssl_ctx,
+                                                 limit=MAX_LINE, server_hostname=hostname)
+            self._reader, self._writer = await asyncio.wait_for(opened, self.timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             raise BridgeUnreachable(self.address, _describe(e)) from e
+        except Exception as e:  # python_socks' own errors (refused by the proxy...)
+            if type(e).__module__.startswith("python_socks"):
+                raise BridgeUnreachable(self.address, f"through the proxy: {e}") from e
+            raise
         self._task = asyncio.ensure_future(self._read_loop())
         self.server_version = await self.call("server.version", CLIENT_NAME, PROTOCOL_VERSION)
+
+    async def _through_proxy(self):
+        from python_socks import ProxyType
+        from python_socks.async_.asyncio import Proxy
+        kinds = {"socks5": ProxyType.SOCKS5, "socks4": ProxyType.SOCKS4,
+                 "http": ProxyType.HTTP}
+        p = self.proxy
+        proxy = Proxy.create(proxy_type=kinds.get(p["mode"], ProxyType.SOCKS5), host=p["host"],
+                             port=p["port"], username=p.get("user") or None,
+                             password=p.get("password") or None, rdns=True)
+        return await proxy.connect(dest_host=self.host, dest_port=self.port)
 
     async def close(self):
         if self._writer is not None:
@@ -167,11 +192,11 @@ class BridgeClient:
     """
 
     def __init__(self, address, *, use_tls=False, ca_file=None, timeout=15.0,
-                 on_notification=None):
+                 on_notification=None, proxy=None):
         parse_address(address)  # a clear error now, not on first use
         self.address = address
         self._kwargs = dict(use_tls=use_tls, ca_file=ca_file, timeout=timeout,
-                            on_notification=self._notify)
+                            on_notification=self._notify, proxy=proxy)
         self.timeout = timeout
         self.on_notification = on_notification
         self._client = None

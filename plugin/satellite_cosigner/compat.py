@@ -17,7 +17,7 @@ except ImportError:  # Electrum 4.3-4.5: `electrum.ecc`, ECIES as methods of the
         return privkey.decrypt_message(encrypted)
 
 __all__ = ["ecc", "ecies_decrypt_message", "ecies_encrypt_message", "partial_sigs",
-           "dialog_finalized"]
+           "dialog_finalized", "network_proxy"]
 
 
 def partial_sigs(txin):
@@ -34,3 +34,24 @@ def dialog_finalized(dialog):
     Electrum 4.3 has `finalized` (its dialog also previewed unfinished ones); 4.4 removed it,
     since its transaction dialog shows only finished transactions."""
     return bool(getattr(dialog, "finalized", True))
+
+
+def network_proxy(network):
+    """Electrum's proxy as ``{mode, host, port, user, password}``, or None when none is set.
+
+    Electrum 4.3-4.5 keep it as a dict on the network, None when off; 4.6+ as a
+    ``ProxySettings`` with ``enabled``."""
+    p = getattr(network, "proxy", None) if network is not None else None
+    if p is None:
+        return None
+    if isinstance(p, dict):
+        fields = {k: p.get(k) for k in ("mode", "host", "port", "user", "password")}
+    else:
+        if not getattr(p, "enabled", False):
+            return None
+        fields = {k: getattr(p, k, None) for k in ("mode", "host", "port", "user", "password")}
+    if not fields["host"] or not fields["port"]:
+        return None
+    fields["port"] = int(fields["port"])
+    fields["mode"] = (fields["mode"] or "socks5").lower()
+    return fields

@@ -73,14 +73,16 @@ class Settings:
 class Service:
     """The bridge connection and the satellite's public facts, shared by all wallets."""
 
-    def __init__(self, settings, timeout=15.0):
+    def __init__(self, settings, timeout=15.0, proxy=None):
+        """``proxy``: Electrum's proxy (``compat.network_proxy``); every connection to the
+        bridge goes through it when set."""
         settings.check()
         self.settings = settings
         self._sessions = []
         self._info = None
         self.client = BridgeClient(settings.bridge, use_tls=settings.tls,
                                    ca_file=settings.ca_file or None, timeout=timeout,
-                                   on_notification=self._on_notification)
+                                   on_notification=self._on_notification, proxy=proxy)
 
     def close(self):
         for s in list(self._sessions):

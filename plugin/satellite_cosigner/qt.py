@@ -26,11 +26,21 @@ from electrum.gui.qt.util import (Buttons, CancelButton, CloseButton, EnterButto
                                   TaskThread, WaitingDialog, WindowModalDialog)
 
 from .wallet_keys import NotASatelliteWallet, check_wallet, needs_satellite as tx_needs_satellite
-from .compat import dialog_finalized
+from .compat import dialog_finalized, network_proxy
 from .core import Service, Settings, WalletSession
 from .errors import SatelliteError
 
 ASK_BUTTON = "Ask satellite to co-sign"
+
+
+def electrum_proxy():
+    """The proxy Electrum's network uses (Tor, say), so the bridge never sees the user's own
+    address; None when none is set."""
+    try:
+        from electrum.network import Network
+        return network_proxy(Network.get_instance())
+    except Exception:  # no network (offline): a direct connection, as Electrum's own
+        return None
 
 
 def error_text(exc):
@@ -59,7 +69,7 @@ class Plugin(BasePlugin):
     # ---- the shared service ---------------------------------------------------------------
     def service(self):
         if self._service is None:
-            self._service = Service(Settings.from_config(self.config))
+            self._service = Service(Settings.from_config(self.config), proxy=electrum_proxy())
         return self._service
 
     def reset_service(self):
@@ -475,7 +485,7 @@ class SettingsDialog(WindowModalDialog):
         self.result.setText(_("Connecting..."))
 
         def task():
-            service = Service(settings, timeout=10.0)
+            service = Service(settings, timeout=10.0, proxy=electrum_proxy())
             try:
                 return service.link_text()
             finally:

@@ -11,6 +11,7 @@ transaction also goes through Bitcoin Core's script interpreter there).
     session.py tls    HOST:PORT CA_FILE   "Test connection" over TLS, trusted and not
     session.py prepare BRIDGE WORKDIR     a registered wallet file and a PSBT signed once,
                                           for the GUI test
+    session.py proxied BRIDGE PROXY DEAD_PROXY   "Test connection" through Electrum's proxy
     session.py registered_elsewhere BRIDGE WORKDIR   a wallet registered by JSON-RPC shows
                                           its real status
 
@@ -369,6 +370,45 @@ def registered_elsewhere(bridge, workdir):
         env.close()
 
 
+def electrum_proxy_setting(address):
+    """Electrum's network with a SOCKS5 proxy at ``address`` set, stored exactly as this
+    version stores it (4.3-4.5: a dict from ``deserialize_proxy``; 4.6+: ``ProxySettings``)."""
+    import types
+    from electrum import network
+    host, port = address.rsplit(":", 1)
+    if hasattr(network, "ProxySettings"):
+        p = network.ProxySettings()
+        p.deserialize_proxy_cfgstr("socks5:%s:%s" % (host, port))
+        p.enabled = True
+    else:
+        p = network.deserialize_proxy("socks5:%s:%s::" % (host, port))
+    return types.SimpleNamespace(proxy=p)
+
+
+def proxied(bridge, proxy_address, dead_proxy):
+    """Test connection with Electrum's proxy set: through the proxy; and with a proxy that is
+    down, the bridge is unreachable (never a direct connection that would reveal the user)."""
+    from satellite_cosigner.compat import network_proxy
+    service = Service(Settings(bridge=bridge),
+                      proxy=network_proxy(electrum_proxy_setting(proxy_address)), timeout=10.0)
+    try:
+        text = service.link_text()
+        xpub = service.satellite_xpub()
+    finally:
+        service.close()
+    down = Service(Settings(bridge=bridge),
+                   proxy=network_proxy(electrum_proxy_setting(dead_proxy)), timeout=5.0)
+    try:
+        down.link_text()
+        without = "connected anyway"
+    except errors.SatelliteError as e:
+        without = str(e)
+    finally:
+        down.close()
+    say("RESULT", json.dumps({"connection": text, "xpub": xpub, "proxy_down": without,
+                              "electrum_version": ELECTRUM_VERSION}))
+
+
 def tls(address, ca_file):
     """Test connection over TLS: trusting the bridge's own certificate, then the system's
     roots only (which do not know a self-signed bridge)."""
@@ -392,6 +432,8 @@ def main():
         tls(*args)
     elif cmd == "prepare":
         prepare(*args)
+    elif cmd == "proxied":
+        proxied(*args)
     elif cmd == "registered_elsewhere":
         registered_elsewhere(*args)
     else:

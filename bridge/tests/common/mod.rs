@@ -209,3 +209,4 @@ pub mod chain;
 pub mod flow;
 pub mod process;
 pub mod script;
+pub mod socks;
