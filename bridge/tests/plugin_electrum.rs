@@ -574,3 +574,182 @@ async fn with_electrums_proxy_set_the_plugin_connects_only_through_it() {
         );
     }
 }
+
+/// Moves Electrum's plugins key file aside for a test and puts it back afterwards.
+struct KeyfileAside {
+    backup: Option<PathBuf>,
+}
+
+const KEYFILE: &str = "/etc/electrum/plugins_key";
+
+impl KeyfileAside {
+    fn new() -> KeyfileAside {
+        let key = Path::new(KEYFILE);
+        let backup = key.exists().then(|| {
+            let b = key.with_extension("satcosign-test-backup");
+            std::fs::rename(key, &b).expect("move the machine's plugins key aside");
+            b
+        });
+        KeyfileAside { backup }
+    }
+}
+
+impl Drop for KeyfileAside {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(KEYFILE);
+        if let Some(b) = &self.backup {
+            let _ = std::fs::rename(b, KEYFILE);
+        }
+    }
+}
+
+/// Runs `program` as `user` (runuser); panics with its stderr if it fails.
+fn run_as(user: &str, program: &[&str]) -> String {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", user, "--"])
+        .args(program)
+        .output()
+        .expect("runuser");
+    assert!(
+        out.status.success(),
+        "{program:?} as {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Electrum 4.6+ as users install it: root sets the plugins key from a password once; the
+/// user who runs Electrum installs and authorizes the zip with that password; Electrum's own
+/// loader (run as that user, who cannot write the key) finds it authorized and loads it. A
+/// zip changed after its authorization is refused.
+#[test]
+fn in_electrum_4_8_the_zip_installs_authorizes_and_loads_for_a_user_who_is_not_root() {
+    assert!(
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0"),
+        "this test sets Electrum's plugins key as root, as a real installation does: run the \
+         suite as root (CI does)"
+    );
+    let user = "satcosign-electrum";
+    if std::process::Command::new("id")
+        .arg(user)
+        .output()
+        .is_ok_and(|o| !o.status.success())
+    {
+        let made = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ])
+            .status()
+            .expect("useradd");
+        assert!(made.success(), "useradd {user}");
+    }
+    let python = electrum_python("sid");
+    let install = plugin_dir().join("install.py");
+    let install = install.to_str().expect("utf-8");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |p: &Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    open(dir.path(), 0o755);
+    let password = dir.path().join("password");
+    std::fs::write(&password, "correct horse battery staple\n").expect("password");
+    open(&password, 0o644);
+    let dist = dir.path().join("dist");
+    let zip = std::process::Command::new(&python)
+        .args([install, "zip", "--out", dist.to_str().expect("utf-8")])
+        .output()
+        .expect("install.py zip");
+    assert!(
+        zip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&zip.stderr)
+    );
+    let zip = String::from_utf8(zip.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+
+    let _aside = KeyfileAside::new();
+    let key = std::process::Command::new(&python)
+        .args([
+            install,
+            "keyfile",
+            "--password-file",
+            password.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("install.py keyfile");
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let electrum_dir = dir.path().join("electrum");
+    std::fs::create_dir(&electrum_dir).expect("dir");
+    let chown = std::process::Command::new("chown")
+        .args([user, electrum_dir.to_str().expect("utf-8")])
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let edir = electrum_dir.to_str().expect("utf-8");
+    let said = run_as(
+        user,
+        &[
+            &python,
+            install,
+            "authorize",
+            "--zip",
+            &zip,
+            "--password-file",
+            password.to_str().expect("utf-8"),
+            "--electrum-dir",
+            edir,
+            "--regtest",
+        ],
+    );
+    assert!(said.contains("restart Electrum"), "{said}");
+
+    let loader = plugin_dir().join("tests/load_external.py");
+    let load = || -> Value {
+        let out = run_as(user, &[&python, loader.to_str().expect("utf-8"), edir]);
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .unwrap_or_else(|| panic!("no RESULT: {out}"));
+        serde_json::from_str(line).expect("json")
+    };
+    let r = load();
+    assert!(
+        r["electrum_version"]
+            .as_str()
+            .expect("version")
+            .starts_with("4.8."),
+        "{r}"
+    );
+    assert_eq!(r["external"], true, "{r}");
+    assert_eq!(r["authorized"], true, "{r}");
+    assert_eq!(r["loaded"], true, "{r}");
+    assert_eq!(
+        r["module"], "electrum_external_plugins.satellite_cosigner.qt",
+        "{r}"
+    );
+    assert_eq!(r["has_menu_hook"], true, "{r}");
+
+    // A zip changed after it was authorized is not loaded.
+    let installed = electrum_dir
+        .join("regtest/plugins")
+        .join(Path::new(&zip).file_name().expect("name"));
+    let mut bytes = std::fs::read(&installed).expect("installed zip");
+    bytes.extend_from_slice(b"\0");
+    std::fs::write(&installed, bytes).expect("tamper");
+    let r = load();
+    assert_eq!(r["loaded"], false, "a changed zip is refused: {r}");
+}
