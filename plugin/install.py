@@ -42,19 +42,38 @@ KEYFILE = "/etc/electrum/plugins_key"  # where Electrum 4.6+ reads the plugins k
 KEY_VERSION = 1  # Electrum's PLUGIN_PASSWORD_VERSION
 
 
-def electrum_command(args):
-    exe = shutil.which("electrum") or "/usr/bin/electrum"
-    cmd = [exe]
-    if args.user and os.geteuid() == 0:
-        # Enabling is a setting of the user who runs Electrum, not root's.
-        cmd = ["runuser", "-u", args.user, "--"] + cmd
+def electrum_config(args):
+    """The config of the Electrum whose library runs this script, for the network and data
+    folder asked."""
+    from electrum import constants
+    from electrum.simple_config import SimpleConfig
     if args.regtest:
-        cmd.append("--regtest")
-    if args.testnet:
-        cmd.append("--testnet")
+        net = "regtest"
+    elif args.testnet:
+        net = "testnet"
+    else:
+        net = None
+    if net:
+        if hasattr(constants, "set_" + net):
+            getattr(constants, "set_" + net)()  # Electrum 4.3-4.5
+        else:
+            {"regtest": constants.BitcoinRegtest,  # 4.6+
+             "testnet": constants.BitcoinTestnet}[net].set_as_network()
+    options = {net: True} if net else {}
     if args.electrum_dir:
-        cmd += ["-D", args.electrum_dir]
-    return cmd + ["--offline"]
+        options["electrum_path"] = args.electrum_dir
+    return SimpleConfig(options)
+
+
+def enable(args):
+    """Enables the plugin (and sets the bridge) in the config of the user running this."""
+    config = electrum_config(args)
+    config.set_key("use_" + NAME, True, save=True)
+    print("enabled", "use_" + NAME, "in", config.path if hasattr(config, "path") else
+          config.electrum_path())
+    if args.bridge:
+        config.set_key("satcosign_bridge", args.bridge, save=True)
+        print("bridge", args.bridge)
 
 
 def install_electrum(args):
@@ -70,13 +89,21 @@ def install_electrum(args):
     for name in SOURCES:
         shutil.copy2(os.path.join(PACKAGE, name), os.path.join(target, name))
     print("installed into", target)
-    settings = [("use_" + NAME, "true")]
-    if args.bridge:
-        settings.append(("satcosign_bridge", args.bridge))
-    for key, value in settings:
-        subprocess.run(electrum_command(args) + ["setconfig", key, value], check=True,
-                       stdout=subprocess.DEVNULL)
-        print("electrum setconfig", key, value)
+    if args.user and os.geteuid() == 0:
+        # Enabling is a setting of the user who runs Electrum, not root's.
+        cmd = ["runuser", "-u", args.user, "--", sys.executable, os.path.abspath(__file__),
+               "enable"]
+        if args.regtest:
+            cmd.append("--regtest")
+        if args.testnet:
+            cmd.append("--testnet")
+        if args.electrum_dir:
+            cmd += ["--electrum-dir", args.electrum_dir]
+        if args.bridge:
+            cmd += ["--bridge", args.bridge]
+        subprocess.run(cmd, check=True)
+    else:
+        enable(args)
 
 
 def read_password(path):
@@ -112,8 +139,7 @@ def write_keyfile(args):
 
 def authorize(args):
     try:
-        from electrum import constants
-        from electrum.simple_config import SimpleConfig
+        import electrum  # noqa: F401
     except ImportError:
         sys.exit("Electrum's library is not importable by %s; run this with the Python that "
                  "runs Electrum" % sys.executable)
@@ -129,14 +155,7 @@ def authorize(args):
     privkey = derive_privkey(read_password(args.password_file), salt)
     if privkey.get_public_key_bytes() != pubkey:
         sys.exit("the plugins password does not match %s" % KEYFILE)
-    if args.regtest:
-        constants.BitcoinRegtest.set_as_network()
-    elif args.testnet:
-        constants.BitcoinTestnet.set_as_network()
-    options = {"regtest": args.regtest, "testnet": args.testnet}
-    if args.electrum_dir:
-        options["electrum_path"] = args.electrum_dir
-    config = SimpleConfig(options)
+    config = electrum_config(args)
     plugins_dir = os.path.join(config.electrum_path(), "plugins")
     os.makedirs(plugins_dir, exist_ok=True)
     target = os.path.join(plugins_dir, os.path.basename(args.zip))
@@ -170,6 +189,12 @@ def main():
     net.add_argument("--regtest", action="store_true")
     net.add_argument("--testnet", action="store_true")
     e.add_argument("--bridge", help="the bridge's host:port to set")
+    n = sub.add_parser("enable", help="as the user: enable the installed 4.3-4.5 plugin")
+    n.add_argument("--electrum-dir", help="Electrum's data folder (default ~/.electrum)")
+    nnet = n.add_mutually_exclusive_group()
+    nnet.add_argument("--regtest", action="store_true")
+    nnet.add_argument("--testnet", action="store_true")
+    n.add_argument("--bridge", help="the bridge's host:port to set")
     z = sub.add_parser("zip", help="build the plugin zip for Electrum 4.6+")
     z.add_argument("--out", default=os.path.join(HERE, "dist"))
     k = sub.add_parser("keyfile", help="as root: set Electrum 4.6+'s plugins key")
@@ -183,8 +208,8 @@ def main():
     anet.add_argument("--regtest", action="store_true")
     anet.add_argument("--testnet", action="store_true")
     args = p.parse_args()
-    {"electrum": install_electrum, "zip": build_zip, "keyfile": write_keyfile,
-     "authorize": authorize}[args.command](args)
+    {"electrum": install_electrum, "enable": enable, "zip": build_zip,
+     "keyfile": write_keyfile, "authorize": authorize}[args.command](args)
 
 
 if __name__ == "__main__":
