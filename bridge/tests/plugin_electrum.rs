@@ -360,8 +360,8 @@ async fn failures_named(suite: &str) {
 
 /// Installs the plugin into Debian's Electrum with the README's command, for this Electrum
 /// data folder and bridge.
-fn install_plugin(electrum_dir: &Path, bridge: &str) {
-    let out = std::process::Command::new("/usr/bin/python3")
+fn install_plugin(python: &str, electrum_dir: &Path, bridge: &str) {
+    let out = std::process::Command::new(python)
         .arg(plugin_dir().join("install.py"))
         .args(["electrum", "--regtest", "--electrum-dir"])
         .arg(electrum_dir)
@@ -376,11 +376,23 @@ fn install_plugin(electrum_dir: &Path, bridge: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transaction_opens() {
+async fn in_electrum_4_3s_qt_gui_the_button_asks_the_satellite_and_the_signed_transaction_opens() {
+    gui_flow("bookworm", "4.3.4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_electrum_4_5s_qt_gui_the_button_asks_the_satellite_and_the_signed_transaction_opens() {
+    gui_flow("trixie", "4.5.").await;
+}
+
+/// The plugin in the real Qt GUI of the Electrum of `suite` (version starting `version`),
+/// under Xvfb, clicked as a user would, with a screenshot of each step.
+async fn gui_flow(suite: &str, version: &str) {
     let flow = Flow::start(short_passes(), |_| {}).await;
     let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
     let work = flow.dir.path().join("gui");
-    let program = session_py();
+    let python = electrum_python(suite);
+    let program = session_py_in(suite);
     let program: Vec<&str> = program.iter().map(String::as_str).collect();
     // A registered wallet and a transaction the user signed once, made headless.
     let prepared = run_plugin(
@@ -393,9 +405,9 @@ async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transa
     let psbt_file = work.join("psbt.txt");
     std::fs::write(&psbt_file, prepared["psbt"].as_str().expect("psbt")).expect("write psbt");
     let electrum_dir = work.join("electrum");
-    install_plugin(&electrum_dir, &tcp);
+    install_plugin(&python, &electrum_dir, &tcp);
 
-    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-gui");
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugin-gui-{suite}"));
     let _ = std::fs::remove_dir_all(&artifacts);
     let gui = plugin_dir().join("tests/gui.py");
     let r = run_plugin(
@@ -404,7 +416,7 @@ async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transa
             "-a",
             "-s",
             "-screen 0 1280x1024x24",
-            "/usr/bin/python3",
+            &python,
             &gui.to_string_lossy(),
         ],
         &[
@@ -419,6 +431,11 @@ async fn in_electrums_qt_gui_the_button_asks_the_satellite_and_the_signed_transa
     .await;
     eprintln!("screenshots in {}", artifacts.display());
 
+    let ran_in = r["electrum_version"].as_str().expect("version");
+    assert!(
+        ran_in.starts_with(version),
+        "ran in Electrum {ran_in}, not {version}"
+    );
     assert_eq!(r["status_bar"], "Satellite: registered", "{r}");
     // Settings show the bridge set by the install command; "Test connection" reaches it.
     assert_eq!(r["settings_bridge"], tcp.as_str());

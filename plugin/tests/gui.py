@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""Drives the real Electrum 4.3.4 Qt GUI, with the installed plugin, under Xvfb.
+"""Drives the real Electrum Qt GUI (Debian's 4.3.4, or 4.5/4.8 unpacked by
+scripts/electrum-debian), with the installed plugin, under Xvfb.
 
-    xvfb-run -a gui.py ELECTRUM_DIR WALLET PSBT_FILE ARTIFACTS_DIR
+    xvfb-run -a PYTHON gui.py ELECTRUM_DIR WALLET PSBT_FILE ARTIFACTS_DIR
 
-Runs Debian's own ``/usr/bin/electrum`` entry point in this process (regtest, offline) and
+Runs that Electrum's own ``electrum`` entry point (beside its library, as Debian installs
+it) in this process (regtest, offline), on PyQt5 or PyQt6, whichever it uses, and
 scripts it from Qt's event loop with Qt's test API, as a user would click: wait for the
 wallet window and the plugin, open the partially signed transaction, press "Ask satellite to
 co-sign", type the emailed code (read from stdin after ``NEED_CODE <id>``) and press Confirm,
@@ -24,9 +26,16 @@ ELECTRUM_DIR, WALLET, PSBT_FILE, ARTIFACTS = sys.argv[1:5]
 STEP_LIMIT = 120  # seconds any one step may take
 os.makedirs(ARTIFACTS, exist_ok=True)
 
+import electrum  # noqa: E402
+
+# Debian installs the entry point at <prefix>/bin/electrum beside
+# <prefix>/lib/python3/dist-packages/electrum: the same Electrum as the library imported.
+ENTRY = os.path.normpath(os.path.join(os.path.dirname(electrum.__file__), "..", "..", "..",
+                                      "..", "bin", "electrum"))
+
 # No first-run questions: they are not what this test is about.
 for key, value in (("dont_show_testnet_warning", "true"), ("check_updates", "false")):
-    subprocess.run(["/usr/bin/electrum", "--regtest", "-D", ELECTRUM_DIR, "--offline",
+    subprocess.run([sys.executable, ENTRY, "--regtest", "-D", ELECTRUM_DIR, "--offline",
                     "setconfig", key, value], check=True, stdout=subprocess.DEVNULL)
 
 codes = []
@@ -40,9 +49,15 @@ def read_codes():
 threading.Thread(target=read_codes, daemon=True).start()
 
 import electrum.gui.qt as qtgui  # noqa: E402
-from PyQt5.QtCore import Qt, QTimer  # noqa: E402
-from PyQt5.QtTest import QTest  # noqa: E402
-from PyQt5.QtWidgets import QApplication, QMessageBox  # noqa: E402
+try:  # Electrum 4.6+ is on PyQt6
+    from PyQt6.QtCore import Qt, QTimer  # noqa: E402
+    from PyQt6.QtTest import QTest  # noqa: E402
+    from PyQt6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+except ImportError:  # 4.3-4.5: PyQt5
+    from PyQt5.QtCore import Qt, QTimer  # noqa: E402
+    from PyQt5.QtTest import QTest  # noqa: E402
+    from PyQt5.QtWidgets import QApplication, QMessageBox  # noqa: E402
+LEFT = Qt.MouseButton.LeftButton
 
 
 def say(*parts):
@@ -57,7 +72,8 @@ def top_level(class_name):
 class Driver:
     def __init__(self, gui):
         self.gui = gui
-        self.result = {"screenshots": []}
+        from electrum.version import ELECTRUM_VERSION
+        self.result = {"screenshots": [], "electrum_version": ELECTRUM_VERSION}
         self.step = self.wait_for_wallet
         self.step_started = time.time()
         self.timer = QTimer()
@@ -123,7 +139,7 @@ class Driver:
             return
         self.settings = d = dialogs[0]
         self.result["settings_bridge"] = d.bridge.text()
-        QTest.mouseClick(d.test_button, Qt.LeftButton)
+        QTest.mouseClick(d.test_button, LEFT)
         self.go(self.connection_tested)
 
     def connection_tested(self):
@@ -157,7 +173,7 @@ class Driver:
         self.tx_dialog = d = dialogs[0]
         self.result["button"] = d.satellite_button.text()
         self.shot(d, "4-partially-signed")
-        QTest.mouseClick(d.satellite_button, Qt.LeftButton)
+        QTest.mouseClick(d.satellite_button, LEFT)
         self.go(self.wait_for_request)
 
     def wait_for_request(self):
@@ -175,7 +191,7 @@ class Driver:
             return
         QTest.keyClicks(self.request.code_edit, codes.pop(0))
         self.shot(self.request, "5-code-entered")
-        QTest.mouseClick(self.request.confirm_button, Qt.LeftButton)
+        QTest.mouseClick(self.request.confirm_button, LEFT)
         self.go(self.wait_for_signed)
 
     def wait_for_signed(self):
@@ -211,4 +227,4 @@ def main_with_driver(gui):
 
 qtgui.ElectrumGui.main = main_with_driver
 sys.argv = ["electrum", "--regtest", "--offline", "-D", ELECTRUM_DIR, "-w", WALLET]
-runpy.run_path("/usr/bin/electrum", run_name="__main__")
+runpy.run_path(ENTRY, run_name="__main__")
