@@ -87,10 +87,6 @@ fn electrum_python(suite: &str) -> String {
         .to_owned()
 }
 
-fn session_py() -> Vec<String> {
-    session_py_in("bookworm")
-}
-
 fn session_py_in(suite: &str) -> Vec<String> {
     vec![
         electrum_python(suite),
