@@ -611,22 +611,30 @@ async fn with_electrums_proxy_set_the_plugin_connects_only_through_it() {
     }
 }
 
-/// Moves Electrum's plugins key file aside for a test and puts it back afterwards.
+/// Moves Electrum's plugins key file aside for a test and puts it back afterwards. There is
+/// one key file per machine: tests that set it take turns.
 struct KeyfileAside {
     backup: Option<PathBuf>,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static KEYFILE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const KEYFILE: &str = "/etc/electrum/plugins_key";
 
 impl KeyfileAside {
     fn new() -> KeyfileAside {
+        let turn = KEYFILE_TURN.lock().unwrap_or_else(|p| p.into_inner());
         let key = Path::new(KEYFILE);
         let backup = key.exists().then(|| {
             let b = key.with_extension("satcosign-test-backup");
             std::fs::rename(key, &b).expect("move the machine's plugins key aside");
             b
         });
-        KeyfileAside { backup }
+        KeyfileAside {
+            backup,
+            _turn: turn,
+        }
     }
 }
 
