@@ -184,3 +184,123 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
             .expect("funding");
     verify_with_core(&tx, &[funding]);
 }
+
+/// The same through stock Electrum 4.8.3's own psbt_nostr code (Debian sid's, fetched by
+/// scripts/electrum-debian): its CosignerWallet sends the PSBTs, and fetches, decrypts and
+/// parses the answers. The cosigned one completes and Core accepts it; the refusal arrives as
+/// the user's own PSBT with the reason as its label, still incomplete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
+    let suite_python = {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/electrum-debian");
+        let out = std::process::Command::new(script)
+            .arg("sid")
+            .output()
+            .expect("scripts/electrum-debian");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 500_000).await;
+    let relay = format!("ws://{}", flow.system.bridge.nostr.expect("relay"));
+    let info = flow.ok("satellite.info", vec![]).await;
+    let driver = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/electrum/psbt_nostr_stock.py"
+    );
+    let work = flow.dir.path().join("stock");
+    let mut script = Script::spawn(
+        &[&suite_python, driver],
+        &[
+            &relay,
+            info["electrum_xpub"].as_str().expect("xpub"),
+            &work.to_string_lossy(),
+        ],
+    );
+    let mut registered = false;
+    let mut confirmed = BTreeSet::new();
+    let talk = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                line = script.lines.next_line() => {
+                    let line = line.expect("stdout")?;
+                    if let Some(descriptor) = line.strip_prefix("REGISTER ") {
+                        flow.register(descriptor).await;
+                        registered = true;
+                        Script::answer(&mut script.stdin, "registered").await;
+                    } else if let Some(json) = line.strip_prefix("RESULT ") {
+                        return Some(serde_json::from_str::<Value>(json).expect("json"));
+                    }
+                }
+                _ = tick.tick() => {
+                    if registered {
+                        for id in flow.inbox.request_ids() {
+                            let status = flow.status(&id).await;
+                            if status["kind"] == "sign" && confirmed.insert(id.clone()) {
+                                let code = flow.inbox.code(&id).await;
+                                flow.ok("request.confirm", vec![json!(id), json!(code)]).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(300), talk).await;
+    let (_, stderr) = script.finish().await;
+    let Ok(Some(r)) = result else {
+        panic!("stock Electrum's psbt_nostr did not finish; stderr:\n{stderr}");
+    };
+    assert!(
+        r["electrum_version"]
+            .as_str()
+            .expect("version")
+            .starts_with("4.8."),
+        "{r}"
+    );
+    let answers = r["answers"].as_array().expect("answers");
+    let signed = answers
+        .iter()
+        .find(|a| a["txid"] == r["small_txid"])
+        .unwrap_or_else(|| panic!("Electrum received no cosigned PSBT: {r}"));
+    assert_eq!(signed["complete"], true, "{signed}");
+    let refused = answers
+        .iter()
+        .find(|a| a["txid"] == r["large_txid"])
+        .unwrap_or_else(|| panic!("Electrum received no refusal it could show: {r}"));
+    assert_eq!(
+        refused["complete"], false,
+        "a refusal is not a signature: {refused}"
+    );
+    let label = refused["label"].as_str().expect("label");
+    assert!(
+        label.contains("NOT co-signed") && label.contains("over_tx_limit"),
+        "{label}"
+    );
+    // request.status agrees with what Electrum shows.
+    let refused_id = label
+        .split("request ")
+        .nth(1)
+        .and_then(|x| x.get(..32))
+        .expect("the label names the request");
+    let status = flow.status(refused_id).await;
+    assert_eq!(status["final_state"], "refused", "{status}");
+    assert_eq!(
+        status["outcome"]["refused"]["code"], "over_tx_limit",
+        "{status}"
+    );
+
+    let tx: Transaction =
+        deserialize(&hex::decode(signed["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
+    let funding: Transaction =
+        deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
+            .expect("funding");
+    verify_with_core(&tx, &[funding]);
+}
