@@ -3,6 +3,15 @@ one place, each difference with the version that made it. The rest of the plugin
 names and never tests a version itself.
 
 Checked against Debian's 4.3.4 (bookworm), 4.5.8 (trixie) and 4.8.3 (sid).
+
+Three differences live where they must, and are named here so this stays the one list:
+- Qt: PyQt6 in 4.6+, PyQt5 before; chosen at the top of ``qt.py``, the only module that
+  draws (this one and the core stay free of Qt).
+- Loading: 4.6+ imports an external plugin from its zip as
+  ``electrum_external_plugins.<name>``, where ``from . import module`` fails; modules import
+  names from their siblings (``from .module import name``), which works in every version.
+- Menus: 4.6+ calls ``init_menubar``, 4.3-4.5 ``init_menubar_tools`` (both hooks in ``qt.py``).
+- Packaging and authorization (the 4.6+ zip, the plugins key): ``install.py``.
 """
 try:  # Electrum 4.6+: secp256k1 in the `electrum_ecc` package, ECIES in `electrum.crypto`
     import electrum_ecc as ecc
