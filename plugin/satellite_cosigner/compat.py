@@ -4,7 +4,7 @@ names and never tests a version itself.
 
 Checked against Debian's 4.3.4 (bookworm), 4.5.8 (trixie) and 4.8.3 (sid).
 
-Three differences live where they must, and are named here so this stays the one list:
+The others live where they must, and are named here so this stays the one list:
 - Qt: PyQt6 in 4.6+, PyQt5 before; chosen at the top of ``qt.py``, the only module that
   draws (this one and the core stay free of Qt).
 - Loading: 4.6+ imports an external plugin from its zip as
