@@ -71,50 +71,16 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
         "/tests/electrum/nostr_client.py"
     );
     let python = python.to_string_lossy();
-    let mut script = Script::spawn(
+    let script = Script::spawn(
         &[&python, script],
         &[&relay, info["electrum_xpub"].as_str().expect("xpub")],
     );
 
-    let mut registration = None;
-    let mut confirmed = BTreeSet::new();
-    let mut sent = Vec::new();
-    let talk = async {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                line = script.lines.next_line() => {
-                    let line = line.expect("stdout")?;
-                    if let Some(descriptor) = line.strip_prefix("REGISTER ") {
-                        registration = Some(flow.register(descriptor).await);
-                        Script::answer(&mut script.stdin, "registered").await;
-                    } else if let Some(id) = line.strip_prefix("SENT ") {
-                        sent.push(id.to_owned());
-                    } else if let Some(json) = line.strip_prefix("RESULT ") {
-                        return Some(serde_json::from_str::<Value>(json).expect("json"));
-                    }
-                }
-                _ = tick.tick() => {
-                    // The user confirms each signing request from its email.
-                    if registration.is_some() {
-                        for id in flow.inbox.request_ids() {
-                            let status = flow.status(&id).await;
-                            if status["kind"] == "sign" && confirmed.insert(id.clone()) {
-                                let code = flow.inbox.code(&id).await;
-                                flow.ok("request.confirm", vec![json!(id), json!(code)]).await;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let result = tokio::time::timeout(Duration::from_secs(300), talk).await;
-    let (_, stderr) = script.finish().await;
-    let r = match result {
-        Ok(Some(r)) => r,
-        _ => panic!("the Nostr client did not finish; stderr:\n{stderr}"),
-    };
+    let Conversation {
+        result: r,
+        sent,
+        confirmed,
+    } = converse(&flow, script).await;
 
     // The stranger's message and the wallet's two (one to the backup key, one to the
     // satellite, as psbt_nostr sends to every cosigner), then the large one.
@@ -185,46 +151,21 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
     verify_with_core(&tx, &[funding]);
 }
 
-/// The same through stock Electrum 4.8.3's own psbt_nostr code (Debian sid's, fetched by
-/// scripts/electrum-debian): its CosignerWallet sends the PSBTs, and fetches, decrypts and
-/// parses the answers. The cosigned one completes and Core accepts it; the refusal arrives as
-/// the user's own PSBT with the reason as its label, still incomplete.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
-    let suite_python = {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/electrum-debian");
-        let out = std::process::Command::new(script)
-            .arg("sid")
-            .output()
-            .expect("scripts/electrum-debian");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned()
-    };
-    let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 500_000).await;
-    let relay = format!("ws://{}", flow.system.bridge.nostr.expect("relay"));
-    let info = flow.ok("satellite.info", vec![]).await;
-    let driver = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/electrum/psbt_nostr_stock.py"
-    );
-    let work = flow.dir.path().join("stock");
-    let mut script = Script::spawn(
-        &[&suite_python, driver],
-        &[
-            &relay,
-            info["electrum_xpub"].as_str().expect("xpub"),
-            &work.to_string_lossy(),
-        ],
-    );
-    let mut registered = false;
+/// What a Nostr client program said: its RESULT, the ids it reported SENT, and the signing
+/// requests the harness confirmed.
+struct Conversation {
+    result: Value,
+    sent: Vec<String>,
+    confirmed: BTreeSet<String>,
+}
+
+/// Talks to a Nostr client program as its wallet's owner: registers the wallet it names on
+/// `REGISTER <descriptor>`, confirms each signing request from its email (as the user
+/// would), and collects `SENT <id>` lines until `RESULT {json}`.
+async fn converse(flow: &Flow, mut script: Script) -> Conversation {
+    let mut registration = None;
     let mut confirmed = BTreeSet::new();
+    let mut sent = Vec::new();
     let talk = async {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
@@ -232,15 +173,17 @@ async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
                 line = script.lines.next_line() => {
                     let line = line.expect("stdout")?;
                     if let Some(descriptor) = line.strip_prefix("REGISTER ") {
-                        flow.register(descriptor).await;
-                        registered = true;
+                        registration = Some(flow.register(descriptor).await);
                         Script::answer(&mut script.stdin, "registered").await;
+                    } else if let Some(id) = line.strip_prefix("SENT ") {
+                        sent.push(id.to_owned());
                     } else if let Some(json) = line.strip_prefix("RESULT ") {
                         return Some(serde_json::from_str::<Value>(json).expect("json"));
                     }
                 }
                 _ = tick.tick() => {
-                    if registered {
+                    // The user confirms each signing request from its email.
+                    if registration.is_some() {
                         for id in flow.inbox.request_ids() {
                             let status = flow.status(&id).await;
                             if status["kind"] == "sign" && confirmed.insert(id.clone()) {
@@ -255,9 +198,40 @@ async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
     };
     let result = tokio::time::timeout(Duration::from_secs(300), talk).await;
     let (_, stderr) = script.finish().await;
-    let Ok(Some(r)) = result else {
-        panic!("stock Electrum's psbt_nostr did not finish; stderr:\n{stderr}");
-    };
+    match result {
+        Ok(Some(result)) => Conversation {
+            result,
+            sent,
+            confirmed,
+        },
+        _ => panic!("the Nostr client did not finish; stderr:\n{stderr}"),
+    }
+}
+
+/// The same through stock Electrum 4.8.3's own psbt_nostr code (Debian sid's, fetched by
+/// scripts/electrum-debian): its CosignerWallet sends the PSBTs, and fetches, decrypts and
+/// parses the answers. The cosigned one completes and Core accepts it; the refusal arrives as
+/// the user's own PSBT with the reason as its label, still incomplete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
+    let suite_python = common::flow::electrum_python("sid");
+    let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 500_000).await;
+    let relay = format!("ws://{}", flow.system.bridge.nostr.expect("relay"));
+    let info = flow.ok("satellite.info", vec![]).await;
+    let driver = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/electrum/psbt_nostr_stock.py"
+    );
+    let work = flow.dir.path().join("stock");
+    let script = Script::spawn(
+        &[&suite_python, driver],
+        &[
+            &relay,
+            info["electrum_xpub"].as_str().expect("xpub"),
+            &work.to_string_lossy(),
+        ],
+    );
+    let r = converse(&flow, script).await.result;
     assert!(
         r["electrum_version"]
             .as_str()

@@ -17,7 +17,7 @@ use bitcoin::consensus::deserialize;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
 
-use common::flow::{verify_with_core, Flow, Inbox};
+use common::flow::{electrum_python, verify_with_core, Flow, Inbox};
 use common::script::Script;
 use satcosign_bridge::dev::Sky;
 
@@ -63,28 +63,6 @@ async fn run_plugin(program: &[&str], args: &[&str], inbox: &Inbox, limit: Durat
         Some(v) if status.success() => v,
         _ => panic!("{program:?} failed ({status}); stderr:\n{stderr}"),
     }
-}
-
-/// The python that runs Debian's Electrum of `suite` (`bookworm`: this machine's 4.3.4;
-/// `trixie`: 4.5.x; `sid`: 4.8.x), installing it when missing.
-fn electrum_python(suite: &str) -> String {
-    if suite == "bookworm" {
-        return "/usr/bin/python3".into();
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/electrum-debian");
-    let out = std::process::Command::new(&script)
-        .arg(suite)
-        .output()
-        .expect("scripts/electrum-debian");
-    assert!(
-        out.status.success(),
-        "scripts/electrum-debian {suite}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
 }
 
 fn session_py_in(suite: &str) -> Vec<String> {

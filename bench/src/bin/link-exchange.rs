@@ -103,12 +103,7 @@ async fn over_passes(cfg: SimConfig, size: usize, confirm_at: Duration) -> PassR
     let sat = link_with(1, &channel, &cfg, true);
     tokio::time::sleep(confirm_at).await;
     let start = Instant::now();
-    ground.send(vec![0x11; size]).await.expect("send");
-    let (id, _) = sat.recv().await.expect("request");
-    sat.send(vec![0x22; size]).await.expect("reply");
-    sat.ack(id).expect("ack");
-    let (_, reply) = ground.recv().await.expect("reply");
-    assert_eq!(reply.len(), size);
+    request_and_reply(&ground, &sat, size).await;
     let end = Instant::now();
     let first = match schedule.current(start) {
         Some(w) => w,
@@ -137,18 +132,24 @@ async fn over_passes(cfg: SimConfig, size: usize, confirm_at: Duration) -> PassR
     }
 }
 
-/// Ours: the ground sends a request; the satellite replies as soon as it is delivered.
-async fn ours(cfg: SimConfig, size: usize) -> Run {
-    let channel = SimChannel::new(cfg.clone());
-    let ground = link(0, &channel, &cfg);
-    let sat = link(1, &channel, &cfg);
-    let start = Instant::now();
+/// The ground sends a request of `size` bytes; the satellite replies as soon as it is
+/// delivered; returns when the reply is delivered.
+async fn request_and_reply(ground: &LinkHandle<MemStore>, sat: &LinkHandle<MemStore>, size: usize) {
     ground.send(vec![0x11; size]).await.expect("send");
     let (id, _) = sat.recv().await.expect("request");
     sat.send(vec![0x22; size]).await.expect("reply");
     sat.ack(id).expect("ack");
     let (_, reply) = ground.recv().await.expect("reply");
     assert_eq!(reply.len(), size);
+}
+
+/// Ours: the ground sends a request; the satellite replies as soon as it is delivered.
+async fn ours(cfg: SimConfig, size: usize) -> Run {
+    let channel = SimChannel::new(cfg.clone());
+    let ground = link(0, &channel, &cfg);
+    let sat = link(1, &channel, &cfg);
+    let start = Instant::now();
+    request_and_reply(&ground, &sat, size).await;
     let time = start.elapsed();
     let air = channel.stats();
     ground.stop();

@@ -376,6 +376,29 @@ pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, String
 }
 
 /// Checks every input of `tx` with libbitcoinconsensus against the outputs it spends.
+/// The python that runs Debian's Electrum of `suite` (`bookworm`: this machine's 4.3.4;
+/// `trixie`: 4.5.x; `sid`: 4.8.x), installing it when missing (`scripts/electrum-debian`).
+pub fn electrum_python(suite: &str) -> String {
+    if suite == "bookworm" {
+        return "/usr/bin/python3".into();
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/electrum-debian");
+    let out = std::process::Command::new(&script)
+        .arg(suite)
+        .output()
+        .expect("scripts/electrum-debian");
+    assert!(
+        out.status.success(),
+        "scripts/electrum-debian {suite}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
 /// The final transaction of a delivered request's status: it spends what `psbt` spends, and
 /// Bitcoin Core's interpreter accepts every input.
 pub fn assert_final_tx(done: &Value, psbt: &bitcoin::Psbt) -> bitcoin::Transaction {
