@@ -12,11 +12,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bitcoin::consensus::deserialize;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
 
-use common::flow::{sky, verify_with_core, Flow};
+use common::flow::{sky, tx_at, verify_with_core, Flow};
 use common::script::Script;
 
 /// A virtualenv over Debian's Python (and its python3-electrum) with the Nostr libraries
@@ -118,37 +117,42 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
         refused["complete"], false,
         "a refusal is not a signature: {refused}"
     );
-    let refusal = refused["label"].as_str().expect("label");
-    assert!(
-        refusal.contains("NOT co-signed by the satellite")
-            && refusal.contains("refused by the satellite's policy (over_tx_limit)")
-            && refusal.contains("Nothing was signed"),
-        "{refusal}"
-    );
     // ... and it shows in request.status, and the owner was told by email too.
-    let refused_id = refusal
+    let refused_id = refusal_shown(&flow, refused).await;
+    assert_eq!(
+        flow.inbox.recipients_of(&refused_id),
+        vec!["alice@example.org".to_owned()]
+    );
+
+    let tx: Transaction = tx_at(signed, "tx");
+    let funding: Transaction = tx_at(&r, "funding_tx");
+    verify_with_core(&tx, &[funding]);
+}
+
+/// The refusal of the over-limit PSBT as Electrum shows it: its label says it was not
+/// co-signed and why, and names the request, whose status agrees. Returns the request's id.
+async fn refusal_shown(flow: &Flow, refused: &Value) -> String {
+    let label = refused["label"].as_str().expect("label");
+    assert!(
+        label.contains("NOT co-signed by the satellite")
+            && label.contains("refused by the satellite's policy (over_tx_limit)")
+            && label.contains("Nothing was signed"),
+        "{label}"
+    );
+    let id = label
         .split("request ")
         .nth(1)
-        .and_then(|r| r.get(..32))
-        .expect("the refusal names its request");
-    let status = flow.status(refused_id).await;
+        .and_then(|x| x.get(..32))
+        .expect("the label names the request")
+        .to_owned();
+    let status = flow.status(&id).await;
     assert_eq!(status["kind"], "sign", "{status}");
     assert_eq!(status["final_state"], "refused", "{status}");
     assert_eq!(
         status["outcome"]["refused"]["code"], "over_tx_limit",
         "{status}"
     );
-    assert_eq!(
-        flow.inbox.recipients_of(refused_id),
-        vec!["alice@example.org".to_owned()]
-    );
-
-    let tx: Transaction =
-        deserialize(&hex::decode(signed["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
-    let funding: Transaction =
-        deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
-            .expect("funding");
-    verify_with_core(&tx, &[funding]);
+    id
 }
 
 /// What a Nostr client program said: its RESULT, the ids it reported SENT, and the signing
@@ -253,28 +257,9 @@ async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
         refused["complete"], false,
         "a refusal is not a signature: {refused}"
     );
-    let label = refused["label"].as_str().expect("label");
-    assert!(
-        label.contains("NOT co-signed") && label.contains("over_tx_limit"),
-        "{label}"
-    );
-    // request.status agrees with what Electrum shows.
-    let refused_id = label
-        .split("request ")
-        .nth(1)
-        .and_then(|x| x.get(..32))
-        .expect("the label names the request");
-    let status = flow.status(refused_id).await;
-    assert_eq!(status["final_state"], "refused", "{status}");
-    assert_eq!(
-        status["outcome"]["refused"]["code"], "over_tx_limit",
-        "{status}"
-    );
+    refusal_shown(&flow, refused).await;
 
-    let tx: Transaction =
-        deserialize(&hex::decode(signed["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
-    let funding: Transaction =
-        deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
-            .expect("funding");
+    let tx: Transaction = tx_at(signed, "tx");
+    let funding: Transaction = tx_at(&r, "funding_tx");
     verify_with_core(&tx, &[funding]);
 }

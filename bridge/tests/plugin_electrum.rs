@@ -13,11 +13,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bitcoin::consensus::deserialize;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
 
-use common::flow::{electrum_python, verify_with_core, Flow, Inbox};
+use common::flow::{electrum_python, tx_at, verify_with_core, Flow, Inbox};
 use common::script::Script;
 use satcosign_bridge::dev::Sky;
 
@@ -184,18 +183,13 @@ async fn headless_flow(suite: &str, version: &str) {
     assert_eq!(r["final_text"], "Signed by the satellite.");
 
     // Bitcoin Core's interpreter accepts the final transaction.
-    let tx: Transaction =
-        deserialize(&hex::decode(r["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
-    let funding: Transaction =
-        deserialize(&hex::decode(r["funding_tx"].as_str().expect("funding")).expect("hex"))
-            .expect("funding");
+    let tx: Transaction = tx_at(&r, "tx");
+    let funding: Transaction = tx_at(&r, "funding_tx");
     verify_with_core(&tx, std::slice::from_ref(&funding));
     // Recovery without satcosign: the backup key's wallet adds the second signature, and
     // that transaction is valid too.
     assert_eq!(r["recovered_complete"], true, "{r}");
-    let recovered: Transaction =
-        deserialize(&hex::decode(r["recovered_tx"].as_str().expect("tx")).expect("hex"))
-            .expect("tx");
+    let recovered: Transaction = tx_at(&r, "recovered_tx");
     assert_ne!(
         recovered, tx,
         "the backup's signature differs from the satellite's"
@@ -475,11 +469,8 @@ async fn gui_flow(suite: &str, version: &str) {
     }
     assert_eq!(r["screenshots"].as_array().map(Vec::len), Some(7));
 
-    let tx: Transaction =
-        deserialize(&hex::decode(r["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
-    let funding: Transaction =
-        deserialize(&hex::decode(prepared["funding_tx"].as_str().expect("funding")).expect("hex"))
-            .expect("funding");
+    let tx: Transaction = tx_at(&r, "tx");
+    let funding: Transaction = tx_at(&prepared, "funding_tx");
     verify_with_core(&tx, &[funding]);
     let status = flow
         .status(r["request_id"].as_str().expect("request id"))

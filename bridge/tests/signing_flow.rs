@@ -8,12 +8,11 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bitcoin::consensus::deserialize;
 use bitcoin::Transaction;
 use electrum_client::ElectrumApi as _;
 use serde_json::{json, Value};
 
-use common::flow::{electrum, sky, test_wallet, verify_with_core, Flow};
+use common::flow::{electrum, sky, test_wallet, tx_at, verify_with_core, Flow};
 
 #[test]
 fn ecies_interoperates_with_electrums_ecc_both_ways() {
@@ -108,11 +107,8 @@ async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mail
     .expect("json");
     assert_eq!(received["complete"], true, "{received} {done}");
     assert_eq!(received["txid"], made["txid"]);
-    let tx: Transaction =
-        deserialize(&hex::decode(received["tx"].as_str().expect("tx")).expect("hex")).expect("tx");
-    let funding: Transaction =
-        deserialize(&hex::decode(made["funding_tx"].as_str().expect("f")).expect("hex"))
-            .expect("funding");
+    let tx: Transaction = tx_at(&received, "tx");
+    let funding: Transaction = tx_at(&made, "funding_tx");
     verify_with_core(&tx, &[funding]);
     // The same final transaction is in the request's outcome.
     assert_eq!(done["outcome"]["signed"]["tx"], received["tx"]);

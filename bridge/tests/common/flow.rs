@@ -399,6 +399,13 @@ pub fn electrum_python(suite: &str) -> String {
         .to_owned()
 }
 
+/// The transaction in hex at `v[key]` (a test program's RESULT), decoded.
+pub fn tx_at(v: &Value, key: &str) -> bitcoin::Transaction {
+    let hex_tx = v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}"));
+    bitcoin::consensus::encode::deserialize_hex(hex_tx)
+        .unwrap_or_else(|e| panic!("{key} is not a transaction: {e}"))
+}
+
 /// The final transaction of a delivered request's status: it spends what `psbt` spends, and
 /// Bitcoin Core's interpreter accepts every input.
 pub fn assert_final_tx(done: &Value, psbt: &bitcoin::Psbt) -> bitcoin::Transaction {
