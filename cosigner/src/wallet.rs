@@ -6,11 +6,20 @@
 //! cosigner's account key exactly once, need at least two signatures (so the satellite can
 //! never spend alone), and be on this cosigner's network. Both forms normalize to the same
 //! multipath text, whose hash is the wallet's id.
+//!
+//! Scripts are derived the way the wallet's own software derives them, but with each
+//! cosigner's receive and change branch keys computed once per wallet and the scripts of
+//! recently used indexes kept (bounded), so a request of many inputs costs one derivation per
+//! key and new index, not two per key and input (a test checks every script against
+//! miniscript's own derivation of the descriptor).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, KeySource, Xpub};
+use bitcoin::opcodes::all::OP_CHECKMULTISIG;
+use bitcoin::script::Builder;
 use bitcoin::secp256k1::{Secp256k1, Verification};
 use bitcoin::{PublicKey, ScriptBuf};
 use miniscript::descriptor::{DescriptorPublicKey, Wildcard, WshInner};
@@ -120,7 +129,20 @@ pub struct Wallet {
     our_fingerprint: Fingerprint,
     our_own_fingerprint: Fingerprint,
     our_account_path: DerivationPath,
+    /// Whether the script sorts its keys (`sortedmulti`) or keeps their order (`multi`).
+    sorted: bool,
+    /// Each cosigner's key at the receive (0) and change (1) branch, in descriptor order,
+    /// derived once.
+    branch_keys: [Vec<Xpub>; 2],
+    /// Where this cosigner's key stands among `xpubs`.
+    our_position: usize,
+    /// Scripts already derived, by (branch, index).
+    derived: Arc<Mutex<HashMap<(u32, u32), Derived>>>,
 }
+
+/// Scripts kept per wallet (about 300 bytes each): a large request's inputs, and the
+/// addresses a wallet keeps using, without the cosigner's memory growing with its history.
+const DERIVED_KEPT: usize = 512;
 
 fn strip_checksum(s: &str) -> &str {
     s.split('#').next().unwrap_or(s)
@@ -258,6 +280,22 @@ impl Wallet {
         let digest = Sha256::digest(id_text.as_bytes());
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
+        let secp = Secp256k1::verification_only();
+        let branch = |b: u32| -> Result<Vec<Xpub>, RegistrationError> {
+            xpubs
+                .iter()
+                .map(|x| {
+                    x.ckd_pub(&secp, ChildNumber::Normal { index: b })
+                        .map_err(|e| RegistrationError::Parse(e.to_string()))
+                })
+                .collect()
+        };
+        let branch_keys = [branch(0)?, branch(1)?];
+        let our_position = xpubs.iter().position(|x| x == ours).ok_or_else(|| {
+            RegistrationError::OurKeyMissing {
+                xpub: ours.to_string(),
+            }
+        })?;
         Ok(Wallet {
             id: WalletId(id),
             descriptor: canonical,
@@ -269,6 +307,10 @@ impl Wallet {
             our_fingerprint: key.master_fingerprint,
             our_own_fingerprint: ours.fingerprint(),
             our_account_path: key.path.clone(),
+            sorted,
+            branch_keys,
+            our_position,
+            derived: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -279,6 +321,52 @@ impl Wallet {
 
     /// The script at `branch` (0 receive, 1 change) and `index`.
     pub fn derive<C: Verification>(
+        &self,
+        secp: &Secp256k1<C>,
+        branch: u32,
+        index: u32,
+    ) -> Option<Derived> {
+        let keys = self.branch_keys.get(usize::try_from(branch).ok()?)?;
+        let cache = || self.derived.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = cache().get(&(branch, index)) {
+            return Some(d.clone());
+        }
+        let child = ChildNumber::from_normal_idx(index).ok()?;
+        let pubkeys: Vec<PublicKey> = keys
+            .iter()
+            .map(|x| x.ckd_pub(secp, child).map(|c| PublicKey::new(c.public_key)))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        // `sortedmulti` orders the keys by their serialization (BIP 67); `multi` keeps them.
+        let mut in_script = pubkeys.clone();
+        if self.sorted {
+            in_script.sort_by_key(|k| k.inner.serialize());
+        }
+        let mut b = Builder::new().push_int(i64::try_from(self.threshold).ok()?);
+        for k in &in_script {
+            b = b.push_key(k);
+        }
+        let witness_script = b
+            .push_int(i64::try_from(in_script.len()).ok()?)
+            .push_opcode(OP_CHECKMULTISIG)
+            .into_script();
+        let derived = Derived {
+            script_pubkey: ScriptBuf::new_p2wsh(&witness_script.wscript_hash()),
+            witness_script,
+            our_pubkey: *pubkeys.get(self.our_position)?,
+            pubkeys,
+        };
+        let mut kept = cache();
+        if kept.len() >= DERIVED_KEPT {
+            kept.clear();
+        }
+        kept.insert((branch, index), derived.clone());
+        Some(derived)
+    }
+
+    /// The script at `branch` and `index` as miniscript derives the registered descriptor:
+    /// what [`Self::derive`] must always agree with.
+    pub fn derive_by_descriptor<C: Verification>(
         &self,
         secp: &Secp256k1<C>,
         branch: u32,
@@ -343,5 +431,53 @@ impl Wallet {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{key, TestWallet};
+
+    /// Every script, key list and our key, cached or not, is what miniscript derives from the
+    /// registered descriptor, for `sortedmulti` and for `multi` (whose key order matters).
+    #[test]
+    fn derived_scripts_are_the_descriptors_own() {
+        let tw = TestWallet::new();
+        let keys: Vec<String> = ["user", "backup"]
+            .iter()
+            .map(|t| key(t).descriptor_key())
+            .chain([tw.satellite.descriptor_key()])
+            .collect();
+        let multi = format!(
+            "wsh(multi(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
+            keys[2], keys[0], keys[1]
+        );
+        let multi = Wallet::from_descriptors(&[multi], &tw.satellite).expect("registers");
+        let secp = Secp256k1::new();
+        for wallet in [&tw.wallet, &multi] {
+            for branch in 0..2 {
+                for index in (0..40).chain([1000, (1 << 31) - 1]) {
+                    let expected = wallet
+                        .derive_by_descriptor(&secp, branch, index)
+                        .expect("descriptor derives");
+                    for _ in 0..2 {
+                        assert_eq!(
+                            wallet.derive(&secp, branch, index),
+                            Some(expected.clone()),
+                            "{} branch {branch} index {index}",
+                            wallet.descriptor
+                        );
+                    }
+                }
+            }
+            assert_eq!(wallet.derive(&secp, 2, 0), None, "no third branch");
+            assert_eq!(wallet.derive(&secp, 0, 1 << 31), None, "no hardened index");
+        }
+        // The cache is bounded: a wallet used at many addresses keeps at most DERIVED_KEPT.
+        for index in 0..(DERIVED_KEPT as u32 + 10) {
+            tw.wallet.derive(&secp, 0, index).expect("derives");
+        }
+        assert!(tw.wallet.derived.lock().expect("lock").len() <= DERIVED_KEPT);
     }
 }
