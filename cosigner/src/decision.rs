@@ -228,7 +228,7 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
     for (i, plan) in spend.inputs.iter().enumerate() {
         let sk = input
             .key
-            .child_private(secp, plan.branch, plan.index)
+            .child_private(plan.branch, plan.index)
             .map_err(|e| Refusal::Internal {
                 reason: e.to_string(),
             })?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpriv, Xpub};
-use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::secp256k1::Secp256k1;
 use bitcoin::{base58, NetworkKind};
 
 /// SLIP-132 version bytes of Electrum's P2WSH multisig xpubs.
@@ -130,8 +130,11 @@ impl std::str::FromStr for AccountKey {
 
 /// The cosigner's signing key for one network kind.
 pub struct CosignerKey {
-    account: Xpriv,
     public: AccountKey,
+    /// The account's receive and change branch keys (`account/0`, `account/1`) with their
+    /// public keys: a child key for signing then costs one HMAC and a scalar addition
+    /// (BIP-32's normal derivation), not two elliptic-curve multiplications per input.
+    branches: [(Xpriv, bitcoin::secp256k1::PublicKey); 2],
 }
 
 impl AsRef<AccountKey> for CosignerKey {
@@ -160,13 +163,22 @@ impl CosignerKey {
         let account = master
             .derive_priv(&secp, &path)
             .map_err(|e| KeyError::Derivation(e.to_string()))?;
+        let branch = |b: u32| -> Result<(Xpriv, bitcoin::secp256k1::PublicKey), KeyError> {
+            let x = account
+                .derive_priv(&secp, &[ChildNumber::Normal { index: b }])
+                .map_err(|e| KeyError::Derivation(e.to_string()))?;
+            Ok((
+                x,
+                bitcoin::secp256k1::PublicKey::from_secret_key(&secp, &x.private_key),
+            ))
+        };
         Ok(CosignerKey {
             public: AccountKey {
                 xpub: Xpub::from_priv(&secp, &account),
                 master_fingerprint: master.fingerprint(&secp),
                 path,
             },
-            account,
+            branches: [branch(0)?, branch(1)?],
         })
     }
 
@@ -203,20 +215,26 @@ impl CosignerKey {
     /// The private key at `account/branch/index`, for signing inside the decision only.
     pub(crate) fn child_private(
         &self,
-        secp: &Secp256k1<All>,
         branch: u32,
         index: u32,
     ) -> Result<bitcoin::secp256k1::SecretKey, KeyError> {
-        let path = [
-            ChildNumber::from_normal_idx(branch)
-                .map_err(|e| KeyError::Derivation(e.to_string()))?,
-            ChildNumber::from_normal_idx(index).map_err(|e| KeyError::Derivation(e.to_string()))?,
-        ];
-        let child = self
-            .account
-            .derive_priv(secp, &path)
-            .map_err(|e| KeyError::Derivation(e.to_string()))?;
-        Ok(child.private_key)
+        use bitcoin::hashes::{hmac, sha512, Hash as _, HashEngine as _};
+        let bad = |e: &dyn std::fmt::Display| KeyError::Derivation(e.to_string());
+        let (parent, parent_pub) = usize::try_from(branch)
+            .ok()
+            .and_then(|b| self.branches.get(b))
+            .ok_or_else(|| bad(&format!("no branch {branch}")))?;
+        let child = ChildNumber::from_normal_idx(index).map_err(|e| bad(&e))?;
+        // BIP-32 CKDpriv for a normal child: I = HMAC-SHA512(chain code, parent pubkey || i),
+        // child = parent + I_L (mod n).
+        let mut engine = hmac::HmacEngine::<sha512::Hash>::new(&parent.chain_code[..]);
+        engine.input(&parent_pub.serialize());
+        engine.input(&u32::from(child).to_be_bytes());
+        let i = hmac::Hmac::<sha512::Hash>::from_engine(engine).to_byte_array();
+        let mut left = [0u8; 32];
+        left.copy_from_slice(&i[..32]);
+        let tweak = bitcoin::secp256k1::Scalar::from_be_bytes(left).map_err(|e| bad(&e))?;
+        parent.private_key.add_tweak(&tweak).map_err(|e| bad(&e))
     }
 }
 
@@ -341,5 +359,41 @@ mod tests {
                 Err(KeyError::Permissions { .. })
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod child_tests {
+    use super::*;
+
+    #[test]
+    fn child_keys_are_bip32s() {
+        let key = CosignerKey::from_seed(&[7u8; 32], NetworkKind::Test).expect("key");
+        let secp = Secp256k1::new();
+        let account = Xpriv::new_master(NetworkKind::Test, &[7u8; 32])
+            .expect("master")
+            .derive_priv(&secp, &account_path(NetworkKind::Test))
+            .expect("account");
+        for branch in 0..2 {
+            for index in (0..30).chain([1000, (1 << 31) - 1]) {
+                let expected = account
+                    .derive_priv(
+                        &secp,
+                        &[
+                            ChildNumber::Normal { index: branch },
+                            ChildNumber::Normal { index },
+                        ],
+                    )
+                    .expect("derive")
+                    .private_key;
+                assert_eq!(
+                    key.child_private(branch, index).expect("child"),
+                    expected,
+                    "{branch}/{index}"
+                );
+            }
+        }
+        assert!(key.child_private(2, 0).is_err(), "no third branch");
+        assert!(key.child_private(0, 1 << 31).is_err(), "no hardened child");
     }
 }

@@ -287,9 +287,7 @@ impl TestWallet {
                     }
                 })
                 .expect("derivation");
-            let sk = who
-                .child_private(&self.secp, branch, index)
-                .expect("child key");
+            let sk = who.child_private(branch, index).expect("child key");
             let sighash = cache
                 .p2wsh_signature_hash(i, &ws, value, EcdsaSighashType::All)
                 .expect("sighash");
