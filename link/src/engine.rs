@@ -29,17 +29,27 @@
 //! ids in the same transaction that puts the message in its inbox, and acknowledges
 //! duplicates without delivering them again.
 
+//!
+//! The engine's parts: `receive` (frames in), `pacing` (when and how much to transmit:
+//! passes, turns, restarts), `fec` (erasure coding), `status` (what operators see).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::crypto::{Cipher, ReplayWindow};
-use crate::frame::{
-    varint_len, FrameError, Plain, Record, FLAG_END_OF_BURST, MAX_COUNTER, OVERHEAD,
-};
+use crate::frame::{varint_len, Plain, Record, FLAG_END_OF_BURST, MAX_COUNTER, OVERHEAD};
 use crate::schedule::{Schedule, Window};
 use crate::store::{LinkStore, StoreError};
+
+mod fec;
+mod pacing;
+mod receive;
+mod status;
+
+pub use fec::parity_for;
+use fec::MAX_FEC_SHARDS;
+pub use status::{HeadState, HeadStatus, Stats};
 
 /// Counters reserved durably at a time.
 const COUNTER_BLOCK: u64 = 1024;
@@ -102,72 +112,6 @@ pub enum SendError {
     Store(#[from] StoreError),
 }
 
-/// Counters for operators.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Transmissions (bursts; each costs a preamble).
-    pub transmissions: u64,
-    /// Frames sent.
-    pub frames_sent: u64,
-    /// Bytes sent.
-    pub bytes_sent: u64,
-    /// Data frames sent again.
-    pub frames_resent: u64,
-    /// Frames received and accepted.
-    pub frames_received: u64,
-    /// Bytes received (accepted frames).
-    pub bytes_received: u64,
-    /// Frames rejected: damaged (CRC) or too short.
-    pub rejected_damaged: u64,
-    /// Frames rejected: forged, wrong key or wrong direction.
-    pub rejected_forged: u64,
-    /// Frames rejected: replayed or stale.
-    pub rejected_replayed: u64,
-    /// Authentic frames whose record did not parse.
-    pub rejected_malformed: u64,
-    /// Messages delivered to the inbox.
-    pub messages_delivered: u64,
-    /// Duplicate messages acknowledged but not delivered again.
-    pub duplicates_suppressed: u64,
-    /// Messages acknowledged by the peer.
-    pub messages_acknowledged: u64,
-}
-
-/// Where the oldest queued message stands, for operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadStatus {
-    /// Its link message id.
-    pub msg_id: u64,
-    /// Fragments it has (data and parity).
-    pub fragments: usize,
-    /// Fragments sent at least once.
-    pub fragments_sent: usize,
-    /// What it waits for.
-    pub state: HeadState,
-}
-
-/// What the oldest queued message waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadState {
-    /// The peer is out of view: the next pass.
-    WaitingForPass,
-    /// Fragments are due to go (now, or when the channel is ours).
-    Sending,
-    /// Everything went out; waiting for the peer's acknowledgement or report.
-    AwaitingAck,
-}
-
-impl HeadState {
-    /// A stable lowercase name, for JSON and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HeadState::WaitingForPass => "waiting_for_pass",
-            HeadState::Sending => "sending",
-            HeadState::AwaitingAck => "awaiting_ack",
-        }
-    }
-}
-
 struct OutMsg {
     /// Data fragments (the first `data`), then parity fragments.
     chunks: Vec<Vec<u8>>,
@@ -180,36 +124,6 @@ struct InMsg {
     parts: Vec<Option<Vec<u8>>>,
     data: usize,
     have: usize,
-}
-
-/// Most fragments (data + parity) an erasure-coded message may have (GF(256)).
-const MAX_FEC_SHARDS: usize = 255;
-
-/// Parity fragments for `k` data fragments so that at most 5% of transmissions lose more
-/// than the parity can replace, at loss rate `p`.
-pub fn parity_for(k: usize, p: f64) -> usize {
-    if p <= 0.0 || k == 0 {
-        return 0;
-    }
-    let p = p.min(0.9);
-    for r in 0..=MAX_FEC_SHARDS.saturating_sub(k) {
-        let n = k + r;
-        // P(losses <= r) for Binomial(n, p).
-        let mut term = (1.0 - p).powi(n as i32);
-        let mut cdf = term;
-        for i in 1..=r {
-            term *= (n - i + 1) as f64 / i as f64 * p / (1.0 - p);
-            cdf += term;
-        }
-        if 1.0 - cdf <= 0.05 {
-            return r;
-        }
-    }
-    MAX_FEC_SHARDS.saturating_sub(k)
-}
-
-fn rs(data: usize, parity: usize) -> Option<reed_solomon_erasure::galois_8::ReedSolomon> {
-    reed_solomon_erasure::galois_8::ReedSolomon::new(data, parity).ok()
 }
 
 /// The protocol state of one side.
@@ -336,73 +250,6 @@ impl<S: LinkStore> Engine<S> {
         })
     }
 
-    /// Data frames in the first transmission after a restart: what fits in about a second
-    /// of air, so a side that lives only seconds still hears the peer's answer.
-    fn restart_burst(&self) -> usize {
-        let room = Duration::from_secs(1).saturating_sub(self.cfg.preamble);
-        let per = self.frame_airtime(self.cfg.mtu).as_secs_f64().max(1e-6);
-        ((room.as_secs_f64() / per) as usize).clamp(1, self.cfg.max_burst_frames.max(1))
-    }
-
-    /// Air time the peer needs to answer a transmission: its turnaround and preamble, two
-    /// full frames (acknowledgements, a report, or the start of its reply), the response
-    /// delay, and propagation both ways.
-    fn answer_room(&self) -> Duration {
-        self.cfg.preamble
-            + self.frame_airtime(self.cfg.mtu * 2)
-            + self.cfg.response_delay
-            + self.cfg.latency * 2
-    }
-
-    /// When to retry after `delay`, kept inside passes: a timer that would run past the last
-    /// moment of the current window from which a probe and its answer still fit fires at
-    /// that moment, or, if no round fits any more, at the next pass (which resends at once).
-    fn retry_at(&self, now: Instant, delay: Duration, round: Duration) -> Instant {
-        let t = now + delay;
-        if !self.schedule.is_known() {
-            return t;
-        }
-        let next = self.schedule.next(now).map(|w| w.start);
-        match self.schedule.current(now) {
-            Some(w) => {
-                let probe = self.cfg.preamble + self.frame_airtime(self.cfg.mtu);
-                let last = w
-                    .end
-                    .checked_sub(probe + self.answer_room())
-                    .filter(|l| *l >= w.start);
-                match last {
-                    Some(l) if t <= l => t,
-                    Some(l) if l >= now + round => l,
-                    _ => next.unwrap_or(t),
-                }
-            }
-            None => next.unwrap_or(t),
-        }
-    }
-
-    /// A pass began: the peer is (again) in view, so whatever waits goes now instead of at
-    /// the end of a timer that may land outside the window.
-    fn pass_began(&mut self, now: Instant) {
-        // The side with the larger jitter waits a moment, so the two do not key up together.
-        let hold = self.idle_gap().mul_f64((self.jitter - 1.0).max(0.0));
-        if !hold.is_zero() {
-            self.listen_until = Some(now + hold);
-        }
-        self.backoff = 0;
-        self.awaiting_until = None;
-        self.peer_talking_until = None;
-        for m in self.out.values_mut() {
-            if !m.pending.iter().any(|p| *p) {
-                // Sent whole in an earlier pass and never acknowledged: a probe draws the
-                // peer's report (or its acknowledgement), and only the gaps go again.
-                if let Some(last) = m.pending.last_mut() {
-                    *last = true;
-                }
-            }
-        }
-        self.beacon_due = true;
-    }
-
     /// Operator counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -444,7 +291,7 @@ impl<S: LinkStore> Engine<S> {
                 framed.resize(k * size, 0);
                 let mut shards: Vec<Vec<u8>> = framed.chunks(size).map(<[u8]>::to_vec).collect();
                 shards.extend(std::iter::repeat_n(vec![0u8; size], parity));
-                if parity > 0 && rs(k, parity).is_some_and(|r| r.encode(&mut shards).is_ok()) {
+                if parity > 0 && fec::rs(k, parity).is_some_and(|r| r.encode(&mut shards).is_ok()) {
                     self.insert_out(id, shards, k);
                     return;
                 }
@@ -488,212 +335,6 @@ impl<S: LinkStore> Engine<S> {
     fn idle_gap(&self) -> Duration {
         // Two full frames of silence end the peer's transmission even if its last frame was lost.
         self.frame_airtime(self.cfg.mtu) * 2 + Duration::from_millis(50)
-    }
-
-    /// Handles one received frame. Returns whether a message was delivered to the inbox.
-    pub fn on_frame(&mut self, frame: &[u8], now: Instant) -> Result<bool, StoreError> {
-        let (counter, plain) = match self.cipher.open(frame) {
-            Ok(x) => x,
-            Err(e) => {
-                self.reject(e);
-                return Ok(false);
-            }
-        };
-        if let Err(e) = self.window.check(counter) {
-            self.reject(e);
-            return Ok(false);
-        }
-        let plain = match Plain::decode(&plain) {
-            Ok(p) => p,
-            Err(e) => {
-                self.reject(e);
-                return Ok(false);
-            }
-        };
-        self.window.accept(counter);
-        self.peer_heard_at = Some(now);
-        // The peer is in reach again: retry at full speed.
-        self.backoff = 0;
-        self.stats.frames_received += 1;
-        self.stats.bytes_received += frame.len() as u64;
-        let end = plain.flags & FLAG_END_OF_BURST != 0;
-        self.peer_talking_until = (!end).then(|| now + self.idle_gap());
-        // A frame read just after our own transmission was on the air before it ended (it
-        // queued while we were deaf to it): the peer has heard us since, and the turn is its.
-        let stale = self.tx_end.is_some_and(|t| now < t + self.cfg.preamble / 2);
-        if end && !stale {
-            self.quiet_until = None;
-        }
-        let mut delivered = false;
-        match plain.record {
-            Record::Data {
-                msg_id,
-                index,
-                count,
-                parity,
-                chunk,
-            } => {
-                self.data_in_burst = true;
-                delivered = self.on_data(msg_id, index, count, parity, chunk)?;
-            }
-            Record::Ack { msg_ids } => {
-                for id in msg_ids {
-                    self.feedback_in_burst.insert(id);
-                    if self.out.remove(&id).is_some() {
-                        self.store.acknowledged(id)?;
-                        self.stats.messages_acknowledged += 1;
-                    }
-                }
-                self.backoff = 0;
-            }
-            Record::Report {
-                msg_id,
-                count,
-                received,
-            } => {
-                self.feedback_in_burst.insert(msg_id);
-                let expected_loss = self.cfg.expected_loss;
-                if let Some(m) = self.out.get_mut(&msg_id) {
-                    if m.chunks.len() == count as usize {
-                        let got = |i: usize| received[i / 8] & (1 << (i % 8)) != 0;
-                        let missing: Vec<usize> =
-                            (0..m.chunks.len()).filter(|&i| !got(i)).collect();
-                        let have = m.chunks.len() - missing.len();
-                        // Without parity every gap is needed; with it, any `data - have`
-                        // fragments do, plus a margin for the expected loss.
-                        let needed = if m.data == m.chunks.len() {
-                            missing.len()
-                        } else {
-                            let short = m.data.saturating_sub(have);
-                            short + parity_for(short, expected_loss)
-                        };
-                        for p in m.pending.iter_mut() {
-                            *p = false;
-                        }
-                        for &i in missing.iter().take(needed.max(1)) {
-                            m.pending[i] = true;
-                        }
-                    }
-                }
-                self.backoff = 0;
-            }
-        }
-        if end {
-            self.peer_burst_ended(now);
-        }
-        Ok(delivered)
-    }
-
-    fn reject(&mut self, e: FrameError) {
-        match e {
-            FrameError::TooShort | FrameError::BadCrc => self.stats.rejected_damaged += 1,
-            FrameError::WrongHeader | FrameError::Forged => self.stats.rejected_forged += 1,
-            FrameError::Replayed | FrameError::Stale => self.stats.rejected_replayed += 1,
-            FrameError::Malformed => self.stats.rejected_malformed += 1,
-        }
-        tracing::debug!(reason = %e, "frame rejected");
-    }
-
-    fn peer_burst_ended(&mut self, now: Instant) {
-        self.peer_talking_until = None;
-        // The peer has had its turn; we may transmit again without waiting out a timeout.
-        self.awaiting_until = None;
-        // A message we sent whole that the peer's turn said nothing about did not reach it
-        // whole (or its last frame was lost): an implicit NAK. Probe it now rather than
-        // after a timeout; the peer's report then names the gaps.
-        let feedback = std::mem::take(&mut self.feedback_in_burst);
-        // The peer answered: the next transmission may be longer (slow start after a restart).
-        self.burst_limit = (self.burst_limit * 2).min(self.cfg.max_burst_frames.max(1));
-        for (id, m) in self.out.iter_mut() {
-            let all_sent = m.ever_sent.iter().all(|s| *s) && !m.pending.iter().any(|p| *p);
-            if all_sent && !feedback.contains(id) {
-                if let Some(last) = m.pending.last_mut() {
-                    *last = true;
-                }
-            }
-        }
-        if self.data_in_burst {
-            self.data_in_burst = false;
-            self.respond_at = Some(now + self.cfg.response_delay);
-        }
-    }
-
-    fn on_data(
-        &mut self,
-        id: u64,
-        index: u32,
-        count: u32,
-        parity: u32,
-        chunk: Vec<u8>,
-    ) -> Result<bool, StoreError> {
-        if self.store.is_delivered(id)? {
-            self.acks_due.insert(id);
-            self.stats.duplicates_suppressed += 1;
-            return Ok(false);
-        }
-        let total = count as usize + parity as usize;
-        let max_parts = self.cfg.max_message / 16 + 1;
-        if total > max_parts {
-            self.stats.rejected_malformed += 1;
-            return Ok(false);
-        }
-        let m = self.inbound.entry(id).or_insert_with(|| InMsg {
-            parts: vec![None; total],
-            data: count as usize,
-            have: 0,
-        });
-        if m.parts.len() != total || m.data != count as usize {
-            self.stats.rejected_malformed += 1;
-            return Ok(false);
-        }
-        let slot = &mut m.parts[index as usize];
-        if slot.is_none() {
-            *slot = Some(chunk);
-            m.have += 1;
-        }
-        if m.have < m.data {
-            self.reports_due.insert(id);
-            return Ok(false);
-        }
-        let Some(m) = self.inbound.remove(&id) else {
-            return Ok(false);
-        };
-        let Some(payload) = Self::assemble(m) else {
-            // Inconsistent fragments (impossible with authentic frames): start over.
-            self.stats.rejected_malformed += 1;
-            return Ok(false);
-        };
-        self.reports_due.remove(&id);
-        self.acks_due.insert(id);
-        let fresh = self.store.deliver(id, &payload, self.window.highest())?;
-        if fresh {
-            self.stats.messages_delivered += 1;
-        }
-        Ok(fresh)
-    }
-
-    /// Joins a message's fragments, reconstructing missing data from parity if needed.
-    fn assemble(m: InMsg) -> Option<Vec<u8>> {
-        if m.parts.len() == m.data {
-            return Some(m.parts.into_iter().flatten().flatten().collect());
-        }
-        let mut shards = m.parts;
-        let size = shards.iter().flatten().map(Vec::len).next()?;
-        if shards.iter().flatten().any(|s| s.len() != size) {
-            return None;
-        }
-        rs(m.data, shards.len() - m.data)?
-            .reconstruct_data(&mut shards)
-            .ok()?;
-        let framed: Vec<u8> = shards
-            .into_iter()
-            .take(m.data)
-            .flatten()
-            .flatten()
-            .collect();
-        let mut rest = framed.as_slice();
-        let len = usize::try_from(crate::frame::get_varint(&mut rest)?).ok()?;
-        rest.get(..len).map(<[u8]>::to_vec)
     }
 
     /// When the engine next needs [`Self::poll_transmit`] called, if ever.
@@ -923,23 +564,6 @@ impl<S: LinkStore> Engine<S> {
             self.awaiting_until = Some(self.retry_at(now, delay, self.base_rto(bytes)));
         }
         Ok(Some(frames))
-    }
-
-    /// Tells the engine when the transmission it last returned ended on the air, if the
-    /// radio knows (it may have deferred it, for another's carrier); otherwise the engine
-    /// goes by its own estimate. After it, the peer has the turn.
-    pub fn transmitted(&mut self, end: Instant) {
-        let end = self.tx_end.map_or(end, |t| t.max(end));
-        self.tx_end = Some(end);
-        // The peer answers a response delay after our last frame; its first frame needs its
-        // preamble and its own air time to reach us.
-        self.quiet_until = Some(
-            end + self.cfg.latency * 2
-                + self.cfg.response_delay
-                + self.cfg.preamble
-                + self.frame_airtime(self.cfg.mtu)
-                + Duration::from_millis(50),
-        );
     }
 
     /// The acknowledgements (as many ids per frame as fit) and reports now due.
