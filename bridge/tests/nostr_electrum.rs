@@ -15,7 +15,7 @@ use std::time::Duration;
 use bitcoin::Transaction;
 use serde_json::{json, Value};
 
-use common::flow::{sky, tx_at, verify_with_core, Flow};
+use common::flow::{assert_ran_in, sky, tx_at, verify_with_core, Flow};
 use common::script::Script;
 
 /// A virtualenv over Debian's Python (and its python3-electrum) with the Nostr libraries
@@ -236,13 +236,7 @@ async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
         ],
     );
     let r = converse(&flow, script).await.result;
-    assert!(
-        r["electrum_version"]
-            .as_str()
-            .expect("version")
-            .starts_with("4.8."),
-        "{r}"
-    );
+    assert_ran_in(&r, "4.8.");
     let answers = r["answers"].as_array().expect("answers");
     let signed = answers
         .iter()

@@ -399,6 +399,16 @@ pub fn electrum_python(suite: &str) -> String {
         .to_owned()
 }
 
+/// Checks that a test program ran in the Electrum it was meant for: its RESULT's
+/// `electrum_version` starts with `version`.
+pub fn assert_ran_in(r: &Value, version: &str) {
+    let ran_in = r["electrum_version"].as_str().unwrap_or_default();
+    assert!(
+        ran_in.starts_with(version),
+        "ran in Electrum {ran_in:?}, not {version}: {r}"
+    );
+}
+
 /// The transaction in hex at `v[key]` (a test program's RESULT), decoded.
 pub fn tx_at(v: &Value, key: &str) -> bitcoin::Transaction {
     let hex_tx = v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}"));
