@@ -116,13 +116,10 @@ pub fn check_data_dir_not_in_git(data_dir: &std::path::Path) -> Result<(), Start
         .status();
     match ignored {
         Ok(s) if s.success() => Ok(()),
-        Ok(_) => Err(StartError::Link(format!(
-            "the data folder {} is inside the git work tree {} and not ignored: it will hold \
-             the satellite's seed and the link keys. Add it to .gitignore, or choose \
-             --data-dir outside the work tree",
-            abs.display(),
-            top.display()
-        ))),
+        Ok(_) => Err(StartError::DataDirInGit {
+            data_dir: abs.display().to_string(),
+            work_tree: top.display().to_string(),
+        }),
         Err(e) => {
             tracing::warn!(data_dir = %abs.display(), work_tree = %top.display(), error = %e,
                 "the data folder is inside a git work tree and git could not be asked whether \

@@ -95,6 +95,18 @@ pub enum StartError {
     /// The radio link could not be set up.
     #[error("satellite link: {0}")]
     Link(String),
+    /// The data folder would be committed with the keys in it.
+    #[error(
+        "the data folder {data_dir} is inside the git work tree {work_tree} and not ignored: \
+         it will hold the satellite's seed and the link keys. Add it to .gitignore, or choose \
+         --data-dir outside the work tree"
+    )]
+    DataDirInGit {
+        /// The data folder.
+        data_dir: String,
+        /// The work tree it is in.
+        work_tree: String,
+    },
     /// The mailer could not be set up.
     #[error(transparent)]
     Mail(#[from] mail::MailError),
