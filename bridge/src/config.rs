@@ -93,8 +93,10 @@ impl Default for NostrConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SatelliteConfig {
-    /// The satellite's account key with its origin, `[fingerprint/48h/1h/0h/2h]tpub...`
-    /// (printed by `satcosign-cosigner init`). Required by `run`; `dev` fills it in.
+    /// The satellite's issuer key with its origin, `[fingerprint/48h/1h/0h/2h]tpub...`
+    /// (printed by `satcosign-cosigner init`). Every wallet's satellite key derives from it,
+    /// so it is this bridge's secret: keep it out of anything published (see
+    /// `schemas/wallet-keys.md`). Required by `run`; `dev` fills it in.
     pub account_key: String,
     /// The cosigner's link public key, hex (printed by `satcosign-cosigner init`).
     pub link_public_key: String,
@@ -225,6 +227,12 @@ pub struct GateConfig {
     /// Registrations per hour in all, whatever the address: a cap on the mail anyone can
     /// make the bridge send. Default 100.
     pub max_registrations_per_hour: u32,
+    /// Satellite keys issued per client address per hour (`satellite.new_key` over
+    /// Electrum TCP). Default 10.
+    pub max_keys_per_client_per_hour: u32,
+    /// Satellite keys issued per hour in all, whatever the client: bounds the storage
+    /// strangers can make the bridge hold. Default 600.
+    pub max_keys_per_hour: u32,
 }
 
 impl Default for GateConfig {
@@ -237,6 +245,8 @@ impl Default for GateConfig {
             max_requests_per_hour: 30,
             max_registrations_per_email_per_day: 5,
             max_registrations_per_hour: 100,
+            max_keys_per_client_per_hour: 10,
+            max_keys_per_hour: 600,
         }
     }
 }
@@ -606,6 +616,12 @@ impl Config {
         }
         if self.gate.max_requests_per_hour == 0 {
             return invalid("gate.max_requests_per_hour", "must be at least 1".into());
+        }
+        if self.gate.max_keys_per_hour == 0 {
+            return invalid("gate.max_keys_per_hour", "must be at least 1".into());
+        }
+        if self.gate.max_keys_per_client_per_hour == 0 {
+            return invalid("gate.max_keys_per_client_per_hour", "must be at least 1".into());
         }
         if self.gate.max_registrations_per_email_per_day == 0 {
             return invalid(

@@ -13,7 +13,6 @@ use base64::Engine as _;
 use bitcoin::psbt::Psbt;
 
 use satcosign_cosigner::decision::RequestId;
-use satcosign_cosigner::keys::CosignerKey;
 use satcosign_cosigner::testkit::TestWallet;
 
 use crate::dev::{DevSystem, Sky};
@@ -190,27 +189,31 @@ pub async fn run(
         .service
         .clone()
         .ok_or_else(|| DemoError::Unexpected(RequestId([0; 16]), "no service".into()))?;
-    let network = service.network;
-    let satellite =
-        CosignerKey::from_seed(&sys.cosigner_key_seed, bitcoin::NetworkKind::from(network))
-            .map_err(|e| DemoError::Unexpected(RequestId([0; 16]), e.to_string()))?;
+    let label = "Demo wallet".to_owned();
+    // A data folder used before keeps its demo wallet, and so its satellite key.
+    let earlier = service
+        .wallets()
+        .await?
+        .into_iter()
+        .find(|(r, _)| r.label == label && r.state == crate::state::WalletState::Active)
+        .map(|(r, _)| service.satellite_key(&r))
+        .transpose()?;
+    let satellite = match earlier {
+        Some(key) => key,
+        None => service.new_key(None).await?,
+    };
     writeln!(
         out,
-        "1. The satellite: {}",
-        service.satellite.descriptor_key()
+        "1. A satellite key for a new wallet: {}",
+        satellite.descriptor_key()
     )?;
-    writeln!(
-        out,
-        "   Electrum form: {}",
-        service.satellite.electrum_xpub()
-    )?;
+    writeln!(out, "   Electrum form: {}", satellite.electrum_xpub())?;
     let wallet = TestWallet::with_satellite(satellite);
     writeln!(
         out,
         "2. A 2-of-3 wallet of two demo user keys and the satellite's key:"
     )?;
     writeln!(out, "   {}", wallet.descriptor)?;
-    let label = "Demo wallet".to_owned();
     let (wallet_id, reg) = match service
         .register_wallet(
             vec![wallet.descriptor.clone()],

@@ -20,6 +20,11 @@ use crate::dispatch::Dispatcher;
 use crate::push::Pusher;
 use crate::rpc_error::{protocol_error_line, OVERSIZED_REQUEST};
 
+/// The address of the client a call came from, where the transport knows it (method
+/// handlers find it in their [`Extensions`] for per-client limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// Limits applied to every Electrum-protocol connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -165,6 +170,7 @@ async fn connection<S>(
 
     let mut ext = Extensions::new();
     ext.insert(ConnectionId(id));
+    ext.insert(ClientAddr(peer.ip()));
     ext.insert(Pusher::new(tx.clone()));
 
     let mut reader = LineReader::new(

@@ -23,6 +23,7 @@ use crate::rpc::SERVER_VERSION;
 pub struct RoutesLayer {
     service: Option<Arc<crate::service::Service>>,
     metrics: Option<crate::metrics::Source>,
+    nostr_relay: Option<String>,
 }
 
 impl<S> Layer<S> for RoutesLayer {
@@ -33,6 +34,7 @@ impl<S> Layer<S> for RoutesLayer {
             inner,
             service: self.service.clone(),
             metrics: self.metrics.clone(),
+            nostr_relay: self.nostr_relay.clone(),
         }
     }
 }
@@ -43,6 +45,7 @@ pub struct Routes<S> {
     inner: S,
     service: Option<Arc<crate::service::Service>>,
     metrics: Option<crate::metrics::Source>,
+    nostr_relay: Option<String>,
 }
 
 /// Largest form body accepted on the confirmation page.
@@ -253,6 +256,15 @@ where
     }
 
     fn call(&mut self, req: HttpRequest) -> Self::Future {
+        if let (Some(service), "/key") = (&self.service, req.uri().path()) {
+            let service = service.clone();
+            let relay = self.nostr_relay.clone();
+            return Box::pin(async move {
+                let head = req.method() == http::Method::HEAD;
+                let (status, page) = crate::key_page::route(service, req.method(), relay).await;
+                Ok(html_response(status, page, head))
+            });
+        }
         if req.uri().path().starts_with("/confirm/") {
             if let Some(service) = self.service.clone() {
                 return Box::pin(async move { Ok(confirm_route(service, req).await) });
@@ -285,6 +297,7 @@ pub async fn start(
     methods: Methods,
     service: Option<Arc<crate::service::Service>>,
     link_status: Option<crate::rpc::LinkStatusFn>,
+    nostr_relay: Option<String>,
 ) -> std::io::Result<(ServerHandle, SocketAddr)> {
     let metrics = cfg.metrics.then(|| crate::metrics::Source {
         service: service.clone(),
@@ -296,7 +309,11 @@ pub async fn start(
         .build();
     let server = Server::builder()
         .set_config(config)
-        .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer { service, metrics }))
+        .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer {
+            service,
+            metrics,
+            nostr_relay,
+        }))
         .build(addr)
         .await?;
     let local = server.local_addr()?;

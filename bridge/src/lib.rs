@@ -31,6 +31,7 @@ pub mod ecies;
 pub mod electrum_tcp;
 pub mod gate;
 pub mod http;
+pub mod key_page;
 pub mod mail;
 pub mod mailbox;
 pub mod metrics;
@@ -47,6 +48,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod wallet_keys;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -319,7 +321,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     let mut service = None;
     let mut link_status: Option<rpc::LinkStatusFn> = None;
     if let (Some(link), false) = (link, config.satellite.account_key.is_empty()) {
-        let satellite: AccountKey = config
+        let issuer: AccountKey = config
             .satellite
             .account_key
             .parse()
@@ -342,7 +344,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
                 Some(m) => m,
                 None => mail::from_config(&config.email, &config.data_dir)?,
             },
-            satellite,
+            issuer,
             network: config.network.to_bitcoin(),
             mailbox_key: mailbox_key(&config.data_dir.join("mailbox.key"))?,
             gate: config.gate.clone(),
@@ -461,6 +463,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             methods.clone(),
             service.clone(),
             link_status,
+            running.nostr.map(|a| format!("ws://{a}")),
         )
         .await
         .map_err(|source| StartError::Bind {

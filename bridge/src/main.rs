@@ -193,10 +193,12 @@ async fn main() -> anyhow::Result<()> {
             #[allow(clippy::print_stdout)]
             {
                 if let Some(s) = &system.bridge.service {
-                    println!("satellite: {}", s.satellite.descriptor_key());
-                    println!("satellite in Electrum: {}", s.satellite.electrum_xpub());
+                    println!(
+                        "satellite keys for new wallets: satellite.new_key, or {}/key",
+                        s.public_url()
+                    );
                     if let Some(n) = s.nostr.get() {
-                        println!("satellite's Nostr key: {}", n.public_key().to_hex());
+                        println!("satellite's Nostr identities: {} (one per wallet key)", n.identities());
                     }
                     println!("mail: {}", s.mail_destination());
                 }

@@ -1,35 +1,43 @@
-//! The satellite's Nostr identity: stock Electrum 4.6+ co-signing with no plugin.
+//! The satellite's Nostr identities: stock Electrum 4.6+ co-signing with no plugin.
 //!
 //! Electrum's `psbt_nostr` gives every keystore a Nostr key derived from its xpub string
 //! alone, `sha256("nostr_psbt:" + xpub)` with the xpub as Electrum shows it (`Vpub...`,
 //! `Zpub...`), and sends a PSBT to each cosigner as a NIP-04 direct message (kind 4, content
-//! `{"tx": <PSBT hex>}`, tagged `p` and NIP-40 `expiration`). The bridge knows the
-//! satellite's xpub, so it holds that identity: a direct message to it, from a key of a
-//! registered wallet, enters the same email-gated flow as a `cosigner.put`, and the outcome
-//! goes back as a direct message from the satellite's identity: the PSBT with the
-//! satellite's signature, or a refusal in words.
+//! `{"tx": <PSBT hex>}`, tagged `p` and NIP-40 `expiration`). Each wallet has its own
+//! satellite key ([`crate::wallet_keys`]), known only to its members and the bridge, so the
+//! satellite has one private identity per wallet: a direct message to it, from another key
+//! of that wallet, enters the same email-gated flow as a `cosigner.put`, and the outcome
+//! goes back from that identity: the PSBT with the satellite's signature, or a refusal in
+//! words.
+//!
+//! The relay takes from clients no event signed by a satellite identity (only the bridge
+//! speaks for the satellite: `restricted:`), and no direct message that involves neither a
+//! satellite identity nor a registered wallet's member (`blocked:`).
 //!
 //! Where a request came from is recorded in the transaction that opens it, and each
 //! message is marked handled in the transaction that records its answer, so a crash
 //! neither loses a message nor answers one twice. Messages from authors that are not a
 //! registered wallet's other keys are ignored.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock, Weak};
 
 use nostr::nips::nip04;
 use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, PublicKey, SecretKey, Tag, Timestamp};
-use redb::TableDefinition;
+use redb::{ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::nostr_relay::{EventHook, NostrRelay};
+use crate::mailbox::Keyhash;
+use crate::nostr_relay::{EventHook, NostrRelay, Rejection};
+use crate::wallet_keys::{nostr_identities, SATELLITE_IDENTITIES};
 use crate::service::{Service, ServiceError};
 use crate::state::{Action, Outcome, RequestRecord, State};
 use crate::store::StoreError;
 use satcosign_cosigner::wallet::WalletId;
 
-/// Requests that came by Nostr: request id -> event id (32 bytes) and author (32 bytes).
+/// Requests that came by Nostr: request id -> event id (32 bytes), author (32 bytes) and
+/// the satellite identity it was sent to (32 bytes).
 pub const NOSTR_ORIGINS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("nostr_origins");
 /// Direct messages answered or turned into a request: event id -> request id (zeros when
 /// answered without one).
@@ -50,12 +58,15 @@ pub fn keys_for(xpub: &str) -> Option<Keys> {
     SecretKey::from_slice(&digest).ok().map(Keys::new)
 }
 
-/// The satellite's identity on the bridge's relay.
+/// The satellite's identities on the bridge's relay.
 pub struct NostrCosigner {
     service: Weak<Service>,
-    // Weak: the relay holds this identity as its hook.
+    // Weak: the relay holds this as its hook.
     relay: Weak<NostrRelay>,
-    keys: Keys,
+    /// Every issued key's identities, to the key's keyhash.
+    satellites: RwLock<HashMap<PublicKey, Keyhash>>,
+    /// The identities of registered wallets' members (their keys other than the satellite's).
+    members: RwLock<HashSet<PublicKey>>,
     queue: mpsc::UnboundedSender<Arc<Event>>,
     /// `SATCOSIGN_TEST_HOLD_AT=nostr_event`: freeze after a message is stored and before it
     /// becomes a request, so the crash test can kill the bridge there.
@@ -63,6 +74,29 @@ pub struct NostrCosigner {
 }
 
 impl EventHook for NostrCosigner {
+    fn admit(&self, e: &Event) -> Result<(), Rejection> {
+        let satellites = self.satellites.read().unwrap_or_else(|p| p.into_inner());
+        if satellites.contains_key(&e.pubkey) {
+            return Err(Rejection::Restricted(
+                "this key is a satellite identity; only the bridge publishes for it".into(),
+            ));
+        }
+        if e.kind == Kind::EncryptedDirectMessage {
+            let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+            let involved = members.contains(&e.pubkey)
+                || e
+                    .tags
+                    .public_keys()
+                    .any(|p| satellites.contains_key(p) || members.contains(p));
+            if !involved {
+                return Err(Rejection::Blocked(
+                    "this relay carries direct messages of satcosign wallets only".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn on_event(&self, e: Arc<Event>) {
         if self.addressed_to_us(&e) {
             let _ = self.queue.send(e);
@@ -86,17 +120,33 @@ impl NostrCosigner {
             })
             .await?;
         let (queue, mut rx) = mpsc::unbounded_channel();
-        let keys = keys_for(&service.satellite.electrum_xpub()).ok_or_else(|| {
-            StoreError::Database("the satellite's xpub gives no valid Nostr key".into())
-        })?;
+        let satellites = service
+            .store
+            .read(|txn| {
+                let t = txn.open_table(SATELLITE_IDENTITIES).map_err(db_err)?;
+                let mut out = HashMap::new();
+                for row in t.iter().map_err(db_err)? {
+                    let (k, v) = row.map_err(db_err)?;
+                    if let Ok(p) = PublicKey::from_slice(k.value()) {
+                        out.insert(p, Keyhash(*v.value()));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
         let me = Arc::new(NostrCosigner {
             service: Arc::downgrade(service),
             relay: Arc::downgrade(&relay),
-            keys,
+            satellites: RwLock::new(satellites),
+            members: RwLock::new(HashSet::new()),
             queue,
             hold: std::env::var("SATCOSIGN_TEST_HOLD_AT").is_ok_and(|v| v == "nostr_event"),
         });
-        tracing::info!(pubkey = %me.public_key().to_hex(), "the satellite's Nostr identity");
+        let wallets = service.wallets().await.map_err(|e| StoreError::Database(e.to_string()))?;
+        for (_, wallet) in &wallets {
+            me.serve_members(wallet);
+        }
+        tracing::info!(identities = me.satellites.read().map(|s| s.len()).unwrap_or(0), "the satellite's Nostr identities");
         relay.set_hook(me.clone());
         let _ = service.nostr.set(me.clone());
         let worker = Arc::downgrade(&me);
@@ -110,10 +160,9 @@ impl NostrCosigner {
         });
         // Messages stored but not handled before a restart.
         let mut pending: Vec<Arc<Event>> = relay
-            .query(&[nostr::Filter::new()
-                .kind(Kind::EncryptedDirectMessage)
-                .pubkey(me.public_key())])
+            .query(&[nostr::Filter::new().kind(Kind::EncryptedDirectMessage)])
             .into_iter()
+            .filter(|e| me.addressed_to_us(e))
             .collect();
         pending.reverse();
         for e in pending {
@@ -122,38 +171,92 @@ impl NostrCosigner {
         Ok(me)
     }
 
-    /// The satellite's Nostr public key (x-only).
-    pub fn public_key(&self) -> PublicKey {
-        self.keys.public_key()
+    /// Serves a newly issued key's identities.
+    pub fn serve_key(&self, key: &satcosign_cosigner::keys::AccountKey) {
+        let keyhash = crate::service::keyhash_of(&key.xpub.public_key);
+        let mut satellites = self.satellites.write().unwrap_or_else(|p| p.into_inner());
+        for k in nostr_identities(&key.xpub) {
+            satellites.insert(k.public_key(), keyhash);
+        }
+    }
+
+    /// Serves a registered wallet's members (its keys other than the satellite's).
+    pub fn serve_members(&self, wallet: &satcosign_cosigner::wallet::Wallet) {
+        let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
+        for x in wallet.xpubs.iter().filter(|x| *x != wallet.our_xpub()) {
+            for k in nostr_identities(x) {
+                members.insert(k.public_key());
+            }
+        }
+    }
+
+    /// How many satellite identities are served.
+    pub fn identities(&self) -> usize {
+        self.satellites.read().map(|s| s.len()).unwrap_or(0)
     }
 
     fn addressed_to_us(&self, e: &Event) -> bool {
-        e.kind == Kind::EncryptedDirectMessage
-            && e.tags.public_keys().any(|p| *p == self.keys.public_key())
+        e.kind == Kind::EncryptedDirectMessage && self.recipient(e).is_some()
     }
 
-    /// Each registered wallet's other keys, by their Electrum Nostr public keys.
-    async fn authors(
+    /// The satellite identity a message is addressed to, with its key's keyhash.
+    fn recipient(&self, e: &Event) -> Option<(PublicKey, Keyhash)> {
+        let satellites = self.satellites.read().unwrap_or_else(|p| p.into_inner());
+        e.tags
+            .public_keys()
+            .find_map(|p| satellites.get(p).map(|k| (*p, *k)))
+    }
+
+    /// The wallet registered with the key behind `identity`, and the identity's secret.
+    async fn identity(
         &self,
         service: &Service,
-    ) -> Result<HashMap<PublicKey, WalletId>, ServiceError> {
-        let mut out = HashMap::new();
-        for (record, wallet) in service.wallets().await? {
-            for x in wallet
-                .xpubs
-                .iter()
-                .filter(|x| **x != service.satellite.xpub)
-            {
-                // Electrum shows multisig keys as Vpub/Zpub; a key pasted as tpub/xpub
-                // keeps that spelling, so both are known.
-                for s in [satcosign_cosigner::keys::slip132(x), x.to_string()] {
-                    if let Some(k) = keys_for(&s) {
-                        out.insert(k.public_key(), record.id);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        identity: PublicKey,
+    ) -> Result<Option<(WalletId, Keys)>, ServiceError> {
+        let Some(keyhash) = self
+            .satellites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&identity)
+            .copied()
+        else {
+            return Ok(None);
+        };
+        let issued = service
+            .store
+            .read(move |txn| {
+                let t = txn
+                    .open_table(crate::wallet_keys::ISSUED_KEYS)
+                    .map_err(db_err)?;
+                crate::wallet_keys::lookup(&t, &keyhash)
+            })
+            .await?;
+        let Some(wallet_id) = issued.and_then(|i| i.wallet) else {
+            return Ok(None);
+        };
+        let record = service.wallet_record(wallet_id).await?;
+        let key = service.satellite_key(&record)?;
+        Ok(nostr_identities(&key.xpub)
+            .into_iter()
+            .find(|k| k.public_key() == identity)
+            .map(|k| (wallet_id, k)))
+    }
+
+    /// Whether `author` is a member of wallet `wallet_id` (another key than the satellite's).
+    async fn is_member(
+        &self,
+        service: &Service,
+        wallet_id: WalletId,
+        author: &PublicKey,
+    ) -> Result<bool, ServiceError> {
+        let record = service.wallet_record(wallet_id).await?;
+        let wallet = service.wallet(&record)?;
+        Ok(wallet
+            .xpubs
+            .iter()
+            .filter(|x| *x != wallet.our_xpub())
+            .flat_map(nostr_identities)
+            .any(|k| k.public_key() == *author))
     }
 
     async fn handled(&self, service: &Service, id: [u8; 32]) -> Result<bool, StoreError> {
@@ -174,17 +277,24 @@ impl NostrCosigner {
         if self.handled(&service, event_id).await? {
             return Ok(());
         }
-        let Some(wallet_id) = self.authors(&service).await?.get(&e.pubkey).copied() else {
-            tracing::info!(event = %e.id, author = %e.pubkey.to_hex(), "ignored a direct message from a key of no registered wallet");
+        let Some((to, _)) = self.recipient(e) else {
             return Ok(());
         };
-        let psbt = match self.read_psbt(e) {
+        let Some((wallet_id, keys)) = self.identity(&service, to).await? else {
+            tracing::info!(event = %e.id, "ignored a direct message to a satellite key no registered wallet holds");
+            return Ok(());
+        };
+        if !self.is_member(&service, wallet_id, &e.pubkey).await? {
+            tracing::info!(event = %e.id, author = %e.pubkey.to_hex(), "ignored a direct message from a key that is not the wallet's");
+            return Ok(());
+        }
+        let psbt = match read_psbt(&keys, e) {
             Ok(p) => p,
             Err(why) => {
                 // No transaction to give back: Electrum's psbt_nostr ignores a message
                 // without one, so this reaches only other Nostr clients.
                 let text = format!("satcosign: this message was not read: {why}.");
-                return self.answer(&service, e, &text).await;
+                return self.answer(&service, &keys, e, &text).await;
             }
         };
         if self.hold {
@@ -192,10 +302,12 @@ impl NostrCosigner {
             std::future::pending::<()>().await;
         }
         let author = e.pubkey.to_bytes();
+        let to_bytes = to.to_bytes();
         let on_open: crate::service::OnOpen = Box::new(move |txn, request| {
-            let mut origin = Vec::with_capacity(64);
+            let mut origin = Vec::with_capacity(96);
             origin.extend_from_slice(&event_id);
             origin.extend_from_slice(&author);
+            origin.extend_from_slice(&to_bytes);
             txn.open_table(NOSTR_ORIGINS)
                 .map_err(db_err)?
                 .insert(&request.0, origin.as_slice())
@@ -219,13 +331,17 @@ impl NostrCosigner {
             ) => Err(err),
             Err(err) => {
                 let label = format!("NOT co-signed by the satellite: {err}. Nothing was signed.");
-                self.answer(&service, e, &not_cosigned(&psbt, &label)).await
+                self.answer(&service, &keys, e, &not_cosigned(&psbt, &label))
+                    .await
             }
         }
     }
 
-    fn read_psbt(&self, e: &Event) -> Result<Vec<u8>, String> {
-        let plain = nip04::decrypt(self.keys.secret_key(), &e.pubkey, &e.content)
+}
+
+fn read_psbt(keys: &Keys, e: &Event) -> Result<Vec<u8>, String> {
+    {
+        let plain = nip04::decrypt(keys.secret_key(), &e.pubkey, &e.content)
             .map_err(|err| format!("it does not decrypt (NIP-04): {err}"))?;
         let v: serde_json::Value =
             serde_json::from_str(&plain).map_err(|err| format!("it is not JSON: {err}"))?;
@@ -236,8 +352,11 @@ impl NostrCosigner {
         hex::decode(tx).map_err(|err| format!("its \"tx\" is not hex: {err}"))
     }
 
-    fn message_to(&self, to: &PublicKey, content: &str) -> Result<Event, ServiceError> {
-        let encrypted = nip04::encrypt(self.keys.secret_key(), to, content).map_err(|e| {
+}
+
+fn message_to(keys: &Keys, to: &PublicKey, content: &str) -> Result<Event, ServiceError> {
+    {
+        let encrypted = nip04::encrypt(keys.secret_key(), to, content).map_err(|e| {
             ServiceError::Invalid {
                 field: "nostr",
                 reason: format!("NIP-04 encryption failed: {e}"),
@@ -248,18 +367,26 @@ impl NostrCosigner {
                 Tag::public_key(*to),
                 Tag::expiration(Timestamp::from(crate::service::unix_now() + KEEP_SECS)),
             ])
-            .sign_with_keys(&self.keys)
+            .sign_with_keys(keys)
             .map_err(|e| ServiceError::Invalid {
                 field: "nostr",
                 reason: format!("signing the event failed: {e}"),
             })
     }
+}
 
+impl NostrCosigner {
     /// Answers a message without a request (unreadable, refused at once), and marks it
     /// handled in the same transaction that stores the answer.
-    async fn answer(&self, service: &Service, e: &Event, text: &str) -> Result<(), ServiceError> {
+    async fn answer(
+        &self,
+        service: &Service,
+        keys: &Keys,
+        e: &Event,
+        text: &str,
+    ) -> Result<(), ServiceError> {
         tracing::info!(event = %e.id, answer = text, "answering a direct message");
-        let reply = self.message_to(&e.pubkey, text)?;
+        let reply = message_to(keys, &e.pubkey, text)?;
         let stored = reply.clone();
         let event_id = e.id.to_bytes();
         service
@@ -293,10 +420,16 @@ impl NostrCosigner {
                 Ok(t.get(&id).map_err(db_err)?.map(|v| v.value().to_vec()))
             })
             .await?;
-        let Some(origin) = origin.filter(|o| o.len() == 64) else {
+        let Some(origin) = origin.filter(|o| o.len() == 96) else {
             return Ok(None);
         };
-        let Ok(author) = PublicKey::from_slice(&origin[32..]) else {
+        let (Ok(author), Ok(to)) = (
+            PublicKey::from_slice(&origin[32..64]),
+            PublicKey::from_slice(&origin[64..]),
+        ) else {
+            return Ok(None);
+        };
+        let Some((_, keys)) = self.identity(&service, to).await? else {
             return Ok(None);
         };
         let why = match (&r.outcome, r.state) {
@@ -323,7 +456,7 @@ impl NostrCosigner {
             ),
             (_, _) => format!("satcosign: request {} {why}: nothing was signed.", r.id),
         };
-        self.message_to(&author, &content).map(Some)
+        message_to(&keys, &author, &content).map(Some)
     }
 
     /// After the delivery's commit: passes the answer to live subscriptions.
@@ -346,7 +479,7 @@ fn not_cosigned(psbt: &[u8], label: &str) -> String {
 impl std::fmt::Debug for NostrCosigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NostrCosigner")
-            .field("pubkey", &self.keys.public_key().to_hex())
+            .field("identities", &self.identities())
             .finish()
     }
 }

@@ -41,6 +41,9 @@ pub const NOSTR_EVENTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new
 
 /// Sees every event the relay accepts (after it is stored).
 pub trait EventHook: Send + Sync {
+    /// Whether the relay takes this event from a client at all (after its own checks);
+    /// must not block.
+    fn admit(&self, event: &Event) -> Result<(), Rejection>;
     /// Called once per new event, on the relay's runtime; must not block.
     fn on_event(&self, event: Arc<Event>);
 }
@@ -54,6 +57,12 @@ pub enum Rejection {
     /// The connection sent too much too fast.
     #[error("rate-limited: {0}")]
     RateLimited(String),
+    /// The author may not publish this (NIP-01's `restricted:`).
+    #[error("restricted: {0}")]
+    Restricted(String),
+    /// The relay does not carry this (NIP-01's `blocked:`).
+    #[error("blocked: {0}")]
+    Blocked(String),
     /// The relay failed to store it.
     #[error("error: {0}")]
     Error(String),
@@ -227,6 +236,9 @@ impl NostrRelay {
     /// to live subscriptions and to the hook.
     pub async fn accept(&self, e: Event, json_len: usize) -> Result<Accepted, Rejection> {
         self.check(&e, json_len)?;
+        if let Some(hook) = self.hook.get() {
+            hook.admit(&e)?;
+        }
         let id = e.id.to_bytes();
         if self.contains(&id) {
             return Ok(Accepted::Duplicate);

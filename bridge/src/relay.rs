@@ -205,6 +205,7 @@ where
             Action::Register => Request::RegisterWallet(RegisterWallet {
                 descriptors: wallet.descriptors.clone(),
                 policy: wallet.policy.clone(),
+                key_index: wallet.key_index,
             }),
             Action::SetPolicy { policy } => Request::UpdatePolicy(UpdatePolicy {
                 wallet_id: r.wallet_id,

@@ -236,7 +236,7 @@ fn register(
             let key = keyhash_param(&values)?;
             let message = string_param(&values, 1, "message")?;
             if let Some(service) = &ctx.service {
-                if key == service.satellite_keyhash() {
+                if service.is_satellite_keyhash(key).await? {
                     // A signing request: never stored in the slot, each its own request.
                     ctx.mailbox.check_message(&message)?;
                     let id = service.submit_mailbox_message(&message).await?;

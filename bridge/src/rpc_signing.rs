@@ -181,15 +181,26 @@ pub fn register(
         let link = ctx.link_status.as_ref().map(|f| f());
         Ok::<_, RpcError>(json!({
             "network": service.network.to_string(),
-            "xpub": service.satellite.descriptor_key(),
-            "electrum_xpub": service.satellite.electrum_xpub(),
-            "keyhash": hex::encode(service.satellite_keyhash().0),
             "mailbox_pubkey": hex::encode(service.mailbox_public.serialize()),
             "link": link.as_ref().map(link_json),
             "current_pass": link.as_ref().and_then(|l| l.current_pass).map(pass_json),
             "next_pass": link.as_ref().and_then(|l| l.next_pass).map(pass_json),
         }))
     })?;
+    module.register_async_method(
+        "satellite.new_key",
+        |params, ctx: Arc<ApiContext>, ext| async move {
+            positional(&params, "satellite.new_key", 0, 0)?;
+            let service = ctx.service()?;
+            let client = ext
+                .get::<crate::electrum_tcp::ClientAddr>()
+                .map(|c| c.0);
+            let key = service.new_key(client).await?;
+            let mut json = crate::wallet_keys::key_json(&key);
+            json["network"] = json!(service.network.to_string());
+            Ok::<_, RpcError>(json)
+        },
+    )?;
     module.register_async_method(
         "wallet.register",
         |params, ctx: Arc<ApiContext>, _| async move {
@@ -230,8 +241,12 @@ pub fn register(
         |params, ctx: Arc<ApiContext>, _| async move {
             let values = positional(&params, "wallet.status", 1, 1)?;
             let id = wallet_id(&values, 0)?;
-            let w = ctx.service()?.wallet_record(id).await?;
-            Ok::<_, RpcError>(wallet_json(&w))
+            let service = ctx.service()?;
+            let w = service.wallet_record(id).await?;
+            let mut json = wallet_json(&w);
+            let key = service.satellite_key(&w)?;
+            json["satellite_key"] = crate::wallet_keys::key_json(&key);
+            Ok::<_, RpcError>(json)
         },
     )?;
     module.register_async_method(

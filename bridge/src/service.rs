@@ -180,8 +180,9 @@ pub struct ServiceParts {
     pub mailbox: crate::mailbox::Mailbox,
     /// Outgoing email.
     pub mailer: Box<dyn Mailer>,
-    /// The satellite's public account key.
-    pub satellite: AccountKey,
+    /// The satellite's issuer key: every wallet's satellite key derives from it; never
+    /// published (see [`crate::wallet_keys`]).
+    pub issuer: AccountKey,
     /// The network.
     pub network: bitcoin::Network,
     /// The bridge's mailbox key (requests are encrypted to it).
@@ -203,9 +204,8 @@ pub struct Service {
     /// The mailbox.
     pub mailbox: crate::mailbox::Mailbox,
     pub(crate) mailer: Box<dyn Mailer>,
-    /// The satellite's public account key.
-    pub satellite: AccountKey,
-    satellite_keyhash: Keyhash,
+    /// The satellite's issuer key (never published; see [`crate::wallet_keys`]).
+    issuer: AccountKey,
     /// The network.
     pub network: bitcoin::Network,
     mailbox_key: SecretKey,
@@ -252,6 +252,28 @@ fn random_id() -> [u8; 16] {
     let mut id = [0u8; 16];
     rand_core::OsRng.fill_bytes(&mut id);
     id
+}
+
+/// Every member xpub of the descriptors (the receive and change forms name the same ones).
+fn descriptor_xpubs(descriptors: &[String]) -> Vec<bitcoin::bip32::Xpub> {
+    let mut out = Vec::new();
+    for d in descriptors {
+        let text = d.split('#').next().unwrap_or(d);
+        if let Ok(desc) = text.parse::<miniscript::Descriptor<DescriptorPublicKey>>() {
+            desc.for_each_key(|k| {
+                let x = match k {
+                    DescriptorPublicKey::MultiXPub(x) => Some(x.xkey),
+                    DescriptorPublicKey::XPub(x) => Some(x.xkey),
+                    _ => None,
+                };
+                if let Some(x) = x.filter(|x| !out.contains(x)) {
+                    out.push(x);
+                }
+                true
+            });
+        }
+    }
+    out
 }
 
 /// Every key fingerprint a PSBT of the wallet may name: each xpub's own, and each origin's.
@@ -344,7 +366,6 @@ impl Service {
     /// Builds the service.
     pub fn new(parts: ServiceParts) -> Service {
         let secp = Secp256k1::new();
-        let satellite_keyhash = keyhash_of(&parts.satellite.xpub.public_key);
         let hold_at = std::env::var("SATCOSIGN_TEST_HOLD_AT")
             .ok()
             .and_then(|s| State::parse(&s));
@@ -353,8 +374,7 @@ impl Service {
             store: parts.store,
             mailbox: parts.mailbox,
             mailer: parts.mailer,
-            satellite_keyhash,
-            satellite: parts.satellite,
+            issuer: parts.issuer,
             network: parts.network,
             mailbox_key: parts.mailbox_key,
             gate: parts.gate,
@@ -371,9 +391,54 @@ impl Service {
         }
     }
 
-    /// The satellite's mailbox keyhash (puts to it are signing requests).
-    pub fn satellite_keyhash(&self) -> Keyhash {
-        self.satellite_keyhash
+    /// Whether `keyhash` is an issued satellite key's (a put to it is a signing request).
+    pub async fn is_satellite_keyhash(&self, keyhash: Keyhash) -> Result<bool, ServiceError> {
+        Ok(self
+            .store
+            .read(move |txn| {
+                let t = txn
+                    .open_table(crate::wallet_keys::ISSUED_KEYS)
+                    .map_err(db_err)?;
+                Ok(crate::wallet_keys::lookup(&t, &keyhash)?.is_some())
+            })
+            .await?)
+    }
+
+    /// `satellite.new_key`: a fresh satellite key for a wallet about to be created, after
+    /// the rate limits (per client when the transport knows it, and in all).
+    pub async fn new_key(&self, client: Option<std::net::IpAddr>) -> Result<AccountKey, ServiceError> {
+        let issuer = self.issuer.clone();
+        let mut limits = vec![(
+            crate::wallet_keys::ALL_CLIENTS,
+            self.gate.max_keys_per_hour,
+            "satellite keys issued on this bridge this hour",
+        )];
+        if let Some(ip) = client {
+            use bitcoin::hashes::sha256;
+            let key = sha256::Hash::hash(format!("client:{ip}").as_bytes()).to_byte_array();
+            limits.push((
+                key,
+                self.gate.max_keys_per_client_per_hour,
+                "satellite keys for this client this hour",
+            ));
+        }
+        let now = unix_now();
+        let key = self
+            .store
+            .write(move |txn| crate::wallet_keys::issue(txn, &issuer, &limits, now))
+            .await??;
+        tracing::info!(key_id = %hex::encode(keyhash_of(&key.xpub.public_key).0), "satellite key issued");
+        if let Some(n) = self.nostr.get() {
+            n.serve_key(&key);
+        }
+        Ok(key)
+    }
+
+    /// The satellite key of a registered wallet.
+    pub fn satellite_key(&self, record: &WalletRecord) -> Result<AccountKey, ServiceError> {
+        self.issuer
+            .wallet_key(record.key_index)
+            .map_err(|e| ServiceError::BadDescriptor(e.to_string()))
     }
 
     /// Sets the base URL of the confirmation pages (once the HTTP port is known).
@@ -381,7 +446,8 @@ impl Service {
         *self.public_url.write().unwrap_or_else(|p| p.into_inner()) = url;
     }
 
-    fn public_url(&self) -> String {
+    /// The base URL of the confirmation pages.
+    pub fn public_url(&self) -> String {
         self.public_url
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -460,7 +526,7 @@ impl Service {
             return Ok(w.clone());
         }
         let w = Arc::new(
-            Wallet::from_descriptors(&record.descriptors, &self.satellite)
+            Wallet::from_descriptors(&record.descriptors, &self.satellite_key(record)?)
                 .map_err(|e| ServiceError::BadDescriptor(e.to_string()))?,
         );
         self.wallets
@@ -527,14 +593,22 @@ impl Service {
             field: "policy",
             reason: e.to_string(),
         })?;
-        let wallet = Wallet::from_descriptors(&descriptors, &self.satellite)
+        let xpubs = descriptor_xpubs(&descriptors);
+        let issuer = self.issuer.clone();
+        let found = self
+            .store
+            .read(move |txn| {
+                let t = txn
+                    .open_table(crate::wallet_keys::ISSUED_KEYS)
+                    .map_err(db_err)?;
+                crate::wallet_keys::find_in(&t, &issuer, &xpubs)
+            })
+            .await??;
+        let wallet = Wallet::from_descriptors(&descriptors, &found.key)
             .map_err(|e| ServiceError::BadDescriptor(e.to_string()))?;
         let wallet_id = wallet.id;
+        let satellite_key = found.key;
         let fingerprints = wallet_fingerprints(&descriptors);
-        let satellite_fp = [
-            self.satellite.master_fingerprint,
-            self.satellite.xpub.fingerprint(),
-        ];
         let now = unix_now();
         let request_id = RequestId(random_id());
         let email_key: [u8; 32] = {
@@ -565,6 +639,7 @@ impl Service {
             refusal: None,
             created_at: now,
             recent_requests: Vec::new(),
+            key_index: found.issued.index,
         };
         self.store
             .write(move |txn| {
@@ -602,9 +677,12 @@ impl Service {
                         .map_err(db_err)?;
                 }
                 drop(recent);
+                if let Err(e) = crate::wallet_keys::bind(txn, &satellite_key, wallet_id)? {
+                    return Ok(Err(e));
+                }
                 save_wallet(txn, &record)?;
                 let mut index = txn.open_table(WALLET_BY_FINGERPRINT).map_err(db_err)?;
-                for fp in fingerprints.iter().filter(|f| !satellite_fp.contains(f)) {
+                for fp in &fingerprints {
                     index
                         .insert(&index_key(fp, &wallet_id), ())
                         .map_err(db_err)?;
@@ -623,6 +701,9 @@ impl Service {
                 Ok(Ok(()))
             })
             .await??;
+        if let Some(n) = self.nostr.get() {
+            n.serve_members(&wallet);
+        }
         self.transitioned(request_id, State::Received).await;
         Ok((wallet_id, request_id))
     }
@@ -948,7 +1029,7 @@ impl Service {
         let reply_to: Vec<String> = wallet
             .xpubs
             .iter()
-            .filter(|x| **x != self.satellite.xpub)
+            .filter(|x| *x != wallet.our_xpub())
             .map(|x| x.to_string())
             .collect();
         let action = Action::Sign {

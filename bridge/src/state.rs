@@ -37,6 +37,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(ACTIVE)?;
     txn.open_table(REGISTRATIONS)?;
     txn.open_table(crate::watch::WATCHES)?;
+    crate::wallet_keys::create_tables(txn)?;
     Ok(())
 }
 
@@ -83,6 +84,8 @@ pub struct WalletRecord {
     pub created_at: u64,
     /// Signing requests made recently (unix seconds), for the per-wallet rate limit.
     pub recent_requests: Vec<u64>,
+    /// The index of its satellite key under the issuer key (see [`crate::wallet_keys`]).
+    pub key_index: u32,
 }
 
 /// A request's state. Final states: `Delivered`, and `Refused`/`Expired`/`Cancelled` once

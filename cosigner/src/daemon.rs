@@ -26,7 +26,7 @@ use crate::protocol::{
 use crate::refusal::Refusal;
 use crate::state::{
     self, db_err, from_bytes, to_bytes, AuditEntry, SignedRecord, StateError, WalletRecord,
-    OUTPOINTS, SIGNED, WALLETS,
+    KEY_INDEXES, OUTPOINTS, SIGNED, WALLETS, WALLET_KEYS,
 };
 use crate::wallet::{Wallet, WalletId};
 
@@ -47,7 +47,8 @@ pub struct Cosigner {
     db: Database,
     settings: Settings,
     secp: Secp256k1<All>,
-    wallets: Mutex<HashMap<WalletId, Arc<Wallet>>>,
+    /// Registered wallets with their own keys, checked once.
+    wallets: Mutex<HashMap<WalletId, (Arc<Wallet>, Arc<CosignerKey>)>>,
 }
 
 impl std::fmt::Debug for Cosigner {
@@ -113,8 +114,7 @@ impl Cosigner {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: PROTOCOL_VERSION,
             network: self.settings.network.to_string(),
-            descriptor_key: self.key.descriptor_key(),
-            electrum_xpub: self.key.electrum_xpub(),
+            issuer_key: self.key.descriptor_key(),
         }
     }
 
@@ -158,12 +158,62 @@ impl Cosigner {
         Ok(txn)
     }
 
+    /// Checks a registration against the keys this satellite issued: the descriptor holds
+    /// the wallet key at `key_index` exactly once, that index serves no other wallet, and no
+    /// other member key is a satellite key of another wallet (nor the issuing account
+    /// itself). Returns the checked wallet or why not.
+    fn check_registration(
+        &self,
+        txn: &WriteTransaction,
+        r: &RegisterWallet,
+    ) -> Result<Result<Wallet, String>, StateError> {
+        let key = match self.key.wallet_key(r.key_index) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(format!("key index: {e}"))),
+        };
+        let wallet = match Wallet::from_descriptors(&r.descriptors, &key) {
+            Ok(w) => w,
+            Err(crate::wallet::RegistrationError::OurKeyMissing { .. }) => {
+                return Ok(Err(format!(
+                    "not_issued: the descriptor's satellite key is not the one this satellite issued at index {}",
+                    r.key_index
+                )))
+            }
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        if let Err(e) = r.policy.check() {
+            return Ok(Err(e.to_string()));
+        }
+        let owner = txn
+            .open_table(KEY_INDEXES)
+            .map_err(db_err)?
+            .get(r.key_index)
+            .map_err(db_err)?
+            .map(|v| WalletId(*v.value()));
+        if let Some(owner) = owner.filter(|o| *o != wallet.id) {
+            return Ok(Err(format!(
+                "issued_for_another_wallet: this satellite key serves wallet {owner}; ask for a new key"
+            )));
+        }
+        let keys = txn.open_table(WALLET_KEYS).map_err(db_err)?;
+        for (position, x) in wallet.xpubs.iter().enumerate() {
+            if x == key.account_xpub() {
+                continue;
+            }
+            let reused = x.public_key == self.key.account_xpub().public_key
+                || keys.get(&x.public_key.serialize()).map_err(db_err)?.is_some();
+            if reused {
+                return Ok(Err(format!(
+                    "reused_key: key {position} is a satellite key of another wallet; each wallet has its own"
+                )));
+            }
+        }
+        Ok(Ok(wallet))
+    }
+
     fn register(&self, r: &RegisterWallet, now: u64) -> Result<RegisterOutcome, StateError> {
         let txn = self.begin()?;
-        let checked = Wallet::from_descriptors(&r.descriptors, &self.key)
-            .map_err(|e| e.to_string())
-            .and_then(|w| r.policy.check().map(|()| w).map_err(|e| e.to_string()));
-        let outcome = match checked {
+        let outcome = match self.check_registration(&txn, r)? {
             Ok(wallet) => {
                 let mut table = txn.open_table(WALLETS).map_err(db_err)?;
                 let existing = table
@@ -175,9 +225,18 @@ impl Cosigner {
                         descriptor: wallet.descriptor.clone(),
                         policy: crate::policy::PolicyState::new(r.policy.clone()),
                         registered_at: now,
+                        key_index: r.key_index,
                     };
                     table
                         .insert(&wallet.id.0, to_bytes(&record).as_slice())
+                        .map_err(db_err)?;
+                    txn.open_table(KEY_INDEXES)
+                        .map_err(db_err)?
+                        .insert(r.key_index, &wallet.id.0)
+                        .map_err(db_err)?;
+                    txn.open_table(WALLET_KEYS)
+                        .map_err(db_err)?
+                        .insert(&wallet.our_xpub().public_key.serialize(), r.key_index)
                         .map_err(db_err)?;
                 }
                 // Registering again is idempotent and never replaces the policy: policy
@@ -263,19 +322,28 @@ impl Cosigner {
         Ok(outcome)
     }
 
-    fn wallet(&self, id: &WalletId, descriptor: &str) -> Result<Arc<Wallet>, Refusal> {
+    /// A registered wallet with its own key (cached).
+    fn wallet(
+        &self,
+        id: &WalletId,
+        record: &WalletRecord,
+    ) -> Result<(Arc<Wallet>, Arc<CosignerKey>), Refusal> {
         let mut cache = self.wallets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = cache.get(id) {
             return Ok(w.clone());
         }
-        let w = Wallet::from_descriptors(&[descriptor.to_owned()], &self.key).map_err(|e| {
-            Refusal::Internal {
-                reason: format!("stored wallet no longer parses: {e}"),
-            }
-        })?;
-        let w = Arc::new(w);
-        cache.insert(*id, w.clone());
-        Ok(w)
+        let broken = |e: &dyn std::fmt::Display| Refusal::Internal {
+            reason: format!("stored wallet no longer parses: {e}"),
+        };
+        let key = self
+            .key
+            .wallet_key(record.key_index)
+            .map_err(|e| broken(&e))?;
+        let w = Wallet::from_descriptors(std::slice::from_ref(&record.descriptor), &key)
+            .map_err(|e| broken(&e))?;
+        let entry = (Arc::new(w), Arc::new(key));
+        cache.insert(*id, entry.clone());
+        Ok(entry)
     }
 
     /// The registered wallet `id`, if any.
@@ -287,7 +355,9 @@ impl Cosigner {
             v.map(|v| from_bytes("wallets", v.value())).transpose()
         })()
         .map_err(internal)?;
-        record.map(|r| self.wallet(id, &r.descriptor)).transpose()
+        record
+            .map(|r| self.wallet(id, &r).map(|(w, _)| w))
+            .transpose()
     }
 
     /// A compact request: rebuilt into the full PSBT from the registered wallet, judged as
@@ -369,7 +439,7 @@ impl Cosigner {
             }
         };
         let wallet = match &record {
-            Some(r) => match self.wallet(&req.wallet_id, &r.descriptor) {
+            Some(r) => match self.wallet(&req.wallet_id, r) {
                 Ok(w) => Some(w),
                 Err(refusal) => return self.finish_refusal(txn, req, now, refusal),
             },
@@ -397,8 +467,8 @@ impl Cosigner {
             }
         }
         let input = DecisionInput {
-            key: &self.key,
-            wallet: wallet.as_deref().zip(policy.as_ref()),
+            key: wallet.as_ref().map_or(&self.key, |(_, k)| k),
+            wallet: wallet.as_ref().map(|(w, _)| &**w).zip(policy.as_ref()),
             ledger: &ledger,
             signed_outpoints: &signed_outpoints,
             request: req,

@@ -99,7 +99,7 @@ pub struct Rules {
 
 /// Everything the decision depends on.
 pub struct DecisionInput<'a> {
-    /// The satellite's key.
+    /// The satellite's key for this wallet (the one it was registered with).
     pub key: &'a CosignerKey,
     /// The wallet named by the request, if registered, with its policy in force now.
     pub wallet: Option<(&'a Wallet, &'a Policy)>,
@@ -166,6 +166,12 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
             .ok_or(Refusal::UnknownWallet {
                 wallet_id: req.wallet_id,
             })?;
+    // Invariant: one wallet is never signed for with another wallet's key.
+    if wallet.our_xpub() != input.key.account_xpub() {
+        return Err(Refusal::Internal {
+            reason: format!("the key given is not wallet {}'s", wallet.id),
+        });
+    }
     let mut psbt = decode_psbt(&req.psbt)?;
     let txid = psbt.unsigned_tx.compute_txid();
 

@@ -1,6 +1,17 @@
 //! The cosigner's key: a 32-byte seed in a file only its owner can read, the BIP-32 master
-//! derived from it, and the BIP-48 P2WSH account (`m/48'/coin'/0'/2'`) whose xpub users add
-//! to their multisig wallets.
+//! derived from it, the BIP-48 P2WSH account (`m/48'/coin'/0'/2'`), and one key per wallet.
+//!
+//! **One key per wallet.** Each wallet's satellite key is the account's unhardened child at
+//! an index the bridge picks at random when a user asks for a key ([`AccountKey::wallet_key`]),
+//! re-serialized as a root (depth 0, no parent fingerprint, child number 0) so that the xpub
+//! a customer sees says nothing of the account or the index. Unhardened, so the ground
+//! hands a key out at once from the account xpub, with no pass; the account xpub is the
+//! bridge's secret and is never published, so no customer can derive or recognize another
+//! customer's key (BIP-32 children of an xpub are unlinkable without its chain code). The
+//! satellite's secret state stays its seed: a wallet's private key is re-derived from the
+//! index it was registered with. The known cost of unhardened children (one child private
+//! key and the parent xpub give the parent private key) does not apply: private keys never
+//! leave the satellite.
 //!
 //! The seed never leaves this module except to derive child keys for signing; `Debug` on
 //! every type here is redacted so a key cannot reach a log by accident.
@@ -75,16 +86,53 @@ pub struct AccountKey {
     pub path: DerivationPath,
 }
 
+/// Largest index of a wallet key (BIP-32's unhardened range).
+pub const MAX_WALLET_INDEX: u32 = (1 << 31) - 1;
+
+/// An xpub with its key and chain code only: depth 0, no parent, child number 0.
+fn as_root(xpub: &Xpub) -> Xpub {
+    Xpub {
+        network: xpub.network,
+        depth: 0,
+        parent_fingerprint: Fingerprint::default(),
+        child_number: ChildNumber::Normal { index: 0 },
+        public_key: xpub.public_key,
+        chain_code: xpub.chain_code,
+    }
+}
+
 impl AccountKey {
-    /// The descriptor form: `[fingerprint/48h/1h/0h/2h]tpub...`.
+    /// The descriptor form: `[fingerprint/48h/1h/0h/2h]tpub...` (`[fingerprint]tpub...` for
+    /// a wallet key, which is its own root).
     pub fn descriptor_key(&self) -> String {
         let path = self.path.to_string().replace('\'', "h");
-        format!(
-            "[{}/{}]{}",
-            self.master_fingerprint,
-            path.trim_start_matches("m/"),
-            self.xpub
-        )
+        let path = path.trim_start_matches('m').trim_start_matches('/');
+        if path.is_empty() {
+            format!("[{}]{}", self.master_fingerprint, self.xpub)
+        } else {
+            format!("[{}/{}]{}", self.master_fingerprint, path, self.xpub)
+        }
+    }
+
+    /// The public key of the wallet key at `index` (see the module doc): what the ground
+    /// hands a user, derived with no private key.
+    pub fn wallet_key(&self, index: u32) -> Result<AccountKey, KeyError> {
+        let child = ChildNumber::from_normal_idx(index)
+            .map_err(|_| KeyError::Derivation(format!("wallet key index {index} is out of range")))?;
+        let xpub = self
+            .xpub
+            .ckd_pub(&Secp256k1::verification_only(), child)
+            .map_err(|e| KeyError::Derivation(e.to_string()))?;
+        Ok(AccountKey::root(as_root(&xpub)))
+    }
+
+    /// A key that is its own origin (`[own fingerprint]xpub`).
+    fn root(xpub: Xpub) -> AccountKey {
+        AccountKey {
+            master_fingerprint: xpub.fingerprint(),
+            path: DerivationPath::master(),
+            xpub,
+        }
     }
 
     /// Electrum's SLIP-132 form of the account xpub: `Vpub...` on test networks, `Zpub...` on mainnet.
@@ -112,13 +160,15 @@ impl std::str::FromStr for AccountKey {
         let (origin, xpub) = rest
             .split_once(']')
             .ok_or_else(|| bad("missing ] after the key origin"))?;
-        let (fp, path) = origin
-            .split_once('/')
-            .ok_or_else(|| bad("origin must be fingerprint/path"))?;
+        let (fp, path) = origin.split_once('/').unwrap_or((origin, ""));
         let master_fingerprint =
             Fingerprint::from_str(fp).map_err(|e| bad(&format!("fingerprint: {e}")))?;
-        let path = DerivationPath::from_str(&format!("m/{}", path.replace('h', "'")))
-            .map_err(|e| bad(&format!("path: {e}")))?;
+        let path = if path.is_empty() {
+            DerivationPath::master()
+        } else {
+            DerivationPath::from_str(&format!("m/{}", path.replace('h', "'")))
+                .map_err(|e| bad(&format!("path: {e}")))?
+        };
         let xpub = parse_any_xpub(xpub).ok_or_else(|| bad("not an xpub"))?;
         Ok(AccountKey {
             xpub,
@@ -135,6 +185,8 @@ pub struct CosignerKey {
     /// public keys: a child key for signing then costs one HMAC and a scalar addition
     /// (BIP-32's normal derivation), not two elliptic-curve multiplications per input.
     branches: [(Xpriv, bitcoin::secp256k1::PublicKey); 2],
+    /// The account's private key, to derive wallet keys from.
+    account: Xpriv,
 }
 
 impl AsRef<AccountKey> for CosignerKey {
@@ -163,6 +215,40 @@ impl CosignerKey {
         let account = master
             .derive_priv(&secp, &path)
             .map_err(|e| KeyError::Derivation(e.to_string()))?;
+        CosignerKey::from_account(
+            account,
+            AccountKey {
+                xpub: Xpub::from_priv(&secp, &account),
+                master_fingerprint: master.fingerprint(&secp),
+                path,
+            },
+        )
+    }
+
+    /// The private key of the wallet key at `index` (see the module doc), for signing for
+    /// the wallet registered with it. Its public half equals [`AccountKey::wallet_key`]'s.
+    pub fn wallet_key(&self, index: u32) -> Result<CosignerKey, KeyError> {
+        let secp = Secp256k1::new();
+        let child = ChildNumber::from_normal_idx(index)
+            .map_err(|_| KeyError::Derivation(format!("wallet key index {index} is out of range")))?;
+        let derived = self
+            .account
+            .derive_priv(&secp, &[child])
+            .map_err(|e| KeyError::Derivation(e.to_string()))?;
+        let public = AccountKey::root(as_root(&Xpub::from_priv(&secp, &derived)));
+        let account = Xpriv {
+            network: derived.network,
+            depth: 0,
+            parent_fingerprint: Fingerprint::default(),
+            child_number: ChildNumber::Normal { index: 0 },
+            private_key: derived.private_key,
+            chain_code: derived.chain_code,
+        };
+        CosignerKey::from_account(account, public)
+    }
+
+    fn from_account(account: Xpriv, public: AccountKey) -> Result<CosignerKey, KeyError> {
+        let secp = Secp256k1::new();
         let branch = |b: u32| -> Result<(Xpriv, bitcoin::secp256k1::PublicKey), KeyError> {
             let x = account
                 .derive_priv(&secp, &[ChildNumber::Normal { index: b }])
@@ -173,12 +259,9 @@ impl CosignerKey {
             ))
         };
         Ok(CosignerKey {
-            public: AccountKey {
-                xpub: Xpub::from_priv(&secp, &account),
-                master_fingerprint: master.fingerprint(&secp),
-                path,
-            },
+            public,
             branches: [branch(0)?, branch(1)?],
+            account,
         })
     }
 
@@ -365,6 +448,35 @@ mod tests {
 #[cfg(test)]
 mod child_tests {
     use super::*;
+
+    #[test]
+    fn wallet_keys_are_roots_the_ground_derives_without_a_secret() {
+        let issuer = CosignerKey::from_seed(&[9u8; 32], NetworkKind::Test).expect("key");
+        let mut seen = std::collections::HashSet::new();
+        for index in [0, 1, 2, 77, MAX_WALLET_INDEX] {
+            let private = issuer.wallet_key(index).expect("private");
+            let public = issuer.public().wallet_key(index).expect("public");
+            assert_eq!(private.public(), &public, "both halves agree at {index}");
+            assert_eq!(public.xpub.depth, 0);
+            assert_eq!(public.xpub.parent_fingerprint, Fingerprint::default());
+            assert_eq!(public.master_fingerprint, public.xpub.fingerprint());
+            assert!(seen.insert(public.xpub), "distinct keys");
+            let text = public.descriptor_key();
+            assert_eq!(text, format!("[{}]{}", public.xpub.fingerprint(), public.xpub));
+            assert_eq!(text.parse::<AccountKey>().expect("parses"), public);
+            // Signing keys are the wallet key's own children.
+            let secp = Secp256k1::new();
+            let child = private.child_private(1, 5).expect("child");
+            let pk = public
+                .xpub
+                .derive_pub(&secp, &[ChildNumber::Normal { index: 1 }, ChildNumber::Normal { index: 5 }])
+                .expect("derive")
+                .public_key;
+            assert_eq!(bitcoin::secp256k1::PublicKey::from_secret_key(&secp, &child), pk);
+        }
+        assert!(issuer.wallet_key(MAX_WALLET_INDEX + 1).is_err());
+        assert!(!format!("{:?}", issuer.wallet_key(3).expect("k")).contains("prv"));
+    }
 
     #[test]
     fn child_keys_are_bip32s() {

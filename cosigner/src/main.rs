@@ -29,9 +29,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create the key (refuses to overwrite one) and print the xpubs to give users.
+    /// Create the key (refuses to overwrite one) and print the issuer key for the bridge's
+    /// private `satellite.account_key` (users get per-wallet keys from the bridge).
     Init,
-    /// Print the account xpubs of an existing key.
+    /// Print the issuer key of an existing key (for the bridge; never publish it).
     Xpub,
     /// Serve requests: length-prefixed messages (4-byte big-endian length, then the message)
     /// on stdin, answers on stdout. The radio link connects here.
@@ -89,8 +90,7 @@ fn print_xpubs(seed: &[u8; 32]) -> anyhow::Result<()> {
     ] {
         let key = CosignerKey::from_seed(seed, kind)?;
         println!("{name}:");
-        println!("  descriptor key: {}", key.descriptor_key());
-        println!("  electrum xpub:  {}", key.electrum_xpub());
+        println!("  issuer key: {}", key.descriptor_key());
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use crate::refusal::Refusal;
 use crate::wallet::WalletId;
 
 /// Version byte that starts every encoded message.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest encoded message accepted (a PSBT of hundreds of inputs fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -81,10 +81,10 @@ pub struct Info {
     pub protocol: u8,
     /// Network (`bitcoin`, `testnet`, `signet`, `regtest`...).
     pub network: String,
-    /// The account key in descriptor form: `[fp/48h/1h/0h/2h]tpub...`.
-    pub descriptor_key: String,
-    /// The account key in Electrum's SLIP-132 form (`Vpub...`/`Zpub...`).
-    pub electrum_xpub: String,
+    /// The account key that wallet keys derive from, in descriptor form
+    /// (`[fp/48h/1h/0h/2h]tpub...`): the bridge's secret, never published (see
+    /// [`crate::keys`]). It signs nothing itself.
+    pub issuer_key: String,
 }
 
 /// Register a wallet with its policy.
@@ -94,6 +94,8 @@ pub struct RegisterWallet {
     pub descriptors: Vec<String>,
     /// The wallet's initial policy.
     pub policy: Policy,
+    /// The index of the wallet key the bridge issued for it (see [`crate::keys`]).
+    pub key_index: u32,
 }
 
 /// Outcome of [`RegisterWallet`].
@@ -254,14 +256,14 @@ mod tests {
     /// Golden vectors: the byte layout documented in `schemas/cosigner-messages.md`.
     #[test]
     fn encoding_is_the_documented_layout() {
-        assert_eq!(Request::Hello.encode(), [1, 0]);
+        assert_eq!(Request::Hello.encode(), [2, 0]);
         let refused = Response::Sign(SignResponse {
             request_id: RequestId([0xaa; 16]),
             outcome: SignOutcome::Refused(Refusal::UnknownWallet {
                 wallet_id: WalletId([0xbb; 16]),
             }),
         });
-        let mut expected = vec![1, 3];
+        let mut expected = vec![2, 3];
         expected.extend([0xaa; 16]);
         expected.extend([1, 0]);
         expected.extend([0xbb; 16]);
@@ -278,7 +280,7 @@ mod tests {
             },
             replaces: None,
         });
-        let mut expected = vec![1, 3];
+        let mut expected = vec![2, 3];
         expected.extend([1; 16]);
         expected.extend([2; 16]);
         expected.extend([2, 0x70, 0x73]);

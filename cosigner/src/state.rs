@@ -18,6 +18,11 @@ pub(crate) const LEDGER: TableDefinition<&[u8; 40], u64> = TableDefinition::new(
 pub(crate) const OUTPOINTS: TableDefinition<&[u8; 36], &[u8]> = TableDefinition::new("outpoints");
 /// txid -> [`SignedRecord`].
 pub(crate) const SIGNED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("signed");
+/// wallet key index -> the wallet registered with it: each key serves one wallet only.
+pub(crate) const KEY_INDEXES: TableDefinition<u32, &[u8; 16]> = TableDefinition::new("key_indexes");
+/// a registered wallet key's public key (33 bytes) -> its index: no wallet may hold
+/// another wallet's satellite key among its members.
+pub(crate) const WALLET_KEYS: TableDefinition<&[u8; 33], u32> = TableDefinition::new("wallet_keys");
 /// sequence -> [`AuditEntry`].
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -30,6 +35,8 @@ pub struct WalletRecord {
     pub policy: PolicyState,
     /// When it was registered, unix seconds.
     pub registered_at: u64,
+    /// The index of its satellite key (see [`crate::keys`]).
+    pub key_index: u32,
 }
 
 /// A transaction the cosigner signed.
@@ -156,5 +163,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StateError> {
     txn.open_table(OUTPOINTS).map_err(db_err)?;
     txn.open_table(SIGNED).map_err(db_err)?;
     txn.open_table(AUDIT).map_err(db_err)?;
+    txn.open_table(KEY_INDEXES).map_err(db_err)?;
+    txn.open_table(WALLET_KEYS).map_err(db_err)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use bitcoin::{
 use sha2::{Digest, Sha256};
 
 use crate::decision::{Approval, RequestId, SignRequest};
-use crate::keys::CosignerKey;
+use crate::keys::{AccountKey, CosignerKey};
 use crate::policy::Policy;
 use crate::wallet::Wallet;
 
@@ -29,6 +29,16 @@ pub const USER_TAG: &str = "user-A";
 pub const BACKUP_TAG: &str = "backup-B";
 /// The satellite's tag.
 pub const SATELLITE_TAG: &str = "satellite-C";
+
+/// The index of the test wallets' satellite key under the satellite's account.
+pub const WALLET_KEY_INDEX: u32 = 1;
+
+/// The satellite test key's wallet key at [`WALLET_KEY_INDEX`]: what the test wallets hold.
+pub fn satellite_wallet_key() -> CosignerKey {
+    key(SATELLITE_TAG)
+        .wallet_key(WALLET_KEY_INDEX)
+        .expect("test wallet key derives")
+}
 
 /// sha256(tag): the seeds of the test keys.
 pub fn seed(tag: &str) -> [u8; 32] {
@@ -70,8 +80,8 @@ pub struct TestWallet {
     pub user: CosignerKey,
     /// The backup key.
     pub backup: CosignerKey,
-    /// The satellite's key.
-    pub satellite: CosignerKey,
+    /// The satellite's key for this wallet (public: the satellite alone holds its secret).
+    pub satellite: AccountKey,
     /// The wallet as the satellite registers it.
     pub wallet: Wallet,
     /// Its descriptor.
@@ -94,11 +104,11 @@ pub fn foreign_script(n: u8) -> ScriptBuf {
 impl TestWallet {
     /// The 2-of-3 sortedmulti wallet with every key origin written out.
     pub fn new() -> TestWallet {
-        TestWallet::with_satellite(key(SATELLITE_TAG))
+        TestWallet::with_satellite(satellite_wallet_key().public().clone())
     }
 
-    /// The same wallet with another satellite key (a demo against a real daemon's key).
-    pub fn with_satellite(satellite: CosignerKey) -> TestWallet {
+    /// The same wallet with another satellite wallet key (a demo against a real daemon's key).
+    pub fn with_satellite(satellite: AccountKey) -> TestWallet {
         let (user, backup) = (key(USER_TAG), key(BACKUP_TAG));
         let descriptor = format!(
             "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
@@ -174,16 +184,15 @@ impl TestWallet {
             ),
         );
         // Backup and satellite as bare xpubs: (the xpub's own fingerprint, m/branch/index).
-        for k in [&self.backup, &self.satellite] {
+        for k in [self.backup.account_xpub(), &self.satellite.xpub] {
             let pk = k
-                .account_xpub()
                 .derive_pub(&self.secp, &tail)
                 .expect("derive")
                 .public_key;
             map.insert(
                 pk,
                 (
-                    k.account_xpub().fingerprint(),
+                    k.fingerprint(),
                     DerivationPath::from(tail.to_vec()),
                 ),
             );

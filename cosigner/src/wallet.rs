@@ -314,6 +314,11 @@ impl Wallet {
         })
     }
 
+    /// The satellite's key in this wallet.
+    pub fn our_xpub(&self) -> &Xpub {
+        &self.our_xpub
+    }
+
     /// The fingerprint Electrum writes for the satellite's bare xpub (its own).
     pub fn our_own_fingerprint(&self) -> Fingerprint {
         self.our_own_fingerprint

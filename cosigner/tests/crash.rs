@@ -137,6 +137,7 @@ fn sigkill_between_ledger_write_and_reply_signs_once() {
     let registered = d.call(&Request::RegisterWallet(RegisterWallet {
         descriptors: vec![tw.descriptor.clone()],
         policy: testkit::generous_policy(),
+        key_index: testkit::WALLET_KEY_INDEX,
     }));
     assert!(
         matches!(registered, Response::WalletRegistered(_)),

@@ -28,9 +28,9 @@ fn cosign_fixture(name: &str, descriptor_field: &str) {
 
     // The satellite's key is the one Electrum's wallet holds as its third cosigner.
     assert_eq!(
-        c.info().electrum_xpub,
+        testkit::satellite_wallet_key().electrum_xpub(),
         fx["xpubs_electrum"]["C"].as_str().expect("xpub C"),
-        "our Vpub is the one Electrum shows"
+        "our wallet key's Vpub is the one Electrum shows"
     );
     assert!(parse_any_xpub(fx["xpubs_electrum"]["C"].as_str().expect("C")).is_some());
 

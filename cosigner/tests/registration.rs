@@ -16,7 +16,7 @@ fn keys() -> (String, String, String) {
 }
 
 fn register(descs: &[String]) -> Result<Wallet, RegistrationError> {
-    Wallet::from_descriptors(descs, &testkit::key(testkit::SATELLITE_TAG))
+    Wallet::from_descriptors(descs, &testkit::satellite_wallet_key())
 }
 
 #[test]
@@ -114,10 +114,10 @@ fn refusals_name_the_problem() {
     }
     // A wrong origin for the satellite's own key.
     let (fp_ok, bad_origin) = {
-        let key = testkit::key(testkit::SATELLITE_TAG);
+        let key = testkit::satellite_wallet_key();
         (
             key.master_fingerprint().to_string(),
-            c.replace("48h/1h/0h/2h", "48h/1h/1h/2h"),
+            c.replace(']', "/48h/1h/0h/2h]"),
         )
     };
     assert!(bad_origin.contains(&fp_ok));
@@ -144,6 +144,7 @@ fn registration_through_the_daemon_is_idempotent_and_keeps_its_policy() {
         &Request::RegisterWallet(RegisterWallet {
             descriptors: vec![tw.descriptor.clone()],
             policy: looser,
+            key_index: testkit::WALLET_KEY_INDEX,
         }),
         common::NOW,
     );
@@ -155,6 +156,7 @@ fn registration_through_the_daemon_is_idempotent_and_keeps_its_policy() {
         &Request::RegisterWallet(RegisterWallet {
             descriptors: vec!["wsh(pk(nonsense))".into()],
             policy: testkit::generous_policy(),
+            key_index: testkit::WALLET_KEY_INDEX,
         }),
         common::NOW,
     );
@@ -221,4 +223,102 @@ fn policy_loosening_waits_through_the_daemon() {
     assert_eq!(r.code(), "over_tx_limit", "still the tight policy");
     let later = common::NOW + 86_400;
     common::signed_psbt(common::sign(&c, &tw.request(&psbt, 3, later), later));
+}
+
+fn register_at(
+    c: &satcosign_cosigner::daemon::Cosigner,
+    descriptor: &str,
+    key_index: u32,
+) -> RegisterOutcome {
+    let req = Request::RegisterWallet(RegisterWallet {
+        descriptors: vec![descriptor.to_owned()],
+        policy: testkit::generous_policy(),
+        key_index,
+    });
+    match c.handle(&req, common::NOW) {
+        Response::WalletRegistered(o) => o,
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+fn refused(outcome: RegisterOutcome) -> String {
+    match outcome {
+        RegisterOutcome::Refused { reason } => reason,
+        RegisterOutcome::Registered { wallet_id } => {
+            panic!("registered {wallet_id}, but it must be refused")
+        }
+    }
+}
+
+/// A 2-of-3 of two fresh user keys and `satellite` (descriptor form).
+fn wallet_of(tag: &str, satellite: &str) -> String {
+    format!(
+        "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{satellite}/<0;1>/*))",
+        testkit::key(&format!("{tag}-hot")).descriptor_key(),
+        testkit::key(&format!("{tag}-backup")).descriptor_key(),
+    )
+}
+
+#[test]
+fn the_satellite_registers_only_keys_it_issued_each_for_one_wallet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = common::cosigner(&dir);
+    let issuer = testkit::key(testkit::SATELLITE_TAG);
+    let key_at = |i: u32| issuer.wallet_key(i).expect("key").descriptor_key();
+
+    // A key it did not issue: another seed's, or its own at another index than claimed.
+    let foreign = testkit::key("not-the-satellite").descriptor_key();
+    let why = refused(register_at(&c, &wallet_of("a", &foreign), 5));
+    assert!(why.starts_with("not_issued"), "{why}");
+    let why = refused(register_at(&c, &wallet_of("a", &key_at(6)), 5));
+    assert!(why.starts_with("not_issued"), "{why}");
+    // Nor its account key itself, which signs for no wallet.
+    let why = refused(register_at(&c, &wallet_of("a", &issuer.descriptor_key()), 5));
+    assert!(why.starts_with("not_issued"), "{why}");
+
+    // Wallet A registers with key 5; registering again is idempotent.
+    let a = wallet_of("a", &key_at(5));
+    let RegisterOutcome::Registered { wallet_id } = register_at(&c, &a, 5) else {
+        panic!("A registers")
+    };
+    assert_eq!(
+        register_at(&c, &a, 5),
+        RegisterOutcome::Registered { wallet_id }
+    );
+
+    // Key 5 was issued for A: B, another wallet, cannot have it.
+    let why = refused(register_at(&c, &wallet_of("b", &key_at(5)), 5));
+    assert!(why.starts_with("issued_for_another_wallet"), "{why}");
+    assert!(why.contains(&wallet_id.to_string()), "names the wallet it serves: {why}");
+
+    // B with its own key 7, but with A's satellite key among its members: a reused key
+    // (the satellite would otherwise hold two keys of B).
+    let b_reusing = format!(
+        "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
+        testkit::key("b-hot").descriptor_key(),
+        key_at(5),
+        key_at(7)
+    );
+    let why = refused(register_at(&c, &b_reusing, 7));
+    assert!(why.starts_with("reused_key"), "{why}");
+    // The account key as a member is refused the same way.
+    let b_account = format!(
+        "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
+        testkit::key("b-hot").descriptor_key(),
+        issuer.descriptor_key(),
+        key_at(7)
+    );
+    let why = refused(register_at(&c, &b_account, 7));
+    assert!(why.starts_with("reused_key"), "{why}");
+
+    // B with key 7 alone registers, and the refusals above left nothing behind.
+    assert!(matches!(
+        register_at(&c, &wallet_of("b", &key_at(7)), 7),
+        RegisterOutcome::Registered { .. }
+    ));
+    // Nothing said reveals a key: the reasons name wallets and positions only.
+    for i in [5, 6, 7] {
+        let k = issuer.wallet_key(i).expect("k");
+        assert!(!why.contains(&k.account_xpub().to_string()));
+    }
 }

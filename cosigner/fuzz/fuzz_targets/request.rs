@@ -29,6 +29,7 @@ fn cosigner() -> &'static Cosigner {
             &Request::RegisterWallet(RegisterWallet {
                 descriptors: vec![tw.descriptor.clone()],
                 policy: testkit::generous_policy(),
+                key_index: testkit::WALLET_KEY_INDEX,
             }),
             1_800_000_000,
         );

@@ -46,6 +46,7 @@ pub fn register(c: &Cosigner, descriptors: &[&str], policy: Policy) -> WalletId 
     let req = Request::RegisterWallet(RegisterWallet {
         descriptors: descriptors.iter().map(|s| s.to_string()).collect(),
         policy,
+        key_index: testkit::WALLET_KEY_INDEX,
     });
     match c.handle(&req, NOW) {
         Response::WalletRegistered(RegisterOutcome::Registered { wallet_id }) => wallet_id,
