@@ -13,7 +13,7 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use serde_json::{json, Value};
 
 use common::flow::parse_id;
-use common::process::{dev_cosigner, dev_wallet, mailed_code, BridgeProcess};
+use common::process::{dev_cosigner, dev_wallet, issue_dev_wallet, mailed_code, BridgeProcess};
 
 /// `satcosign-bridge dev` on `dir`, frozen at `hold_at` if given, with `extra` arguments.
 fn start_with(dir: &Path, hold_at: Option<&str>, extra: &[&str]) -> BridgeProcess {
@@ -42,7 +42,7 @@ async fn code(dir: &Path, id: &str) -> String {
 /// A data directory with the test wallet registered and active.
 async fn registered(dir: &Path) -> String {
     let b = start(dir, None);
-    let w = dev_wallet(dir);
+    let w = issue_dev_wallet(&b, dir).await;
     let r = b
         .call(
             "wallet.register",
@@ -206,7 +206,7 @@ async fn a_nostr_message_killed_before_it_became_a_request_is_handled_after_rest
     let w = dev_wallet(&dir);
     let (dm, user, satellite) = common::flow::nostr_dm(
         &w,
-        &w.satellite.public().electrum_xpub(),
+        &w.satellite.electrum_xpub(),
         &w.typical_signed_psbt(1, 9),
     );
 

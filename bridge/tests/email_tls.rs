@@ -40,7 +40,7 @@ fn secure_smtp(c: &mut Config, port: u16, dir: &Path, password: &str, trust: Opt
 
 /// Registers the flow's test wallet; returns the registration's request id.
 async fn register(flow: &Flow) -> String {
-    let w = test_wallet(flow);
+    let w = test_wallet(flow).await;
     let r = flow
         .ok(
             "wallet.register",

@@ -21,7 +21,7 @@ fn b64(psbt: &Psbt) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes_nothing() {
     let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let p1 = w.typical_signed_psbt(1, 21);
     let id1 = flow.submit(&wid, &p1).await;
@@ -144,7 +144,7 @@ async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_code_is_refused_and_the_request_expires() {
     let flow = Flow::start(sky(0.0), |c| c.gate.token_ttl_secs = 3).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let id = flow.submit(&wid, &w.typical_signed_psbt(1, 31)).await;
     let code = flow.inbox.code(&id).await;
@@ -158,8 +158,8 @@ async fn an_expired_code_is_refused_and_the_request_expires() {
     flow.system.stop().await;
 }
 
-/// A system whose cosigner key is made before it starts (it keeps a key it finds), so the
-/// test wallet and its funding can be put on the upstream chain first; `poll_secs` 1.
+/// A system with an upstream chain, and a test wallet on a satellite key it issued whose
+/// funding `prepare` puts on that chain; `poll_secs` 1.
 async fn with_upstream(
     prepare: impl FnOnce(&satcosign_cosigner::testkit::TestWallet) -> Vec<Transaction>,
 ) -> (
@@ -170,13 +170,7 @@ async fn with_upstream(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
-    std::fs::create_dir_all(data_dir.join("cosigner")).expect("mkdir");
-    let seed = satcosign_cosigner::keys::create_key_file(&data_dir.join("cosigner/cosigner.key"))
-        .expect("key file");
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
-    let w = satcosign_cosigner::testkit::TestWallet::with_satellite(key);
-    let upstream = ChainServer::start(prepare(&w)).await;
+    let upstream = ChainServer::start(Vec::new()).await;
     let url = upstream.url.clone();
     let flow = Flow::start(sky(0.0), move |c| {
         c.data_dir = data_dir;
@@ -185,7 +179,8 @@ async fn with_upstream(
         c.upstream.confirmations = 3;
     })
     .await;
-    assert_eq!(flow.system.cosigner_key_seed, seed);
+    let w = test_wallet(&flow).await;
+    upstream.confirm(prepare(&w));
     (flow, w, upstream, dir)
 }
 
@@ -388,7 +383,7 @@ async fn an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_waits_for_email() {
     let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
 
     let r = flow
@@ -460,7 +455,7 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
 async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
     use satcosign_cosigner::testkit::{foreign_script, SpendSpec};
     let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let allowed = bitcoin::Address::from_script(&foreign_script(7), bitcoin::Network::Regtest)
         .expect("address");
@@ -526,7 +521,7 @@ async fn registrations_are_limited_per_email_address_and_in_all() {
         c.gate.max_registrations_per_hour = 3;
     })
     .await;
-    let satellite = test_wallet(&flow).satellite.descriptor_key();
+    let satellite = test_wallet(&flow).await.satellite.descriptor_key();
     // A distinct 2-of-3 wallet per tag, each with the satellite's key.
     let wallet = |tag: &str| {
         format!(

@@ -32,7 +32,7 @@ fn samples(body: &str) -> HashMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened_and_name_nobody() {
     let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let id = flow.submit(&wid, &w.typical_signed_psbt(1, 5)).await;
     let code = flow.inbox.code(&id).await;

@@ -64,7 +64,7 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
         .expect("venv");
     let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 500_000).await;
     let relay = format!("ws://{}", flow.system.bridge.nostr.expect("relay"));
-    let info = flow.ok("satellite.info", vec![]).await;
+    let issued = flow.ok("satellite.new_key", vec![]).await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/electrum/nostr_client.py"
@@ -72,7 +72,7 @@ async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {
     let python = python.to_string_lossy();
     let script = Script::spawn(
         &[&python, script],
-        &[&relay, info["electrum_xpub"].as_str().expect("xpub")],
+        &[&relay, issued["electrum_xpub"].as_str().expect("xpub")],
     );
 
     let Conversation {
@@ -221,7 +221,7 @@ async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
     let suite_python = common::flow::electrum_python("sid");
     let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 500_000).await;
     let relay = format!("ws://{}", flow.system.bridge.nostr.expect("relay"));
-    let info = flow.ok("satellite.info", vec![]).await;
+    let issued = flow.ok("satellite.new_key", vec![]).await;
     let driver = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/electrum/psbt_nostr_stock.py"
@@ -231,7 +231,7 @@ async fn stock_electrum_4_8s_own_psbt_nostr_cosigns_and_shows_the_refusal() {
         &[&suite_python, driver],
         &[
             &relay,
-            info["electrum_xpub"].as_str().expect("xpub"),
+            issued["electrum_xpub"].as_str().expect("xpub"),
             &work.to_string_lossy(),
         ],
     );

@@ -438,12 +438,11 @@ async fn stored(addr: std::net::SocketAddr, filter: Value) -> Vec<Value> {
 async fn a_psbt_by_nostr_is_gated_signed_and_answered_once() {
     use common::flow::{sky, test_wallet, Flow};
     let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     flow.register(&w.descriptor).await;
-    let info = flow.ok("satellite.info", vec![]).await;
     let (dm, user, satellite) = common::flow::nostr_dm(
         &w,
-        info["electrum_xpub"].as_str().expect("xpub"),
+        &w.satellite.electrum_xpub(),
         &w.typical_signed_psbt(1, 77),
     );
     let addr = flow.system.bridge.nostr.expect("relay");

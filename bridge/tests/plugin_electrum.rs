@@ -96,7 +96,6 @@ async fn in_electrum_4_8_the_plugin_registers_asks_the_satellite_and_receives_th
 /// starts with `version`.
 async fn headless_flow(suite: &str, version: &str) {
     let flow = Flow::start(short_passes(), |_| {}).await;
-    let info = flow.ok("satellite.info", vec![]).await;
     let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
     let work = flow.dir.path().join("plugin");
     let program = session_py_in(suite);
@@ -116,13 +115,12 @@ async fn headless_flow(suite: &str, version: &str) {
         connection.starts_with("Connected to satcosign-bridge") && connection.contains("regtest"),
         "{connection}"
     );
-    // The descriptor the plugin sent holds the satellite's key as satellite.info gives it.
-    let sat_tpub = info["xpub"]
-        .as_str()
-        .expect("xpub")
-        .rsplit(']')
-        .next()
-        .expect("key");
+    // The descriptor the plugin sent holds the satellite key the bridge issued for it.
+    let sat_tpub = satcosign_cosigner::keys::parse_any_xpub(
+        r["satellite_key"].as_str().expect("satellite_key"),
+    )
+    .expect("an xpub")
+    .to_string();
     let descriptor = r["descriptor"].as_str().expect("descriptor");
     assert!(
         descriptor.starts_with("wsh(sortedmulti(2,[")
@@ -447,9 +445,8 @@ async fn gui_flow(suite: &str, version: &str) {
         tested.starts_with("Connected to satcosign-bridge") && tested.contains("regtest"),
         "{tested}"
     );
-    // The satellite's key to paste into the wizard, and the check of the wallet made with it.
-    let info = flow.ok("satellite.info", vec![]).await;
-    assert_eq!(r["satellite_key"], info["electrum_xpub"]);
+    // "Show satellite key" in a registered wallet shows that wallet's own key.
+    assert_eq!(r["satellite_key"], prepared["satellite_key"]);
     assert_eq!(
         r["wallet_verdict"],
         "This wallet contains the satellite's key."

@@ -22,11 +22,7 @@ async fn no_key_or_code_is_ever_logged_at_debug_level() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let b = BridgeProcess::dev(&dir, &[], &[("RUST_LOG", "debug")]);
-    let seed =
-        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
-    let w = satcosign_cosigner::testkit::TestWallet::with_satellite(key);
+    let w = common::process::issue_dev_wallet(&b, &dir).await;
 
     let mut codes = Vec::new();
     let reg = b
@@ -62,8 +58,16 @@ async fn no_key_or_code_is_ever_logged_at_debug_level() {
         logs.contains("request state") && logs.contains(&id),
         "debug logs were not captured:\n{logs}"
     );
+    let seed =
+        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
+    let issuer = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
+        .expect("key");
     let secrets = [
         ("the cosigner's seed", hex::encode(seed)),
+        (
+            "the issuer key (every wallet key derives from it)",
+            issuer.account_xpub().to_string(),
+        ),
         ("the bridge's link key", secret_text(&dir.join("link.key"))),
         (
             "the cosigner's link key",

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use common::flow::assert_final_tx;
-use common::process::{dev_cosigner, dev_wallet, mailed_code, BridgeProcess};
+use common::process::{dev_cosigner, dev_wallet, issue_dev_wallet, mailed_code, BridgeProcess};
 
 fn unix_now() -> f64 {
     SystemTime::now()
@@ -23,7 +23,7 @@ fn unix_now() -> f64 {
 
 /// Registers the test wallet through `b` and confirms it from the mail; returns its id.
 async fn register(b: &BridgeProcess, dir: &Path) -> String {
-    let w = dev_wallet(dir);
+    let w = issue_dev_wallet(b, dir).await;
     let r = b
         .call(
             "wallet.register",

@@ -36,14 +36,16 @@ fn ecies_interoperates_with_electrums_ecc_both_ways() {
 async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mailbox() {
     let flow = Flow::start(sky(0.10), |_| {}).await;
     let info = flow.ok("satellite.info", vec![]).await;
+    let issued = flow.ok("satellite.new_key", vec![]).await;
     let made: Value = serde_json::from_str(&electrum(&[
         "request",
-        info["electrum_xpub"].as_str().expect("xpub"),
+        issued["electrum_xpub"].as_str().expect("xpub"),
         info["mailbox_pubkey"].as_str().expect("mailbox key"),
     ]))
     .expect("json");
-    // Electrum computes the satellite's keyhash from the xpub it was given: the bridge agrees.
-    assert_eq!(made["satellite_keyhash"], info["keyhash"]);
+    // Electrum computes the satellite's keyhash from the xpub it was given: the bridge's
+    // key id is that keyhash.
+    assert_eq!(made["satellite_keyhash"], issued["key_id"]);
     flow.register(made["descriptor"].as_str().expect("descriptor"))
         .await;
 
@@ -117,8 +119,8 @@ async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mail
     let secrets = [
         made["descriptor"].as_str().expect("d").to_owned(),
         made["user_xpub"].as_str().expect("x").to_owned(),
-        info["xpub"].as_str().expect("x").to_owned(),
-        info["electrum_xpub"].as_str().expect("x").to_owned(),
+        issued["xpub"].as_str().expect("x").to_owned(),
+        issued["electrum_xpub"].as_str().expect("x").to_owned(),
         made["psbt"].as_str().expect("p")[..40].to_owned(),
     ];
     let mails = flow.inbox.all();
@@ -150,7 +152,7 @@ async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mail
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link() {
     let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 10_000).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let psbt = w.typical_signed_psbt(1, 3);
     let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
@@ -286,7 +288,7 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approves() {
     let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let id = flow.submit(&wid, &w.typical_signed_psbt(1, 11)).await;
     let code = flow.inbox.code(&id).await;
@@ -328,7 +330,7 @@ async fn a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_s
     use jsonrpsee::core::client::SubscriptionClientT;
     use jsonrpsee::rpc_params;
     let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let id = flow.submit(&wid, &w.typical_signed_psbt(1, 71)).await;
 
@@ -402,7 +404,7 @@ async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it
     let data_dir = dir.path().join("data");
     let at = data_dir.clone();
     let flow = Flow::start(sky(0.0), move |c| c.data_dir = at).await;
-    let w = test_wallet(&flow);
+    let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     // A subscriber left connected must not keep the system alive.
     let mut tcp = common::LineClient::connect(flow.system.bridge.electrum_tcp.expect("tcp")).await;

@@ -256,6 +256,10 @@ class BridgeClient:
     def satellite_info(self):
         return self.call("satellite.info")
 
+    def new_key(self):
+        """``satellite.new_key``: a fresh satellite key for a wallet about to be created."""
+        return self.call("satellite.new_key")
+
     def server_features(self):
         return self.call("server.features")
 

@@ -95,10 +95,11 @@ class Service:
             self._info = self.client.satellite_info()
         return self._info
 
-    def satellite_xpub(self):
-        """The satellite's key as Electrum shows a cosigner's (Vpub/Zpub), to paste into the
-        multisig wizard."""
-        return self.info()["electrum_xpub"]
+    def new_key(self):
+        """A fresh satellite key for a new wallet (``satellite.new_key``): every wallet has
+        its own. Returns the bridge's answer (``electrum_xpub``, ``descriptor_key``,
+        ``key_id``)."""
+        return self.client.new_key()
 
     def test_connection(self):
         """What "Test connection" shows: the bridge's version and the link's state."""
@@ -173,14 +174,36 @@ class WalletSession:
                 self.wallet.save_db()
 
     # ---- the satellite in this wallet --------------------------------------------------
+    def satellite_key(self):
+        """This wallet's own satellite key (``wallet.status``'s ``satellite_key``: the bridge
+        knows it once the wallet is registered), or None before that."""
+        with self._lock:
+            if getattr(self, "_satellite_key", None):
+                return self._satellite_key
+        try:
+            status = self.registration_status()
+        except (WalletNotRegistered, BridgeError):
+            return None
+        key = status.get("satellite_key") or None
+        with self._lock:
+            self._satellite_key = key
+        return key
+
+    def satellite_xpub(self):
+        key = self.satellite_key()
+        return key["electrum_xpub"] if key else None
+
     def satellite_keystore(self):
-        return find_satellite(self.wallet, self.service.satellite_xpub())
+        xpub = self.satellite_xpub()
+        return find_satellite(self.wallet, xpub) if xpub else None
 
     def contains_satellite(self):
         return self.satellite_keystore() is not None
 
     def descriptor(self):
-        return wallet_descriptor(self.wallet, self.service.satellite_xpub())
+        """The descriptor to register: the bridge finds the satellite key it issued among
+        the wallet's keys."""
+        return wallet_descriptor(self.wallet, None)
 
     # ---- registration ------------------------------------------------------------------
     def register(self, email, label):
@@ -269,7 +292,7 @@ class WalletSession:
         if info.get("link") is None:
             raise LinkDown("the bridge runs without a satellite")
         message = encrypt_to(info["mailbox_pubkey"], tx.serialize_as_bytes())
-        request_id = self.service.client.cosigner_put(info["keyhash"], message)
+        request_id = self.service.client.cosigner_put(self.satellite_key()["key_id"], message)
         if not isinstance(request_id, str):
             raise SatelliteError("The bridge stored the transaction but did not start a "
                                  "request; is it a mailbox-only bridge?")

@@ -157,10 +157,20 @@ class Plugin(BasePlugin):
         WaitingDialog(window, message, task, on_success, on_error)
 
     def show_satellite_key(self, window):
-        def done(info):
-            _exec(SatelliteKeyDialog(window, info, self.wallets.get(window.wallet)))
-        self._run(window, _("Asking the bridge for the satellite's key..."),
-                  lambda: self.service().info(refresh=True), done)
+        """This wallet's own satellite key once it is registered; otherwise a fresh key for
+        a new wallet (each wallet has its own)."""
+        sw = self.wallets.get(window.wallet)
+
+        def task():
+            own = sw.session.satellite_key() if sw is not None else None
+            if own:
+                return own, True
+            return self.service().new_key(), False
+
+        def done(result):
+            key, own = result
+            _exec(SatelliteKeyDialog(window, key, sw, own))
+        self._run(window, _("Asking the bridge for a satellite key..."), task, done)
 
     def registration_status(self, window):
         sw = self.wallets.get(window.wallet)
@@ -413,16 +423,21 @@ class RequestDialog(WindowModalDialog):
 
 
 class SatelliteKeyDialog(WindowModalDialog):
-    """The satellite's key, as text and QR, for Electrum's multisig wizard."""
+    """A satellite key, as text and QR: this wallet's own (``own``), or a fresh one for
+    Electrum's multisig wizard."""
 
-    def __init__(self, window, info, sw):
+    def __init__(self, window, info, sw, own=False):
         WindowModalDialog.__init__(self, window, _("Satellite key"))
         self.setMinimumWidth(640)
         vbox = QVBoxLayout(self)
-        help_text = QLabel(_(
-            "To make a wallet the satellite co-signs: File > New, \"Multi-signature "
-            "wallet\", 2 of 3, native segwit; add this key as a cosigner (\"Enter cosigner "
-            "key\"). Keep your own two keys; they spend without the satellite."))
+        if own:
+            help_text = QLabel(_("This wallet's satellite key. It serves this wallet alone."))
+        else:
+            help_text = QLabel(_(
+                "A new satellite key, for a new wallet: File > New, \"Multi-signature "
+                "wallet\", 2 of 3, native segwit; add this key as a cosigner (\"Enter "
+                "cosigner key\"), then register the wallet. Each wallet gets its own key. "
+                "Keep your own two keys; they spend without the satellite."))
         help_text.setWordWrap(True)
         vbox.addWidget(help_text)
         text = QLineEdit(info["electrum_xpub"])
@@ -432,8 +447,9 @@ class SatelliteKeyDialog(WindowModalDialog):
         vbox.addWidget(QRCodeWidget(info["electrum_xpub"]))
         if sw is not None:
             try:
-                check_wallet(sw.wallet, info["electrum_xpub"])
-                verdict = _("This wallet contains the satellite's key.")
+                check_wallet(sw.wallet, info["electrum_xpub"] if own else None)
+                verdict = (_("This wallet contains the satellite's key.") if own else
+                           _("This wallet is not registered; the key above is for a new wallet."))
             except NotASatelliteWallet as e:
                 verdict = _("This wallet cannot use the satellite") + f": {e}"
             self.verdict = QLabel(verdict)

@@ -57,14 +57,16 @@ def find_satellite(wallet, satellite_xpub):
 
 
 def check_wallet(wallet, satellite_xpub):
-    """Raises ``NotASatelliteWallet`` unless the satellite can co-sign this wallet."""
+    """Raises ``NotASatelliteWallet`` unless the satellite can co-sign this wallet (holding
+    ``satellite_xpub``, when known: before registration only the bridge knows which key is
+    the one it issued)."""
     if not isinstance(wallet, Multisig_Wallet):
         raise NotASatelliteWallet("This is not a multisig wallet.")
     if wallet.txin_type != "p2wsh":
         raise NotASatelliteWallet(
             f"The satellite co-signs native segwit multisig (p2wsh) wallets; this one is "
             f"{wallet.txin_type}.")
-    if find_satellite(wallet, satellite_xpub) is None:
+    if satellite_xpub is not None and find_satellite(wallet, satellite_xpub) is None:
         raise NotASatelliteWallet("The satellite's key is not one of this wallet's cosigners.")
     if wallet.m < 2:
         raise NotASatelliteWallet("The wallet must need at least two signatures.")

@@ -206,7 +206,7 @@ def flow(bridge, workdir):
         service = Service(Settings(bridge=bridge, email=EMAIL))
         test = service.test_connection()
         connection_text = service.link_text(test)
-        sat_xpub = service.satellite_xpub()
+        sat_xpub = service.new_key()["electrum_xpub"]
         wallet = make_wallet(env.config, os.path.join(workdir, "wallet"), sat_xpub)
         stages_seen = []
         got = threading.Event()
@@ -254,6 +254,7 @@ def flow(bridge, workdir):
             "electrum_version": ELECTRUM_VERSION,
             "connection": connection_text,
             "descriptor": descriptor,
+            "satellite_key": sat_xpub,
             "registered": registered,
             "needs_satellite_before": before,
             "needs_satellite_after": session.needs_satellite(merged),
@@ -300,18 +301,18 @@ def errors_scenario(bridge, dead, nosat, workdir):
         down.close()
         # A bridge with no satellite behind it.
         mailbox_only = Service(Settings(bridge=nosat), timeout=5.0)
-        out["link_down"] = timed(mailbox_only.satellite_xpub)
+        out["link_down"] = timed(mailbox_only.new_key)
         mailbox_only.close()
 
         service = Service(Settings(bridge=bridge), timeout=10.0)
-        sat = service.satellite_xpub()
+        sat = service.new_key()["electrum_xpub"]
         # Not registered.
         w1 = make_wallet(env.config, os.path.join(workdir, "unregistered"), sat, "user-U")
         fund(w1)
         s1 = WalletSession(service, w1)
         out["not_registered"] = timed(lambda: s1.ask_cosign(spend(w1)))
         # Registered, but over the policy's per-transaction limit: refused before any email.
-        w2 = make_wallet(env.config, os.path.join(workdir, "limited"), sat, "user-L")
+        w2 = make_wallet(env.config, os.path.join(workdir, "limited"), service.new_key()["electrum_xpub"], "user-L")
         s2 = WalletSession(service, w2)
         register(s2, "Limited")
         fund(w2)
@@ -335,7 +336,8 @@ def prepare(bridge, workdir):
         service = Service(Settings(bridge=bridge, email=EMAIL))
         path = os.path.join(workdir, "electrum", "regtest", "wallets", "satellite_wallet")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        wallet = make_wallet(env.config, path, service.satellite_xpub(), "user-G")
+        satellite_key = service.new_key()["electrum_xpub"]
+        wallet = make_wallet(env.config, path, satellite_key, "user-G")
         session = WalletSession(service, wallet)
         register(session, "GUI wallet")
         funding = fund(wallet)
@@ -343,6 +345,7 @@ def prepare(bridge, workdir):
         wallet.save_db()
         service.close()
         say("RESULT", json.dumps({"wallet": path, "psbt": tx.serialize(),
+                                  "satellite_key": satellite_key,
                                   "funding_tx": funding.serialize(), "txid": tx.txid()}))
     finally:
         env.close()
@@ -356,7 +359,7 @@ def registered_elsewhere(bridge, workdir):
     try:
         service = Service(Settings(bridge=bridge, email=EMAIL))
         wallet = make_wallet(env.config, os.path.join(workdir, "wallet"),
-                             service.satellite_xpub(), "user-R")
+                             service.new_key()["electrum_xpub"], "user-R")
         session = WalletSession(service, wallet)
         before = session.registration_text()
         say("REGISTER_ELSEWHERE", session.descriptor())
@@ -393,7 +396,7 @@ def proxied(bridge, proxy_address, dead_proxy):
                       proxy=network_proxy(electrum_proxy_setting(proxy_address)), timeout=10.0)
     try:
         text = service.link_text()
-        xpub = service.satellite_xpub()
+        xpub = service.new_key()["electrum_xpub"]
     finally:
         service.close()
     down = Service(Settings(bridge=bridge),

@@ -53,6 +53,7 @@ fn rules() -> Rules {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tw = TestWallet::new();
+    let satellite_key = testkit::satellite_wallet_key();
     let secp = Secp256k1::new();
     let policy = testkit::generous_policy();
     let dir = tempfile::tempdir()?;
@@ -69,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         &Request::RegisterWallet(RegisterWallet {
             descriptors: vec![tw.descriptor.clone()],
             policy: policy.clone(),
+            key_index: testkit::WALLET_KEY_INDEX,
         }),
         NOW,
     );
@@ -97,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             // The pure decision: every check and every signature.
             let none = BTreeMap::new();
             let input = DecisionInput {
-                key: &tw.satellite,
+                key: &satellite_key,
                 wallet: Some((&tw.wallet, &policy)),
                 ledger: &[],
                 signed_outpoints: &none,
@@ -208,6 +210,7 @@ fn memory(args: &Args, tw: &TestWallet) -> anyhow::Result<()> {
     call(&Request::RegisterWallet(RegisterWallet {
         descriptors: vec![tw.descriptor.clone()],
         policy: testkit::generous_policy(),
+        key_index: testkit::WALLET_KEY_INDEX,
     }))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     for salt in 0..20 {

@@ -127,10 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let codes = Codes::default();
     let system = start_dev_with(config, sky, Some(Box::new(codes.clone()))).await?;
     let service = system.bridge.service.clone().context("service")?;
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(
-        &system.cosigner_key_seed,
-        bitcoin::NetworkKind::Test,
-    )?;
+    let key = service.new_key(None).await?;
     let wallet = Arc::new(satcosign_cosigner::testkit::TestWallet::with_satellite(key));
 
     // Every state change, timed.

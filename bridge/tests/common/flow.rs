@@ -330,14 +330,25 @@ impl Flow {
     }
 }
 
-/// The satellite-side key of the in-process cosigner, as a test wallet around it.
-pub fn test_wallet(flow: &Flow) -> satcosign_cosigner::testkit::TestWallet {
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(
-        &flow.system.cosigner_key_seed,
-        bitcoin::NetworkKind::Test,
-    )
-    .expect("key");
-    satcosign_cosigner::testkit::TestWallet::with_satellite(key)
+/// A satellite key freshly issued by the bridge (`satellite.new_key`), parsed.
+pub async fn new_satellite_key(flow: &Flow) -> satcosign_cosigner::keys::AccountKey {
+    let issued = flow.ok("satellite.new_key", vec![]).await;
+    let key: satcosign_cosigner::keys::AccountKey = issued["descriptor_key"]
+        .as_str()
+        .expect("descriptor_key")
+        .parse()
+        .expect("the issued key parses");
+    assert_eq!(
+        key.electrum_xpub(),
+        issued["electrum_xpub"].as_str().expect("electrum_xpub"),
+        "both forms name one key"
+    );
+    key
+}
+
+/// The test wallet around a satellite key freshly issued by the bridge.
+pub async fn test_wallet(flow: &Flow) -> satcosign_cosigner::testkit::TestWallet {
+    satcosign_cosigner::testkit::TestWallet::with_satellite(new_satellite_key(flow).await)
 }
 
 /// Runs Debian's Electrum helper script.

@@ -191,12 +191,24 @@ pub async fn mailed_code(mail_dir: &Path, id: &str) -> String {
     }
 }
 
-/// The test wallet of a `dev` data folder: two test user keys and its satellite's key.
+/// Where a test keeps the satellite key its `dev` bridge issued (beside the data folder).
+fn issued_key_file(dir: &Path) -> std::path::PathBuf {
+    dir.with_extension("satellite-key")
+}
+
+/// Asks the running `dev` bridge for a satellite key (`satellite.new_key`) and returns the
+/// test wallet of two test user keys and that key; [`dev_wallet`] finds it again later.
+pub async fn issue_dev_wallet(b: &BridgeProcess, dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
+    let issued = b.call("satellite.new_key", vec![]).await;
+    let text = issued["descriptor_key"].as_str().expect("descriptor_key");
+    std::fs::write(issued_key_file(dir), text).expect("keep the issued key");
+    dev_wallet(dir)
+}
+
+/// The test wallet of a `dev` data folder whose key [`issue_dev_wallet`] asked for.
 pub fn dev_wallet(dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
-    let seed =
-        satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
-    let key = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
+    let text = std::fs::read_to_string(issued_key_file(dir)).expect("a key was issued");
+    let key: satcosign_cosigner::keys::AccountKey = text.trim().parse().expect("key parses");
     satcosign_cosigner::testkit::TestWallet::with_satellite(key)
 }
 
