@@ -621,7 +621,10 @@ impl Config {
             return invalid("gate.max_keys_per_hour", "must be at least 1".into());
         }
         if self.gate.max_keys_per_client_per_hour == 0 {
-            return invalid("gate.max_keys_per_client_per_hour", "must be at least 1".into());
+            return invalid(
+                "gate.max_keys_per_client_per_hour",
+                "must be at least 1".into(),
+            );
         }
         if self.gate.max_registrations_per_email_per_day == 0 {
             return invalid(

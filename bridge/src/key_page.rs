@@ -97,7 +97,10 @@ pub async fn route(
             tracing::error!(error = %e, "issuing a satellite key failed");
             (
                 http::StatusCode::SERVICE_UNAVAILABLE,
-                message_page("Not now", "The bridge could not issue a key; try again later."),
+                message_page(
+                    "Not now",
+                    "The bridge could not issue a key; try again later.",
+                ),
             )
         }
     }

@@ -198,7 +198,10 @@ async fn main() -> anyhow::Result<()> {
                         s.public_url()
                     );
                     if let Some(n) = s.nostr.get() {
-                        println!("satellite's Nostr identities: {} (one per wallet key)", n.identities());
+                        println!(
+                            "satellite's Nostr identities: {} (one per wallet key)",
+                            n.identities()
+                        );
                     }
                     println!("mail: {}", s.mail_destination());
                 }

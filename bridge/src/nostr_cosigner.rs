@@ -30,10 +30,10 @@ use tokio::sync::mpsc;
 
 use crate::mailbox::Keyhash;
 use crate::nostr_relay::{EventHook, NostrRelay, Rejection};
-use crate::wallet_keys::{nostr_identities, SATELLITE_IDENTITIES};
 use crate::service::{Service, ServiceError};
 use crate::state::{Action, Outcome, RequestRecord, State};
 use crate::store::StoreError;
+use crate::wallet_keys::{nostr_identities, SATELLITE_IDENTITIES};
 use satcosign_cosigner::wallet::WalletId;
 
 /// Requests that came by Nostr: request id -> event id (32 bytes), author (32 bytes) and
@@ -84,8 +84,7 @@ impl EventHook for NostrCosigner {
         if e.kind == Kind::EncryptedDirectMessage {
             let members = self.members.read().unwrap_or_else(|p| p.into_inner());
             let involved = members.contains(&e.pubkey)
-                || e
-                    .tags
+                || e.tags
                     .public_keys()
                     .any(|p| satellites.contains_key(p) || members.contains(p));
             if !involved {
@@ -142,11 +141,17 @@ impl NostrCosigner {
             queue,
             hold: std::env::var("SATCOSIGN_TEST_HOLD_AT").is_ok_and(|v| v == "nostr_event"),
         });
-        let wallets = service.wallets().await.map_err(|e| StoreError::Database(e.to_string()))?;
+        let wallets = service
+            .wallets()
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         for (_, wallet) in &wallets {
             me.serve_members(wallet);
         }
-        tracing::info!(identities = me.satellites.read().map(|s| s.len()).unwrap_or(0), "the satellite's Nostr identities");
+        tracing::info!(
+            identities = me.satellites.read().map(|s| s.len()).unwrap_or(0),
+            "the satellite's Nostr identities"
+        );
         relay.set_hook(me.clone());
         let _ = service.nostr.set(me.clone());
         let worker = Arc::downgrade(&me);
@@ -336,7 +341,6 @@ impl NostrCosigner {
             }
         }
     }
-
 }
 
 fn read_psbt(keys: &Keys, e: &Event) -> Result<Vec<u8>, String> {
@@ -351,17 +355,15 @@ fn read_psbt(keys: &Keys, e: &Event) -> Result<Vec<u8>, String> {
             .ok_or("it has no \"tx\" field")?;
         hex::decode(tx).map_err(|err| format!("its \"tx\" is not hex: {err}"))
     }
-
 }
 
 fn message_to(keys: &Keys, to: &PublicKey, content: &str) -> Result<Event, ServiceError> {
     {
-        let encrypted = nip04::encrypt(keys.secret_key(), to, content).map_err(|e| {
-            ServiceError::Invalid {
+        let encrypted =
+            nip04::encrypt(keys.secret_key(), to, content).map_err(|e| ServiceError::Invalid {
                 field: "nostr",
                 reason: format!("NIP-04 encryption failed: {e}"),
-            }
-        })?;
+            })?;
         EventBuilder::new(Kind::EncryptedDirectMessage, encrypted)
             .tags([
                 Tag::public_key(*to),

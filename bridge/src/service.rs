@@ -406,7 +406,10 @@ impl Service {
 
     /// `satellite.new_key`: a fresh satellite key for a wallet about to be created, after
     /// the rate limits (per client when the transport knows it, and in all).
-    pub async fn new_key(&self, client: Option<std::net::IpAddr>) -> Result<AccountKey, ServiceError> {
+    pub async fn new_key(
+        &self,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<AccountKey, ServiceError> {
         let issuer = self.issuer.clone();
         let mut limits = vec![(
             crate::wallet_keys::ALL_CLIENTS,

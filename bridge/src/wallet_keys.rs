@@ -215,7 +215,9 @@ pub fn bind(
     let keyhash = keyhash_of(&key.xpub.public_key);
     let mut table = txn.open_table(ISSUED_KEYS).map_err(db_err)?;
     let Some(mut issued) = lookup(&table, &keyhash)? else {
-        return Err(StoreError::Database("binding a key that was never issued".into()));
+        return Err(StoreError::Database(
+            "binding a key that was never issued".into(),
+        ));
     };
     if let Some(owner) = issued.wallet.filter(|w| *w != wallet) {
         return Ok(Err(bad(format!(

@@ -521,13 +521,17 @@ async fn registrations_are_limited_per_email_address_and_in_all() {
         c.gate.max_registrations_per_hour = 3;
     })
     .await;
-    let satellite = test_wallet(&flow).await.satellite.descriptor_key();
-    // A distinct 2-of-3 wallet per tag, each with the satellite's key.
+    // A distinct 2-of-3 wallet per tag, each with its own satellite key.
+    let mut satellite = std::collections::HashMap::new();
+    for tag in ["a", "b", "c", "d"] {
+        satellite.insert(tag, test_wallet(&flow).await.satellite.descriptor_key());
+    }
     let wallet = |tag: &str| {
         format!(
-            "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{satellite}/<0;1>/*))",
+            "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
             key(&format!("{tag}-hot")).descriptor_key(),
             key(&format!("{tag}-backup")).descriptor_key(),
+            satellite[tag],
         )
     };
     let register = |tag: &str, email: &str| {

@@ -508,3 +508,191 @@ async fn a_psbt_by_nostr_is_gated_signed_and_answered_once() {
         "the registration and one request"
     );
 }
+
+/// Every Nostr key a stranger can derive from `texts`: each xpub-looking word's Electrum
+/// identity (in both spellings), each word's, and each 64-hex word taken as a secret.
+fn derivable_keys(texts: &[String]) -> Vec<Keys> {
+    let mut out = Vec::new();
+    for text in texts {
+        for word in text.split(|c: char| !c.is_ascii_alphanumeric()) {
+            if word.len() < 20 {
+                continue;
+            }
+            if let Some(x) = satcosign_cosigner::keys::parse_any_xpub(word) {
+                for s in [satcosign_cosigner::keys::slip132(&x), x.to_string()] {
+                    out.extend(satcosign_bridge::nostr_cosigner::keys_for(&s));
+                }
+            }
+            out.extend(satcosign_bridge::nostr_cosigner::keys_for(word));
+            if let Ok(secret) = SecretKey::from_hex(word) {
+                out.push(Keys::new(secret));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_with_all_the_bridge_publishes_reads_and_forges_nothing() {
+    use common::flow::{http_raw, sky, test_wallet, Flow};
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let addr = flow.system.bridge.nostr.expect("relay");
+    let w = test_wallet(&flow).await;
+    flow.register(&w.descriptor).await;
+
+    // The wallet's user asks by Nostr, as Electrum's psbt_nostr does, and is answered.
+    let (dm, user, satellite) = common::flow::nostr_dm(
+        &w,
+        &w.satellite.electrum_xpub(),
+        &w.typical_signed_psbt(1, 5),
+    );
+    assert_eq!(publish(addr, &dm).await[2], true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let request = loop {
+        let signing: Vec<String> = flow
+            .inbox
+            .request_ids()
+            .into_iter()
+            .filter(|id| {
+                flow.inbox
+                    .to("alice@example.org")
+                    .iter()
+                    .any(|m| m.contains(id.as_str()))
+            })
+            .collect();
+        if signing.len() == 2 {
+            let mut ids = Vec::new();
+            for id in signing {
+                if flow.status(&id).await["kind"] == "sign" {
+                    ids.push(id);
+                }
+            }
+            if let [id] = ids.as_slice() {
+                break id.clone();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no signing email");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let code = flow.inbox.code(&request).await;
+    flow.ok("request.confirm", vec![json!(request), json!(code)])
+        .await;
+    let done = flow.wait_state(&request, "delivered", 60).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+
+    // The stranger gathers everything the bridge publishes, and a key of its own.
+    let mut published = vec![
+        flow.ok("satellite.info", vec![]).await.to_string(),
+        flow.ok("server.features", vec![]).await.to_string(),
+        flow.ok("satellite.new_key", vec![]).await.to_string(),
+        http_raw(
+            flow.http_addr(),
+            "POST /key HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .1,
+        http_raw(
+            addr,
+            "GET / HTTP/1.1\r\nHost: x\r\nAccept: application/nostr+json\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .1,
+    ];
+    let events = stored(addr, json!({"kinds": [4]})).await;
+    assert!(
+        events.len() >= 2,
+        "the stranger sees the request and its answer: {events:?}"
+    );
+    published.extend(events.iter().map(Value::to_string));
+    let keys = derivable_keys(&published);
+    assert!(
+        keys.len() >= 4,
+        "the stranger has keys to try: {}",
+        keys.len()
+    );
+    for e in &events {
+        let e = &e[2];
+        let content = e["content"].as_str().expect("content");
+        let mut parties: Vec<PublicKey> =
+            vec![PublicKey::from_hex(e["pubkey"].as_str().expect("pk")).expect("pk")];
+        for t in e["tags"].as_array().expect("tags") {
+            if t[0] == "p" {
+                parties.push(PublicKey::from_hex(t[1].as_str().expect("p")).expect("p"));
+            }
+        }
+        for k in &keys {
+            for p in &parties {
+                assert!(
+                    nostr_sdk::nips::nip04::decrypt(k.secret_key(), p, content).is_err(),
+                    "the stranger decrypted {e}"
+                );
+            }
+        }
+        assert!(
+            !e.to_string().contains(&request),
+            "stranger-readable data carries no request id: {e}"
+        );
+    }
+    // Their own satellite key's identity, which they can derive, speaks for no one.
+    let own: satcosign_cosigner::keys::AccountKey = serde_json::from_str::<Value>(&published[2])
+        .expect("json")["descriptor_key"]
+        .as_str()
+        .expect("key")
+        .parse()
+        .expect("key");
+    let own_identity =
+        satcosign_bridge::nostr_cosigner::keys_for(&own.electrum_xpub()).expect("identity");
+    let forged_by = |keys: &Keys, to: &PublicKey, text: &str| {
+        EventBuilder::new(
+            Kind::EncryptedDirectMessage,
+            nostr_sdk::nips::nip04::encrypt(keys.secret_key(), to, text).expect("encrypt"),
+        )
+        .tags([Tag::public_key(*to)])
+        .sign_with_keys(keys)
+        .expect("sign")
+    };
+    let ok = publish(
+        addr,
+        &forged_by(&own_identity, &user.public_key(), "{\"tx\":\"00\"}"),
+    )
+    .await;
+    assert_eq!(ok[2], false, "{ok}");
+    assert!(
+        ok[3].as_str().expect("why").starts_with("restricted:"),
+        "{ok}"
+    );
+    // Even holding the wallet's real satellite identity (as if its xpub leaked), a forged
+    // answer is refused and never reaches the wallet's client.
+    let wallet_identity =
+        satcosign_bridge::nostr_cosigner::keys_for(&w.satellite.electrum_xpub()).expect("id");
+    assert_eq!(wallet_identity.public_key(), satellite);
+    let forged = forged_by(
+        &wallet_identity,
+        &user.public_key(),
+        "{\"tx\":\"00\",\"label\":\"forged\"}",
+    );
+    let ok = publish(addr, &forged).await;
+    assert_eq!(ok[2], false, "{ok}");
+    assert!(
+        ok[3].as_str().expect("why").starts_with("restricted:"),
+        "{ok}"
+    );
+    let to_user = stored(
+        addr,
+        json!({"kinds": [4], "#p": [user.public_key().to_hex()]}),
+    )
+    .await;
+    assert!(!to_user.is_empty(), "the bridge's answer is there");
+    assert!(
+        to_user
+            .iter()
+            .all(|e| e[2]["id"] != json!(forged.id.to_hex())),
+        "the forged answer reached the wallet's client"
+    );
+    // A direct message between strangers is not this relay's to carry.
+    let (a, b) = (Keys::generate(), Keys::generate());
+    let ok = publish(addr, &forged_by(&a, &b.public_key(), "hi")).await;
+    assert_eq!(ok[2], false, "{ok}");
+    assert!(ok[3].as_str().expect("why").starts_with("blocked:"), "{ok}");
+    flow.system.stop().await;
+}

@@ -60,8 +60,9 @@ async fn no_key_or_code_is_ever_logged_at_debug_level() {
     );
     let seed =
         satcosign_cosigner::keys::load_key_file(&dir.join("cosigner/cosigner.key")).expect("key");
-    let issuer = satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
-        .expect("key");
+    let issuer =
+        satcosign_cosigner::keys::CosignerKey::from_seed(&seed, bitcoin::NetworkKind::Test)
+            .expect("key");
     let secrets = [
         ("the cosigner's seed", hex::encode(seed)),
         (

@@ -48,8 +48,11 @@ pub struct Cosigner {
     settings: Settings,
     secp: Secp256k1<All>,
     /// Registered wallets with their own keys, checked once.
-    wallets: Mutex<HashMap<WalletId, (Arc<Wallet>, Arc<CosignerKey>)>>,
+    wallets: Mutex<HashMap<WalletId, WalletAndKey>>,
 }
+
+/// A registered wallet, checked, with the satellite's key for it.
+type WalletAndKey = (Arc<Wallet>, Arc<CosignerKey>);
 
 impl std::fmt::Debug for Cosigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,7 +204,10 @@ impl Cosigner {
                 continue;
             }
             let reused = x.public_key == self.key.account_xpub().public_key
-                || keys.get(&x.public_key.serialize()).map_err(db_err)?.is_some();
+                || keys
+                    .get(&x.public_key.serialize())
+                    .map_err(db_err)?
+                    .is_some();
             if reused {
                 return Ok(Err(format!(
                     "reused_key: key {position} is a satellite key of another wallet; each wallet has its own"
@@ -327,7 +333,7 @@ impl Cosigner {
         &self,
         id: &WalletId,
         record: &WalletRecord,
-    ) -> Result<(Arc<Wallet>, Arc<CosignerKey>), Refusal> {
+    ) -> Result<WalletAndKey, Refusal> {
         let mut cache = self.wallets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = cache.get(id) {
             return Ok(w.clone());

@@ -117,8 +117,9 @@ impl AccountKey {
     /// The public key of the wallet key at `index` (see the module doc): what the ground
     /// hands a user, derived with no private key.
     pub fn wallet_key(&self, index: u32) -> Result<AccountKey, KeyError> {
-        let child = ChildNumber::from_normal_idx(index)
-            .map_err(|_| KeyError::Derivation(format!("wallet key index {index} is out of range")))?;
+        let child = ChildNumber::from_normal_idx(index).map_err(|_| {
+            KeyError::Derivation(format!("wallet key index {index} is out of range"))
+        })?;
         let xpub = self
             .xpub
             .ckd_pub(&Secp256k1::verification_only(), child)
@@ -229,8 +230,9 @@ impl CosignerKey {
     /// the wallet registered with it. Its public half equals [`AccountKey::wallet_key`]'s.
     pub fn wallet_key(&self, index: u32) -> Result<CosignerKey, KeyError> {
         let secp = Secp256k1::new();
-        let child = ChildNumber::from_normal_idx(index)
-            .map_err(|_| KeyError::Derivation(format!("wallet key index {index} is out of range")))?;
+        let child = ChildNumber::from_normal_idx(index).map_err(|_| {
+            KeyError::Derivation(format!("wallet key index {index} is out of range"))
+        })?;
         let derived = self
             .account
             .derive_priv(&secp, &[child])
@@ -462,17 +464,29 @@ mod child_tests {
             assert_eq!(public.master_fingerprint, public.xpub.fingerprint());
             assert!(seen.insert(public.xpub), "distinct keys");
             let text = public.descriptor_key();
-            assert_eq!(text, format!("[{}]{}", public.xpub.fingerprint(), public.xpub));
+            assert_eq!(
+                text,
+                format!("[{}]{}", public.xpub.fingerprint(), public.xpub)
+            );
             assert_eq!(text.parse::<AccountKey>().expect("parses"), public);
             // Signing keys are the wallet key's own children.
             let secp = Secp256k1::new();
             let child = private.child_private(1, 5).expect("child");
             let pk = public
                 .xpub
-                .derive_pub(&secp, &[ChildNumber::Normal { index: 1 }, ChildNumber::Normal { index: 5 }])
+                .derive_pub(
+                    &secp,
+                    &[
+                        ChildNumber::Normal { index: 1 },
+                        ChildNumber::Normal { index: 5 },
+                    ],
+                )
                 .expect("derive")
                 .public_key;
-            assert_eq!(bitcoin::secp256k1::PublicKey::from_secret_key(&secp, &child), pk);
+            assert_eq!(
+                bitcoin::secp256k1::PublicKey::from_secret_key(&secp, &child),
+                pk
+            );
         }
         assert!(issuer.wallet_key(MAX_WALLET_INDEX + 1).is_err());
         assert!(!format!("{:?}", issuer.wallet_key(3).expect("k")).contains("prv"));

@@ -185,17 +185,8 @@ impl TestWallet {
         );
         // Backup and satellite as bare xpubs: (the xpub's own fingerprint, m/branch/index).
         for k in [self.backup.account_xpub(), &self.satellite.xpub] {
-            let pk = k
-                .derive_pub(&self.secp, &tail)
-                .expect("derive")
-                .public_key;
-            map.insert(
-                pk,
-                (
-                    k.fingerprint(),
-                    DerivationPath::from(tail.to_vec()),
-                ),
-            );
+            let pk = k.derive_pub(&self.secp, &tail).expect("derive").public_key;
+            map.insert(pk, (k.fingerprint(), DerivationPath::from(tail.to_vec())));
         }
         map
     }

@@ -273,7 +273,11 @@ fn the_satellite_registers_only_keys_it_issued_each_for_one_wallet() {
     let why = refused(register_at(&c, &wallet_of("a", &key_at(6)), 5));
     assert!(why.starts_with("not_issued"), "{why}");
     // Nor its account key itself, which signs for no wallet.
-    let why = refused(register_at(&c, &wallet_of("a", &issuer.descriptor_key()), 5));
+    let why = refused(register_at(
+        &c,
+        &wallet_of("a", &issuer.descriptor_key()),
+        5,
+    ));
     assert!(why.starts_with("not_issued"), "{why}");
 
     // Wallet A registers with key 5; registering again is idempotent.
@@ -289,7 +293,10 @@ fn the_satellite_registers_only_keys_it_issued_each_for_one_wallet() {
     // Key 5 was issued for A: B, another wallet, cannot have it.
     let why = refused(register_at(&c, &wallet_of("b", &key_at(5)), 5));
     assert!(why.starts_with("issued_for_another_wallet"), "{why}");
-    assert!(why.contains(&wallet_id.to_string()), "names the wallet it serves: {why}");
+    assert!(
+        why.contains(&wallet_id.to_string()),
+        "names the wallet it serves: {why}"
+    );
 
     // B with its own key 7, but with A's satellite key among its members: a reused key
     // (the satellite would otherwise hold two keys of B).

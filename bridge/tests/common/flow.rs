@@ -127,6 +127,17 @@ impl Inbox {
             .collect()
     }
 
+    /// Every email sent to `address`, decoded.
+    pub fn to(&self, address: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("inbox")
+            .iter()
+            .filter(|(to, _)| to.iter().any(|t| t == address))
+            .map(|(_, m)| satcosign_bridge::demo::decode_quoted_printable(m))
+            .collect()
+    }
+
     /// The recipients of every email whose text mentions `needle`.
     pub fn recipients_of(&self, needle: &str) -> Vec<String> {
         self.0

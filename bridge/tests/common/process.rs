@@ -198,7 +198,10 @@ fn issued_key_file(dir: &Path) -> std::path::PathBuf {
 
 /// Asks the running `dev` bridge for a satellite key (`satellite.new_key`) and returns the
 /// test wallet of two test user keys and that key; [`dev_wallet`] finds it again later.
-pub async fn issue_dev_wallet(b: &BridgeProcess, dir: &Path) -> satcosign_cosigner::testkit::TestWallet {
+pub async fn issue_dev_wallet(
+    b: &BridgeProcess,
+    dir: &Path,
+) -> satcosign_cosigner::testkit::TestWallet {
     let issued = b.call("satellite.new_key", vec![]).await;
     let text = issued["descriptor_key"].as_str().expect("descriptor_key");
     std::fs::write(issued_key_file(dir), text).expect("keep the issued key");

@@ -8,6 +8,9 @@
         A, and that PSBT encrypted to the bridge's mailbox key as the plugin sends it
     receive BASE64                         -> JSON: the mailbox message decrypted with A's
         xpub key exactly as Electrum's cosigner pool does, read by tx_from_any, finalized
+    scripts TAG SATELLITE_XPUB N           -> JSON: a 2-of-3 wallet of the keys TAG-hot and
+        TAG-backup and the satellite's, as Electrum makes it; its descriptor, and the public
+        keys of its first N receive and change scripts
 
 Keys derive from public tags (seed = sha256(tag)): test keys, never for real funds.
 """
@@ -94,6 +97,35 @@ def request(sat_xpub, mailbox_pubkey):
         thread.join(5)
 
 
+def scripts(tag, sat_xpub, n):
+    loop, stopping, thread = create_and_start_event_loop()
+    tmp = tempfile.mkdtemp(prefix="satcosign-electrum-")
+    try:
+        config = SimpleConfig({"electrum_path": tmp, "regtest": True, "offline": True})
+        hot, backup = keystore_for(tag + "-hot"), keystore_for(tag + "-backup")
+        sat = keystore.from_xpub(sat_xpub)
+        db = WalletDB("", manual_upgrades=False)
+        for i, ks in enumerate([hot, keystore.from_xpub(backup.get_master_public_key()), sat]):
+            db.put("x%d/" % (i + 1), ks.dump())
+        db.put("wallet_type", "2of3")
+        w = Multisig_Wallet(db, WalletStorage(os.path.join(tmp, "w")), config=config)
+        pubkeys = []
+        for change in (0, 1):
+            for i in range(n):
+                pubkeys.extend(w.derive_pubkeys(change, i))
+        origin = "[%s/48h/1h/0h/2h]" % hot.get_root_fingerprint()
+        descriptor = "wsh(sortedmulti(2,%s%s/<0;1>/*,%s/<0;1>/*,%s/<0;1>/*))" % (
+            origin, to_tpub(hot.get_master_public_key()), to_tpub(backup.get_master_public_key()),
+            to_tpub(sat_xpub))
+        keys = [pk.hex() if isinstance(pk, bytes) else str(pk) for pk in pubkeys]
+        return {"descriptor": descriptor, "pubkeys": keys,
+                "user_xpubs": [hot.get_master_public_key(), backup.get_master_public_key()]}
+    finally:
+        loop.call_soon_threadsafe(stopping.set_result, 1)
+        thread.join(5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def receive(message):
     a = keystore_for("user-A")
     key = BIP32Node.from_xkey(a.get_master_private_key(None)).eckey
@@ -114,6 +146,8 @@ def main():
         print(json.dumps(request(args[0], args[1])))
     elif cmd == "receive":
         print(json.dumps(receive(args[0])))
+    elif cmd == "scripts":
+        print(json.dumps(scripts(args[0], args[1], int(args[2]))))
     else:
         sys.exit("unknown command " + cmd)
 
