@@ -329,11 +329,7 @@ impl Cosigner {
     }
 
     /// A registered wallet with its own key (cached).
-    fn wallet(
-        &self,
-        id: &WalletId,
-        record: &WalletRecord,
-    ) -> Result<WalletAndKey, Refusal> {
+    fn wallet(&self, id: &WalletId, record: &WalletRecord) -> Result<WalletAndKey, Refusal> {
         let mut cache = self.wallets.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = cache.get(id) {
             return Ok(w.clone());
