@@ -121,6 +121,11 @@ async fn headless_flow(suite: &str, version: &str) {
     )
     .expect("an xpub")
     .to_string();
+    assert_eq!(r["own_key_after_registration"], r["satellite_key"]);
+    assert_ne!(
+        r["fresh_key"], r["satellite_key"],
+        "a new wallet gets a new key"
+    );
     let descriptor = r["descriptor"].as_str().expect("descriptor");
     assert!(
         descriptor.starts_with("wsh(sortedmulti(2,[")

@@ -70,7 +70,7 @@ async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mail
         .raw_call(
             "cosigner.get",
             vec![electrum_client::Param::String(
-                info["keyhash"].as_str().expect("kh").to_owned(),
+                issued["key_id"].as_str().expect("kh").to_owned(),
             )],
         )
         .expect("get");

@@ -378,3 +378,62 @@ fn a_payment_to_oneself_is_not_spending_but_the_claim_is_checked() {
     k.tw.sign_with(&k.tw.user, &mut lie);
     k.expect_refused(&k.tw.request(&lie, 3, NOW), "change_mismatch");
 }
+
+/// The decision's own invariant: a wallet is never signed for with another wallet's key,
+/// even if the caller hands it one (the daemon always passes the wallet's own).
+#[test]
+fn the_decision_never_signs_with_another_wallets_key() {
+    use satcosign_cosigner::decision::{decide, Decision, DecisionInput, Rules};
+    let tw = TestWallet::new();
+    let mut psbt = tw.psbt(&spec());
+    tw.sign_with(&tw.user, &mut psbt);
+    let txid = psbt.unsigned_tx.compute_txid();
+    let request_id = RequestId([9; 16]);
+    let req = SignRequest {
+        request_id,
+        wallet_id: tw.wallet.id,
+        psbt: psbt.serialize(),
+        approval: satcosign_cosigner::decision::Approval {
+            request_id,
+            txid,
+            approved_at: NOW - 10,
+        },
+        replaces: None,
+    };
+    let policy = testkit::generous_policy();
+    let none = std::collections::BTreeMap::new();
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let issuer = testkit::key(testkit::SATELLITE_TAG);
+    let decide_with = |key: &satcosign_cosigner::keys::CosignerKey| {
+        decide(
+            &DecisionInput {
+                key,
+                wallet: Some((&tw.wallet, &policy)),
+                ledger: &[],
+                signed_outpoints: &none,
+                request: &req,
+                now: NOW,
+                rules: Rules {
+                    approval_max_age_secs: 3600,
+                    clock_skew_secs: 300,
+                },
+            },
+            &secp,
+        )
+    };
+    for other in [
+        issuer
+            .wallet_key(testkit::WALLET_KEY_INDEX + 1)
+            .expect("key"),
+        testkit::key(testkit::SATELLITE_TAG),
+    ] {
+        match decide_with(&other) {
+            Decision::Refuse(r) => assert_eq!(r.code(), "internal", "{r}"),
+            other => panic!("signed with another wallet's key: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        decide_with(&testkit::satellite_wallet_key()),
+        Decision::Sign(_)
+    ));
+}

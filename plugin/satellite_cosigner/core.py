@@ -73,11 +73,17 @@ class Settings:
 class Service:
     """The bridge connection and the satellite's public facts, shared by all wallets."""
 
-    def __init__(self, settings, timeout=15.0, proxy=None):
+    ISSUED_KEY = "satcosign_issued_keys"
+
+    def __init__(self, settings, timeout=15.0, proxy=None, config=None):
         """``proxy``: Electrum's proxy (``compat.network_proxy``); every connection to the
-        bridge goes through it when set."""
+        bridge goes through it when set. ``config``: Electrum's config, where the satellite
+        keys this plugin was given are remembered (public keys only), so a wallet made with
+        one is known as the satellite's before it is registered."""
         settings.check()
         self.settings = settings
+        self.config = config
+        self._issued = list((config.get(self.ISSUED_KEY, []) if config is not None else []) or [])
         self._sessions = []
         self._info = None
         self.client = BridgeClient(settings.bridge, use_tls=settings.tls,
@@ -99,7 +105,15 @@ class Service:
         """A fresh satellite key for a new wallet (``satellite.new_key``): every wallet has
         its own. Returns the bridge's answer (``electrum_xpub``, ``descriptor_key``,
         ``key_id``)."""
-        return self.client.new_key()
+        key = self.client.new_key()
+        self._issued = (self._issued + [key["electrum_xpub"]])[-100:]
+        if self.config is not None:
+            self.config.set_key(self.ISSUED_KEY, self._issued, save=True)
+        return key
+
+    def issued_keys(self):
+        """The satellite keys this plugin was given, newest last."""
+        return list(self._issued)
 
     def test_connection(self):
         """What "Test connection" shows: the bridge's version and the link's state."""
@@ -190,8 +204,15 @@ class WalletSession:
         return key
 
     def satellite_xpub(self):
+        """The wallet's satellite key: its own once registered; before that, one the bridge
+        gave this plugin that the wallet holds."""
         key = self.satellite_key()
-        return key["electrum_xpub"] if key else None
+        if key:
+            return key["electrum_xpub"]
+        for xpub in reversed(self.service.issued_keys()):
+            if find_satellite(self.wallet, xpub) is not None:
+                return xpub
+        return None
 
     def satellite_keystore(self):
         xpub = self.satellite_xpub()
@@ -280,11 +301,11 @@ class WalletSession:
     def ask_cosign(self, tx, label=None):
         """Encrypts the PSBT to the bridge's mailbox key and puts it to the satellite's
         keyhash; returns the request id the put answers with."""
+        if not self.wallet_id() and self.satellite_key() is None:
+            raise WalletNotRegistered()
         if self.satellite_keystore() is None:
             raise NotASatelliteWallet(
                 "The satellite's key is not one of this wallet's cosigners.")
-        if not self.wallet_id():
-            raise WalletNotRegistered()
         st = self.registration_status()
         if st["state"] != "active":
             raise WalletNotRegistered("its registration is " + st["state"])

@@ -69,7 +69,8 @@ class Plugin(BasePlugin):
     # ---- the shared service ---------------------------------------------------------------
     def service(self):
         if self._service is None:
-            self._service = Service(Settings.from_config(self.config), proxy=electrum_proxy())
+            self._service = Service(Settings.from_config(self.config), proxy=electrum_proxy(),
+                                    config=self.config)
         return self._service
 
     def reset_service(self):

@@ -255,6 +255,9 @@ def flow(bridge, workdir):
             "connection": connection_text,
             "descriptor": descriptor,
             "satellite_key": sat_xpub,
+            # "Show satellite key": the registered wallet's own key; a new wallet a new one.
+            "own_key_after_registration": session.satellite_xpub(),
+            "fresh_key": service.new_key()["electrum_xpub"],
             "registered": registered,
             "needs_satellite_before": before,
             "needs_satellite_after": session.needs_satellite(merged),
