@@ -40,6 +40,12 @@ pub enum MailboxError {
     Store(#[from] StoreError),
 }
 
+/// The Electrum cosigner-pool keyhash of an xpub: `sha256d(compressed pubkey)`.
+pub fn keyhash_of(pubkey: &bitcoin::secp256k1::PublicKey) -> Keyhash {
+    use bitcoin::hashes::{sha256d, Hash as _};
+    Keyhash(sha256d::Hash::hash(&pubkey.serialize()).to_byte_array())
+}
+
 /// A slot name: the 32 bytes behind a keyhash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Keyhash(pub [u8; 32]);

@@ -23,9 +23,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 
 use nostr::nips::nip04;
-use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, PublicKey, SecretKey, Tag, Timestamp};
+use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, PublicKey, Tag, Timestamp};
 use redb::{ReadableTable, TableDefinition};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::mailbox::Keyhash;
@@ -51,12 +50,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-/// Electrum's Nostr key for a keystore: `sha256("nostr_psbt:" + xpub string)`. None only
-/// if the hash is not a valid secret key (probability about 2^-128).
-pub fn keys_for(xpub: &str) -> Option<Keys> {
-    let digest: [u8; 32] = Sha256::digest(format!("nostr_psbt:{xpub}").as_bytes()).into();
-    SecretKey::from_slice(&digest).ok().map(Keys::new)
-}
+pub use crate::wallet_keys::keys_for;
 
 /// The satellite's identities on the bridge's relay.
 pub struct NostrCosigner {
@@ -178,7 +172,7 @@ impl NostrCosigner {
 
     /// Serves a newly issued key's identities.
     pub fn serve_key(&self, key: &satcosign_cosigner::keys::AccountKey) {
-        let keyhash = crate::service::keyhash_of(&key.xpub.public_key);
+        let keyhash = crate::mailbox::keyhash_of(&key.xpub.public_key);
         let mut satellites = self.satellites.write().unwrap_or_else(|p| p.into_inner());
         for k in nostr_identities(&key.xpub) {
             satellites.insert(k.public_key(), keyhash);

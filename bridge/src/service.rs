@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bitcoin::bip32::Fingerprint;
-use bitcoin::hashes::{sha256d, Hash as _};
+use bitcoin::hashes::Hash as _;
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
 use miniscript::descriptor::DescriptorPublicKey;
@@ -153,15 +153,23 @@ pub enum ServiceError {
     Store(#[from] StoreError),
 }
 
+impl From<crate::wallet_keys::WalletKeyError> for ServiceError {
+    fn from(e: crate::wallet_keys::WalletKeyError) -> ServiceError {
+        match e {
+            crate::wallet_keys::WalletKeyError::RateLimited { what, retry_after } => {
+                ServiceError::RateLimited { what, retry_after }
+            }
+            other => ServiceError::BadDescriptor(other.to_string()),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     crate::mailbox::now_ms() / 1000
 }
 
-/// The Electrum cosigner-pool keyhash of an xpub: `sha256d(compressed pubkey)`.
-pub fn keyhash_of(pubkey: &PublicKey) -> Keyhash {
-    Keyhash(sha256d::Hash::hash(&pubkey.serialize()).to_byte_array())
-}
+pub use crate::mailbox::keyhash_of;
 
 /// A state change, for subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -681,7 +689,7 @@ impl Service {
                 }
                 drop(recent);
                 if let Err(e) = crate::wallet_keys::bind(txn, &satellite_key, wallet_id)? {
-                    return Ok(Err(e));
+                    return Ok(Err(e.into()));
                 }
                 save_wallet(txn, &record)?;
                 let mut index = txn.open_table(WALLET_BY_FINGERPRINT).map_err(db_err)?;

@@ -13,14 +13,15 @@
 //! key's own keyhash, which its holder can compute anyway.
 
 use bitcoin::bip32::Xpub;
+use nostr::{Keys, SecretKey};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use satcosign_cosigner::keys::{slip132, AccountKey, MAX_WALLET_INDEX};
 use satcosign_cosigner::wallet::WalletId;
 
-use crate::mailbox::Keyhash;
-use crate::service::{keyhash_of, ServiceError};
+use crate::mailbox::{keyhash_of, Keyhash};
 use crate::state::{self, db_err, from_bytes};
 use crate::store::StoreError;
 
@@ -35,6 +36,29 @@ pub const SATELLITE_IDENTITIES: TableDefinition<&[u8; 32], &[u8; 32]> =
 pub const ISSUES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("key_issues");
 /// The [`ISSUES`] key counting every client.
 pub const ALL_CLIENTS: [u8; 32] = [0; 32];
+
+/// Why a key was not issued, or not accepted for a wallet. The reason codes
+/// (`not_issued`, `issued_for_another_wallet`, `reused_key`) are the satellite's own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WalletKeyError {
+    /// Too many keys were asked for.
+    #[error("too many {what}; try again after {retry_after}")]
+    RateLimited {
+        /// What was limited.
+        what: &'static str,
+        /// When to try again (UTC).
+        retry_after: String,
+    },
+    /// The wallet holds no key this bridge issued (or one with the wrong chain code).
+    #[error("not_issued: {0}")]
+    NotIssued(String),
+    /// The key serves another wallet.
+    #[error("issued_for_another_wallet: this satellite key serves wallet {0}; ask for a new key")]
+    IssuedForAnotherWallet(WalletId),
+    /// A second satellite key, or the issuer key, among the wallet's keys.
+    #[error("reused_key: {0}")]
+    Reused(String),
+}
 
 /// One issued key, as the bridge keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,12 +80,19 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     Ok(())
 }
 
+/// Electrum's Nostr key for a keystore: `sha256("nostr_psbt:" + xpub string)`. None only
+/// if the hash is not a valid secret key (probability about 2^-128).
+pub fn keys_for(xpub: &str) -> Option<Keys> {
+    let digest: [u8; 32] = Sha256::digest(format!("nostr_psbt:{xpub}").as_bytes()).into();
+    SecretKey::from_slice(&digest).ok().map(Keys::new)
+}
+
 /// The Nostr identities Electrum's `psbt_nostr` gives `key`: one per way the xpub may be
 /// written (`Vpub`/`Zpub` as the bridge hands it out, `tpub`/`xpub` if pasted so).
 pub fn nostr_identities(key: &Xpub) -> Vec<nostr::Keys> {
     [slip132(key), key.to_string()]
         .iter()
-        .filter_map(|s| crate::nostr_cosigner::keys_for(s))
+        .filter_map(|s| keys_for(s))
         .collect()
 }
 
@@ -81,7 +112,7 @@ pub fn issue(
     issuer: &AccountKey,
     limits: &[([u8; 32], u32, &'static str)],
     now: u64,
-) -> Result<Result<AccountKey, ServiceError>, StoreError> {
+) -> Result<Result<AccountKey, WalletKeyError>, StoreError> {
     let mut recent = txn.open_table(ISSUES).map_err(db_err)?;
     let mut updated = Vec::new();
     for (client, max, what) in limits {
@@ -92,7 +123,7 @@ pub fn issue(
         times.retain(|t| *t + 3600 > now);
         if times.len() >= *max as usize {
             let oldest = times.iter().min().copied().unwrap_or(now);
-            return Ok(Err(ServiceError::RateLimited {
+            return Ok(Err(WalletKeyError::RateLimited {
                 what,
                 retry_after: crate::notice::format_utc(oldest + 3600),
             }));
@@ -166,12 +197,12 @@ pub fn find_in(
     table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
     issuer: &AccountKey,
     xpubs: &[Xpub],
-) -> Result<Result<Found, ServiceError>, StoreError> {
+) -> Result<Result<Found, WalletKeyError>, StoreError> {
     let mut found: Vec<(usize, IssuedKey)> = Vec::new();
     for (position, x) in xpubs.iter().enumerate() {
         if x.public_key == issuer.xpub.public_key {
-            return Ok(Err(bad(format!(
-                "reused_key: key {position} is the satellite's issuer key, which signs for no wallet; ask for a satellite key with satellite.new_key"
+            return Ok(Err(WalletKeyError::Reused(format!(
+                "key {position} is the satellite's issuer key, which signs for no wallet; ask for a satellite key with satellite.new_key"
             ))));
         }
         if let Some(issued) = lookup(table, &keyhash_of(&x.public_key))? {
@@ -180,14 +211,14 @@ pub fn find_in(
     }
     let (position, issued) = match found.as_slice() {
         [] => {
-            return Ok(Err(bad(
-                "not_issued: the wallet holds no satellite key issued by this bridge; ask for one with satellite.new_key (or the /key page) and create the wallet with it".into(),
+            return Ok(Err(WalletKeyError::NotIssued(
+                "the wallet holds no satellite key issued by this bridge; ask for one with satellite.new_key (or the /key page) and create the wallet with it".into(),
             )))
         }
         [one] => one.clone(),
         [_, (second, _), ..] => {
-            return Ok(Err(bad(format!(
-                "reused_key: key {second} is a second satellite key; a wallet holds exactly one"
+            return Ok(Err(WalletKeyError::Reused(format!(
+                "key {second} is a second satellite key; a wallet holds exactly one"
             ))))
         }
     };
@@ -195,15 +226,11 @@ pub fn find_in(
         .wallet_key(issued.index)
         .map_err(|e| StoreError::Database(format!("wallet key {}: {e}", issued.index)))?;
     if key.xpub.chain_code != xpubs[position].chain_code {
-        return Ok(Err(bad(format!(
-            "not_issued: key {position} has the public key of an issued key but not its chain code"
+        return Ok(Err(WalletKeyError::NotIssued(format!(
+            "key {position} has the public key of an issued key but not its chain code"
         ))));
     }
     Ok(Ok(Found { key, issued }))
-}
-
-fn bad(reason: String) -> ServiceError {
-    ServiceError::BadDescriptor(reason)
 }
 
 /// Binds an issued key to the wallet registered with it, unless it serves another wallet.
@@ -211,7 +238,7 @@ pub fn bind(
     txn: &WriteTransaction,
     key: &AccountKey,
     wallet: WalletId,
-) -> Result<Result<(), ServiceError>, StoreError> {
+) -> Result<Result<(), WalletKeyError>, StoreError> {
     let keyhash = keyhash_of(&key.xpub.public_key);
     let mut table = txn.open_table(ISSUED_KEYS).map_err(db_err)?;
     let Some(mut issued) = lookup(&table, &keyhash)? else {
@@ -220,9 +247,7 @@ pub fn bind(
         ));
     };
     if let Some(owner) = issued.wallet.filter(|w| *w != wallet) {
-        return Ok(Err(bad(format!(
-            "issued_for_another_wallet: this satellite key serves wallet {owner}; ask for a new key"
-        ))));
+        return Ok(Err(WalletKeyError::IssuedForAnotherWallet(owner)));
     }
     issued.wallet = Some(wallet);
     table
