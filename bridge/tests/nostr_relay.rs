@@ -434,21 +434,28 @@ async fn stored(addr: std::net::SocketAddr, filter: Value) -> Vec<Value> {
     until_eose(&mut ws, "q").await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_psbt_by_nostr_is_gated_signed_and_answered_once() {
-    use common::flow::{sky, test_wallet, Flow};
-    let flow = Flow::start(sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow).await;
+/// A registered wallet whose user sends a PSBT by Nostr, as Electrum's psbt_nostr does; the
+/// registered email asks, the user confirms, the satellite signs. Returns the wallet, the
+/// direct message, the user's keys, the satellite identity and the request id.
+async fn nostr_request_signed(
+    flow: &common::flow::Flow,
+    salt: u32,
+) -> (
+    satcosign_cosigner::testkit::TestWallet,
+    Event,
+    Keys,
+    PublicKey,
+    String,
+) {
+    let w = common::flow::test_wallet(flow).await;
     flow.register(&w.descriptor).await;
     let (dm, user, satellite) = common::flow::nostr_dm(
         &w,
         &w.satellite.electrum_xpub(),
-        &w.typical_signed_psbt(1, 77),
+        &w.typical_signed_psbt(1, salt),
     );
     let addr = flow.system.bridge.nostr.expect("relay");
     assert_eq!(publish(addr, &dm).await[2], true);
-
-    // The registered email asks; the user confirms; the satellite signs.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let request = loop {
         let mut ids = Vec::new();
@@ -471,6 +478,15 @@ async fn a_psbt_by_nostr_is_gated_signed_and_answered_once() {
         .await;
     let done = flow.wait_state(&request, "delivered", 60).await;
     assert_eq!(done["final_state"], "signed", "{done}");
+    (w, dm, user, satellite, request)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psbt_by_nostr_is_gated_signed_and_answered_once() {
+    use common::flow::{sky, Flow};
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let addr = flow.system.bridge.nostr.expect("relay");
+    let (_, dm, user, satellite, _) = nostr_request_signed(&flow, 77).await;
 
     // One answer, from the satellite's identity, with the satellite's signature in it.
     let answers =
@@ -534,51 +550,11 @@ fn derivable_keys(texts: &[String]) -> Vec<Keys> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_with_all_the_bridge_publishes_reads_and_forges_nothing() {
-    use common::flow::{http_raw, sky, test_wallet, Flow};
+    use common::flow::{http_raw, sky, Flow};
     let flow = Flow::start(sky(0.0), |_| {}).await;
     let addr = flow.system.bridge.nostr.expect("relay");
-    let w = test_wallet(&flow).await;
-    flow.register(&w.descriptor).await;
-
     // The wallet's user asks by Nostr, as Electrum's psbt_nostr does, and is answered.
-    let (dm, user, satellite) = common::flow::nostr_dm(
-        &w,
-        &w.satellite.electrum_xpub(),
-        &w.typical_signed_psbt(1, 5),
-    );
-    assert_eq!(publish(addr, &dm).await[2], true);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let request = loop {
-        let signing: Vec<String> = flow
-            .inbox
-            .request_ids()
-            .into_iter()
-            .filter(|id| {
-                flow.inbox
-                    .to("alice@example.org")
-                    .iter()
-                    .any(|m| m.contains(id.as_str()))
-            })
-            .collect();
-        if signing.len() == 2 {
-            let mut ids = Vec::new();
-            for id in signing {
-                if flow.status(&id).await["kind"] == "sign" {
-                    ids.push(id);
-                }
-            }
-            if let [id] = ids.as_slice() {
-                break id.clone();
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no signing email");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let code = flow.inbox.code(&request).await;
-    flow.ok("request.confirm", vec![json!(request), json!(code)])
-        .await;
-    let done = flow.wait_state(&request, "delivered", 60).await;
-    assert_eq!(done["final_state"], "signed", "{done}");
+    let (w, _, user, satellite, request) = nostr_request_signed(&flow, 5).await;
 
     // The stranger gathers everything the bridge publishes, and a key of its own.
     let mut published = vec![

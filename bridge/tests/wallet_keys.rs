@@ -14,23 +14,6 @@ use serde_json::{json, Value};
 use common::flow::{electrum, http_raw, sky, Flow};
 use satcosign_cosigner::keys::{parse_any_xpub, slip132, CosignerKey};
 
-/// Registers `descriptor` for `email` and confirms it; returns (wallet id, request id).
-async fn register_as(flow: &Flow, descriptor: &str, email: &str) -> (String, String) {
-    let r = flow
-        .ok(
-            "wallet.register",
-            vec![json!(descriptor), json!(email), json!("savings")],
-        )
-        .await;
-    let rid = r["request_id"].as_str().expect("id").to_owned();
-    let code = flow.inbox.code(&rid).await;
-    flow.ok("request.confirm", vec![json!(rid), json!(code)])
-        .await;
-    let done = flow.wait_state(&rid, "delivered", 120).await;
-    assert_eq!(done["final_state"], "signed", "{done}");
-    (r["wallet_id"].as_str().expect("wallet").to_owned(), rid)
-}
-
 /// The key shown on the `/key` page after its button is pressed.
 fn key_on_page(page: &str) -> String {
     let start = page.find("id=\"key\"").expect("the page shows a key");
@@ -108,10 +91,12 @@ async fn two_customers_share_no_key_and_nothing_one_fetches_names_the_others() {
         "no public key appears in both wallets' first 200 receive and change scripts"
     );
 
-    let (a_wid, a_reg) =
-        register_as(&flow, a["descriptor"].as_str().expect("d"), "a@example.org").await;
-    let (b_wid, _) =
-        register_as(&flow, b["descriptor"].as_str().expect("d"), "b@example.org").await;
+    let (a_wid, a_reg) = flow
+        .register_as(a["descriptor"].as_str().expect("d"), "a@example.org")
+        .await;
+    let (b_wid, _) = flow
+        .register_as(b["descriptor"].as_str().expect("d"), "b@example.org")
+        .await;
     assert_ne!(a_wid, b_wid);
 
     // Everything A can fetch from the bridge.

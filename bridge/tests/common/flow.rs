@@ -312,14 +312,16 @@ impl Flow {
 
     /// Registers `descriptor` and confirms it by the emailed code; returns the wallet id.
     pub async fn register(&self, descriptor: &str) -> String {
+        self.register_as(descriptor, "alice@example.org").await.0
+    }
+
+    /// Registers `descriptor` for `email` and confirms it by the emailed code; returns the
+    /// wallet id and the registration's request id.
+    pub async fn register_as(&self, descriptor: &str, email: &str) -> (String, String) {
         let r = self
             .ok(
                 "wallet.register",
-                vec![
-                    json!(descriptor),
-                    json!("alice@example.org"),
-                    json!("Alice's savings"),
-                ],
+                vec![json!(descriptor), json!(email), json!("Alice's savings")],
             )
             .await;
         let rid = r["request_id"].as_str().expect("id").to_owned();
@@ -333,7 +335,7 @@ impl Flow {
             self.ok("wallet.status", vec![json!(wid)]).await["state"],
             "active"
         );
-        wid
+        (wid, rid)
     }
 
     pub fn http_addr(&self) -> std::net::SocketAddr {
