@@ -71,6 +71,14 @@ pub struct NostrConfig {
     pub max_future_secs: u64,
     /// How long events without an expiration tag are kept, seconds. Default 604800.
     pub retention_secs: u64,
+    /// Most simultaneous connections. Default 512.
+    pub max_connections: usize,
+    /// Most simultaneous connections from one peer address. Default 16.
+    pub max_connections_per_peer: usize,
+    /// Seconds a connection may take to send its HTTP request headers. Default 10.
+    pub header_timeout_secs: u64,
+    /// A WebSocket silent for this long is closed, seconds. Default 600.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for NostrConfig {
@@ -85,6 +93,10 @@ impl Default for NostrConfig {
             messages_per_minute: 120,
             max_future_secs: 900,
             retention_secs: 7 * 24 * 3600,
+            max_connections: 512,
+            max_connections_per_peer: 16,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 600,
         }
     }
 }
@@ -233,6 +245,11 @@ pub struct GateConfig {
     /// Satellite keys issued per hour in all, whatever the client: bounds the storage
     /// strangers can make the bridge hold. Default 600.
     pub max_keys_per_hour: u32,
+    /// Most inputs of a PSBT co-signed (the largest hardware cosigners are tested with).
+    /// Default 250.
+    pub max_psbt_inputs: usize,
+    /// Most outputs of a PSBT co-signed. Default 2000.
+    pub max_psbt_outputs: usize,
 }
 
 impl Default for GateConfig {
@@ -247,6 +264,8 @@ impl Default for GateConfig {
             max_registrations_per_hour: 100,
             max_keys_per_client_per_hour: 10,
             max_keys_per_hour: 600,
+            max_psbt_inputs: 250,
+            max_psbt_outputs: 2000,
         }
     }
 }
@@ -296,6 +315,17 @@ pub struct ElectrumConfig {
     pub max_connections: usize,
     /// A connection silent for this long is closed. Default 600.
     pub idle_timeout_secs: u64,
+    /// Most simultaneous connections from one peer address, over TCP and TLS together.
+    /// Default 16.
+    pub max_connections_per_peer: usize,
+    /// Unsent bytes a connection may have queued; past them it reads no more requests
+    /// until its client reads (and is closed if it does not within `idle_timeout_secs`).
+    /// Default 4,000,000.
+    pub max_unsent_bytes: usize,
+    /// Largest answer to one line (a call, or a whole batch), bytes. Default 4,000,000.
+    pub max_response_bytes: usize,
+    /// Most `request.subscribe` subscriptions per connection. Default 256.
+    pub max_subscriptions: usize,
 }
 
 /// The HTTP port: JSON-RPC over HTTP POST and WebSocket, plus `GET /health`.
@@ -362,6 +392,10 @@ impl Default for ElectrumConfig {
             max_batch: 100,
             max_connections: 1024,
             idle_timeout_secs: 600,
+            max_connections_per_peer: 16,
+            max_unsent_bytes: 4_000_000,
+            max_response_bytes: 4_000_000,
+            max_subscriptions: 256,
         }
     }
 }
@@ -455,6 +489,22 @@ impl Config {
             ("nostr.max_subscriptions", n.max_subscriptions, 1..=1000),
             ("nostr.max_filters", n.max_filters, 1..=100),
             ("nostr.max_limit", n.max_limit, 1..=100_000),
+            ("nostr.max_connections", n.max_connections, 1..=100_000),
+            (
+                "nostr.max_connections_per_peer",
+                n.max_connections_per_peer,
+                1..=n.max_connections.max(1),
+            ),
+            (
+                "nostr.header_timeout_secs",
+                usize::try_from(n.header_timeout_secs).unwrap_or(usize::MAX),
+                1..=3600,
+            ),
+            (
+                "nostr.idle_timeout_secs",
+                usize::try_from(n.idle_timeout_secs).unwrap_or(usize::MAX),
+                1..=86_400,
+            ),
         ] {
             if !range.contains(&value) {
                 return Err(ConfigError::Invalid {
@@ -506,6 +556,35 @@ impl Config {
         if self.electrum.idle_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "electrum.idle_timeout_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if !(1..=self.electrum.max_connections).contains(&self.electrum.max_connections_per_peer) {
+            return Err(ConfigError::Invalid {
+                key: "electrum.max_connections_per_peer",
+                reason: format!(
+                    "{} is outside 1..=electrum.max_connections ({})",
+                    self.electrum.max_connections_per_peer, self.electrum.max_connections
+                ),
+            });
+        }
+        for (key, value) in [
+            ("electrum.max_unsent_bytes", self.electrum.max_unsent_bytes),
+            (
+                "electrum.max_response_bytes",
+                self.electrum.max_response_bytes,
+            ),
+        ] {
+            if !(65_536..=1_000_000_000).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("{value} is outside 65536..=1000000000"),
+                });
+            }
+        }
+        if self.electrum.max_subscriptions == 0 {
+            return Err(ConfigError::Invalid {
+                key: "electrum.max_subscriptions",
                 reason: "must be at least 1".into(),
             });
         }
@@ -616,6 +695,18 @@ impl Config {
         }
         if self.gate.max_requests_per_hour == 0 {
             return invalid("gate.max_requests_per_hour", "must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.gate.max_psbt_inputs) {
+            return invalid(
+                "gate.max_psbt_inputs",
+                format!("{} is outside 1..=10000", self.gate.max_psbt_inputs),
+            );
+        }
+        if !(1..=100_000).contains(&self.gate.max_psbt_outputs) {
+            return invalid(
+                "gate.max_psbt_outputs",
+                format!("{} is outside 1..=100000", self.gate.max_psbt_outputs),
+            );
         }
         if self.gate.max_keys_per_hour == 0 {
             return invalid("gate.max_keys_per_hour", "must be at least 1".into());

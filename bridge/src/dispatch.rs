@@ -16,11 +16,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::rpc_error::{
-    protocol_error_line, BATCH_TOO_LARGE, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+    protocol_error_line, BATCH_TOO_LARGE, INVALID_REQUEST, METHOD_NOT_FOUND, OVERSIZED_RESPONSE,
+    PARSE_ERROR,
 };
-
-/// Largest response a single call may produce.
-const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Deserialize)]
 struct Call<'a> {
@@ -44,6 +42,7 @@ fn present_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Id<'de>>, D::Err
 pub struct Dispatcher {
     methods: Methods,
     max_batch: usize,
+    max_response_bytes: usize,
 }
 
 fn error_response(id: Id<'_>, code: i32, message: &str) -> String {
@@ -54,9 +53,14 @@ fn error_response(id: Id<'_>, code: i32, message: &str) -> String {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `methods` accepting batches of at most `max_batch` calls.
-    pub fn new(methods: Methods, max_batch: usize) -> Dispatcher {
-        Dispatcher { methods, max_batch }
+    /// A dispatcher over `methods` accepting batches of at most `max_batch` calls, whose
+    /// answer to one line (a call or a whole batch) is at most `max_response_bytes`.
+    pub fn new(methods: Methods, max_batch: usize, max_response_bytes: usize) -> Dispatcher {
+        Dispatcher {
+            methods,
+            max_batch,
+            max_response_bytes,
+        }
     }
 
     /// Handles one line (without its newline). Returns the line to send back, if any.
@@ -131,6 +135,18 @@ impl Dispatcher {
                 out.push_str(&answer);
                 any = true;
             }
+            if out.len() > self.max_response_bytes {
+                // As jsonrpsee answers an HTTP batch whose response is too big; the calls
+                // after this one are not run.
+                crate::metrics::limit_hit("electrum_response_bytes");
+                return Some(protocol_error_line(
+                    OVERSIZED_RESPONSE,
+                    &format!(
+                        "Response is too big: a batch's answer is limited to {} bytes; ask in smaller batches",
+                        self.max_response_bytes
+                    ),
+                ));
+            }
         }
         out.push(']');
         // A batch of notifications only is answered with nothing at all.
@@ -157,14 +173,14 @@ impl Dispatcher {
         }
         let params = Params::new(call.params.map(RawValue::get));
         let response = match self.methods.method(&call.method) {
-            Some(MethodCallback::Sync(cb)) => cb(id, params, MAX_RESPONSE_BYTES, ext.clone()),
+            Some(MethodCallback::Sync(cb)) => cb(id, params, self.max_response_bytes, ext.clone()),
             Some(MethodCallback::Async(cb)) => {
                 let conn = ext.get::<ConnectionId>().copied().unwrap_or_default();
                 cb(
                     id.into_owned(),
                     params.into_owned(),
                     conn,
-                    MAX_RESPONSE_BYTES,
+                    self.max_response_bytes,
                     ext.clone(),
                 )
                 .await

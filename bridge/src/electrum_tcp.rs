@@ -4,6 +4,12 @@
 //! configured maximum: a longer line is answered with an error and skipped unread, and the
 //! connection stays usable), and a writer task fed by a queue, so responses and Electrum-style
 //! pushes from any method interleave safely. Calls on a connection are handled in order.
+//!
+//! Every resource a client holds is bounded: connections by [`crate::admission`] (a cap,
+//! and a share of it per peer address), unsent bytes by the queue's budget
+//! ([`crate::push`]: past it the connection reads no more requests until the client reads,
+//! and is closed if it does not within the idle timeout), and each answer's size by the
+//! dispatcher.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,11 +19,12 @@ use std::time::Duration;
 use jsonrpsee::{ConnectionId, Extensions};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::Admission;
 use crate::dispatch::Dispatcher;
-use crate::push::Pusher;
+use crate::push::{outgoing, OutgoingRx, Pusher};
 use crate::rpc_error::{protocol_error_line, OVERSIZED_REQUEST};
 
 /// The address of the client a call came from, where the transport knows it (method
@@ -30,12 +37,13 @@ pub struct ClientAddr(pub std::net::IpAddr);
 pub struct Limits {
     /// Longest line read, bytes.
     pub max_line_bytes: usize,
-    /// Close a connection silent for this long.
+    /// Close a connection silent for this long (or not reading its answers for this long).
     pub idle_timeout: Duration,
+    /// Unsent bytes past which a connection reads no more requests.
+    pub max_unsent_bytes: usize,
+    /// Most `request.subscribe` subscriptions a connection holds.
+    pub max_subscriptions: usize,
 }
-
-/// Outgoing lines queued per connection before pushes are dropped and calls wait.
-const OUTGOING_QUEUE: usize = 1024;
 
 /// What reading one line produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -109,7 +117,7 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     dispatcher: Dispatcher,
     limits: Limits,
-    connections: Arc<Semaphore>,
+    connections: Arc<Admission>,
 ) {
     static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
     let local = listener.local_addr().ok();
@@ -128,9 +136,12 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing new connection");
-            continue;
+        let permit = match connections.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(%peer, ?why, open = connections.open(), "connection refused: over the limit");
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let dispatcher = dispatcher.clone();
@@ -164,7 +175,7 @@ async fn connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel::<String>(OUTGOING_QUEUE);
+    let (tx, rx) = outgoing(limits.max_unsent_bytes, limits.max_subscriptions);
     let (reader_done, reader_done_rx) = oneshot::channel::<()>();
     let writer = tokio::spawn(write_loop(write_half, rx, reader_done_rx));
 
@@ -179,6 +190,18 @@ async fn connection<S>(
     );
     let mut line = Vec::with_capacity(1024);
     loop {
+        if tx.over_budget() {
+            // The client is not reading its answers: read nothing more until it does.
+            crate::metrics::limit_hit("electrum_unsent_bytes");
+            tracing::debug!(%peer, unsent = tx.queued_bytes(), "holding the connection until its answers are read");
+            if tokio::time::timeout(limits.idle_timeout, tx.within_budget())
+                .await
+                .is_err()
+            {
+                tracing::info!(%peer, unsent = tx.queued_bytes(), "closing a connection that does not read its answers");
+                break;
+            }
+        }
         let read = tokio::time::timeout(limits.idle_timeout, reader.read_line(&mut line)).await;
         let reply = match read {
             Err(_) => {
@@ -203,7 +226,7 @@ async fn connection<S>(
             Ok(Ok(LineRead::Line)) => dispatcher.handle_line(&line, &ext).await,
         };
         if let Some(reply) = reply {
-            if tx.send(reply).await.is_err() {
+            if !tx.send(reply) {
                 break;
             }
         }
@@ -211,12 +234,18 @@ async fn connection<S>(
     drop(ext);
     drop(tx);
     let _ = reader_done.send(());
-    let _ = writer.await;
+    // What is queued gets a short while to go; a client that reads nothing does not hold
+    // the connection (and its queue) open any longer.
+    let grace = limits.idle_timeout.min(Duration::from_secs(30));
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(grace, writer).await.is_err() {
+        abort.abort();
+    }
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     write_half: W,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: OutgoingRx,
     mut reader_done: oneshot::Receiver<()>,
 ) {
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, write_half);
@@ -234,10 +263,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if write_line(&mut out, &first).await.is_err() {
             return;
         }
-        while let Ok(more) = rx.try_recv() {
+        rx.written(&first);
+        while let Some(more) = rx.try_recv() {
             if write_line(&mut out, &more).await.is_err() {
                 return;
             }
+            rx.written(&more);
         }
         if out.flush().await.is_err() {
             return;

@@ -290,10 +290,24 @@ where
     }
 }
 
+/// The JSON-RPC limits every transport shares (set in `[electrum]`): batch size, answer
+/// size, subscriptions per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcLimits {
+    /// Most calls in a batch.
+    pub max_batch: usize,
+    /// Largest answer, bytes.
+    pub max_response_bytes: usize,
+    /// Most subscriptions per connection.
+    pub max_subscriptions: usize,
+}
+
 /// Starts the HTTP + WebSocket server; returns its handle and the address it listens on.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     addr: SocketAddr,
     cfg: &HttpConfig,
+    limits: RpcLimits,
     methods: Methods,
     service: Option<Arc<crate::service::Service>>,
     link_status: Option<crate::rpc::LinkStatusFn>,
@@ -303,9 +317,15 @@ pub async fn start(
         service: service.clone(),
         link_status,
     });
+    let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let config = ServerConfig::builder()
         .max_request_body_size(cfg.max_body_bytes)
+        .max_response_body_size(as_u32(limits.max_response_bytes))
         .max_connections(cfg.max_connections)
+        .max_subscriptions_per_connection(as_u32(limits.max_subscriptions))
+        .set_batch_request_config(jsonrpsee::server::BatchRequestConfig::Limit(as_u32(
+            limits.max_batch,
+        )))
         .build();
     let server = Server::builder()
         .set_config(config)

@@ -23,6 +23,7 @@
 //! - [`upstream`]: the upstream Electrum server; [`watch`]: broadcast transactions on the
 //!   chain; [`dev`]: the embedded system of `dev`/`demo`.
 
+pub mod admission;
 pub mod config;
 pub mod demo;
 pub mod dev;
@@ -244,6 +245,41 @@ pub fn link_identity(config: &Config) -> Result<satcosign_link::crypto::Identity
     })
 }
 
+/// Each listener's connection cap, fitted under the open-file limit (raised to its hard
+/// limit first) with room left for the database, SMTP and the upstream server.
+#[derive(Debug, Clone, Copy)]
+struct ListenerCaps {
+    electrum: usize,
+    http: usize,
+    nostr: usize,
+}
+
+impl ListenerCaps {
+    fn fit(config: &Config) -> ListenerCaps {
+        let files = admission::raise_open_files();
+        let asked = [
+            config.electrum.max_connections,
+            config.http.max_connections as usize,
+            config.nostr.max_connections,
+        ];
+        let [electrum, http, nostr] = admission::fit_caps(asked, files);
+        if [electrum, http, nostr] != asked {
+            tracing::warn!(
+                open_files = files,
+                electrum,
+                http,
+                nostr,
+                "connection caps lowered to fit under the open-file limit"
+            );
+        }
+        ListenerCaps {
+            electrum,
+            http,
+            nostr,
+        }
+    }
+}
+
 /// Starts the bridge described by `config` (its link from `[satellite]`) and returns once
 /// every listener is bound.
 pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
@@ -313,8 +349,15 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         config.mailbox.max_message_bytes,
     );
     let mut tasks = vec![mailbox.spawn_sweeper()];
+    let caps = ListenerCaps::fit(config);
     let nostr = match listeners.nostr {
-        Some(_) => Some(nostr_relay::NostrRelay::open(config.nostr.clone(), store.clone()).await?),
+        Some(_) => {
+            let mut relay_config = config.nostr.clone();
+            relay_config.max_connections = caps.nostr;
+            relay_config.max_connections_per_peer =
+                relay_config.max_connections_per_peer.min(caps.nostr);
+            Some(nostr_relay::NostrRelay::open(relay_config, store.clone()).await?)
+        }
         None => None,
     };
 
@@ -407,12 +450,22 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         link_status: link_status.clone(),
     });
     let methods: jsonrpsee::Methods = module.into();
-    let dispatcher = Dispatcher::new(methods.clone(), config.electrum.max_batch);
+    let dispatcher = Dispatcher::new(
+        methods.clone(),
+        config.electrum.max_batch,
+        config.electrum.max_response_bytes,
+    );
     let limits = electrum_tcp::Limits {
         max_line_bytes: config.electrum.max_line_bytes,
         idle_timeout: Duration::from_secs(config.electrum.idle_timeout_secs),
+        max_unsent_bytes: config.electrum.max_unsent_bytes,
+        max_subscriptions: config.electrum.max_subscriptions,
     };
-    let connections = Arc::new(tokio::sync::Semaphore::new(config.electrum.max_connections));
+    let connections = admission::Admission::new(
+        caps.electrum,
+        config.electrum.max_connections_per_peer.min(caps.electrum),
+        ("electrum_connections", "electrum_connections_per_peer"),
+    );
 
     let mut running = RunningBridge {
         electrum_tcp: None,
@@ -459,7 +512,15 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     if let Some(addr) = listeners.http {
         let (handle, local) = http::start(
             addr,
-            &config.http,
+            &config::HttpConfig {
+                max_connections: u32::try_from(caps.http).unwrap_or(u32::MAX),
+                ..config.http.clone()
+            },
+            http::RpcLimits {
+                max_batch: config.electrum.max_batch,
+                max_response_bytes: config.electrum.max_response_bytes,
+                max_subscriptions: config.electrum.max_subscriptions,
+            },
             methods.clone(),
             service.clone(),
             link_status,

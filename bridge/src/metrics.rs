@@ -60,6 +60,37 @@ impl Counters {
     }
 }
 
+/// Every limit that can be hit, by name, as `/metrics` labels it.
+pub const LIMITS: [&str; 10] = [
+    "electrum_connections",
+    "electrum_connections_per_peer",
+    "electrum_unsent_bytes",
+    "electrum_push_dropped",
+    "electrum_response_bytes",
+    "electrum_subscriptions",
+    "nostr_connections",
+    "nostr_connections_per_peer",
+    "nostr_idle_timeout",
+    "mailbox_bytes",
+];
+
+static LIMIT_HITS: [AtomicU64; LIMITS.len()] = [const { AtomicU64::new(0) }; LIMITS.len()];
+
+/// Counts a hit of the limit `name` (one of [`LIMITS`]) for `/metrics`.
+pub fn limit_hit(name: &str) {
+    if let Some(i) = LIMITS.iter().position(|l| *l == name) {
+        LIMIT_HITS[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Hits of the limit `name` since start.
+pub fn limit_hits(name: &str) -> u64 {
+    LIMITS
+        .iter()
+        .position(|l| *l == name)
+        .map_or(0, |i| LIMIT_HITS[i].load(Ordering::Relaxed))
+}
+
 /// What a scrape reads.
 #[derive(Clone, Default)]
 pub struct Source {
@@ -183,6 +214,18 @@ pub async fn render(source: &Source) -> Result<String, StoreError> {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    t.family(
+        "satcosign_limit_hits_total",
+        "counter",
+        "Times a resource limit refused or held back a client, by limit.",
+    );
+    for name in LIMITS {
+        t.sample(
+            "satcosign_limit_hits_total",
+            &[("limit", name)],
+            limit_hits(name),
+        );
+    }
     if let Some(service) = &source.service {
         let c = &service.counters;
         t.family(

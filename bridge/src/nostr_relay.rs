@@ -141,6 +141,8 @@ pub struct NostrRelay {
     hook: OnceLock<Arc<dyn EventHook>>,
     /// Set when the serving task ends: open connections close.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// Connections open, in all and per peer.
+    admission: Arc<crate::admission::Admission>,
 }
 
 /// Tells open connections to close when the serving task is dropped (the bridge stops).
@@ -181,12 +183,17 @@ impl NostrRelay {
         }
         let (live, _) = broadcast::channel(1024);
         Ok(Arc::new(NostrRelay {
-            config,
             store,
             index: RwLock::new(index),
             live,
             hook: OnceLock::new(),
             stopped: tokio::sync::watch::channel(false).0,
+            admission: crate::admission::Admission::new(
+                config.max_connections,
+                config.max_connections_per_peer,
+                ("nostr_connections", "nostr_connections_per_peer"),
+            ),
+            config,
         }))
     }
 
@@ -453,15 +460,26 @@ impl NostrRelay {
                     continue;
                 }
             };
+            let slot = match self.admission.admit(peer.ip()) {
+                Ok(s) => Arc::new(s),
+                Err(why) => {
+                    tracing::warn!(%peer, ?why, open = self.admission.open(), "nostr connection refused: over the limit");
+                    continue;
+                }
+            };
             // Answers are small frames after large ones (EOSE after EVENT): no Nagle delay.
             let _ = stream.set_nodelay(true);
             let relay = self.clone();
+            let header_timeout = Duration::from_secs(self.config.header_timeout_secs);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let relay = relay.clone();
-                    async move { Ok::<_, std::convert::Infallible>(relay.http(req, peer)) }
+                    let slot = slot.clone();
+                    async move { Ok::<_, std::convert::Infallible>(relay.http(req, peer, slot)) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
                     .await
@@ -476,6 +494,7 @@ impl NostrRelay {
         self: &Arc<Self>,
         req: Request<hyper::body::Incoming>,
         peer: SocketAddr,
+        slot: Arc<crate::admission::Admitted>,
     ) -> Response<Full<Bytes>> {
         let header = |name: &str| {
             req.headers()
@@ -503,6 +522,8 @@ impl NostrRelay {
                             Some(ws_config),
                         )
                         .await;
+                        // The connection's slot is held for as long as the WebSocket lives.
+                        let _slot = slot;
                         relay.connection(ws, peer).await;
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "websocket upgrade failed"),
@@ -547,10 +568,21 @@ impl NostrRelay {
             allowance: f64::from(self.config.messages_per_minute),
             last: Instant::now(),
         };
+        let idle_for = Duration::from_secs(self.config.idle_timeout_secs);
+        let idle = tokio::time::sleep(idle_for);
+        tokio::pin!(idle);
         loop {
             let out: Vec<Value> = tokio::select! {
+                () = &mut idle => {
+                    crate::metrics::limit_hit("nostr_idle_timeout");
+                    tracing::debug!(%peer, "nostr connection idle; closing");
+                    break;
+                }
                 msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(text))) => self.on_text(&mut conn, &text).await,
+                    Some(Ok(Message::Text(text))) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_for);
+                        self.on_text(&mut conn, &text).await
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         vec![notice("invalid: binary messages are not Nostr; send JSON text")]
                     }

@@ -22,6 +22,8 @@ pub const INTERNAL_ERROR: i32 = -32603;
 pub const UNSUPPORTED_PROTOCOL: i32 = -32001;
 /// A request line or body exceeded the configured size limit.
 pub const OVERSIZED_REQUEST: i32 = -32007;
+/// An answer exceeded the configured size limit (jsonrpsee's code for the same on HTTP).
+pub const OVERSIZED_RESPONSE: i32 = -32008;
 /// A batch held more calls than the configured limit.
 pub const BATCH_TOO_LARGE: i32 = -32010;
 
@@ -86,6 +88,14 @@ pub enum RpcError {
         client_max: String,
         /// The version the bridge speaks.
         server: &'static str,
+    },
+    /// The connection holds as many subscriptions as it may.
+    #[error(
+        "this connection already holds {max} subscriptions, the limit; close it or use another"
+    )]
+    TooManySubscriptions {
+        /// The limit.
+        max: usize,
     },
     /// Storage failed; nothing was changed by this call.
     #[error("storage error: {0}")]
@@ -173,6 +183,7 @@ impl RpcError {
             | RpcError::MessageTooLarge { .. } => INVALID_PARAMS,
             RpcError::UnsupportedProtocol { .. } => UNSUPPORTED_PROTOCOL,
             RpcError::Storage(_) => INTERNAL_ERROR,
+            RpcError::TooManySubscriptions { .. } => RATE_LIMITED,
             RpcError::Service { code, .. } => *code,
         }
     }
@@ -193,6 +204,7 @@ impl RpcError {
                 Some(json!({"protocol_min": server, "protocol_max": server}))
             }
             RpcError::Storage(_) => None,
+            RpcError::TooManySubscriptions { max } => Some(json!({"max": max})),
             RpcError::Service { data, .. } => data.clone(),
         }
     }

@@ -1,0 +1,171 @@
+//! Connection admission: a cap on the open connections of a listener (or of listeners that
+//! share one), and a share of it per peer address, so one peer cannot take every slot.
+//!
+//! A connection over either bound is refused at once (the socket is closed without a
+//! word, and the refusal is logged and counted in `/metrics`): accepting never stalls, so
+//! the listener keeps serving everyone else.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The bounds of one listener family.
+#[derive(Debug)]
+pub struct Admission {
+    total: Arc<Semaphore>,
+    max: usize,
+    per_peer: usize,
+    peers: Mutex<HashMap<IpAddr, usize>>,
+    /// The `/metrics` names of the two limits.
+    names: (&'static str, &'static str),
+}
+
+/// One admitted connection: its slot is given back when this is dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut peers = self
+            .admission
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every slot is taken.
+    Full,
+    /// This peer holds its whole share.
+    PeerShare,
+}
+
+impl Admission {
+    /// At most `max` connections, `per_peer` of them from one address; `names` label the
+    /// two limits in `/metrics` (see [`crate::metrics::LIMITS`]).
+    pub fn new(max: usize, per_peer: usize, names: (&'static str, &'static str)) -> Arc<Admission> {
+        Arc::new(Admission {
+            total: Arc::new(Semaphore::new(max)),
+            max,
+            per_peer: per_peer.min(max),
+            peers: Mutex::new(HashMap::new()),
+            names,
+        })
+    }
+
+    /// Admits a connection from `ip`, or says why not (and counts it).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let held = peers.get(&ip).copied().unwrap_or(0);
+        if held >= self.per_peer {
+            crate::metrics::limit_hit(self.names.1);
+            return Err(Refused::PeerShare);
+        }
+        let Ok(permit) = self.total.clone().try_acquire_owned() else {
+            crate::metrics::limit_hit(self.names.0);
+            return Err(Refused::Full);
+        };
+        peers.insert(ip, held + 1);
+        Ok(Admitted {
+            _permit: permit,
+            admission: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max - self.total.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_peer_gets_a_share_and_slots_come_back() {
+        let a = Admission::new(
+            3,
+            2,
+            ("electrum_connections", "electrum_connections_per_peer"),
+        );
+        let (x, y): (IpAddr, IpAddr) = (
+            "127.0.0.2".parse().expect("ip"),
+            "127.0.0.3".parse().expect("ip"),
+        );
+        let x1 = a.admit(x).expect("first");
+        let _x2 = a.admit(x).expect("second");
+        assert_eq!(a.admit(x).expect_err("over the share"), Refused::PeerShare);
+        let _y1 = a.admit(y).expect("another peer");
+        assert_eq!(a.admit(y).expect_err("full"), Refused::Full);
+        drop(x1);
+        assert_eq!(a.open(), 2);
+        a.admit(y).expect("a slot came back");
+    }
+}
+
+/// File descriptors kept aside for the database, SMTP, the upstream server, the link and
+/// logs, whatever the listeners hold.
+pub const RESERVED_FILES: u64 = 128;
+
+/// Raises the process's open-file limit to its hard limit and returns the new soft limit.
+pub fn raise_open_files() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                tracing::info!(from = soft, to = hard, "raised the open-file limit");
+                return hard;
+            }
+            soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the open-file limit could not be read; assuming 1024");
+            1024
+        }
+    }
+}
+
+/// The listeners' connection caps, scaled down together when their sum would not leave
+/// [`RESERVED_FILES`] under `open_files` (each keeps at least 1).
+pub fn fit_caps<const N: usize>(caps: [usize; N], open_files: u64) -> [usize; N] {
+    let room = usize::try_from(open_files.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+    let total: usize = caps.iter().sum();
+    if total <= room {
+        return caps;
+    }
+    caps.map(|c| (c.saturating_mul(room) / total.max(1)).max(1))
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+
+    #[test]
+    fn caps_fit_under_the_file_limit() {
+        assert_eq!(fit_caps([1024, 1024, 512], 65_536), [1024, 1024, 512]);
+        let fitted = fit_caps([1024, 1024, 512], 1024);
+        assert!(
+            fitted.iter().sum::<usize>() as u64 <= 1024 - RESERVED_FILES,
+            "{fitted:?}"
+        );
+        assert!(fitted.iter().all(|c| *c >= 1));
+        assert!(raise_open_files() >= 1024);
+    }
+}
