@@ -50,6 +50,9 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
+/// Payments an email lists one by one; past them it gives their count and total.
+pub const SHOWN_PAYMENTS: usize = 20;
+
 /// A one-line description of what the request asks.
 pub fn headline(wallet: &WalletRecord, req: &RequestRecord) -> String {
     match &req.action {
@@ -92,10 +95,24 @@ pub fn summary(
             ));
         }
         Action::Sign { summary, .. } => {
-            for (i, d) in summary.destinations.iter().enumerate() {
+            for (i, d) in summary.destinations.iter().take(SHOWN_PAYMENTS).enumerate() {
                 rows.push((
                     format!("Pay #{}", i + 1),
                     format!("{} to {}", btc(d.amount_sat), d.address),
+                ));
+            }
+            let rest = &summary.destinations[summary.destinations.len().min(SHOWN_PAYMENTS)..];
+            if !rest.is_empty() {
+                // A readable email: the rest in one line, with their total; every payment is
+                // in request.status and the transaction itself.
+                let total: u64 = rest.iter().map(|d| d.amount_sat).sum();
+                rows.push((
+                    format!(
+                        "Pay #{} to #{}",
+                        SHOWN_PAYMENTS + 1,
+                        summary.destinations.len()
+                    ),
+                    format!("{} in all, to {} more addresses", btc(total), rest.len()),
                 ));
             }
             rows.push((

@@ -340,12 +340,16 @@ pub fn register(
             let (r, watch) = view(&service, id).await?;
             if let Some(pusher) = ext.get::<Pusher>().cloned() {
                 if !ended(&r, &watch) {
+                    let slot = pusher
+                        .subscription()
+                        .map_err(|max| RpcError::TooManySubscriptions { max })?;
                     let gone = pusher.clone();
                     tokio::spawn(follow(
                         service,
                         id,
                         events,
                         move |status| {
+                            let _held = &slot;
                             let ok = pusher
                                 .push("request.subscribe", vec![json!(id.to_string()), status]);
                             async move { ok }

@@ -337,6 +337,32 @@ pub fn summarize(spend: &Spend, network: bitcoin::Network) -> SpendSummary {
     }
 }
 
+/// Whether `wallet` may open a signing request now: active, and under its hourly limit
+/// (the one rule, checked before any upstream call and again where the request is opened).
+fn may_request(wallet: &WalletRecord, gate: &GateConfig, now: u64) -> Result<(), ServiceError> {
+    if wallet.state != WalletState::Active {
+        return Err(ServiceError::WalletNotActive {
+            wallet_id: wallet.id,
+            state: wallet_state_name(wallet.state),
+        });
+    }
+    let hour_ago = now.saturating_sub(3600);
+    let recent: Vec<u64> = wallet
+        .recent_requests
+        .iter()
+        .copied()
+        .filter(|t| *t > hour_ago)
+        .collect();
+    if recent.len() >= gate.max_requests_per_hour as usize {
+        let oldest = recent.iter().min().copied().unwrap_or(now);
+        return Err(ServiceError::RateLimited {
+            what: "signing requests for this wallet",
+            retry_after: notice::format_utc(oldest + 3600),
+        });
+    }
+    Ok(())
+}
+
 fn check_email(email: &str) -> Result<(), ServiceError> {
     crate::mail::parse_address(email).map_err(|e| ServiceError::Invalid {
         field: "email",
@@ -979,6 +1005,9 @@ impl Service {
     }
 
     /// As [`Self::submit_psbt`], running `on_open` in the transaction that opens the request.
+    ///
+    /// Cheap checks come first: the PSBT's size, the wallet's state and its hourly limit
+    /// are checked before the upstream server is asked anything.
     pub async fn submit_psbt_with(
         &self,
         wallet_id: Option<WalletId>,
@@ -992,9 +1021,36 @@ impl Service {
                 "the transaction has no inputs or no outputs".into(),
             ));
         }
+        let (inputs, outputs) = (psbt.inputs.len(), psbt.outputs.len());
+        if inputs > self.gate.max_psbt_inputs || outputs > self.gate.max_psbt_outputs {
+            return Err(ServiceError::BadPsbt(format!(
+                "{inputs} inputs and {outputs} outputs; at most {} inputs and {} outputs are co-signed",
+                self.gate.max_psbt_inputs, self.gate.max_psbt_outputs
+            )));
+        }
+        let now = unix_now();
         let candidates = match wallet_id {
-            Some(id) => vec![self.wallet_record(id).await?],
-            None => self.candidate_wallets(&psbt).await?,
+            Some(id) => {
+                let record = self.wallet_record(id).await?;
+                may_request(&record, &self.gate, now)?;
+                vec![record]
+            }
+            None => {
+                let all = self.candidate_wallets(&psbt).await?;
+                let first = all.first().cloned();
+                let open: Vec<WalletRecord> = all
+                    .into_iter()
+                    .filter(|r| may_request(r, &self.gate, now).is_ok())
+                    .collect();
+                match (open.is_empty(), first) {
+                    (true, Some(first)) => {
+                        return Err(may_request(&first, &self.gate, now)
+                            .err()
+                            .unwrap_or(ServiceError::NoWalletForPsbt))
+                    }
+                    _ => open,
+                }
+            }
         };
         if candidates.is_empty() {
             return Err(ServiceError::NoWalletForPsbt);
@@ -1025,13 +1081,6 @@ impl Service {
                 (Some(id), None) => ServiceError::UnknownWallet(id),
             });
         };
-        if record.state != WalletState::Active {
-            return Err(ServiceError::WalletNotActive {
-                wallet_id: record.id,
-                state: wallet_state_name(record.state),
-            });
-        }
-        let now = unix_now();
         let refused = check_policy(&spend, &record.policy, &[], now, replaces).err();
         if let (Some(refusal), None) = (&refused, &on_open) {
             return Err(ServiceError::Refused(refusal.clone()));
@@ -1548,12 +1597,8 @@ fn open_or_update_sign(
     }
     let hour_ago = now.saturating_sub(3600);
     wallet.recent_requests.retain(|t| *t > hour_ago);
-    if wallet.recent_requests.len() >= gate.max_requests_per_hour as usize {
-        let oldest = wallet.recent_requests.iter().min().copied().unwrap_or(now);
-        return Ok(Err(ServiceError::RateLimited {
-            what: "signing requests for this wallet",
-            retry_after: notice::format_utc(oldest + 3600),
-        }));
+    if let Err(e) = may_request(&wallet, gate, now) {
+        return Ok(Err(e));
     }
     wallet.recent_requests.push(now);
     save_wallet(txn, &wallet)?;

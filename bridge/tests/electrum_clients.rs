@@ -177,13 +177,19 @@ async fn any_method_can_push_electrum_style_notifications() {
     let limits = Limits {
         max_line_bytes: 10_000,
         idle_timeout: Duration::from_secs(30),
+        max_unsent_bytes: 1 << 20,
+        max_subscriptions: 8,
     };
     let server = tokio::spawn(serve(
         listener,
         None,
-        Dispatcher::new(module.into(), 10),
+        Dispatcher::new(module.into(), 10, 1 << 20),
         limits,
-        std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
+        satcosign_bridge::admission::Admission::new(
+            4,
+            4,
+            ("electrum_connections", "electrum_connections_per_peer"),
+        ),
     ));
     let mut c = common::LineClient::connect(addr).await;
     // A raw line: this test-only method is not part of the documented contract.

@@ -98,6 +98,27 @@ impl BridgeProcess {
     }
 
     /// The rest of the printed line that starts with `prefix`.
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let addr: std::net::SocketAddr = self
+            .http
+            .trim_start_matches("http://")
+            .parse()
+            .expect("http address");
+        let (status, text) = super::flow::http_raw(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// The bridge's process id (for reading its `/proc` entry).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn printed_after(&self, prefix: &str) -> Option<&str> {
         self.printed.iter().find_map(|l| l.strip_prefix(prefix))
     }
