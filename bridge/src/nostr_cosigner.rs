@@ -11,8 +11,9 @@
 //! words.
 //!
 //! The relay takes from clients no event signed by a satellite identity (only the bridge
-//! speaks for the satellite: `restricted:`), and no direct message that involves neither a
-//! satellite identity nor a registered wallet's member (`blocked:`).
+//! speaks for the satellite: `restricted:`), and nothing but direct messages from a
+//! registered wallet's member to a satellite identity or another member (`blocked:`): a
+//! stranger can store nothing on it.
 //!
 //! Where a request came from is recorded in the transaction that opens it, and each
 //! message is marked handled in the transaction that records its answer, so a crash
@@ -68,6 +69,9 @@ pub struct NostrCosigner {
 }
 
 impl EventHook for NostrCosigner {
+    /// The relay keeps only what the service needs: direct messages (kind 4) from a
+    /// registered wallet's member to a satellite identity or another member. The bridge
+    /// publishes the satellite's answers itself.
     fn admit(&self, e: &Event) -> Result<(), Rejection> {
         let satellites = self.satellites.read().unwrap_or_else(|p| p.into_inner());
         if satellites.contains_key(&e.pubkey) {
@@ -75,17 +79,28 @@ impl EventHook for NostrCosigner {
                 "this key is a satellite identity; only the bridge publishes for it".into(),
             ));
         }
-        if e.kind == Kind::EncryptedDirectMessage {
-            let members = self.members.read().unwrap_or_else(|p| p.into_inner());
-            let involved = members.contains(&e.pubkey)
-                || e.tags
-                    .public_keys()
-                    .any(|p| satellites.contains_key(p) || members.contains(p));
-            if !involved {
-                return Err(Rejection::Blocked(
-                    "this relay carries direct messages of satcosign wallets only".into(),
-                ));
-            }
+        if e.kind != Kind::EncryptedDirectMessage {
+            return Err(Rejection::Blocked(format!(
+                "this relay carries only direct messages (kind 4) of satcosign wallets, not kind {}",
+                e.kind.as_u16()
+            )));
+        }
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        if !members.contains(&e.pubkey) {
+            return Err(Rejection::Blocked(
+                "the author is no key of a wallet registered with this bridge; register the \
+                 wallet first"
+                    .into(),
+            ));
+        }
+        if !e
+            .tags
+            .public_keys()
+            .any(|p| satellites.contains_key(p) || members.contains(p))
+        {
+            return Err(Rejection::Blocked(
+                "the message is to no key of a wallet this bridge serves".into(),
+            ));
         }
         Ok(())
     }

@@ -34,15 +34,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::NostrConfig;
+use crate::nostr_message::{self, closed, notice, ok, ClientMessage, DecodeLimits, MAX_SUB_ID};
 use crate::store::{Store, StoreError};
 
 /// Stored events: event id -> the event's JSON.
 pub const NOSTR_EVENTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("nostr_events");
 
-/// Sees every event the relay accepts (after it is stored).
+/// Decides what the relay stores and sees every event it accepts (after it is stored).
 pub trait EventHook: Send + Sync {
-    /// Whether the relay takes this event from a client at all (after its own checks);
-    /// must not block.
+    /// Whether the relay takes this event from a client at all (after its own checks); with
+    /// no hook the relay takes nothing. Must not block.
     fn admit(&self, event: &Event) -> Result<(), Rejection>;
     /// Called once per new event, on the relay's runtime; must not block.
     fn on_event(&self, event: Arc<Event>);
@@ -102,23 +103,47 @@ fn replace_key(e: &Event) -> Option<(String, u16, String)> {
     }
 }
 
+/// The events held, by time and by id, with the bytes each author holds.
 #[derive(Default)]
 struct Index {
     by_time: BTreeMap<(u64, [u8; 32]), Arc<Event>>,
-    by_id: HashMap<[u8; 32], u64>,
+    /// Event id -> (created_at, bytes of JSON).
+    by_id: HashMap<[u8; 32], (u64, usize)>,
+    /// Bytes of JSON held per author.
+    by_author: HashMap<nostr::PublicKey, usize>,
+    /// Bytes of JSON held in all.
+    bytes: usize,
 }
 
 impl Index {
     fn insert(&mut self, e: Arc<Event>) {
         let id = e.id.to_bytes();
+        if self.by_id.contains_key(&id) {
+            return;
+        }
         let t = e.created_at.as_secs();
-        self.by_id.insert(id, t);
+        let size = e.as_json().len();
+        self.by_id.insert(id, (t, size));
+        *self.by_author.entry(e.pubkey).or_default() += size;
+        self.bytes += size;
         self.by_time.insert((t, id), e);
     }
     fn remove(&mut self, id: &[u8; 32]) {
-        if let Some(t) = self.by_id.remove(id) {
-            self.by_time.remove(&(t, *id));
+        if let Some((t, size)) = self.by_id.remove(id) {
+            if let Some(e) = self.by_time.remove(&(t, *id)) {
+                if let Some(held) = self.by_author.get_mut(&e.pubkey) {
+                    *held = held.saturating_sub(size);
+                    if *held == 0 {
+                        self.by_author.remove(&e.pubkey);
+                    }
+                }
+            }
+            self.bytes = self.bytes.saturating_sub(size);
         }
+    }
+    /// Bytes of JSON `author` holds.
+    fn held_by(&self, author: &nostr::PublicKey) -> usize {
+        self.by_author.get(author).copied().unwrap_or(0)
     }
     fn replaced_by(&self, e: &Event) -> Vec<[u8; 32]> {
         let Some(key) = replace_key(e) else {
@@ -243,8 +268,14 @@ impl NostrRelay {
     /// to live subscriptions and to the hook.
     pub async fn accept(&self, e: Event, json_len: usize) -> Result<Accepted, Rejection> {
         self.check(&e, json_len)?;
-        if let Some(hook) = self.hook.get() {
-            hook.admit(&e)?;
+        match self.hook.get() {
+            Some(hook) => hook.admit(&e)?,
+            // A bridge with no satellite serves no one on its relay.
+            None => {
+                return Err(Rejection::Blocked(
+                    "this bridge serves no satellite identity; its relay carries nothing".into(),
+                ))
+            }
         }
         let id = e.id.to_bytes();
         if self.contains(&id) {
@@ -252,15 +283,18 @@ impl NostrRelay {
         }
         let e = Arc::new(e);
         if !e.kind.is_ephemeral() {
+            self.has_room_for(&e)?;
             // A replaceable event older than the one held is not stored.
             let (replaced, newer_held) = self
                 .index
                 .read()
                 .map(|i| {
                     let replaced = i.replaced_by(&e);
-                    let newer = replaced
-                        .iter()
-                        .any(|r| i.by_id.get(r).is_some_and(|t| *t > e.created_at.as_secs()));
+                    let newer = replaced.iter().any(|r| {
+                        i.by_id
+                            .get(r)
+                            .is_some_and(|(t, _)| *t > e.created_at.as_secs())
+                    });
                     (replaced, newer)
                 })
                 .unwrap_or_default();
@@ -292,6 +326,38 @@ impl NostrRelay {
             hook.on_event(e);
         }
         Ok(Accepted::New)
+    }
+
+    /// Whether the relay may store `e` under its total and per-author storage caps (the
+    /// bridge's own events are not held to them, but count).
+    fn has_room_for(&self, e: &Event) -> Result<(), Rejection> {
+        let size = e.as_json().len();
+        let (total, author) = self
+            .index
+            .read()
+            .map(|i| (i.bytes, i.held_by(&e.pubkey)))
+            .unwrap_or_default();
+        if author + size > self.config.max_stored_bytes_per_author {
+            crate::metrics::limit_hit("nostr_stored_bytes_per_author");
+            return Err(Rejection::RateLimited(format!(
+                "this author holds {author} bytes of events; the limit is {} \
+                 (nostr.max_stored_bytes_per_author): wait for older ones to expire",
+                self.config.max_stored_bytes_per_author
+            )));
+        }
+        if total + size > self.config.max_stored_bytes {
+            crate::metrics::limit_hit("nostr_stored_bytes");
+            return Err(Rejection::Error(format!(
+                "the relay holds its limit of {} bytes (nostr.max_stored_bytes); try again later",
+                self.config.max_stored_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bytes of events held, in all.
+    pub fn stored_bytes(&self) -> usize {
+        self.index.read().map(|i| i.bytes).unwrap_or(0)
     }
 
     /// Stores an event of the bridge's own inside `txn` (call [`Self::published`] after the
@@ -335,7 +401,7 @@ impl NostrRelay {
                     .iter()
                     .filter_map(|id| {
                         let key = id.to_bytes();
-                        let t = index.by_id.get(&key)?;
+                        let (t, _) = index.by_id.get(&key)?;
                         index.by_time.get(&(*t, key))
                     })
                     .filter(|e| wanted(e))
@@ -615,88 +681,25 @@ impl NostrRelay {
     }
 
     async fn on_text(&self, conn: &mut Conn, text: &str) -> Vec<Value> {
-        let v: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => return vec![notice(&format!("invalid: malformed JSON: {e}"))],
+        let limits = DecodeLimits {
+            max_event_bytes: self.config.max_event_bytes,
+            max_filters: self.config.max_filters,
         };
-        let Some(arr) = v.as_array() else {
-            return vec![notice("invalid: a message is a JSON array")];
+        let message = match nostr_message::decode(text, &limits) {
+            Ok(m) => m,
+            Err(refusal) => return vec![refusal.to_value()],
         };
-        let Some(kind) = arr.first().and_then(Value::as_str) else {
-            return vec![notice(
-                "invalid: a message's first element is its type, a string",
-            )];
-        };
-        match kind {
-            "EVENT" => {
-                let id = arr
-                    .get(1)
-                    .and_then(|e| e.get("id"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
+        match message {
+            ClientMessage::Event { event, json_len } => {
+                let id = event.id.to_hex();
                 if !conn.take(f64::from(self.config.messages_per_minute)) {
                     return vec![ok(&id, Err(Rejection::RateLimited("slow down".into())))];
                 }
-                if arr.len() != 2 {
-                    return vec![notice("invalid: EVENT takes exactly one event")];
-                }
-                let json_len = arr[1].to_string().len();
-                if json_len > self.config.max_event_bytes {
-                    return vec![ok(
-                        &id,
-                        Err(Rejection::Invalid(format!(
-                            "event is {json_len} bytes; the limit is {}",
-                            self.config.max_event_bytes
-                        ))),
-                    )];
-                }
-                let event: Event = match serde_json::from_value(arr[1].clone()) {
-                    Ok(e) => e,
-                    Err(e) if id.is_empty() => {
-                        return vec![notice(&format!("invalid: not an event: {e}"))]
-                    }
-                    Err(e) => {
-                        return vec![ok(
-                            &id,
-                            Err(Rejection::Invalid(format!("not an event: {e}"))),
-                        )]
-                    }
-                };
-                let id = event.id.to_hex();
-                vec![ok(&id, self.accept(event, json_len).await)]
+                vec![ok(&id, self.accept(*event, json_len).await)]
             }
-            "REQ" => {
-                let Some(sub) = arr.get(1).and_then(Value::as_str).map(str::to_owned) else {
-                    return vec![notice("invalid: REQ needs a subscription id string")];
-                };
-                if sub.is_empty() || sub.chars().count() > MAX_SUB_ID {
-                    return vec![closed(
-                        &sub,
-                        &format!("invalid: subscription ids are 1 to {MAX_SUB_ID} characters"),
-                    )];
-                }
+            ClientMessage::Req { sub, filters } => {
                 if !conn.take(f64::from(self.config.messages_per_minute)) {
                     return vec![closed(&sub, "rate-limited: slow down")];
-                }
-                let raw = &arr[2..];
-                if raw.is_empty() || raw.len() > self.config.max_filters {
-                    return vec![closed(
-                        &sub,
-                        &format!(
-                            "invalid: REQ takes 1 to {} filters",
-                            self.config.max_filters
-                        ),
-                    )];
-                }
-                let mut filters = Vec::with_capacity(raw.len());
-                for (i, f) in raw.iter().enumerate() {
-                    match serde_json::from_value::<Filter>(f.clone()) {
-                        Ok(f) => filters.push(f),
-                        Err(e) => {
-                            return vec![closed(&sub, &format!("invalid: filter {i}: {e}"))];
-                        }
-                    }
                 }
                 if !conn.subs.contains_key(&sub) && conn.subs.len() >= self.config.max_subscriptions
                 {
@@ -717,22 +720,13 @@ impl NostrRelay {
                 conn.subs.insert(sub, filters);
                 out
             }
-            "CLOSE" => match arr.get(1).and_then(Value::as_str) {
-                Some(sub) if arr.len() == 2 => {
-                    conn.subs.remove(sub);
-                    Vec::new()
-                }
-                _ => vec![notice("invalid: CLOSE takes one subscription id")],
-            },
-            other => vec![notice(&format!(
-                "unsupported: unknown message type {other:?}"
-            ))],
+            ClientMessage::Close { sub } => {
+                conn.subs.remove(&sub);
+                Vec::new()
+            }
         }
     }
 }
-
-/// Longest subscription id accepted.
-const MAX_SUB_ID: usize = 64;
 
 struct Conn {
     subs: HashMap<String, Vec<Filter>>,
@@ -764,22 +758,6 @@ impl Conn {
             })
             .map(|(sub, _)| json!(["EVENT", sub, e]))
             .collect()
-    }
-}
-
-fn notice(text: &str) -> Value {
-    json!(["NOTICE", text])
-}
-
-fn closed(sub: &str, text: &str) -> Value {
-    json!(["CLOSED", sub, text])
-}
-
-fn ok(id: &str, result: Result<Accepted, Rejection>) -> Value {
-    match result {
-        Ok(Accepted::New) => json!(["OK", id, true, ""]),
-        Ok(Accepted::Duplicate) => json!(["OK", id, true, "duplicate: already have this event"]),
-        Err(r) => json!(["OK", id, false, r.to_string()]),
     }
 }
 

@@ -50,12 +50,35 @@ async fn until_eose(ws: &mut Ws, sub: &str) -> Vec<Value> {
     }
 }
 
-fn note(keys: &Keys, text: &str, tags: Vec<Tag>, at: u64) -> Event {
-    EventBuilder::text_note(text)
+/// A direct message (kind 4) from `keys` to `to` with `text` as its content, at `at`: the
+/// only kind of event the relay carries.
+fn note(keys: &Keys, to: &PublicKey, text: &str, tags: Vec<Tag>, at: u64) -> Event {
+    EventBuilder::new(Kind::EncryptedDirectMessage, text)
+        .tag(Tag::public_key(*to))
         .tags(tags)
         .custom_created_at(Timestamp::from(at))
         .sign_with_keys(keys)
         .expect("sign")
+}
+
+/// The Nostr identities of a wallet's user and backup keys once the wallet is registered
+/// (before it is confirmed): the only authors the relay takes events from.
+async fn wallet_members(flow: &common::flow::Flow) -> (Keys, Keys) {
+    let w = common::flow::test_wallet(flow).await;
+    flow.ok(
+        "wallet.register",
+        vec![
+            json!(w.descriptor),
+            json!("alice@example.org"),
+            json!("members"),
+        ],
+    )
+    .await;
+    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
+    (
+        keys_for(&w.user.public().electrum_xpub()).expect("key"),
+        keys_for(&w.backup.public().electrum_xpub()).expect("key"),
+    )
 }
 
 fn now() -> u64 {
@@ -64,10 +87,12 @@ fn now() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_client_publishes_queries_follows_live_events_and_closes() {
-    let h = common::start_bridge(|_| {}).await;
-    let addr = h.bridge.nostr.expect("relay on");
+    use common::flow::{sky, Flow};
+    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let addr = flow.system.bridge.nostr.expect("relay on");
     let url = format!("ws://{addr}");
-    let alice = Keys::generate();
+    let (alice, bob) = wallet_members(&flow).await;
+    let to = bob.public_key();
     let publisher = Client::new(alice.clone());
     publisher.add_relay(url.as_str()).await.expect("relay");
     publisher.connect().await;
@@ -79,9 +104,9 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
     let t0 = now() - 100;
     let topic = Tag::hashtag("satellite");
     let notes = [
-        note(&alice, "first", vec![topic.clone()], t0),
-        note(&alice, "second", vec![], t0 + 10),
-        note(&alice, "third", vec![topic.clone()], t0 + 20),
+        note(&alice, &to, "first", vec![topic.clone()], t0),
+        note(&alice, &to, "second", vec![], t0 + 10),
+        note(&alice, &to, "third", vec![topic.clone()], t0 + 20),
     ];
     for n in &notes {
         let out = publisher.send_event(n).await.expect("send");
@@ -96,7 +121,7 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
     let wait = Duration::from_secs(5);
     let base = Filter::new()
         .author(alice.public_key())
-        .kind(Kind::TextNote);
+        .kind(Kind::EncryptedDirectMessage);
     // limit gives the newest.
     let got = reader
         .fetch_events(base.clone().limit(2), wait)
@@ -144,7 +169,7 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
         .expect("subscribe")
         .val;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let live = note(&alice, "live", vec![], now());
+    let live = note(&alice, &to, "live", vec![], now());
     publisher.send_event(&live).await.expect("send");
     let received = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -165,7 +190,7 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
     assert_eq!(received.id, live.id);
     reader.unsubscribe(&sub).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = note(&alice, "after close", vec![], now());
+    let after = note(&alice, &to, "after close", vec![], now());
     publisher.send_event(&after).await.expect("send");
     let more = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
@@ -180,7 +205,8 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
     assert!(more.is_err(), "no event after CLOSE");
 
     // NIP-40: an event expiring in 2 s is served, then not; an expired one is refused.
-    let soon = EventBuilder::text_note("soon gone")
+    let soon = EventBuilder::new(Kind::EncryptedDirectMessage, "soon gone")
+        .tag(Tag::public_key(to))
         .tag(Tag::expiration(Timestamp::from(now() + 2)))
         .sign_with_keys(&alice)
         .expect("sign");
@@ -200,7 +226,8 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
         .await
         .expect("fetch")
         .is_empty());
-    let expired = EventBuilder::text_note("already gone")
+    let expired = EventBuilder::new(Kind::EncryptedDirectMessage, "already gone")
+        .tag(Tag::public_key(to))
         .tag(Tag::expiration(Timestamp::from(now() - 10)))
         .sign_with_keys(&alice)
         .expect("sign");
@@ -235,16 +262,21 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
         .contains("access-control-allow-origin: *"));
 
     // Events survive a restart (they are in redb).
-    let dir = h.dir;
-    let config = h.config.clone();
     publisher.disconnect().await;
     reader.disconnect().await;
-    h.bridge.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let restarted = satcosign_bridge::start(&config).await.expect("restart");
+    let Flow {
+        system,
+        config,
+        dir,
+        ..
+    } = flow;
+    system.stop().await;
+    let restarted = satcosign_bridge::dev::start_dev(config, sky(0.0))
+        .await
+        .expect("restart");
     let client = Client::new(Keys::generate());
     client
-        .add_relay(format!("ws://{}", restarted.nostr.expect("relay")).as_str())
+        .add_relay(format!("ws://{}", restarted.bridge.nostr.expect("relay")).as_str())
         .await
         .expect("relay");
     client.connect().await;
@@ -259,15 +291,19 @@ async fn an_independent_client_publishes_queries_follows_live_events_and_closes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_reason_nothing_is_stored_and_others_are_still_served() {
-    let h = common::start_bridge(|c| {
+    use common::flow::{sky, Flow};
+    let flow = Flow::start(sky(0.0), |c| {
         c.nostr.max_event_bytes = 4096;
         c.nostr.max_message_bytes = 64 * 1024;
         c.nostr.messages_per_minute = 30;
         c.nostr.max_subscriptions = 2;
+        c.nostr.max_stored_bytes = 64 * 1024;
+        c.nostr.max_stored_bytes_per_author = 16 * 1024;
     })
     .await;
-    let addr = h.bridge.nostr.expect("relay on");
-    let keys = Keys::generate();
+    let addr = flow.system.bridge.nostr.expect("relay on");
+    let (keys, other_member) = wallet_members(&flow).await;
+    let to = other_member.public_key();
     let mut ws = connect(addr).await;
 
     // Not JSON, not an array, no type, an unknown type.
@@ -291,14 +327,14 @@ async fn bad_input_gets_a_reason_nothing_is_stored_and_others_are_still_served()
     assert_eq!(next(&mut ws).await[0], "NOTICE");
 
     // A changed content (wrong id), a forged signature, an oversized event, not an event.
-    let good = note(&keys, "good", vec![], now());
+    let good = note(&keys, &to, "good", vec![], now());
     let mut wrong_id = serde_json::to_value(&good).expect("json");
     wrong_id["content"] = json!("changed after signing");
-    let other = note(&keys, "other", vec![], now());
+    let other = note(&keys, &to, "other", vec![], now());
     let mut forged = serde_json::to_value(&good).expect("json");
     forged["sig"] = json!(other.sig.to_string());
-    let big = note(&keys, &"x".repeat(5000), vec![], now());
-    let future = note(&keys, "from the future", vec![], now() + 3600);
+    let big = note(&keys, &to, &"x".repeat(5000), vec![], now());
+    let future = note(&keys, &to, "from the future", vec![], now() + 3600);
     for (event, needle) in [
         (wrong_id, "invalid: event id does not match"),
         (forged, "invalid: bad signature"),
@@ -329,16 +365,42 @@ async fn bad_input_gets_a_reason_nothing_is_stored_and_others_are_still_served()
         "{v}"
     );
     for sub in ["a", "b"] {
-        send(&mut ws, &json!(["REQ", sub, {"kinds": [1]}])).await;
+        send(&mut ws, &json!(["REQ", sub, {"kinds": [4]}])).await;
         until_eose(&mut ws, sub).await;
     }
-    send(&mut ws, &json!(["REQ", "c", {"kinds": [1]}])).await;
+    send(&mut ws, &json!(["REQ", "c", {"kinds": [4]}])).await;
     let v = next(&mut ws).await;
     assert_eq!(v[0], "CLOSED", "{v}");
     assert!(
         v[2].as_str().expect("reason").starts_with("blocked:"),
         "{v}"
     );
+
+    // What the service does not need is refused, with NIP-01's blocked: a member's text
+    // note, a stranger's message to a member, a member's message to a stranger.
+    let text_note = EventBuilder::text_note("hello")
+        .sign_with_keys(&keys)
+        .expect("sign");
+    let stranger = Keys::generate();
+    for (event, needle) in [
+        (
+            &text_note,
+            "blocked: this relay carries only direct messages",
+        ),
+        (
+            &note(&stranger, &keys.public_key(), "hi", vec![], now()),
+            "blocked: the author is no key of a wallet",
+        ),
+        (
+            &note(&keys, &stranger.public_key(), "hi", vec![], now()),
+            "blocked: the message is to no key",
+        ),
+    ] {
+        send(&mut ws, &json!(["EVENT", event])).await;
+        let v = next(&mut ws).await;
+        assert_eq!(v[2], false, "{v}");
+        assert!(v[3].as_str().expect("reason").starts_with(needle), "{v}");
+    }
 
     // The good event is accepted once, then is a duplicate.
     send(&mut ws, &json!(["EVENT", good])).await;
@@ -359,7 +421,7 @@ async fn bad_input_gets_a_reason_nothing_is_stored_and_others_are_still_served()
     // A flood: past the rate, events are refused as rate-limited.
     let mut limited = 0;
     for i in 0..40 {
-        let e = note(&keys, &format!("flood {i}"), vec![], now());
+        let e = note(&keys, &to, &format!("flood {i}"), vec![], now());
         send(&mut ws, &json!(["EVENT", e])).await;
         loop {
             let v = next(&mut ws).await;
@@ -417,7 +479,7 @@ async fn bad_input_gets_a_reason_nothing_is_stored_and_others_are_still_served()
         1 + (40 - limited),
         "good + the accepted flood"
     );
-    h.bridge.stop().await;
+    flow.system.stop().await;
 }
 
 /// Sends one event on a fresh connection; returns the relay's OK message.
