@@ -79,6 +79,12 @@ pub struct NostrConfig {
     pub header_timeout_secs: u64,
     /// A WebSocket silent for this long is closed, seconds. Default 600.
     pub idle_timeout_secs: u64,
+    /// Bytes of events (JSON) the relay holds in all, in memory and in redb; past it new
+    /// events are refused until old ones expire. Default 67108864 (64 MiB).
+    pub max_stored_bytes: usize,
+    /// Bytes of events one author may have held at once. Default 4194304 (4 MiB: sixteen of
+    /// the largest events).
+    pub max_stored_bytes_per_author: usize,
 }
 
 impl Default for NostrConfig {
@@ -97,6 +103,8 @@ impl Default for NostrConfig {
             max_connections_per_peer: 16,
             header_timeout_secs: 10,
             idle_timeout_secs: 600,
+            max_stored_bytes: 64 << 20,
+            max_stored_bytes_per_author: 4 << 20,
         }
     }
 }
@@ -351,6 +359,12 @@ pub struct MailboxConfig {
     pub ttl_secs: u64,
     /// Largest message, in bytes after base64 decoding. Default 1,000,000.
     pub max_message_bytes: usize,
+    /// Bytes of messages (base64 text) the mailbox holds in all; past it puts are refused
+    /// until old messages expire or are deleted. Default 268435456 (256 MiB).
+    pub max_total_bytes: u64,
+    /// `cosigner.put` calls one client address may make per minute (a burst of this many,
+    /// then this rate). Default 60.
+    pub puts_per_minute_per_peer: u32,
 }
 
 impl Default for Config {
@@ -416,6 +430,8 @@ impl Default for MailboxConfig {
         MailboxConfig {
             ttl_secs: 7 * 24 * 3600,
             max_message_bytes: 1_000_000,
+            max_total_bytes: 256 << 20,
+            puts_per_minute_per_peer: 60,
         }
     }
 }
@@ -512,6 +528,24 @@ impl Config {
                     reason: format!("{value} is outside {}..={}", range.start(), range.end()),
                 });
             }
+        }
+        if !(n.max_event_bytes..=4 << 30).contains(&n.max_stored_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "nostr.max_stored_bytes",
+                reason: format!(
+                    "{} is outside nostr.max_event_bytes ({})..=4294967296",
+                    n.max_stored_bytes, n.max_event_bytes
+                ),
+            });
+        }
+        if !(n.max_event_bytes..=n.max_stored_bytes).contains(&n.max_stored_bytes_per_author) {
+            return Err(ConfigError::Invalid {
+                key: "nostr.max_stored_bytes_per_author",
+                reason: format!(
+                    "{} is outside nostr.max_event_bytes ({})..=nostr.max_stored_bytes ({})",
+                    n.max_stored_bytes_per_author, n.max_event_bytes, n.max_stored_bytes
+                ),
+            });
         }
         if n.max_event_bytes > n.max_message_bytes {
             return Err(ConfigError::Invalid {
@@ -613,6 +647,27 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "mailbox.max_message_bytes",
                 reason: format!("{} is outside 1..=16000000", self.mailbox.max_message_bytes),
+            });
+        }
+        if !(4 * self.mailbox.max_message_bytes as u64..=1 << 40)
+            .contains(&self.mailbox.max_total_bytes)
+        {
+            return Err(ConfigError::Invalid {
+                key: "mailbox.max_total_bytes",
+                reason: format!(
+                    "{} is outside 4 x mailbox.max_message_bytes ({})..=1099511627776",
+                    self.mailbox.max_total_bytes,
+                    4 * self.mailbox.max_message_bytes
+                ),
+            });
+        }
+        if !(1..=100_000).contains(&self.mailbox.puts_per_minute_per_peer) {
+            return Err(ConfigError::Invalid {
+                key: "mailbox.puts_per_minute_per_peer",
+                reason: format!(
+                    "{} is outside 1..=100000",
+                    self.mailbox.puts_per_minute_per_peer
+                ),
             });
         }
         let invalid = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });

@@ -37,6 +37,7 @@ pub mod mail;
 pub mod mailbox;
 pub mod metrics;
 pub mod nostr_cosigner;
+pub mod nostr_message;
 pub mod nostr_relay;
 pub mod notice;
 pub mod push;
@@ -343,11 +344,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         .await
         .map_err(|e| StoreError::Database(e.to_string()))??;
     let mut databases = vec![("bridge.redb", store.released().file(config.database_path()))];
-    let mailbox = Mailbox::new(
-        store.clone(),
-        Duration::from_secs(config.mailbox.ttl_secs),
-        config.mailbox.max_message_bytes,
-    );
+    let mailbox = Mailbox::new(store.clone(), &config.mailbox);
     let mut tasks = vec![mailbox.spawn_sweeper()];
     let caps = ListenerCaps::fit(config);
     let nostr = match listeners.nostr {

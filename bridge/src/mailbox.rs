@@ -5,12 +5,25 @@
 //! text (ECIES "BIE1" ciphertexts in practice; the bridge does not look inside them here),
 //! checked for size after decoding, and expire after a configured time. A put is answered
 //! only once it is durable, so a crash right after the answer loses nothing.
+//!
+//! Strangers can put, so the mailbox is bounded: its messages together stay under a quota
+//! (`mailbox.max_total_bytes`), each client address may put only so often
+//! (`mailbox.puts_per_minute_per_peer`), and the sweep finds expired entries through an
+//! expiry index instead of reading every message.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
-use crate::store::{Store, StoreError};
+use crate::config::MailboxConfig;
+use crate::store::{PutOutcome, Store, StoreError};
+
+/// Client addresses whose put rate is remembered at once; past it, those with a full
+/// allowance are forgotten (they are indistinguishable from new ones).
+const MAX_TRACKED_PEERS: usize = 65_536;
 
 /// Why a mailbox call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +47,20 @@ pub enum MailboxError {
         size: usize,
         /// Configured limit.
         max: usize,
+    },
+    /// The mailbox holds its quota of messages; nothing changed.
+    #[error("the mailbox holds {held} bytes of messages, its limit of {max} (mailbox.max_total_bytes); try again after older messages expire")]
+    Full {
+        /// Message bytes held.
+        held: u64,
+        /// The quota.
+        max: u64,
+    },
+    /// This client put too often.
+    #[error("at most {per_minute} puts a minute from one client address (mailbox.puts_per_minute_per_peer)")]
+    RateLimited {
+        /// The limit.
+        per_minute: u32,
     },
     /// Storage failed; nothing changed.
     #[error(transparent)]
@@ -81,16 +108,49 @@ pub struct Mailbox {
     store: Store,
     ttl: Duration,
     max_message_bytes: usize,
+    max_total_bytes: u64,
+    puts_per_minute: u32,
+    /// Per client address: put allowance left and when it was last counted.
+    allowances: Arc<Mutex<HashMap<IpAddr, (f64, Instant)>>>,
 }
 
 impl Mailbox {
-    /// A mailbox whose entries live `ttl` and hold at most `max_message_bytes` decoded.
-    pub fn new(store: Store, ttl: Duration, max_message_bytes: usize) -> Mailbox {
+    /// A mailbox over `store` with the limits of `config` (checked at load).
+    pub fn new(store: Store, config: &MailboxConfig) -> Mailbox {
         Mailbox {
             store,
-            ttl,
-            max_message_bytes,
+            ttl: Duration::from_secs(config.ttl_secs),
+            max_message_bytes: config.max_message_bytes,
+            max_total_bytes: config.max_total_bytes,
+            puts_per_minute: config.puts_per_minute_per_peer,
+            allowances: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Counts one put by `client` against its allowance (a token bucket of a minute's puts).
+    pub fn take_put(&self, client: Option<IpAddr>) -> Result<(), MailboxError> {
+        let Some(ip) = client else {
+            return Ok(());
+        };
+        let per_minute = f64::from(self.puts_per_minute);
+        let now = Instant::now();
+        let mut all = self.allowances.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= MAX_TRACKED_PEERS && !all.contains_key(&ip) {
+            all.retain(|_, (left, at)| {
+                *left + now.duration_since(*at).as_secs_f64() * per_minute / 60.0 < per_minute
+            });
+        }
+        let (left, at) = all.entry(ip).or_insert((per_minute, now));
+        *left = (*left + now.duration_since(*at).as_secs_f64() * per_minute / 60.0).min(per_minute);
+        *at = now;
+        if *left < 1.0 {
+            crate::metrics::limit_hit("mailbox_puts_per_peer");
+            return Err(MailboxError::RateLimited {
+                per_minute: self.puts_per_minute,
+            });
+        }
+        *left -= 1.0;
+        Ok(())
     }
 
     /// Checks a message: standard base64, decoded size within the limit.
@@ -134,9 +194,28 @@ impl Mailbox {
         self.check_message(&message)?;
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let expires = now_ms().saturating_add(ttl_ms);
-        self.store.mailbox_put(key.0, expires, message).await?;
-        tracing::debug!(keyhash = %hex::encode(key.0), "mailbox put");
-        Ok(())
+        match self
+            .store
+            .mailbox_put(key.0, expires, message, self.max_total_bytes)
+            .await?
+        {
+            PutOutcome::Stored => {
+                tracing::debug!(keyhash = %hex::encode(key.0), "mailbox put");
+                Ok(())
+            }
+            PutOutcome::Full { held } => {
+                crate::metrics::limit_hit("mailbox_bytes");
+                tracing::info!(
+                    held,
+                    max = self.max_total_bytes,
+                    "mailbox put refused: full"
+                );
+                Err(MailboxError::Full {
+                    held,
+                    max: self.max_total_bytes,
+                })
+            }
+        }
     }
 
     /// The slot's message, or `None` when empty or expired.
@@ -180,7 +259,15 @@ mod tests {
 
     fn mailbox(dir: &tempfile::TempDir, ttl: Duration, max: usize) -> Mailbox {
         let store = Store::open(&dir.path().join("m.redb")).expect("store");
-        Mailbox::new(store, ttl, max)
+        let mut mb = Mailbox::new(
+            store,
+            &MailboxConfig {
+                max_message_bytes: max,
+                ..MailboxConfig::default()
+            },
+        );
+        mb.ttl = ttl;
+        mb
     }
 
     #[tokio::test]
@@ -204,11 +291,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb")).expect("store");
         store
-            .mailbox_put([1; 32], 1_000, "AA==".into())
+            .mailbox_put([1; 32], 1_000, "AA==".into(), u64::MAX)
             .await
             .expect("put");
         store
-            .mailbox_put([2; 32], 5_000, "AQ==".into())
+            .mailbox_put([2; 32], 5_000, "AQ==".into(), u64::MAX)
             .await
             .expect("put");
         assert_eq!(store.mailbox_purge_expired(2_000).await.expect("purge"), 1);
@@ -221,6 +308,67 @@ mod tests {
                 .map(|e| e.message),
             Some("AQ==".to_owned())
         );
+    }
+
+    #[tokio::test]
+    async fn the_quota_holds_and_deletes_sweeps_and_replacements_free_room() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut mb = mailbox(&dir, Duration::from_secs(60), 100);
+        mb.max_total_bytes = 12;
+        let msg = "aGVsbG8=".to_owned(); // 8 bytes of text
+        mb.put(Keyhash([1; 32]), msg.clone()).await.expect("first");
+        let full = mb.put(Keyhash([2; 32]), msg.clone()).await;
+        assert!(
+            matches!(full, Err(MailboxError::Full { held: 8, max: 12 })),
+            "{full:?}"
+        );
+        assert_eq!(mb.get(Keyhash([2; 32])).await.expect("get"), None);
+        // Replacing a slot's message counts only the difference.
+        mb.put(Keyhash([1; 32]), "aGk=".into())
+            .await
+            .expect("replace");
+        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 4);
+        mb.put(Keyhash([2; 32]), msg.clone())
+            .await
+            .expect("room now");
+        assert!(mb.delete(Keyhash([2; 32])).await.expect("delete"));
+        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 4);
+        // The sweep frees what expired, found through the index.
+        mb.store
+            .mailbox_put([3; 32], 1, "AA==".into(), u64::MAX)
+            .await
+            .expect("put");
+        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 8);
+        assert_eq!(
+            mb.store
+                .mailbox_purge_expired(now_ms())
+                .await
+                .expect("purge"),
+            1
+        );
+        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 4);
+        assert_eq!(
+            mb.get(Keyhash([1; 32])).await.expect("get").as_deref(),
+            Some("aGk=")
+        );
+    }
+
+    #[test]
+    fn each_client_address_has_its_own_put_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut mb = mailbox(&dir, Duration::from_secs(60), 100);
+        mb.puts_per_minute = 5;
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        for _ in 0..5 {
+            mb.take_put(Some(a)).expect("within the burst");
+        }
+        assert!(matches!(
+            mb.take_put(Some(a)),
+            Err(MailboxError::RateLimited { per_minute: 5 })
+        ));
+        mb.take_put(Some(b))
+            .expect("another address is not limited by the first");
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Counters {
 }
 
 /// Every limit that can be hit, by name, as `/metrics` labels it.
-pub const LIMITS: [&str; 10] = [
+pub const LIMITS: [&str; 13] = [
     "electrum_connections",
     "electrum_connections_per_peer",
     "electrum_unsent_bytes",
@@ -71,7 +71,10 @@ pub const LIMITS: [&str; 10] = [
     "nostr_connections",
     "nostr_connections_per_peer",
     "nostr_idle_timeout",
+    "nostr_stored_bytes",
+    "nostr_stored_bytes_per_author",
     "mailbox_bytes",
+    "mailbox_puts_per_peer",
 ];
 
 static LIMIT_HITS: [AtomicU64; LIMITS.len()] = [const { AtomicU64::new(0) }; LIMITS.len()];

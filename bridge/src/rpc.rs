@@ -64,6 +64,21 @@ impl From<MailboxError> for RpcError {
                 reason: e.to_string(),
             },
             MailboxError::TooLarge { size, max } => RpcError::MessageTooLarge { size, max },
+            MailboxError::Full { held, max } => RpcError::Service {
+                code: crate::rpc_error::RATE_LIMITED,
+                message: e.to_string(),
+                data: Some(serde_json::json!({
+                    "limit": "mailbox.max_total_bytes", "held": held, "max": max,
+                })),
+            },
+            MailboxError::RateLimited { per_minute } => RpcError::Service {
+                code: crate::rpc_error::RATE_LIMITED,
+                message: e.to_string(),
+                data: Some(serde_json::json!({
+                    "limit": "mailbox.puts_per_minute_per_peer",
+                    "retry_after": 60_u32.div_ceil(per_minute.max(1)),
+                })),
+            },
             MailboxError::Store(s) => RpcError::Storage(s.to_string()),
         }
     }
@@ -231,10 +246,12 @@ fn register(
     })?;
     module.register_async_method(
         "cosigner.put",
-        |params, ctx: Arc<ApiContext>, _| async move {
+        |params, ctx: Arc<ApiContext>, ext| async move {
             let values = positional(&params, "cosigner.put", 2, 2)?;
             let key = keyhash_param(&values)?;
             let message = string_param(&values, 1, "message")?;
+            ctx.mailbox
+                .take_put(ext.get::<crate::electrum_tcp::ClientAddr>().map(|c| c.0))?;
             if let Some(service) = &ctx.service {
                 if service.is_satellite_keyhash(key).await? {
                     // A signing request: never stored in the slot, each its own request.

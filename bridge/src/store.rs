@@ -20,6 +20,11 @@ use tokio::sync::oneshot;
 
 /// Mailbox slots: keyhash -> expiry (unix ms, 8 bytes big-endian) followed by the message text.
 const MAILBOX: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("mailbox");
+/// The mailbox's expiry index: expiry (8 bytes big-endian) then keyhash, so the sweep reads
+/// only what has expired.
+const MAILBOX_EXPIRY: TableDefinition<&[u8; 40], ()> = TableDefinition::new("mailbox_expiry");
+/// The mailbox's totals: `"bytes"` -> message bytes held (what the quota counts).
+const MAILBOX_TOTALS: TableDefinition<&str, u64> = TableDefinition::new("mailbox_totals");
 
 /// Most operations folded into one write transaction.
 const MAX_BATCH_OPS: usize = 1024;
@@ -63,7 +68,8 @@ enum WriteOp {
         key: [u8; 32],
         expires_at_ms: u64,
         message: String,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        max_total_bytes: u64,
+        reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
     },
     Delete {
         key: [u8; 32],
@@ -161,6 +167,19 @@ impl Released {
     }
 }
 
+/// What a mailbox put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The message is stored (and durable).
+    Stored,
+    /// The mailbox holds `held` bytes and this message would take it past its quota;
+    /// nothing changed.
+    Full {
+        /// Message bytes held now.
+        held: u64,
+    },
+}
+
 /// A mailbox entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEntry {
@@ -207,6 +226,7 @@ impl Store {
         let mut txn = db.begin_write().map_err(|e| open_err(&e))?;
         txn.set_two_phase_commit(true);
         txn.open_table(MAILBOX).map_err(|e| open_err(&e))?;
+        index_mailbox(&txn).map_err(|e| open_err(&e))?;
         crate::state::create_tables(&txn).map_err(|e| open_err(&e))?;
         txn.commit().map_err(|e| open_err(&e))?;
 
@@ -231,18 +251,30 @@ impl Store {
         wait.await.map_err(|_| StoreError::WriterStopped)?
     }
 
-    /// Stores `message` in slot `key`, replacing what was there; returns once durable.
+    /// Stores `message` in slot `key`, replacing what was there, unless the mailbox would
+    /// then hold more than `max_total_bytes` of messages; returns once durable.
     pub async fn mailbox_put(
         &self,
         key: [u8; 32],
         expires_at_ms: u64,
         message: String,
-    ) -> Result<(), StoreError> {
+        max_total_bytes: u64,
+    ) -> Result<PutOutcome, StoreError> {
         self.submit(|reply| WriteOp::Put {
             key,
             expires_at_ms,
             message,
+            max_total_bytes,
             reply,
+        })
+        .await
+    }
+
+    /// Message bytes the mailbox holds (expired entries not yet swept included).
+    pub async fn mailbox_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|txn| {
+            let t = txn.open_table(MAILBOX_TOTALS).map_err(db_err)?;
+            Ok(t.get("bytes").map_err(db_err)?.map_or(0, |v| v.value()))
         })
         .await
     }
@@ -327,7 +359,7 @@ fn writer_loop(db: &Database, rx: &std_mpsc::Receiver<WriteOp>) {
 /// What one op did inside the (not yet committed) transaction.
 enum Outcome {
     Job(Box<dyn Any + Send>),
-    Put,
+    Put(PutOutcome),
     Delete(Option<u64>),
     Purge(usize),
 }
@@ -345,47 +377,160 @@ fn apply_batch(db: &Database, batch: &mut [WriteOp]) -> Result<Vec<Outcome>, Sto
             outcomes.push(Outcome::Job(job(&txn)?));
             continue;
         }
-        let mut table = txn.open_table(MAILBOX).map_err(db_err)?;
-        {
-            let outcome = match op {
-                WriteOp::Job { .. } => unreachable!("handled above"),
-                WriteOp::Put {
-                    key,
-                    expires_at_ms,
-                    message,
-                    ..
-                } => {
-                    let value = encode_entry(*expires_at_ms, message);
-                    table.insert(&*key, value.as_slice()).map_err(db_err)?;
-                    Outcome::Put
-                }
-                WriteOp::Delete { key, .. } => {
-                    let removed = table.remove(&*key).map_err(db_err)?;
-                    let expiry = match removed {
-                        Some(v) => Some(decode_entry(v.value())?.expires_at_ms),
-                        None => None,
-                    };
-                    Outcome::Delete(expiry)
-                }
-                WriteOp::PurgeExpired { now_ms, .. } => {
-                    let mut expired = Vec::new();
-                    for row in table.iter().map_err(db_err)? {
-                        let (k, v) = row.map_err(db_err)?;
-                        if decode_entry(v.value())?.expires_at_ms <= *now_ms {
-                            expired.push(*k.value());
-                        }
-                    }
-                    for k in &expired {
-                        table.remove(k).map_err(db_err)?;
-                    }
-                    Outcome::Purge(expired.len())
-                }
-            };
-            outcomes.push(outcome);
-        }
+        let outcome = match op {
+            WriteOp::Job { .. } => unreachable!("handled above"),
+            WriteOp::Put {
+                key,
+                expires_at_ms,
+                message,
+                max_total_bytes,
+                ..
+            } => Outcome::Put(put_in(
+                &txn,
+                key,
+                *expires_at_ms,
+                message,
+                *max_total_bytes,
+            )?),
+            WriteOp::Delete { key, .. } => Outcome::Delete(delete_in(&txn, key)?),
+            WriteOp::PurgeExpired { now_ms, .. } => Outcome::Purge(purge_in(&txn, *now_ms)?),
+        };
+        outcomes.push(outcome);
     }
     txn.commit().map_err(db_err)?;
     Ok(outcomes)
+}
+
+fn expiry_key(expires_at_ms: u64, key: &[u8; 32]) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    k[8..].copy_from_slice(key);
+    k
+}
+
+fn held_bytes(txn: &WriteTransaction) -> Result<u64, StoreError> {
+    let t = txn.open_table(MAILBOX_TOTALS).map_err(db_err)?;
+    let held = t.get("bytes").map_err(db_err)?.map_or(0, |v| v.value());
+    Ok(held)
+}
+
+fn set_held_bytes(txn: &WriteTransaction, bytes: u64) -> Result<(), StoreError> {
+    let mut t = txn.open_table(MAILBOX_TOTALS).map_err(db_err)?;
+    t.insert("bytes", bytes).map_err(db_err)?;
+    Ok(())
+}
+
+/// Builds the expiry index and the byte total of a mailbox written before they existed.
+fn index_mailbox(txn: &WriteTransaction) -> Result<(), StoreError> {
+    if txn
+        .open_table(MAILBOX_TOTALS)
+        .map_err(db_err)?
+        .get("bytes")
+        .map_err(db_err)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut bytes = 0u64;
+    let mut index = Vec::new();
+    for row in txn
+        .open_table(MAILBOX)
+        .map_err(db_err)?
+        .iter()
+        .map_err(db_err)?
+    {
+        let (k, v) = row.map_err(db_err)?;
+        let entry = decode_entry(v.value())?;
+        bytes += entry.message.len() as u64;
+        index.push(expiry_key(entry.expires_at_ms, k.value()));
+    }
+    let mut t = txn.open_table(MAILBOX_EXPIRY).map_err(db_err)?;
+    for k in &index {
+        t.insert(k, ()).map_err(db_err)?;
+    }
+    drop(t);
+    set_held_bytes(txn, bytes)
+}
+
+/// Removes slot `key`'s entry and its index row; returns the entry.
+fn remove_entry(
+    txn: &WriteTransaction,
+    key: &[u8; 32],
+) -> Result<Option<MailboxEntry>, StoreError> {
+    let mut table = txn.open_table(MAILBOX).map_err(db_err)?;
+    let old = match table.remove(key).map_err(db_err)? {
+        Some(v) => decode_entry(v.value())?,
+        None => return Ok(None),
+    };
+    drop(table);
+    txn.open_table(MAILBOX_EXPIRY)
+        .map_err(db_err)?
+        .remove(&expiry_key(old.expires_at_ms, key))
+        .map_err(db_err)?;
+    Ok(Some(old))
+}
+
+fn put_in(
+    txn: &WriteTransaction,
+    key: &[u8; 32],
+    expires_at_ms: u64,
+    message: &str,
+    max_total_bytes: u64,
+) -> Result<PutOutcome, StoreError> {
+    let held = held_bytes(txn)?;
+    let replaced = txn
+        .open_table(MAILBOX)
+        .map_err(db_err)?
+        .get(key)
+        .map_err(db_err)?
+        .map(|v| v.value().len().saturating_sub(8) as u64)
+        .unwrap_or(0);
+    let after = held - replaced.min(held) + message.len() as u64;
+    if after > max_total_bytes && after > held {
+        return Ok(PutOutcome::Full { held });
+    }
+    remove_entry(txn, key)?;
+    let value = encode_entry(expires_at_ms, message);
+    txn.open_table(MAILBOX)
+        .map_err(db_err)?
+        .insert(key, value.as_slice())
+        .map_err(db_err)?;
+    txn.open_table(MAILBOX_EXPIRY)
+        .map_err(db_err)?
+        .insert(&expiry_key(expires_at_ms, key), ())
+        .map_err(db_err)?;
+    set_held_bytes(txn, after)?;
+    Ok(PutOutcome::Stored)
+}
+
+fn delete_in(txn: &WriteTransaction, key: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+    let Some(old) = remove_entry(txn, key)? else {
+        return Ok(None);
+    };
+    let held = held_bytes(txn)?;
+    set_held_bytes(txn, held.saturating_sub(old.message.len() as u64))?;
+    Ok(Some(old.expires_at_ms))
+}
+
+/// Removes the entries that expired at or before `now_ms`, reading only those (through the
+/// expiry index).
+fn purge_in(txn: &WriteTransaction, now_ms: u64) -> Result<usize, StoreError> {
+    let expired: Vec<[u8; 32]> = {
+        let index = txn.open_table(MAILBOX_EXPIRY).map_err(db_err)?;
+        let upto = expiry_key(now_ms, &[0xff; 32]);
+        let mut out = Vec::new();
+        for row in index.range::<&[u8; 40]>(..=&upto).map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&k.value()[8..]);
+            out.push(key);
+        }
+        out
+    };
+    for key in &expired {
+        delete_in(txn, key)?;
+    }
+    Ok(expired.len())
 }
 
 fn commit_batch(db: &Database, mut batch: Vec<WriteOp>) {
@@ -400,8 +545,8 @@ fn commit_batch(db: &Database, mut batch: Vec<WriteOp>) {
                     (WriteOp::Job { reply, .. }, Outcome::Job(value)) => {
                         let _ = reply.send(Ok(value));
                     }
-                    (WriteOp::Put { reply, .. }, Outcome::Put) => {
-                        let _ = reply.send(Ok(()));
+                    (WriteOp::Put { reply, .. }, Outcome::Put(outcome)) => {
+                        let _ = reply.send(Ok(outcome));
                     }
                     (WriteOp::Delete { reply, .. }, Outcome::Delete(existed)) => {
                         let _ = reply.send(Ok(existed));

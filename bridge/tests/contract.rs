@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use satcosign_bridge::config::Network;
 use satcosign_bridge::mailbox::Mailbox;
@@ -18,7 +17,7 @@ async fn every_registered_method_is_documented_and_every_documented_one_register
         network: Network::Regtest,
         banner: String::new(),
         donation_address: String::new(),
-        mailbox: Mailbox::new(store, Duration::from_secs(60), 1000),
+        mailbox: Mailbox::new(store, &satcosign_bridge::config::MailboxConfig::default()),
         service: None,
         link_status: None,
     });
