@@ -346,6 +346,8 @@ pub struct HttpConfig {
     pub max_body_bytes: u32,
     /// Most simultaneous connections. Default 1024.
     pub max_connections: u32,
+    /// Most simultaneous connections from one peer address. Default 16.
+    pub max_connections_per_peer: u32,
     /// Serve `GET /metrics` (Prometheus text: counts and states only). Default true; turn it
     /// off when this port is public and a proxy does not keep `/metrics` to the operator.
     pub metrics: bool,
@@ -420,6 +422,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8780".into(),
             max_body_bytes: 2_000_000,
             max_connections: 1024,
+            max_connections_per_peer: 16,
             metrics: true,
         }
     }
@@ -632,6 +635,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "http.max_connections",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if !(1..=self.http.max_connections).contains(&self.http.max_connections_per_peer) {
+            return Err(ConfigError::Invalid {
+                key: "http.max_connections_per_peer",
+                reason: format!(
+                    "{} is outside 1..=http.max_connections ({})",
+                    self.http.max_connections_per_peer, self.http.max_connections
+                ),
             });
         }
         if self.mailbox.ttl_secs == 0 || self.mailbox.ttl_secs > 366 * 24 * 3600 {

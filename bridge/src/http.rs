@@ -302,17 +302,55 @@ pub struct RpcLimits {
     pub max_subscriptions: usize,
 }
 
-/// Starts the HTTP + WebSocket server; returns its handle and the address it listens on.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// One HTTP request's answer, boxed so the connection task's type is nameable.
+type ServeFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> + Send>>;
+
+/// One connection served until it ends or the server stops (boxed, which spares the
+/// accept loop's task a higher-ranked `Send` check that rustc cannot prove).
+fn serve_connection<S>(
+    socket: tokio::net::TcpStream,
+    svc: S,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
+where
+    S: Service<http::Request<hyper::body::Incoming>, Response = HttpResponse, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Box::pin(jsonrpsee::server::serve_with_graceful_shutdown(
+        socket, svc, stopped,
+    ))
+}
+
+/// The running HTTP server: stop it with `handle`; `accept` is its accept loop.
+pub struct HttpServer {
+    /// Stops the server's connections (gracefully) when told.
+    pub handle: ServerHandle,
+    /// The accept loop; abort it to stop taking connections.
+    pub accept: tokio::task::JoinHandle<()>,
+    /// The address it listens on.
+    pub local: SocketAddr,
+}
+
+/// Starts the HTTP + WebSocket server on `listener`.
+///
+/// The accept loop is the bridge's own (jsonrpsee's service per connection), so each
+/// connection is admitted by [`Admission`](crate::admission::Admission), a cap with a share
+/// per peer address, refused at once when over it, and each call knows the client's
+/// address ([`crate::electrum_tcp::ClientAddr`]) for per-client limits.
 #[allow(clippy::too_many_arguments)]
-pub async fn start(
-    addr: SocketAddr,
+pub fn start(
+    listener: tokio::net::TcpListener,
     cfg: &HttpConfig,
     limits: RpcLimits,
     methods: Methods,
     service: Option<Arc<crate::service::Service>>,
     link_status: Option<crate::rpc::LinkStatusFn>,
     nostr_relay: Option<String>,
-) -> std::io::Result<(ServerHandle, SocketAddr)> {
+) -> std::io::Result<HttpServer> {
     let metrics = cfg.metrics.then(|| crate::metrics::Source {
         service: service.clone(),
         link_status,
@@ -327,15 +365,61 @@ pub async fn start(
             limits.max_batch,
         )))
         .build();
-    let server = Server::builder()
+    let builder = Server::builder()
         .set_config(config)
         .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer {
             service,
             metrics,
             nostr_relay,
         }))
-        .build(addr)
-        .await?;
-    let local = server.local_addr()?;
-    Ok((server.start(methods), local))
+        .to_service_builder();
+    let local = listener.local_addr()?;
+    let admission = crate::admission::Admission::new(
+        cfg.max_connections as usize,
+        cfg.max_connections_per_peer as usize,
+        ("http_connections", "http_connections_per_peer"),
+    );
+    let (stop, handle) = jsonrpsee::server::stop_channel();
+    let accept = tokio::spawn(async move {
+        loop {
+            let (socket, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: the cap should prevent them; don't spin.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let admitted = match admission.admit(peer.ip()) {
+                Ok(a) => a,
+                Err(why) => {
+                    tracing::info!(%peer, ?why, "http connection refused");
+                    continue;
+                }
+            };
+            let rpc = builder.clone().build(methods.clone(), stop.clone());
+            let ip = peer.ip();
+            let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(crate::electrum_tcp::ClientAddr(ip));
+                let mut rpc = rpc.clone();
+                let answer: ServeFuture =
+                    Box::pin(async move { rpc.call(req.map(HttpBody::new)).await });
+                answer
+            });
+            let stopped = stop.clone().shutdown();
+            tokio::spawn(async move {
+                let _admitted = admitted;
+                if let Err(e) = serve_connection(socket, svc, stopped).await {
+                    tracing::debug!(%peer, error = %e, "http connection ended");
+                }
+            });
+        }
+    });
+    Ok(HttpServer {
+        handle,
+        accept,
+        local,
+    })
 }

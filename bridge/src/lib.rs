@@ -507,10 +507,15 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         )));
     }
     if let Some(addr) = listeners.http {
-        let (handle, local) = http::start(
-            addr,
+        let listener = bind("http", addr).await?;
+        let server = http::start(
+            listener,
             &config::HttpConfig {
                 max_connections: u32::try_from(caps.http).unwrap_or(u32::MAX),
+                max_connections_per_peer: config
+                    .http
+                    .max_connections_per_peer
+                    .min(u32::try_from(caps.http).unwrap_or(u32::MAX)),
                 ..config.http.clone()
             },
             http::RpcLimits {
@@ -523,12 +528,13 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             link_status,
             running.nostr.map(|a| format!("ws://{a}")),
         )
-        .await
         .map_err(|source| StartError::Bind {
             what: "http",
             addr,
             source,
         })?;
+        let (handle, local) = (server.handle, server.local);
+        tasks.push(server.accept);
         running.http = Some(local);
         if let (Some(svc), None) = (&service, &config.email.public_url) {
             svc.set_public_url(format!("http://{local}"));

@@ -61,13 +61,15 @@ impl Counters {
 }
 
 /// Every limit that can be hit, by name, as `/metrics` labels it.
-pub const LIMITS: [&str; 13] = [
+pub const LIMITS: [&str; 15] = [
     "electrum_connections",
     "electrum_connections_per_peer",
     "electrum_unsent_bytes",
     "electrum_push_dropped",
     "electrum_response_bytes",
     "electrum_subscriptions",
+    "http_connections",
+    "http_connections_per_peer",
     "nostr_connections",
     "nostr_connections_per_peer",
     "nostr_idle_timeout",
