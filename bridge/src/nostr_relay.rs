@@ -680,6 +680,14 @@ impl NostrRelay {
         let _ = ws.close(None).await;
     }
 
+    /// Why a message over the per-connection rate was refused, naming the setting.
+    fn rate_reason(&self) -> String {
+        format!(
+            "at most {} messages a minute on one connection (nostr.messages_per_minute)",
+            self.config.messages_per_minute
+        )
+    }
+
     async fn on_text(&self, conn: &mut Conn, text: &str) -> Vec<Value> {
         let limits = DecodeLimits {
             max_event_bytes: self.config.max_event_bytes,
@@ -693,13 +701,16 @@ impl NostrRelay {
             ClientMessage::Event { event, json_len } => {
                 let id = event.id.to_hex();
                 if !conn.take(f64::from(self.config.messages_per_minute)) {
-                    return vec![ok(&id, Err(Rejection::RateLimited("slow down".into())))];
+                    return vec![ok(&id, Err(Rejection::RateLimited(self.rate_reason())))];
                 }
                 vec![ok(&id, self.accept(*event, json_len).await)]
             }
             ClientMessage::Req { sub, filters } => {
                 if !conn.take(f64::from(self.config.messages_per_minute)) {
-                    return vec![closed(&sub, "rate-limited: slow down")];
+                    return vec![closed(
+                        &sub,
+                        &format!("rate-limited: {}", self.rate_reason()),
+                    )];
                 }
                 if !conn.subs.contains_key(&sub) && conn.subs.len() >= self.config.max_subscriptions
                 {

@@ -31,7 +31,13 @@ impl XorShift {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_see_a_serializable_mailbox() {
-    let h = common::start_bridge(|_| {}).await;
+    // Every connection comes from 127.0.0.1: the per-client shares (hostile.rs tests them)
+    // are opened up, so this tests ordering alone.
+    let h = common::start_bridge(|c| {
+        c.electrum.max_connections_per_peer = c.electrum.max_connections;
+        c.mailbox.puts_per_minute_per_peer = 100_000;
+    })
+    .await;
     let addr = h.tcp();
     let shared: Vec<String> = (0..SHARED)
         .map(|i| common::keyhash(&format!("shared-{i}")))

@@ -36,8 +36,17 @@ impl Drop for Killed {
 }
 
 /// Starts the real binary on an ephemeral port; returns it and its Electrum TCP address.
+/// Every connection here comes from 127.0.0.1, so the per-client shares are opened up.
 fn spawn_bridge(data_dir: &Path) -> (Killed, SocketAddr) {
+    let config = data_dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        "[electrum]\nmax_connections_per_peer = 64\n[mailbox]\nputs_per_minute_per_peer = 100000\n",
+    )
+    .expect("config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
+        .arg("--config")
+        .arg(&config)
         .args([
             "--electrum-tcp",
             "127.0.0.1:0",

@@ -5,8 +5,8 @@
 //! own connection keeps being answered, the bridge's memory and open files stay within
 //! bounds (read from `/proc`), and what the well-behaved client stored is still there.
 //!
-//! The attacker's sockets come from 127.0.0.2, the well-behaved client's from 127.0.0.1:
-//! two peers, as on a real network.
+//! The attacker's sockets come from 127.0.0.2 (and its neighbours, when it needs several
+//! addresses), the well-behaved client's from 127.0.0.1: peers, as on a real network.
 
 mod common;
 
@@ -36,11 +36,21 @@ max_response_bytes = 2000000
 max_subscriptions = 4
 max_batch = 100
 
+[http]
+max_connections_per_peer = 8
+
+[mailbox]
+max_total_bytes = 20000000
+puts_per_minute_per_peer = 20
+
 [nostr]
 max_connections = 64
 max_connections_per_peer = 8
 header_timeout_secs = 2
 idle_timeout_secs = 30
+max_stored_bytes = 4000000
+max_stored_bytes_per_author = 1000000
+messages_per_minute = 1000
 "#,
     )
     .expect("config");
@@ -61,9 +71,33 @@ fn addr_of(b: &BridgeProcess, what: &str) -> SocketAddr {
 
 /// A TCP connection from the attacker's address.
 async fn from_attacker(to: SocketAddr) -> std::io::Result<TcpStream> {
+    from_address(2, to).await
+}
+
+/// A TCP connection from 127.0.0.`host`.
+async fn from_address(host: u8, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    socket.bind("127.0.0.2:0".parse().expect("addr"))?;
+    socket.bind(SocketAddr::from(([127, 0, 0, host], 0)))?;
     socket.connect(to).await
+}
+
+/// Bytes of the bridge's database files.
+fn database_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data)
+        .expect("data dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "redb"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// Whether `/metrics` counts at least one hit of `limit`.
+fn hit(metrics: &str, limit: &str) -> bool {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("satcosign_limit_hits_total{{limit=\"{limit}\"}} ")))
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 fn proc_status(pid: u32, field: &str) -> u64 {
@@ -235,6 +269,7 @@ async fn one_peer_cannot_take_every_connection_slot() {
     let b = hostile_bridge(tmp.path());
     let tcp = addr_of(&b, "electrum tcp: ");
     let relay = addr_of(&b, "nostr relay: ");
+    let http: SocketAddr = b.http.trim_start_matches("http://").parse().expect("http");
     let pid = b.pid();
     let mut good = Client::connect(tcp).await;
     let mine = message(100, 3);
@@ -244,7 +279,7 @@ async fn one_peer_cannot_take_every_connection_slot() {
     // 300 connections to each listener from one peer: its share (8) is kept, the rest
     // closed at once.
     let mut held = Vec::new();
-    for to in [tcp, relay] {
+    for to in [tcp, relay, http] {
         for _ in 0..300 {
             if let Ok(s) = from_attacker(to).await {
                 held.push(s);
@@ -260,16 +295,17 @@ async fn one_peer_cannot_take_every_connection_slot() {
             closed += 1;
         }
     }
-    assert!(closed >= 2 * (300 - 8), "closed {closed} of {}", held.len());
+    assert!(closed >= 3 * (300 - 8), "closed {closed} of {}", held.len());
     let files = open_files(pid);
     assert!(
-        files <= files_before + 2 * 8 + 8,
+        files <= files_before + 3 * 8 + 8,
         "the bridge holds {files} files (from {files_before})"
     );
     good.still_served(&slot(5), &mine).await;
-    // Another client from the well-behaved address still gets in.
+    // Another client from the well-behaved address still gets in, on TCP and on HTTP.
     let mut other = Client::connect(tcp).await;
     other.still_served(&slot(5), &mine).await;
+    assert_eq!(b.call("server.ping", vec![]).await, Value::Null);
 
     // The relay closes a connection that never sends its request headers, so a peer that
     // holds its share idle gives the slots back.
@@ -287,6 +323,7 @@ async fn one_peer_cannot_take_every_connection_slot() {
     for limit in [
         "electrum_connections_per_peer",
         "nostr_connections_per_peer",
+        "http_connections_per_peer",
     ] {
         assert!(
             !metrics.contains(&format!(
@@ -471,4 +508,230 @@ async fn an_email_of_many_payments_lists_twenty_and_sums_the_rest() {
         mail.len()
     );
     flow.system.stop().await;
+}
+
+/// A wallet registered (not yet confirmed) over HTTP from the well-behaved address; its
+/// user's Nostr identity, which the relay takes direct messages from.
+async fn registered_member(b: &BridgeProcess, tag: u8) -> (nostr_sdk::Keys, nostr_sdk::Keys) {
+    let w = satcosign_cosigner::testkit::TestWallet::with_members(
+        &format!("hostile user {tag}"),
+        &format!("hostile backup {tag}"),
+        b.call("satellite.new_key", vec![]).await["descriptor_key"]
+            .as_str()
+            .expect("key")
+            .parse()
+            .expect("key"),
+    );
+    let r = b
+        .call(
+            "wallet.register",
+            vec![
+                json!(w.descriptor),
+                json!(format!("m{tag}@example.org")),
+                json!("m"),
+            ],
+        )
+        .await;
+    assert!(r["request_id"].is_string(), "{r}");
+    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
+    (
+        keys_for(&w.user.public().electrum_xpub()).expect("key"),
+        keys_for(&w.backup.public().electrum_xpub()).expect("key"),
+    )
+}
+
+/// Sends `event` on `ws` and returns the relay's `OK`.
+async fn publish(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    event: &nostr_sdk::Event,
+) -> Value {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(json!(["EVENT", event]).to_string()))
+        .await
+        .expect("send");
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("an answer")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v[0] == "OK" {
+                return v;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_keeps_only_wallets_messages_within_its_caps() {
+    use nostr_sdk::prelude::{EventBuilder, Keys, Kind, Tag};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b = hostile_bridge(tmp.path());
+    let tcp = addr_of(&b, "electrum tcp: ");
+    let relay = addr_of(&b, "nostr relay: ");
+    let pid = b.pid();
+    let data = tmp.path().join("data");
+    let mut good = Client::connect(tcp).await;
+    let mine = message(100, 4);
+    good.call("cosigner.put", json!([slot(6), mine])).await;
+    let members = [
+        registered_member(&b, 1).await,
+        registered_member(&b, 2).await,
+        registered_member(&b, 3).await,
+    ];
+    let rss_before = rss_mb(pid);
+    let db_before = database_bytes(&data);
+    let dm = |from: &Keys, to: &Keys, i: usize| {
+        EventBuilder::new(
+            Kind::EncryptedDirectMessage,
+            format!("{i}{}", "A".repeat(100_000)),
+        )
+        .tag(Tag::public_key(to.public_key()))
+        .sign_with_keys(from)
+        .expect("sign")
+    };
+
+    // Strangers: 100 kB events of other kinds, and direct messages between themselves.
+    let mut ws = tokio_tungstenite::client_async(
+        format!("ws://{relay}"),
+        tokio_tungstenite::MaybeTlsStream::Plain(from_attacker(relay).await.expect("connect")),
+    )
+    .await
+    .expect("websocket")
+    .0;
+    let (a, z) = (Keys::generate(), Keys::generate());
+    for i in 0..20 {
+        let note = EventBuilder::text_note("B".repeat(100_000))
+            .sign_with_keys(&a)
+            .expect("sign");
+        let ok = publish(&mut ws, &note).await;
+        assert!(ok[3].as_str().expect("why").starts_with("blocked:"), "{ok}");
+        let ok = publish(&mut ws, &dm(&a, &z, i)).await;
+        assert!(ok[3].as_str().expect("why").starts_with("blocked:"), "{ok}");
+        if i % 5 == 0 {
+            good.still_served(&slot(6), &mine).await;
+        }
+    }
+    // Members of registered wallets, each flooding its cosigner: each stops at its own
+    // cap (1 MB), and all of them at the relay's (4 MB).
+    let mut stored = 0;
+    let mut refused_author = 0;
+    let mut refused_total = 0;
+    let pairs = members.iter().flat_map(|(x, y)| [(x, y), (y, x)]);
+    for (from, to) in pairs {
+        for i in 0..15 {
+            let ok = publish(&mut ws, &dm(from, to, i)).await;
+            if ok[2] == true {
+                stored += 1;
+            } else {
+                let why = ok[3].as_str().expect("why");
+                if why.contains("nostr.max_stored_bytes_per_author") {
+                    refused_author += 1;
+                } else if why.contains("nostr.max_stored_bytes") {
+                    refused_total += 1;
+                } else {
+                    panic!("{ok}");
+                }
+            }
+            if i % 5 == 0 {
+                good.still_served(&slot(6), &mine).await;
+            }
+        }
+    }
+    assert!(
+        refused_author > 0 && refused_total > 0,
+        "{stored} stored, {refused_author} over an author's cap, {refused_total} over the relay's"
+    );
+    assert!(
+        stored * 100_000 <= 4_000_000,
+        "{stored} events of 100 kB kept"
+    );
+    let rss = rss_mb(pid);
+    let db = database_bytes(&data);
+    assert!(
+        rss < rss_before + 64,
+        "RSS grew from {rss_before} MB to {rss} MB"
+    );
+    assert!(
+        db < db_before + 3 * 4_000_000 + (4 << 20),
+        "the database grew from {db_before} to {db} bytes"
+    );
+    good.still_served(&slot(6), &mine).await;
+    let metrics = b.metrics().await;
+    assert!(hit(&metrics, "nostr_stored_bytes"), "{metrics}");
+    assert!(hit(&metrics, "nostr_stored_bytes_per_author"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mailbox_holds_its_quota_and_each_peer_its_put_rate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b = hostile_bridge(tmp.path());
+    let tcp = addr_of(&b, "electrum tcp: ");
+    let data = tmp.path().join("data");
+    let mut good = Client::connect(tcp).await;
+    let mine = message(2000, 8);
+    good.call("cosigner.put", json!([slot(7), mine])).await;
+    let db_before = database_bytes(&data);
+
+    // Eight attacker addresses, each putting 700 kB messages into fresh slots as fast as it
+    // can: each is held to 20 puts a minute, and all of them to the 20 MB quota.
+    let big = message(700_000, 1);
+    let (mut stored, mut rate_limited, mut full) = (0, 0, 0);
+    for host in 2..10u8 {
+        let (r, w) = from_address(host, tcp).await.expect("connect").into_split();
+        let mut attacker = Client {
+            reader: BufReader::new(r),
+            writer: w,
+            next: 1,
+        };
+        for i in 0..30u8 {
+            let v = attacker
+                .call(
+                    "cosigner.put",
+                    json!([hex::encode([host, i, 0, 0].repeat(8)), big]),
+                )
+                .await;
+            if v["error"].is_null() {
+                stored += 1;
+                continue;
+            }
+            assert_eq!(v["error"]["code"], -32025, "{v}");
+            match v["error"]["data"]["limit"].as_str() {
+                Some("mailbox.puts_per_minute_per_peer") => rate_limited += 1,
+                Some("mailbox.max_total_bytes") => full += 1,
+                _ => panic!("{v}"),
+            }
+        }
+        good.still_served(&slot(7), &mine).await;
+    }
+    assert!(
+        rate_limited >= 8 * 10,
+        "{rate_limited} refused by the put rate"
+    );
+    assert!(full > 0, "the quota was reached ({stored} stored)");
+    assert!(
+        stored as u64 * big.len() as u64 <= 20_000_000,
+        "{stored} messages of {} bytes kept",
+        big.len()
+    );
+    let db = database_bytes(&data);
+    assert!(
+        db < db_before + 3 * 20_000_000,
+        "the database grew from {db_before} to {db} bytes"
+    );
+    // The well-behaved client's own puts still go in, and its message is there.
+    let v = good
+        .call("cosigner.put", json!([slot(7), message(1000, 9)]))
+        .await;
+    assert!(
+        v["error"].is_null(),
+        "a replacement smaller than before fits: {v}"
+    );
+    good.still_served(&slot(7), &message(1000, 9)).await;
+    let metrics = b.metrics().await;
+    assert!(hit(&metrics, "mailbox_bytes"), "{metrics}");
+    assert!(hit(&metrics, "mailbox_puts_per_peer"), "{metrics}");
 }

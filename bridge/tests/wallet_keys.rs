@@ -265,11 +265,43 @@ async fn keys_are_issued_over_electrum_tcp_within_a_per_client_limit() {
         err.to_string().contains("satellite keys for this client"),
         "{err}"
     );
-    // Over HTTP (no client address known) the bridge's total still bounds them.
-    flow.ok("satellite.new_key", vec![]).await;
-    flow.ok("satellite.new_key", vec![]).await;
+    // The same address over HTTP is the same client.
     let (code, message, _) = flow.err("satellite.new_key", vec![]).await;
     assert_eq!(code, satcosign_bridge::rpc_error::RATE_LIMITED, "{message}");
-    assert!(message.contains("issued on this bridge"), "{message}");
+    assert!(message.contains("for this client"), "{message}");
+    // Other addresses get theirs, until the bridge's total for the hour (5) is reached.
+    let from = |host: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
+            .expect("bind");
+        let stream = socket.connect(tcp).await.expect("connect");
+        let (r, mut w) = stream.into_split();
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"satellite.new_key\"}\n")
+            .await
+            .expect("write");
+        let mut line = String::new();
+        tokio::io::BufReader::new(r)
+            .read_line(&mut line)
+            .await
+            .expect("read");
+        serde_json::from_str::<serde_json::Value>(&line).expect("json")
+    };
+    assert!(from(2).await["error"].is_null());
+    assert!(from(3).await["error"].is_null());
+    let refused = from(4).await;
+    assert_eq!(
+        refused["error"]["code"],
+        satcosign_bridge::rpc_error::RATE_LIMITED,
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("issued on this bridge"),
+        "{refused}"
+    );
     flow.system.stop().await;
 }

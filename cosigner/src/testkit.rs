@@ -109,7 +109,16 @@ impl TestWallet {
 
     /// The same wallet with another satellite wallet key (a demo against a real daemon's key).
     pub fn with_satellite(satellite: AccountKey) -> TestWallet {
-        let (user, backup) = (key(USER_TAG), key(BACKUP_TAG));
+        TestWallet::of(key(USER_TAG), key(BACKUP_TAG), satellite)
+    }
+
+    /// A wallet of other members: the user's and backup keys made from `user_tag` and
+    /// `backup_tag`, for tests that need several customers.
+    pub fn with_members(user_tag: &str, backup_tag: &str, satellite: AccountKey) -> TestWallet {
+        TestWallet::of(key(user_tag), key(backup_tag), satellite)
+    }
+
+    fn of(user: CosignerKey, backup: CosignerKey, satellite: AccountKey) -> TestWallet {
         let descriptor = format!(
             "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
             user.descriptor_key(),

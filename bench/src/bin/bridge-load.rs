@@ -152,6 +152,11 @@ fn main() -> anyhow::Result<()> {
         config.electrum.tcp = "127.0.0.1:0".into();
         config.http.listen = String::new();
         config.nostr.listen = String::new();
+        // Every load connection comes from 127.0.0.1: this measures throughput, not the
+        // per-client shares (`scripts/bench hostile` measures those).
+        config.electrum.max_connections_per_peer = config.electrum.max_connections;
+        config.mailbox.puts_per_minute_per_peer = 100_000;
+        config.mailbox.max_total_bytes = 1 << 40;
         let bridge = satcosign_bridge::start(&config).await?;
         anyhow::Ok((echo, bridge))
     })?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use nostr::{EventBuilder, JsonUtil, Keys, Kind, Tag};
+use nostr::{EventBuilder, JsonUtil, Kind, Tag};
 use satcosign_bench::{table, Samples};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -155,37 +155,72 @@ fn main() -> anyhow::Result<()> {
         .thread_name("client")
         .build()?;
 
-    // Events signed in advance: kind 4 with a p tag and a content the size of an
-    // encrypted PSBT, by a few authors.
-    let authors: Vec<Keys> = (0..8).map(|_| Keys::generate()).collect();
-    let to = Keys::generate().public_key();
-    let content = "A".repeat(args.content_bytes);
-    let events: Vec<(String, String)> = (0..args.events)
-        .map(|i| {
-            let e = EventBuilder::new(Kind::EncryptedDirectMessage, format!("{i}{content}"))
-                .tag(Tag::public_key(to))
-                .sign_with_keys(&authors[i % authors.len()])
-                .map_err(|e| anyhow::anyhow!("sign: {e}"))?;
-            Ok((e.id.to_hex(), e.as_json()))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let events = Arc::new(events);
-
     let dir = tempfile::tempdir()?;
-    let (echo, bridge) = server_rt.block_on(async {
+    let (echo, system, members) = server_rt.block_on(async {
         let echo = echo_server().await?;
         let mut config = satcosign_bridge::config::Config {
             data_dir: dir.path().join("data"),
+            network: satcosign_bridge::config::Network::Regtest,
             ..Default::default()
         };
         config.electrum.tcp = "127.0.0.1:0".into();
         config.http.listen = String::new();
         config.nostr.listen = "127.0.0.1:0".into();
-        // A benchmark floods on purpose.
+        // A benchmark floods on purpose, from one address.
         config.nostr.messages_per_minute = u32::MAX;
-        let bridge = satcosign_bridge::start(&config).await?;
-        anyhow::Ok((echo, bridge))
+        config.nostr.max_connections_per_peer = config.nostr.max_connections;
+        config.nostr.max_stored_bytes = 4 << 30;
+        config.nostr.max_stored_bytes_per_author = 4 << 30;
+        let system =
+            satcosign_bridge::dev::start_dev(config, satcosign_bridge::dev::Sky::default()).await?;
+        // The relay carries only wallets' messages: four registered wallets, whose user
+        // and backup keys write to each other.
+        let service = system
+            .bridge
+            .service
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("dev has a service"))?;
+        let mut members = Vec::new();
+        for i in 0..4 {
+            let w = satcosign_cosigner::testkit::TestWallet::with_members(
+                &format!("load user {i}"),
+                &format!("load backup {i}"),
+                service.new_key(None).await?,
+            );
+            service
+                .register_wallet(
+                    vec![w.descriptor.clone()],
+                    format!("load{i}@example.org"),
+                    "load".into(),
+                    None,
+                )
+                .await?;
+            let identity = |x: &satcosign_cosigner::keys::CosignerKey| {
+                satcosign_bridge::nostr_cosigner::keys_for(&x.public().electrum_xpub())
+                    .ok_or_else(|| anyhow::anyhow!("no identity"))
+            };
+            let (user, backup) = (identity(&w.user)?, identity(&w.backup)?);
+            members.push((user.clone(), backup.public_key()));
+            members.push((backup, user.public_key()));
+        }
+        anyhow::Ok((echo, system, members))
     })?;
+
+    // Events signed in advance: kind 4 with a p tag and a content the size of an
+    // encrypted PSBT, by the wallets' keys to their cosigners.
+    let content = "A".repeat(args.content_bytes);
+    let events: Vec<(String, String)> = (0..args.events)
+        .map(|i| {
+            let (author, to) = &members[i % members.len()];
+            let e = EventBuilder::new(Kind::EncryptedDirectMessage, format!("{i}{content}"))
+                .tag(Tag::public_key(*to))
+                .sign_with_keys(author)
+                .map_err(|e| anyhow::anyhow!("sign: {e}"))?;
+            Ok((e.id.to_hex(), e.as_json()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let events = Arc::new(events);
+    let bridge = &system.bridge;
     let relay = bridge.nostr.expect("relay configured");
 
     let scenarios = [
@@ -234,6 +269,6 @@ fn main() -> anyhow::Result<()> {
         rates[1] / rates[0],
         rates[2] / rates[0]
     );
-    server_rt.block_on(bridge.stop());
+    server_rt.block_on(system.stop());
     Ok(())
 }
