@@ -214,6 +214,9 @@ fn decode_entry(bytes: &[u8]) -> Result<MailboxEntry, StoreError> {
     })
 }
 
+/// The database's page cache, bytes.
+const CACHE_BYTES: usize = 32 << 20;
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -221,7 +224,12 @@ impl Store {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        let db = Database::create(path).map_err(|e| open_err(&e))?;
+        // redb's page cache defaults to 1 GiB, which a flood of large mailbox messages fills:
+        // bound it so the bridge's memory does not follow what clients write.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(&e))?;
         // Create the tables up front so readers never meet a missing table.
         let mut txn = db.begin_write().map_err(|e| open_err(&e))?;
         txn.set_two_phase_commit(true);
