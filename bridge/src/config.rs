@@ -367,6 +367,10 @@ pub struct MailboxConfig {
     /// `cosigner.put` calls one client address may make per minute (a burst of this many,
     /// then this rate). Default 60.
     pub puts_per_minute_per_peer: u32,
+    /// Bytes of `cosigner.put` requests one client address may send per minute (a burst of
+    /// this many, then this rate); at least twice `max_message_bytes`, so one largest
+    /// message in base64 always fits. Default 4000000.
+    pub put_bytes_per_minute_per_peer: u64,
 }
 
 impl Default for Config {
@@ -435,6 +439,7 @@ impl Default for MailboxConfig {
             max_message_bytes: 1_000_000,
             max_total_bytes: 256 << 20,
             puts_per_minute_per_peer: 60,
+            put_bytes_per_minute_per_peer: 4_000_000,
         }
     }
 }
@@ -670,6 +675,16 @@ impl Config {
                     "{} is outside 4 x mailbox.max_message_bytes ({})..=1099511627776",
                     self.mailbox.max_total_bytes,
                     4 * self.mailbox.max_message_bytes
+                ),
+            });
+        }
+        let least = 2 * self.mailbox.max_message_bytes as u64;
+        if !(least..=1 << 40).contains(&self.mailbox.put_bytes_per_minute_per_peer) {
+            return Err(ConfigError::Invalid {
+                key: "mailbox.put_bytes_per_minute_per_peer",
+                reason: format!(
+                    "{} is outside 2 x mailbox.max_message_bytes ({least})..=1099511627776",
+                    self.mailbox.put_bytes_per_minute_per_peer
                 ),
             });
         }
@@ -928,6 +943,10 @@ mod tests {
     fn bad_values_name_their_key() {
         for (toml, key) in [
             ("[mailbox]\nttl_secs = 0\n", "mailbox.ttl_secs"),
+            (
+                "[mailbox]\nput_bytes_per_minute_per_peer = 1000\n",
+                "mailbox.put_bytes_per_minute_per_peer",
+            ),
             ("[electrum]\ntcp = \"localhost\"\n", "electrum.tcp"),
             ("[electrum]\ntls = \"127.0.0.1:1\"\n", "electrum.tls"),
             (

@@ -62,6 +62,12 @@ pub enum MailboxError {
         /// The limit.
         per_minute: u32,
     },
+    /// This client put too many bytes.
+    #[error("at most {bytes_per_minute} bytes of puts a minute from one client address (mailbox.put_bytes_per_minute_per_peer)")]
+    BytesRateLimited {
+        /// The limit.
+        bytes_per_minute: u64,
+    },
     /// Storage failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -110,8 +116,17 @@ pub struct Mailbox {
     max_message_bytes: usize,
     max_total_bytes: u64,
     puts_per_minute: u32,
-    /// Per client address: put allowance left and when it was last counted.
-    allowances: Arc<Mutex<HashMap<IpAddr, (f64, Instant)>>>,
+    put_bytes_per_minute: u64,
+    /// Per client address: what it may still put, and when that was last counted.
+    allowances: Arc<Mutex<HashMap<IpAddr, Allowance>>>,
+}
+
+/// One client address's token buckets: puts, and bytes of puts, each refilled over a minute.
+#[derive(Clone, Copy, Debug)]
+struct Allowance {
+    puts: f64,
+    bytes: f64,
+    at: Instant,
 }
 
 impl Mailbox {
@@ -123,33 +138,58 @@ impl Mailbox {
             max_message_bytes: config.max_message_bytes,
             max_total_bytes: config.max_total_bytes,
             puts_per_minute: config.puts_per_minute_per_peer,
+            put_bytes_per_minute: config.put_bytes_per_minute_per_peer,
             allowances: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// Counts one put by `client` against its allowance (a token bucket of a minute's puts).
-    pub fn take_put(&self, client: Option<IpAddr>) -> Result<(), MailboxError> {
+    /// Counts one put of `bytes` (its request's size) by `client` against its allowances:
+    /// token buckets of a minute's puts and a minute's bytes. Called before the request is
+    /// parsed, so a flood costs the bridge little.
+    pub fn take_put(&self, client: Option<IpAddr>, bytes: usize) -> Result<(), MailboxError> {
         let Some(ip) = client else {
             return Ok(());
         };
-        let per_minute = f64::from(self.puts_per_minute);
+        let (puts_max, bytes_max) = (
+            f64::from(self.puts_per_minute),
+            self.put_bytes_per_minute as f64,
+        );
+        let refill = |a: &Allowance, now: Instant| {
+            let minutes = now.duration_since(a.at).as_secs_f64() / 60.0;
+            Allowance {
+                puts: (a.puts + minutes * puts_max).min(puts_max),
+                bytes: (a.bytes + minutes * bytes_max).min(bytes_max),
+                at: now,
+            }
+        };
         let now = Instant::now();
         let mut all = self.allowances.lock().unwrap_or_else(|p| p.into_inner());
         if all.len() >= MAX_TRACKED_PEERS && !all.contains_key(&ip) {
-            all.retain(|_, (left, at)| {
-                *left + now.duration_since(*at).as_secs_f64() * per_minute / 60.0 < per_minute
+            all.retain(|_, a| {
+                let a = refill(a, now);
+                a.puts < puts_max || a.bytes < bytes_max
             });
         }
-        let (left, at) = all.entry(ip).or_insert((per_minute, now));
-        *left = (*left + now.duration_since(*at).as_secs_f64() * per_minute / 60.0).min(per_minute);
-        *at = now;
-        if *left < 1.0 {
+        let entry = all.entry(ip).or_insert(Allowance {
+            puts: puts_max,
+            bytes: bytes_max,
+            at: now,
+        });
+        *entry = refill(entry, now);
+        if entry.puts < 1.0 {
             crate::metrics::limit_hit("mailbox_puts_per_peer");
             return Err(MailboxError::RateLimited {
                 per_minute: self.puts_per_minute,
             });
         }
-        *left -= 1.0;
+        if entry.bytes < bytes as f64 {
+            crate::metrics::limit_hit("mailbox_put_bytes_per_peer");
+            return Err(MailboxError::BytesRateLimited {
+                bytes_per_minute: self.put_bytes_per_minute,
+            });
+        }
+        entry.puts -= 1.0;
+        entry.bytes -= bytes as f64;
         Ok(())
     }
 
@@ -361,13 +401,37 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
         for _ in 0..5 {
-            mb.take_put(Some(a)).expect("within the burst");
+            mb.take_put(Some(a), 100).expect("within the burst");
         }
         assert!(matches!(
-            mb.take_put(Some(a)),
+            mb.take_put(Some(a), 100),
             Err(MailboxError::RateLimited { per_minute: 5 })
         ));
-        mb.take_put(Some(b))
+        mb.take_put(Some(b), 100)
+            .expect("another address is not limited by the first");
+    }
+
+    #[test]
+    fn each_client_address_has_its_own_byte_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut mb = mailbox(&dir, Duration::from_secs(60), 100);
+        mb.put_bytes_per_minute = 3_000_000;
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        for _ in 0..3 {
+            mb.take_put(Some(a), 1_000_000).expect("within the bytes");
+        }
+        let refused = mb.take_put(Some(a), 1_000_000);
+        assert!(
+            matches!(
+                refused,
+                Err(MailboxError::BytesRateLimited {
+                    bytes_per_minute: 3_000_000
+                })
+            ),
+            "{refused:?}"
+        );
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        mb.take_put(Some(b), 1_000_000)
             .expect("another address is not limited by the first");
     }
 

@@ -79,6 +79,14 @@ impl From<MailboxError> for RpcError {
                     "retry_after": 60_u32.div_ceil(per_minute.max(1)),
                 })),
             },
+            MailboxError::BytesRateLimited { .. } => RpcError::Service {
+                code: crate::rpc_error::RATE_LIMITED,
+                message: e.to_string(),
+                data: Some(serde_json::json!({
+                    "limit": "mailbox.put_bytes_per_minute_per_peer",
+                    "retry_after": 60,
+                })),
+            },
             MailboxError::Store(s) => RpcError::Storage(s.to_string()),
         }
     }
@@ -247,11 +255,14 @@ fn register(
     module.register_async_method(
         "cosigner.put",
         |params, ctx: Arc<ApiContext>, ext| async move {
+            // The client's put rate first: a flood is refused before its megabyte is parsed.
+            ctx.mailbox.take_put(
+                ext.get::<crate::electrum_tcp::ClientAddr>().map(|c| c.0),
+                params.as_str().map_or(0, str::len),
+            )?;
             let values = positional(&params, "cosigner.put", 2, 2)?;
             let key = keyhash_param(&values)?;
             let message = string_param(&values, 1, "message")?;
-            ctx.mailbox
-                .take_put(ext.get::<crate::electrum_tcp::ClientAddr>().map(|c| c.0))?;
             if let Some(service) = &ctx.service {
                 if service.is_satellite_keyhash(key).await? {
                     // A signing request: never stored in the slot, each its own request.

@@ -42,6 +42,7 @@ max_connections_per_peer = 8
 [mailbox]
 max_total_bytes = 20000000
 puts_per_minute_per_peer = 20
+put_bytes_per_minute_per_peer = 100000000
 
 [nostr]
 max_connections = 64
