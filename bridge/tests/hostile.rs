@@ -371,23 +371,7 @@ async fn every_transport_has_the_same_batch_and_subscription_limits() {
     // TCP: at most max_subscriptions (4) request.subscribe per connection.
     let mut ids = Vec::new();
     for tag in 0..5u8 {
-        let w = satcosign_cosigner::testkit::TestWallet::with_satellite(
-            b.call("satellite.new_key", vec![]).await["descriptor_key"]
-                .as_str()
-                .expect("key")
-                .parse()
-                .expect("key"),
-        );
-        let r = b
-            .call(
-                "wallet.register",
-                vec![
-                    json!(w.descriptor),
-                    json!(format!("s{tag}@example.org")),
-                    json!("s"),
-                ],
-            )
-            .await;
+        let (_, r) = register_wallet(&b, &format!("s{tag}")).await;
         ids.push(r["request_id"].as_str().expect("id").to_owned());
     }
     for (i, id) in ids.iter().enumerate() {
@@ -514,6 +498,21 @@ async fn an_email_of_many_payments_lists_twenty_and_sums_the_rest() {
 /// A wallet registered (not yet confirmed) over HTTP from the well-behaved address; its
 /// user's Nostr identity, which the relay takes direct messages from.
 async fn registered_member(b: &BridgeProcess, tag: u8) -> (nostr_sdk::Keys, nostr_sdk::Keys) {
+    let (w, r) = register_wallet(b, &format!("m{tag}")).await;
+    assert!(r["request_id"].is_string(), "{r}");
+    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
+    (
+        keys_for(&w.user.public().electrum_xpub()).expect("key"),
+        keys_for(&w.backup.public().electrum_xpub()).expect("key"),
+    )
+}
+
+/// Registers a wallet of its own members (named by `tag`) with a new satellite key; returns
+/// it and the registration's answer.
+async fn register_wallet(
+    b: &BridgeProcess,
+    tag: &str,
+) -> (satcosign_cosigner::testkit::TestWallet, Value) {
     let w = satcosign_cosigner::testkit::TestWallet::with_members(
         &format!("hostile user {tag}"),
         &format!("hostile backup {tag}"),
@@ -528,17 +527,12 @@ async fn registered_member(b: &BridgeProcess, tag: u8) -> (nostr_sdk::Keys, nost
             "wallet.register",
             vec![
                 json!(w.descriptor),
-                json!(format!("m{tag}@example.org")),
-                json!("m"),
+                json!(format!("{tag}@example.org")),
+                json!(tag),
             ],
         )
         .await;
-    assert!(r["request_id"].is_string(), "{r}");
-    let keys_for = satcosign_bridge::nostr_cosigner::keys_for;
-    (
-        keys_for(&w.user.public().electrum_xpub()).expect("key"),
-        keys_for(&w.backup.public().electrum_xpub()).expect("key"),
-    )
+    (w, r)
 }
 
 /// Sends `event` on `ws` and returns the relay's `OK`.
