@@ -11,6 +11,35 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// The address of the client a call came from, where the transport knows it (method
+/// handlers find it in their `Extensions` for per-client limits). Made by
+/// [`ClientAddr::of`], so it is always a [`peer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+impl ClientAddr {
+    /// The client behind a connection from `ip`.
+    pub fn of(ip: IpAddr) -> ClientAddr {
+        ClientAddr(peer(ip))
+    }
+}
+
+/// The peer a connection from `ip` counts against: an IPv4 address (IPv4-mapped IPv6 too),
+/// or an IPv6 /64, the block one subscriber is given, so an attacker cannot take a fresh
+/// share from each of its 2^64 addresses.
+pub fn peer(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
 /// The bounds of one listener family.
 #[derive(Debug)]
 pub struct Admission {
@@ -70,6 +99,7 @@ impl Admission {
 
     /// Admits a connection from `ip`, or says why not (and counts it).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+        let ip = peer(ip);
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let held = peers.get(&ip).copied().unwrap_or(0);
         if held >= self.per_peer {
@@ -97,6 +127,24 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_peer() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::7".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(peer(a), peer(b));
+        assert_ne!(peer(a), peer(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(peer(mapped), "192.0.2.7".parse::<IpAddr>().expect("ip"));
+        let admission = Admission::new(4, 1, ("http_connections", "http_connections_per_peer"));
+        let _first = admission.admit(a).expect("first");
+        assert_eq!(
+            admission.admit(b).expect_err("same /64"),
+            Refused::PeerShare
+        );
+        admission.admit(c).expect("another /64");
+    }
 
     #[test]
     fn each_peer_gets_a_share_and_slots_come_back() {

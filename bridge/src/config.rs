@@ -44,6 +44,29 @@ pub struct Config {
     pub default_policy: satcosign_cosigner::policy::Policy,
     /// The Nostr relay (NIP-01) for Electrum 4.6+'s built-in Nostr cosigning.
     pub nostr: NostrConfig,
+    /// Limits shared by every listener.
+    pub limits: LimitsConfig,
+}
+
+/// Limits that span every listener (Electrum TCP and TLS, HTTP and WebSocket, the relay).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Bytes per second one peer address may send, over all its connections together; a
+    /// faster peer is slowed to it (its reads wait), not refused. Default 1000000.
+    pub read_bytes_per_second_per_peer: u64,
+    /// Bytes one peer address may send at once before its rate applies; at least the
+    /// largest request any listener takes. Default 4000000.
+    pub read_burst_bytes_per_peer: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            read_bytes_per_second_per_peer: 1_000_000,
+            read_burst_bytes_per_peer: 4_000_000,
+        }
+    }
 }
 
 /// The Nostr relay: stock Electrum 4.6+ sends PSBTs to its cosigners as NIP-04 direct
@@ -397,6 +420,7 @@ impl Default for Config {
                 min_approval_delay_secs: 0,
             },
             nostr: NostrConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -688,6 +712,32 @@ impl Config {
                 ),
             });
         }
+        if !(1024..=1 << 40).contains(&self.limits.read_bytes_per_second_per_peer) {
+            return Err(ConfigError::Invalid {
+                key: "limits.read_bytes_per_second_per_peer",
+                reason: format!(
+                    "{} is outside 1024..=1099511627776",
+                    self.limits.read_bytes_per_second_per_peer
+                ),
+            });
+        }
+        let largest = [
+            self.electrum.max_line_bytes as u64,
+            u64::from(self.http.max_body_bytes),
+            self.nostr.max_message_bytes as u64,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        if !(largest..=1 << 40).contains(&self.limits.read_burst_bytes_per_peer) {
+            return Err(ConfigError::Invalid {
+                key: "limits.read_burst_bytes_per_peer",
+                reason: format!(
+                    "{} is outside the largest request a listener takes ({largest})..=1099511627776",
+                    self.limits.read_burst_bytes_per_peer
+                ),
+            });
+        }
         if !(1..=100_000).contains(&self.mailbox.puts_per_minute_per_peer) {
             return Err(ConfigError::Invalid {
                 key: "mailbox.puts_per_minute_per_peer",
@@ -946,6 +996,14 @@ mod tests {
             (
                 "[mailbox]\nput_bytes_per_minute_per_peer = 1000\n",
                 "mailbox.put_bytes_per_minute_per_peer",
+            ),
+            (
+                "[limits]\nread_bytes_per_second_per_peer = 10\n",
+                "limits.read_bytes_per_second_per_peer",
+            ),
+            (
+                "[limits]\nread_burst_bytes_per_peer = 100000\n",
+                "limits.read_burst_bytes_per_peer",
             ),
             ("[electrum]\ntcp = \"localhost\"\n", "electrum.tcp"),
             ("[electrum]\ntls = \"127.0.0.1:1\"\n", "electrum.tls"),

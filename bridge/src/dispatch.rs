@@ -12,6 +12,8 @@ use std::borrow::Cow;
 use jsonrpsee::core::server::{MethodCallback, MethodResponse, Methods};
 use jsonrpsee::types::{ErrorObject, Id, Params};
 use jsonrpsee::{ConnectionId, Extensions};
+
+use crate::admission::ClientAddr;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
@@ -139,6 +141,13 @@ impl Dispatcher {
                 // As jsonrpsee answers an HTTP batch whose response is too big; the calls
                 // after this one are not run.
                 crate::metrics::limit_hit("electrum_response_bytes");
+                // The answer was built, though not sent: it counts against the peer's share.
+                if let (Some(rates), Some(ClientAddr(ip))) = (
+                    ext.get::<std::sync::Arc<crate::read_rate::ReadRates>>(),
+                    ext.get::<ClientAddr>(),
+                ) {
+                    rates.spent(*ip, out.len());
+                }
                 return Some(protocol_error_line(
                     OVERSIZED_RESPONSE,
                     &format!(

@@ -22,15 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, ClientAddr};
 use crate::dispatch::Dispatcher;
 use crate::push::{outgoing, OutgoingRx, Pusher};
+use crate::read_rate::ReadRates;
 use crate::rpc_error::{protocol_error_line, OVERSIZED_REQUEST};
-
-/// The address of the client a call came from, where the transport knows it (method
-/// handlers find it in their [`Extensions`] for per-client limits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub std::net::IpAddr);
 
 /// Limits applied to every Electrum-protocol connection.
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +114,7 @@ pub async fn serve(
     dispatcher: Dispatcher,
     limits: Limits,
     connections: Arc<Admission>,
+    rates: Arc<ReadRates>,
 ) {
     static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
     let local = listener.local_addr().ok();
@@ -144,6 +141,8 @@ pub async fn serve(
             }
         };
         let _ = socket.set_nodelay(true);
+        let socket = rates.wrap(peer.ip(), socket);
+        let rates = rates.clone();
         let dispatcher = dispatcher.clone();
         let tls = tls.clone();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -153,12 +152,14 @@ pub async fn serve(
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.idle_timeout, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => connection(stream, peer, id, dispatcher, limits).await,
+                        Ok(Ok(stream)) => {
+                            connection(stream, peer, id, dispatcher, limits, rates).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => connection(socket, peer, id, dispatcher, limits).await,
+                None => connection(socket, peer, id, dispatcher, limits, rates).await,
             }
             tracing::debug!(%peer, conn = id, "connection closed");
         });
@@ -171,6 +172,7 @@ async fn connection<S>(
     id: usize,
     dispatcher: Dispatcher,
     limits: Limits,
+    rates: Arc<ReadRates>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -181,7 +183,8 @@ async fn connection<S>(
 
     let mut ext = Extensions::new();
     ext.insert(ConnectionId(id));
-    ext.insert(ClientAddr(peer.ip()));
+    ext.insert(ClientAddr::of(peer.ip()));
+    ext.insert(rates);
     ext.insert(Pusher::new(tx.clone()));
 
     let mut reader = LineReader::new(

@@ -309,7 +309,7 @@ type ServeFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, BoxError>> +
 /// One connection served until it ends or the server stops (boxed, which spares the
 /// accept loop's task a higher-ranked `Send` check that rustc cannot prove).
 fn serve_connection<S>(
-    socket: tokio::net::TcpStream,
+    socket: crate::read_rate::Throttled<tokio::net::TcpStream>,
     svc: S,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
@@ -340,7 +340,7 @@ pub struct HttpServer {
 /// The accept loop is the bridge's own (jsonrpsee's service per connection), so each
 /// connection is admitted by [`Admission`](crate::admission::Admission), a cap with a share
 /// per peer address, refused at once when over it, and each call knows the client's
-/// address ([`crate::electrum_tcp::ClientAddr`]) for per-client limits.
+/// address ([`crate::admission::ClientAddr`]) for per-client limits.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     listener: tokio::net::TcpListener,
@@ -350,6 +350,7 @@ pub fn start(
     service: Option<Arc<crate::service::Service>>,
     link_status: Option<crate::rpc::LinkStatusFn>,
     nostr_relay: Option<String>,
+    rates: Arc<crate::read_rate::ReadRates>,
 ) -> std::io::Result<HttpServer> {
     let metrics = cfg.metrics.then(|| crate::metrics::Source {
         service: service.clone(),
@@ -400,9 +401,10 @@ pub fn start(
             };
             let rpc = builder.clone().build(methods.clone(), stop.clone());
             let ip = peer.ip();
+            let socket = rates.wrap(ip, socket);
             let svc = tower::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
-                    .insert(crate::electrum_tcp::ClientAddr(ip));
+                    .insert(crate::admission::ClientAddr::of(ip));
                 let mut rpc = rpc.clone();
                 let answer: ServeFuture =
                     Box::pin(async move { rpc.call(req.map(HttpBody::new)).await });

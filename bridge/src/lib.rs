@@ -15,6 +15,8 @@
 //! - [`http`]: the HTTP + WebSocket listener, `/health` and the confirmation pages;
 //!   [`metrics`]: `/metrics` for the operator;
 //! - [`push`]: Electrum-style server pushes;
+//! - [`admission`]: connection caps with a share per peer; [`read_rate`]: a read rate per
+//!   peer across every listener;
 //! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
 //! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages;
 //! - [`state`]: wallet and request records; [`service`]: the operations on them;
@@ -41,6 +43,7 @@ pub mod nostr_message;
 pub mod nostr_relay;
 pub mod notice;
 pub mod push;
+pub mod read_rate;
 pub mod relay;
 pub mod rpc;
 pub mod rpc_error;
@@ -458,6 +461,10 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         max_unsent_bytes: config.electrum.max_unsent_bytes,
         max_subscriptions: config.electrum.max_subscriptions,
     };
+    let read_rates = read_rate::ReadRates::new(
+        config.limits.read_bytes_per_second_per_peer,
+        config.limits.read_burst_bytes_per_peer,
+    );
     let connections = admission::Admission::new(
         caps.electrum,
         config.electrum.max_connections_per_peer.min(caps.electrum),
@@ -478,7 +485,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     if let (Some(addr), Some(relay)) = (listeners.nostr, nostr) {
         let listener = bind("nostr", addr).await?;
         running.nostr = listener.local_addr().ok();
-        tasks.push(tokio::spawn(relay.serve(listener)));
+        tasks.push(tokio::spawn(relay.serve(listener, read_rates.clone())));
     }
     if let Some(addr) = listeners.electrum_tcp {
         let listener = bind("electrum tcp", addr).await?;
@@ -489,6 +496,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             dispatcher.clone(),
             limits,
             connections.clone(),
+            read_rates.clone(),
         )));
     }
     if let Some(addr) = listeners.electrum_tls {
@@ -504,6 +512,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             dispatcher.clone(),
             limits,
             connections.clone(),
+            read_rates.clone(),
         )));
     }
     if let Some(addr) = listeners.http {
@@ -527,6 +536,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             service.clone(),
             link_status,
             running.nostr.map(|a| format!("ws://{a}")),
+            read_rates.clone(),
         )
         .map_err(|source| StartError::Bind {
             what: "http",

@@ -61,7 +61,7 @@ impl Counters {
 }
 
 /// Every limit that can be hit, by name, as `/metrics` labels it.
-pub const LIMITS: [&str; 16] = [
+pub const LIMITS: [&str; 17] = [
     "electrum_connections",
     "electrum_connections_per_peer",
     "electrum_unsent_bytes",
@@ -78,6 +78,7 @@ pub const LIMITS: [&str; 16] = [
     "mailbox_bytes",
     "mailbox_puts_per_peer",
     "mailbox_put_bytes_per_peer",
+    "read_bytes_per_peer",
 ];
 
 static LIMIT_HITS: [AtomicU64; LIMITS.len()] = [const { AtomicU64::new(0) }; LIMITS.len()];

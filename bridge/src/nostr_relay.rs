@@ -496,7 +496,11 @@ impl NostrRelay {
 
     /// Serves the relay on `listener` until the task is dropped (which closes every open
     /// connection); prunes every minute.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        rates: Arc<crate::read_rate::ReadRates>,
+    ) {
         let _stop = StopOnDrop(self.clone());
         let pruner = self.clone();
         let prune = async move {
@@ -512,11 +516,15 @@ impl NostrRelay {
         };
         tokio::select! {
             _ = prune => {}
-            _ = self.clone().accept_loop(listener) => {}
+            _ = self.clone().accept_loop(listener, rates) => {}
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        rates: Arc<crate::read_rate::ReadRates>,
+    ) {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -535,6 +543,7 @@ impl NostrRelay {
             };
             // Answers are small frames after large ones (EOSE after EVENT): no Nagle delay.
             let _ = stream.set_nodelay(true);
+            let stream = rates.wrap(peer.ip(), stream);
             let relay = self.clone();
             let header_timeout = Duration::from_secs(self.config.header_timeout_secs);
             tokio::spawn(async move {

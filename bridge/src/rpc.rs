@@ -257,7 +257,7 @@ fn register(
         |params, ctx: Arc<ApiContext>, ext| async move {
             // The client's put rate first: a flood is refused before its megabyte is parsed.
             ctx.mailbox.take_put(
-                ext.get::<crate::electrum_tcp::ClientAddr>().map(|c| c.0),
+                ext.get::<crate::admission::ClientAddr>().map(|c| c.0),
                 params.as_str().map_or(0, str::len),
             )?;
             let values = positional(&params, "cosigner.put", 2, 2)?;

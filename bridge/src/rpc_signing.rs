@@ -192,7 +192,7 @@ pub fn register(
         |params, ctx: Arc<ApiContext>, ext| async move {
             positional(&params, "satellite.new_key", 0, 0)?;
             let service = ctx.service()?;
-            let client = ext.get::<crate::electrum_tcp::ClientAddr>().map(|c| c.0);
+            let client = ext.get::<crate::admission::ClientAddr>().map(|c| c.0);
             let key = service.new_key(client).await?;
             let mut json = crate::wallet_keys::key_json(&key);
             json["network"] = json!(service.network.to_string());

@@ -36,6 +36,8 @@ async fn concurrent_clients_see_a_serializable_mailbox() {
     let h = common::start_bridge(|c| {
         c.electrum.max_connections_per_peer = c.electrum.max_connections;
         c.mailbox.puts_per_minute_per_peer = 100_000;
+        c.limits.read_bytes_per_second_per_peer = 1 << 40;
+        c.limits.read_burst_bytes_per_peer = 1 << 40;
         c.mailbox.put_bytes_per_minute_per_peer = 1 << 40;
     })
     .await;

@@ -41,7 +41,7 @@ fn spawn_bridge(data_dir: &Path) -> (Killed, SocketAddr) {
     let config = data_dir.with_extension("toml");
     std::fs::write(
         &config,
-        "[electrum]\nmax_connections_per_peer = 64\n[mailbox]\nputs_per_minute_per_peer = 100000\nput_bytes_per_minute_per_peer = 1000000000000\n",
+        "[electrum]\nmax_connections_per_peer = 64\n[mailbox]\nputs_per_minute_per_peer = 100000\nput_bytes_per_minute_per_peer = 1000000000000\n[limits]\nread_bytes_per_second_per_peer = 1000000000000\nread_burst_bytes_per_peer = 1000000000000\n",
     )
     .expect("config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))

@@ -190,6 +190,7 @@ async fn any_method_can_push_electrum_style_notifications() {
             4,
             ("electrum_connections", "electrum_connections_per_peer"),
         ),
+        satcosign_bridge::read_rate::ReadRates::new(1 << 20, 1 << 22),
     ));
     let mut c = common::LineClient::connect(addr).await;
     // A raw line: this test-only method is not part of the documented contract.

@@ -157,6 +157,8 @@ fn main() -> anyhow::Result<()> {
         config.electrum.max_connections_per_peer = config.electrum.max_connections;
         config.mailbox.puts_per_minute_per_peer = 100_000;
         config.mailbox.put_bytes_per_minute_per_peer = 1 << 40;
+        config.limits.read_bytes_per_second_per_peer = 1 << 40;
+        config.limits.read_burst_bytes_per_peer = 1 << 40;
         config.mailbox.max_total_bytes = 1 << 40;
         let bridge = satcosign_bridge::start(&config).await?;
         anyhow::Ok((echo, bridge))

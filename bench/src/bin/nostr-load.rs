@@ -169,6 +169,9 @@ fn main() -> anyhow::Result<()> {
         // A benchmark floods on purpose, from one address.
         config.nostr.messages_per_minute = u32::MAX;
         config.nostr.max_connections_per_peer = config.nostr.max_connections;
+        // Every load client is 127.0.0.1: no per-peer read rate.
+        config.limits.read_bytes_per_second_per_peer = 1 << 40;
+        config.limits.read_burst_bytes_per_peer = 1 << 40;
         config.nostr.max_stored_bytes = 4 << 30;
         config.nostr.max_stored_bytes_per_author = 4 << 30;
         let system =
