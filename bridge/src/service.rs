@@ -1015,6 +1015,17 @@ impl Service {
         replaces: Option<RequestId>,
         on_open: Option<OnOpen>,
     ) -> Result<RequestId, ServiceError> {
+        let now = unix_now();
+        // A named wallet is looked up before the PSBT is decoded: a stranger's submits for
+        // wallets that are unknown, unconfirmed or over their limit cost a lookup only.
+        let named = match wallet_id {
+            Some(id) => {
+                let record = self.wallet_record(id).await?;
+                may_request(&record, &self.gate, now)?;
+                Some(record)
+            }
+            None => None,
+        };
         let mut psbt = Self::parse_psbt(bytes)?;
         if psbt.inputs.is_empty() || psbt.outputs.is_empty() {
             return Err(ServiceError::BadPsbt(
@@ -1028,13 +1039,8 @@ impl Service {
                 self.gate.max_psbt_inputs, self.gate.max_psbt_outputs
             )));
         }
-        let now = unix_now();
-        let candidates = match wallet_id {
-            Some(id) => {
-                let record = self.wallet_record(id).await?;
-                may_request(&record, &self.gate, now)?;
-                vec![record]
-            }
+        let candidates = match named {
+            Some(record) => vec![record],
             None => {
                 let all = self.candidate_wallets(&psbt).await?;
                 let first = all.first().cloned();

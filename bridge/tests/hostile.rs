@@ -23,6 +23,11 @@ use common::process::BridgeProcess;
 
 /// A bridge whose limits are small enough to reach in a test.
 fn hostile_bridge(dir: &Path) -> BridgeProcess {
+    hostile_bridge_with(dir, "")
+}
+
+/// As [`hostile_bridge`], with `more` TOML appended to its configuration.
+fn hostile_bridge_with(dir: &Path, more: &str) -> BridgeProcess {
     std::fs::create_dir_all(dir).expect("dir");
     let config = dir.join("limits.toml");
     std::fs::write(
@@ -52,7 +57,9 @@ idle_timeout_secs = 30
 max_stored_bytes = 4000000
 max_stored_bytes_per_author = 1000000
 messages_per_minute = 1000
-"#,
+"#
+        .to_owned()
+            + more,
     )
     .expect("config");
     BridgeProcess::dev(
@@ -336,6 +343,72 @@ async fn one_peer_cannot_take_every_connection_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_past_its_read_share_is_slowed_and_others_are_served() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b = hostile_bridge(tmp.path());
+    let tcp = addr_of(&b, "electrum tcp: ");
+    let relay = addr_of(&b, "nostr relay: ");
+    let mut good = Client::connect(tcp).await;
+    let mine = message(2000, 4);
+    good.call("cosigner.put", json!([slot(6), mine])).await;
+
+    // The attacker streams oversized lines (each refused) over two connections: 13 MB,
+    // about 3x its burst of 4 MB.
+    let long_line = format!("{}\n", "x".repeat(1_100_000));
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let line = long_line.clone();
+        attackers.spawn(async move {
+            let s = from_attacker(tcp).await.expect("connect");
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut refused = 0;
+            for _ in 0..6 {
+                w.write_all(line.as_bytes()).await.expect("write");
+                let mut answer = String::new();
+                r.read_line(&mut answer).await.expect("read");
+                assert!(
+                    answer.contains("-32600") || answer.contains("too big"),
+                    "{answer}"
+                );
+                refused += 1;
+            }
+            refused
+        });
+    }
+    // While it runs, the well-behaved client (another address) is answered every time.
+    let mut calls = 0;
+    while attackers.len() == 2 && calls < 2000 {
+        good.still_served(&slot(6), &mine).await;
+        calls += 1;
+    }
+    let mut refused = 0;
+    while let Some(n) = attackers.join_next().await {
+        refused += n.expect("attacker task");
+    }
+    // Every oversized line got its error and the connection stayed usable: slowed, not cut.
+    assert_eq!(refused, 12);
+    good.still_served(&slot(6), &mine).await;
+    let metrics = b.metrics().await;
+    assert!(hit(&metrics, "read_bytes_per_peer"), "{metrics}");
+    // The relay's port shares the same peer budget; it is still open to the attacker.
+    let mut s = from_attacker(relay)
+        .await
+        .expect("relay still admits the peer");
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nAccept: application/nostr+json\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut text))
+        .await
+        .expect("answered once its share refills")
+        .expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transport_has_the_same_batch_and_subscription_limits() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let b = hostile_bridge(tmp.path());
@@ -429,14 +502,17 @@ async fn cheap_checks_come_before_the_upstream_server_is_asked() {
     assert_eq!(code, satcosign_bridge::rpc_error::WRONG_STATE, "{message}");
     assert_eq!(upstream.connections(), 0, "the upstream server was asked");
 
-    // A PSBT past the size a hardware cosigner is tested with is refused at once.
-    let big = pending.psbt(&SpendSpec {
+    // For an active wallet, a PSBT past the size a hardware cosigner is tested with is
+    // refused at once.
+    let active = test_wallet(&flow).await;
+    let active_id = flow.register(&active.descriptor).await;
+    let big = active.psbt(&SpendSpec {
         inputs: (0..251).map(|i| (0, i, 10_000)).collect(),
         payments: vec![(foreign_script(1), 2_000_000)],
         change: None,
     });
     let (code, message, data) = flow
-        .err("request.submit", vec![json!(wid), json!(b64(&big))])
+        .err("request.submit", vec![json!(active_id), json!(b64(&big))])
         .await;
     assert_eq!(
         code,
@@ -663,7 +739,12 @@ async fn the_relay_keeps_only_wallets_messages_within_its_caps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mailbox_holds_its_quota_and_each_peer_its_put_rate() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let b = hostile_bridge(tmp.path());
+    // The mailbox's own limits are under test: the read rate per peer, which would slow
+    // each attacker to a few puts a minute before they are reached, is set out of the way.
+    let b = hostile_bridge_with(
+        tmp.path(),
+        "\n[limits]\nread_bytes_per_second_per_peer = 1000000000\nread_burst_bytes_per_peer = 1000000000\n",
+    );
     let tcp = addr_of(&b, "electrum tcp: ");
     let data = tmp.path().join("data");
     let mut good = Client::connect(tcp).await;
