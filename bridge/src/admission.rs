@@ -49,6 +49,10 @@ pub struct Admission {
     peers: Mutex<HashMap<IpAddr, usize>>,
     /// The `/metrics` names of the two limits.
     names: (&'static str, &'static str),
+    /// Refusals not yet logged, and when the last log line was written: refusals are
+    /// logged at most once a second, as a peer that reconnects in a loop would otherwise
+    /// cost a log line per connection.
+    unlogged: Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 /// One admitted connection: its slot is given back when this is dropped.
@@ -94,6 +98,7 @@ impl Admission {
             per_peer: per_peer.min(max),
             peers: Mutex::new(HashMap::new()),
             names,
+            unlogged: Mutex::new((0, None)),
         })
     }
 
@@ -103,12 +108,12 @@ impl Admission {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let held = peers.get(&ip).copied().unwrap_or(0);
         if held >= self.per_peer {
-            crate::metrics::limit_hit(self.names.1);
-            return Err(Refused::PeerShare);
+            drop(peers);
+            return Err(self.refuse(ip, Refused::PeerShare));
         }
         let Ok(permit) = self.total.clone().try_acquire_owned() else {
-            crate::metrics::limit_hit(self.names.0);
-            return Err(Refused::Full);
+            drop(peers);
+            return Err(self.refuse(ip, Refused::Full));
         };
         peers.insert(ip, held + 1);
         Ok(Admitted {
@@ -116,6 +121,33 @@ impl Admission {
             admission: self.clone(),
             ip,
         })
+    }
+
+    /// Counts a refusal in `/metrics` and logs it (at most a line a second, with the
+    /// number of refusals since the last line).
+    fn refuse(&self, ip: IpAddr, why: Refused) -> Refused {
+        crate::metrics::limit_hit(match why {
+            Refused::Full => self.names.0,
+            Refused::PeerShare => self.names.1,
+        });
+        let mut unlogged = self.unlogged.lock().unwrap_or_else(|p| p.into_inner());
+        unlogged.0 += 1;
+        let now = std::time::Instant::now();
+        if unlogged
+            .1
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1))
+        {
+            tracing::warn!(
+                limit = self.names.0,
+                peer = %ip,
+                ?why,
+                refused = unlogged.0,
+                open = self.open(),
+                "connections refused: over the limit (count since the last such line)"
+            );
+            *unlogged = (0, Some(now));
+        }
+        why
     }
 
     /// Connections open now.

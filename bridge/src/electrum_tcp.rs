@@ -135,10 +135,8 @@ pub async fn serve(
         };
         let permit = match connections.admit(peer.ip()) {
             Ok(p) => p,
-            Err(why) => {
-                tracing::warn!(%peer, ?why, open = connections.open(), "connection refused: over the limit");
-                continue;
-            }
+            // Refused: counted and logged by admission; the socket closes here.
+            Err(_) => continue,
         };
         let _ = socket.set_nodelay(true);
         let socket = rates.wrap(peer.ip(), socket);

@@ -394,10 +394,8 @@ pub fn start(
             };
             let admitted = match admission.admit(peer.ip()) {
                 Ok(a) => a,
-                Err(why) => {
-                    tracing::info!(%peer, ?why, "http connection refused");
-                    continue;
-                }
+                // Refused: counted and logged by admission; the socket closes here.
+                Err(_) => continue,
             };
             let rpc = builder.clone().build(methods.clone(), stop.clone());
             let ip = peer.ip();

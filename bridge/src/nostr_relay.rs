@@ -536,10 +536,8 @@ impl NostrRelay {
             };
             let slot = match self.admission.admit(peer.ip()) {
                 Ok(s) => Arc::new(s),
-                Err(why) => {
-                    tracing::warn!(%peer, ?why, open = self.admission.open(), "nostr connection refused: over the limit");
-                    continue;
-                }
+                // Refused: counted and logged by admission; the socket closes here.
+                Err(_) => continue,
             };
             // Answers are small frames after large ones (EOSE after EVENT): no Nagle delay.
             let _ = stream.set_nodelay(true);

@@ -41,8 +41,9 @@ struct Args {
     /// Seconds of the quiet baseline in each row.
     #[arg(long, default_value_t = 3.0)]
     quiet: f64,
-    /// Seconds each attack runs.
-    #[arg(long, default_value_t = 6.0)]
+    /// Seconds each attack runs: long enough that each attacker's allowed burst (4 MB of
+    /// reads per address, a minute's puts) is not the whole measurement.
+    #[arg(long, default_value_t = 20.0)]
     seconds: f64,
     /// Milliseconds between the well-behaved client's calls.
     #[arg(long, default_value_t = 5)]
