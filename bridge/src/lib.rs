@@ -21,11 +21,13 @@
 //! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages;
 //! - [`state`]: wallet and request records; [`service`]: the operations on them;
 //! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
-//! - [`relay`]: drives requests over the link and delivers outcomes;
+//! - [`relay`]: drives requests over the link and delivers outcomes; [`answer`]: checks
+//!   the satellite's signatures before they are merged;
 //! - [`upstream`]: the upstream Electrum server; [`watch`]: broadcast transactions on the
 //!   chain; [`dev`]: the embedded system of `dev`/`demo`.
 
 pub mod admission;
+pub mod answer;
 pub mod config;
 pub mod demo;
 pub mod dev;

@@ -29,6 +29,7 @@ pub struct Counters {
     email_failures: AtomicU64,
     broadcasts: AtomicU64,
     broadcast_failures: AtomicU64,
+    bad_answers: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +58,12 @@ impl Counters {
             &self.broadcast_failures
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The satellite's answer to a request was refused (`bad_answer`): a signature that
+    /// does not verify, another transaction, an answer of the wrong kind.
+    pub fn bad_answer(&self) {
+        self.bad_answers.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -298,6 +305,13 @@ pub async fn render(source: &Source) -> Result<String, StoreError> {
             "counter",
             "Broadcasts the upstream server refused or failed since start.",
             c.broadcast_failures.load(Ordering::Relaxed),
+        );
+        t.one(
+            "satcosign_bad_answers_total",
+            "counter",
+            "Satellite answers refused as bad_answer since start (a signature that does not \
+             verify, another transaction, an answer of the wrong kind).",
+            c.bad_answers.load(Ordering::Relaxed),
         );
     }
     if let Some(status) = &source.link_status {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bitcoin::psbt::Psbt;
-use miniscript::psbt::PsbtExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -27,6 +26,7 @@ use satcosign_cosigner::wallet::Wallet;
 use satcosign_link::link::LinkHandle;
 use satcosign_link::store::LinkStore;
 
+use crate::answer::{merge_compact, merge_psbt};
 use crate::notice;
 use crate::service::{transition, unix_now, Service, ServiceError};
 use crate::state::{load_wallet, save_wallet, Action, Outcome, RequestRecord, State, WalletState};
@@ -391,10 +391,10 @@ where
             code: code.to_owned(),
             reason,
         };
-        match (response, &r.action) {
+        let outcome = match (response, &r.action) {
             (Response::Sign(s), Action::Sign { psbt, .. }) => match s.outcome {
                 SignOutcome::Signed { psbt: signed } => {
-                    match merge_psbt(&self.service, psbt, &signed) {
+                    match merge_psbt(&self.service.secp, wallet, psbt, &signed) {
                         Ok(o) => o,
                         Err(e) => refused("bad_answer", e),
                     }
@@ -403,7 +403,7 @@ where
             },
             (Response::SignCompact(s), Action::Sign { psbt, .. }) => match s.outcome {
                 CompactOutcome::Signed(sigs) => {
-                    match merge_compact(&self.service, wallet, psbt, &sigs.0) {
+                    match merge_compact(&self.service.secp, wallet, psbt, &sigs.0) {
                         Ok(o) => o,
                         Err(e) => refused("bad_answer", e),
                     }
@@ -445,7 +445,14 @@ where
                     action.kind()
                 ),
             ),
+        };
+        if let Outcome::Refused { code, reason } = &outcome {
+            if code == "bad_answer" {
+                self.service.counters.bad_answer();
+                tracing::error!(request = %r.id, %reason, "the satellite's answer was refused");
+            }
         }
+        outcome
     }
 
     async fn deliver(&self, r: RequestRecord) -> Result<(), ServiceError> {
@@ -573,74 +580,5 @@ where
             service.transitioned(r.id, State::Delivered).await;
         }
         Ok(())
-    }
-}
-
-/// Merges the signatures of the satellite's full-PSBT answer into the request's PSBT.
-fn merge_psbt(service: &Service, ours: &[u8], signed: &[u8]) -> Result<Outcome, String> {
-    let mut merged = Psbt::deserialize(ours).map_err(|e| format!("stored PSBT: {e}"))?;
-    let theirs = Psbt::deserialize(signed).map_err(|e| format!("the satellite's PSBT: {e}"))?;
-    if theirs.unsigned_tx != merged.unsigned_tx {
-        return Err("the satellite answered with another transaction".into());
-    }
-    for (mine, other) in merged.inputs.iter_mut().zip(&theirs.inputs) {
-        for (k, v) in &other.partial_sigs {
-            mine.partial_sigs.entry(*k).or_insert(*v);
-        }
-    }
-    finish(service, merged)
-}
-
-/// Merges the satellite's compact signatures (one per input) into the request's PSBT.
-fn merge_compact(
-    service: &Service,
-    wallet: &Wallet,
-    ours: &[u8],
-    signatures: &[Vec<u8>],
-) -> Result<Outcome, String> {
-    let mut merged = Psbt::deserialize(ours).map_err(|e| format!("stored PSBT: {e}"))?;
-    let spend = analyze(&service.secp, wallet, &merged).map_err(|e| e.to_string())?;
-    if signatures.len() != merged.inputs.len() {
-        return Err(format!(
-            "the satellite sent {} signatures for {} inputs",
-            signatures.len(),
-            merged.inputs.len()
-        ));
-    }
-    for ((input, plan), sig) in merged.inputs.iter_mut().zip(&spend.inputs).zip(signatures) {
-        let signature = bitcoin::secp256k1::ecdsa::Signature::from_compact(sig)
-            .map_err(|e| format!("the satellite's signature: {e}"))?;
-        input.partial_sigs.insert(
-            plan.derived.our_pubkey,
-            bitcoin::ecdsa::Signature {
-                signature,
-                sighash_type: bitcoin::sighash::EcdsaSighashType::All,
-            },
-        );
-    }
-    finish(service, merged)
-}
-
-/// Finalizes `merged` when it is complete (miniscript checks every signature on the way).
-fn finish(service: &Service, merged: Psbt) -> Result<Outcome, String> {
-    let mut finalized = merged.clone();
-    match finalized.finalize_mut(&service.secp) {
-        Ok(()) => {
-            let tx = finalized
-                .extract_tx()
-                .map_err(|e| format!("cannot extract the transaction: {e}"))?;
-            // The PSBT keeps every partial signature (any wallet can finalize it); the final
-            // transaction goes beside it.
-            Ok(Outcome::Signed {
-                psbt: merged.serialize(),
-                tx: Some(bitcoin::consensus::serialize(&tx)),
-                broadcast: None,
-            })
-        }
-        Err(_) => Ok(Outcome::Signed {
-            psbt: merged.serialize(),
-            tx: None,
-            broadcast: None,
-        }),
     }
 }
