@@ -1379,21 +1379,14 @@ impl Service {
                 allowed: "awaiting_email",
             });
         }
-        let now = unix_now();
-        if r.emails_sent >= self.gate.max_emails {
+        may_email_again(&r, &self.gate, unix_now())?;
+        // The relay (or another resend) is working on this request now: one email at a time.
+        let Some(_claim) = self.claim(id) else {
             return Err(ServiceError::RateLimited {
                 what: "emails for this request",
-                retry_after: "never (make a new request)".into(),
+                retry_after: "a moment (an email for it is being sent)".into(),
             });
-        }
-        let next = r.last_email_at + self.gate.resend_interval_secs;
-        if now < next {
-            return Err(ServiceError::RateLimited {
-                what: "emails for this request",
-                retry_after: notice::format_utc(next),
-            });
-        }
-        let _claim = self.claim(id);
+        };
         self.send_confirmation(&r).await
     }
 
@@ -1553,6 +1546,25 @@ fn new_request(
     }
 }
 
+/// Whether request `r` may be sent another email now: at most `max_emails` in all, and
+/// `resend_interval_secs` apart. The one rule for resends and resubmissions.
+fn may_email_again(r: &RequestRecord, gate: &GateConfig, now: u64) -> Result<(), ServiceError> {
+    if r.emails_sent >= gate.max_emails {
+        return Err(ServiceError::RateLimited {
+            what: "emails for this request",
+            retry_after: "never (cancel it and make a new request)".into(),
+        });
+    }
+    let next = r.last_email_at + gate.resend_interval_secs;
+    if r.emails_sent > 0 && now < next {
+        return Err(ServiceError::RateLimited {
+            what: "emails for this request",
+            retry_after: notice::format_utc(next),
+        });
+    }
+    Ok(())
+}
+
 /// Opens a signing request, or updates the one still waiting for the user that spends the
 /// same transaction (its old codes then approve nothing: they were bound to the old PSBT).
 fn open_or_update_sign(
@@ -1593,6 +1605,12 @@ fn open_or_update_sign(
         }
         if r.action == action {
             return Ok(Ok((r.id, r.state)));
+        }
+        // A changed PSBT for the same transaction needs a new email (the old codes were
+        // bound to the old PSBT): it counts against the request's emails like a resend,
+        // so nobody can mail the owner without end by resubmitting.
+        if let Err(e) = may_email_again(&r, gate, now) {
+            return Ok(Err(e));
         }
         r.action = action;
         r.state = State::Received;

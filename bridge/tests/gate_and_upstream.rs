@@ -20,7 +20,8 @@ fn b64(psbt: &Psbt) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes_nothing() {
-    let flow = Flow::start(sky(0.0), |_| {}).await;
+    // A resubmission right after the first email is within the resend interval here.
+    let flow = Flow::start(sky(0.0), |c| c.gate.resend_interval_secs = 0).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let p1 = w.typical_signed_psbt(1, 21);
@@ -138,6 +139,70 @@ async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes
     // The confirmed one is signed.
     let s = flow.wait_state(&id1, "delivered", 120).await;
     assert_eq!(s["final_state"], "signed", "{s}");
+    flow.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmitting_changed_psbts_mails_the_owner_no_more_than_max_emails() {
+    let flow = Flow::start(sky(0.0), |c| c.gate.resend_interval_secs = 0).await;
+    let w = test_wallet(&flow).await;
+    let (wid, _) = flow.register_as(&w.descriptor, "owner@example.org").await;
+    let p = w.typical_signed_psbt(1, 31);
+    let id = flow.submit(&wid, &p).await;
+    let first_code = flow.inbox.code(&id).await;
+    assert!(!first_code.is_empty());
+
+    // A stranger holding the PSBT resubmits it changed, 12 times.
+    let (mut accepted, mut refused) = (0, 0);
+    for n in 0..12u8 {
+        let mut changed = p.clone();
+        changed.proprietary.insert(
+            bitcoin::psbt::raw::ProprietaryKey {
+                prefix: b"attack".to_vec(),
+                subtype: 1,
+                key: vec![n],
+            },
+            vec![n],
+        );
+        match flow
+            .call("request.submit", vec![json!(wid), json!(b64(&changed))])
+            .await
+        {
+            Ok(v) => {
+                assert_eq!(v["request_id"], json!(id), "same transaction, same request");
+                accepted += 1;
+                // Each accepted resubmission is mailed before the next is taken.
+                let s = flow
+                    .wait_for(&id, 20, |s| s["emails_sent"].as_u64() == Some(1 + accepted))
+                    .await;
+                assert_eq!(s["state"], "awaiting_email");
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("emails for this request"), "{text}");
+                refused += 1;
+            }
+        }
+    }
+    let max_emails = 4;
+    assert_eq!(accepted, max_emails - 1, "only the resends left are taken");
+    assert_eq!(refused, 12 - accepted);
+    let mails = flow
+        .inbox
+        .recipients_of(&format!("/confirm/{id}"))
+        .into_iter()
+        .filter(|to| to == "owner@example.org")
+        .count();
+    assert_eq!(
+        mails as u64, max_emails,
+        "the owner got {mails} emails for one request"
+    );
+    // The owner's newest code is the one that works.
+    let newest = flow.inbox.code(&id).await;
+    let ok = flow
+        .ok("request.confirm", vec![json!(id), json!(newest)])
+        .await;
+    assert_eq!(ok["state"], "confirmed");
     flow.system.stop().await;
 }
 
