@@ -1204,7 +1204,7 @@ impl Service {
         let hash = gate::hash_code(code);
         let max_attempts = self.gate.max_attempts;
         let now = unix_now();
-        let (state, changed) = self
+        let result = self
             .store
             .write(
                 move |txn| -> Result<Result<(State, bool), ServiceError>, StoreError> {
@@ -1275,11 +1275,18 @@ impl Service {
             )
             .await
             .map_err(ServiceError::from)
-            .and_then(|r| r)
-            .map_err(|e| {
+            .and_then(|r| r);
+        let (state, changed) = match result {
+            Ok(done) => done,
+            Err(e) => {
                 tracing::info!(request = %id, error = %e, "confirmation refused");
-                e
-            })?;
+                if matches!(e, ServiceError::Voided(_)) {
+                    // Committed: subscribers (and the relay) hear the request end.
+                    self.transitioned(id, State::Cancelled).await;
+                }
+                return Err(e);
+            }
+        };
         if changed {
             self.transitioned(id, state).await;
         }

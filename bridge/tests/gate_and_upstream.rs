@@ -111,7 +111,10 @@ async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes
     .await;
     assert_eq!(status, 409);
 
-    // Too many wrong codes void the request, and the right one no longer works.
+    // Too many wrong codes void the request, and the right one no longer works; a
+    // subscriber hears it end.
+    let mut sub = LineClient::connect(flow.system.bridge.electrum_tcp.expect("tcp")).await;
+    sub.ok("request.subscribe", json!([id2])).await;
     for left in (1..=4).rev() {
         let (_, _, data) = flow
             .err(
@@ -125,6 +128,9 @@ async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes
         .err("request.confirm", vec![json!(id2), json!("nonsense")])
         .await;
     assert_eq!((code, data["reason"].clone()), (BAD_CODE, json!("voided")));
+    let heard = sub.recv().await;
+    assert_eq!(heard["method"], "request.subscribe", "{heard}");
+    assert_eq!(heard["params"][1]["state"], "cancelled", "{heard}");
     let (code, _, _) = flow
         .err("request.confirm", vec![json!(id2), json!(code2)])
         .await;
