@@ -119,6 +119,26 @@ pub fn request_json(r: &RequestRecord, watch: Option<&Watch>) -> Value {
         Action::Sign { summary, .. } => serde_json::to_value(summary).unwrap_or(Value::Null),
         _ => Value::Null,
     };
+    // An email change names both addresses in its record (the old one is told after it);
+    // anyone with the request id sees them masked, as `wallet.status` shows them.
+    let addresses: Vec<&str> = match &r.action {
+        Action::UpdateEmail { new_email } => std::iter::once(new_email.as_str())
+            .chain(r.note.as_deref())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let masked = |text: &str| {
+        addresses
+            .iter()
+            .filter(|a| !a.is_empty())
+            .fold(text.to_owned(), |t, a| t.replace(a, &mask_email(a)))
+    };
+    let outcome = match (outcome, &r.outcome) {
+        (_, Some(Outcome::Done { detail })) if !addresses.is_empty() => {
+            json!({"done": masked(detail)})
+        }
+        (o, _) => o,
+    };
     json!({
         "request_id": r.id.to_string(),
         "wallet_id": r.wallet_id.to_string(),
@@ -127,7 +147,7 @@ pub fn request_json(r: &RequestRecord, watch: Option<&Watch>) -> Value {
         "final_state": r.final_state.map(|s| s.as_str()),
         "summary": summary,
         "outcome": outcome,
-        "note": r.note,
+        "note": r.note.as_deref().map(masked),
         "emails_sent": r.emails_sent,
         "failed_attempts": r.failed_attempts,
         "created_at": r.created_at,

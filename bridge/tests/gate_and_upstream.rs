@@ -473,6 +473,13 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
         .await;
     let done = flow.wait_state(&id, "delivered", 30).await;
     assert_eq!(done["final_state"], "signed", "{done}");
+    // Anyone with the request id sees the two addresses masked.
+    let shown = done.to_string();
+    assert!(
+        !shown.contains("carol@") && !shown.contains("alice@"),
+        "request.status shows an address: {shown}"
+    );
+    assert!(shown.contains("c***@example.org"), "{shown}");
     let told = flow
         .inbox
         .recipients_of("confirmations now go to carol@example.org");
