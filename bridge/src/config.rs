@@ -270,6 +270,9 @@ pub struct GateConfig {
     /// Registrations per hour in all, whatever the address: a cap on the mail anyone can
     /// make the bridge send. Default 100.
     pub max_registrations_per_hour: u32,
+    /// A client address's share of `max_registrations_per_hour` (over transports that know
+    /// the address), so one stranger cannot use up everyone's registrations. Default 20.
+    pub max_registrations_per_client_per_hour: u32,
     /// Satellite keys issued per client address per hour (`satellite.new_key` over
     /// Electrum TCP). Default 10.
     pub max_keys_per_client_per_hour: u32,
@@ -293,6 +296,7 @@ impl Default for GateConfig {
             max_requests_per_hour: 30,
             max_registrations_per_email_per_day: 5,
             max_registrations_per_hour: 100,
+            max_registrations_per_client_per_hour: 20,
             max_keys_per_client_per_hour: 10,
             max_keys_per_hour: 600,
             max_psbt_inputs: 250,
@@ -846,6 +850,12 @@ impl Config {
         if self.gate.max_keys_per_client_per_hour == 0 {
             return invalid(
                 "gate.max_keys_per_client_per_hour",
+                "must be at least 1".into(),
+            );
+        }
+        if self.gate.max_registrations_per_client_per_hour == 0 {
+            return invalid(
+                "gate.max_registrations_per_client_per_hour",
                 "must be at least 1".into(),
             );
         }

@@ -220,6 +220,7 @@ pub async fn run(
             "you@example.org".into(),
             label,
             None,
+            None,
         )
         .await
     {

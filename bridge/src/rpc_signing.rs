@@ -221,7 +221,7 @@ pub fn register(
     )?;
     module.register_async_method(
         "wallet.register",
-        |params, ctx: Arc<ApiContext>, _| async move {
+        |params, ctx: Arc<ApiContext>, ext| async move {
             let values = positional(&params, "wallet.register", 3, 4)?;
             let service = ctx.service()?;
             let descriptors = match values.first() {
@@ -246,7 +246,13 @@ pub fn register(
             let label = string_param(&values, 2, "label")?;
             let policy = policy_param(&values, 3)?;
             let (wallet_id, request_id) = service
-                .register_wallet(descriptors, email, label, policy)
+                .register_wallet(
+                    descriptors,
+                    email,
+                    label,
+                    policy,
+                    ext.get::<crate::admission::ClientAddr>().map(|c| c.0),
+                )
                 .await?;
             Ok::<_, RpcError>(json!({
                 "wallet_id": wallet_id.to_string(),

@@ -363,6 +363,19 @@ fn may_request(wallet: &WalletRecord, gate: &GateConfig, now: u64) -> Result<(),
     Ok(())
 }
 
+/// The mailbox an address reaches, as the per-address limits count it: trimmed, in lower
+/// case, without a `+tag` (`Victim+1@Example.org` and `victim@example.org` are one inbox).
+pub fn mailbox_of(email: &str) -> String {
+    let email = email.trim().to_lowercase();
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let local = local.split_once('+').map_or(local, |(base, _)| base);
+            format!("{local}@{domain}")
+        }
+        None => email,
+    }
+}
+
 fn check_email(email: &str) -> Result<(), ServiceError> {
     crate::mail::parse_address(email).map_err(|e| ServiceError::Invalid {
         field: "email",
@@ -621,7 +634,9 @@ impl Service {
         email: String,
         label: String,
         policy: Option<Policy>,
+        client: Option<std::net::IpAddr>,
     ) -> Result<(WalletId, RequestId), ServiceError> {
+        let email = email.trim().to_owned();
         check_email(&email)?;
         check_label(&label)?;
         let descriptors: Vec<String> = descriptors.iter().map(|d| plain_xpubs(d)).collect();
@@ -650,9 +665,9 @@ impl Service {
         let request_id = RequestId(random_id());
         let email_key: [u8; 32] = {
             use bitcoin::hashes::sha256;
-            sha256::Hash::hash(email.to_lowercase().as_bytes()).to_byte_array()
+            sha256::Hash::hash(mailbox_of(&email).as_bytes()).to_byte_array()
         };
-        let limits = [
+        let mut limits = vec![
             (
                 email_key,
                 self.gate.max_registrations_per_email_per_day,
@@ -666,6 +681,18 @@ impl Service {
                 "registrations on this bridge",
             ),
         ];
+        if let Some(ip) = client {
+            use bitcoin::hashes::sha256;
+            let key = sha256::Hash::hash(format!("registrations from:{ip}").as_bytes());
+            limits.push((
+                key.to_byte_array(),
+                self.gate
+                    .max_registrations_per_client_per_hour
+                    .min(self.gate.max_registrations_per_hour),
+                3600,
+                "registrations from this client",
+            ));
+        }
         let record = WalletRecord {
             id: wallet_id,
             descriptors,

@@ -624,8 +624,9 @@ async fn registrations_are_limited_per_email_address_and_in_all() {
     // The same address in other letters is the same address.
     flow.ok("wallet.register", register("b", "DORA@example.org"))
         .await;
+    // So is the address with spaces around it and a +tag: one inbox, one count.
     let (code, message, data) = flow
-        .err("wallet.register", register("c", "dora@example.org"))
+        .err("wallet.register", register("c", " Dora+again@example.org "))
         .await;
     assert_eq!(code, RATE_LIMITED, "{message}");
     assert!(
@@ -653,5 +654,60 @@ async fn registrations_are_limited_per_email_address_and_in_all() {
     assert_eq!(to("dora@example.org"), 2);
     assert_eq!(to("eve@example.org"), 1);
     assert_eq!(to("fay@example.org"), 0);
+    flow.system.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_gets_only_its_share_of_the_registrations() {
+    use satcosign_bridge::rpc_error::RATE_LIMITED;
+    use satcosign_cosigner::testkit::key;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let flow = Flow::start(sky(0.0), |c| {
+        c.gate.max_registrations_per_hour = 10;
+        c.gate.max_registrations_per_client_per_hour = 2;
+    })
+    .await;
+    let mut params = Vec::new();
+    for tag in ["p", "q", "r"] {
+        let satellite = test_wallet(&flow).await.satellite.descriptor_key();
+        let descriptor = format!(
+            "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{satellite}/<0;1>/*))",
+            key(&format!("{tag}-hot")).descriptor_key(),
+            key(&format!("{tag}-backup")).descriptor_key(),
+        );
+        params.push(vec![
+            json!(descriptor),
+            json!(format!("{tag}@example.org")),
+            json!(format!("wallet {tag}")),
+        ]);
+    }
+    flow.ok("wallet.register", params[0].clone()).await;
+    flow.ok("wallet.register", params[1].clone()).await;
+    let (code, message, _) = flow.err("wallet.register", params[2].clone()).await;
+    assert_eq!(code, RATE_LIMITED, "{message}");
+    assert!(
+        message.contains("registrations from this client"),
+        "{message}"
+    );
+    // Another address still registers.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "wallet.register", "params": params[2]})
+        .to_string();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))
+        .expect("bind 127.0.0.2");
+    let mut s = socket.connect(flow.http_addr()).await.expect("connect");
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.expect("read");
+    assert!(answer.contains("\"wallet_id\""), "{answer}");
     flow.system.stop().await;
 }
