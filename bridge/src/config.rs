@@ -273,6 +273,9 @@ pub struct GateConfig {
     /// A client address's share of `max_registrations_per_hour` (over transports that know
     /// the address), so one stranger cannot use up everyone's registrations. Default 20.
     pub max_registrations_per_client_per_hour: u32,
+    /// Email and policy changes asked for one wallet per day (each emails its owner).
+    /// Default 6.
+    pub max_changes_per_wallet_per_day: u32,
     /// Satellite keys issued per client address per hour (`satellite.new_key` over
     /// Electrum TCP). Default 10.
     pub max_keys_per_client_per_hour: u32,
@@ -297,6 +300,7 @@ impl Default for GateConfig {
             max_registrations_per_email_per_day: 5,
             max_registrations_per_hour: 100,
             max_registrations_per_client_per_hour: 20,
+            max_changes_per_wallet_per_day: 6,
             max_keys_per_client_per_hour: 10,
             max_keys_per_hour: 600,
             max_psbt_inputs: 250,
@@ -850,6 +854,12 @@ impl Config {
         if self.gate.max_keys_per_client_per_hour == 0 {
             return invalid(
                 "gate.max_keys_per_client_per_hour",
+                "must be at least 1".into(),
+            );
+        }
+        if self.gate.max_changes_per_wallet_per_day == 0 {
+            return invalid(
+                "gate.max_changes_per_wallet_per_day",
                 "must be at least 1".into(),
             );
         }

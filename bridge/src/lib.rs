@@ -27,6 +27,7 @@
 //!   chain; [`dev`]: the embedded system of `dev`/`demo`.
 
 pub mod admission;
+pub mod allowance;
 pub mod answer;
 pub mod config;
 pub mod demo;

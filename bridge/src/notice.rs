@@ -65,6 +65,9 @@ pub fn headline(wallet: &WalletRecord, req: &RequestRecord) -> String {
         Action::UpdateEmail { .. } => {
             format!("Change the email address of wallet \"{}\"", wallet.label)
         }
+        Action::SetPolicy { policy } if policy.is_tightening_of(&wallet.policy) => {
+            format!("Tighten the limits of wallet \"{}\"", wallet.label)
+        }
         Action::SetPolicy { .. } => format!("Loosen the limits of wallet \"{}\"", wallet.label),
     }
 }
@@ -142,27 +145,13 @@ pub fn summary(
             rows.push(("New address".into(), new_email.clone()));
         }
         Action::SetPolicy { policy } => {
-            rows.push((
-                "Action".into(),
-                "loosen this wallet's limits (the satellite applies it after its delay)".into(),
-            ));
-            rows.push((
-                "Limit per transaction".into(),
-                format!(
-                    "{} (now {})",
-                    btc(policy.max_per_tx_sat),
-                    btc(wallet.policy.max_per_tx_sat)
-                ),
-            ));
-            rows.push((
-                format!("Limit per {} hours", policy.period_secs / 3600),
-                format!(
-                    "{} (now {})",
-                    btc(policy.max_per_period_sat),
-                    btc(wallet.policy.max_per_period_sat)
-                ),
-            ));
-            rows.push(("Highest fee".into(), format!("{} sat", policy.max_fee_sat)));
+            let action = if policy.is_tightening_of(&wallet.policy) {
+                "tighten this wallet's limits (the satellite applies it at once)"
+            } else {
+                "loosen this wallet's limits (the satellite applies it after its delay)"
+            };
+            rows.push(("Action".into(), action.into()));
+            rows.extend(policy_changes(&wallet.policy, policy));
         }
     }
     if let Some(at) = expires_at {
@@ -171,10 +160,102 @@ pub fn summary(
     rows
 }
 
-const NOT_YOU: &str = "If you did not ask for this, do not confirm: press Reject on the page, or \
-simply ignore this email (nothing happens without your confirmation). Someone who can make \
-this request holds one of your wallet's keys or its Electrum file: move your funds with your \
-two own keys and contact your operator.";
+/// Every field of a policy change, old and new; unchanged fields are left out, and an
+/// allowlist's entries are listed as added and removed.
+pub fn policy_changes(
+    old: &satcosign_cosigner::policy::Policy,
+    new: &satcosign_cosigner::policy::Policy,
+) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    let mut field = |name: &str, before: String, after: String| {
+        if before != after {
+            rows.push((name.to_owned(), format!("{after} (now {before})")));
+        }
+    };
+    field(
+        "Limit per transaction",
+        btc(old.max_per_tx_sat),
+        btc(new.max_per_tx_sat),
+    );
+    field(
+        "Limit per period",
+        btc(old.max_per_period_sat),
+        btc(new.max_per_period_sat),
+    );
+    let hours = |s: u64| format!("{} hours", s as f64 / 3600.0);
+    field("Period", hours(old.period_secs), hours(new.period_secs));
+    field(
+        "Highest fee",
+        format!("{} sat", old.max_fee_sat),
+        format!("{} sat", new.max_fee_sat),
+    );
+    field(
+        "Highest fee rate",
+        format!("{} sat/vB", old.max_fee_rate_sat_vb),
+        format!("{} sat/vB", new.max_fee_rate_sat_vb),
+    );
+    field(
+        "Delay after approval",
+        format!("{} s", old.min_approval_delay_secs),
+        format!("{} s", new.min_approval_delay_secs),
+    );
+    match (&old.allowlist, &new.allowlist) {
+        (None, None) => {}
+        (Some(_), None) => rows.push((
+            "Allowlist".into(),
+            "removed: payments may go to any address".into(),
+        )),
+        (before, Some(after)) => {
+            if before.is_none() {
+                rows.push((
+                    "Allowlist".into(),
+                    format!("new: payments only to its {} entries", after.len()),
+                ));
+            }
+            let before = before.as_deref().unwrap_or_default();
+            for script in after.iter().filter(|s| !before.contains(s)) {
+                rows.push(("Allowlist adds".into(), script_text(script)));
+            }
+            for script in before.iter().filter(|s| !after.contains(s)) {
+                rows.push(("Allowlist removes".into(), script_text(script)));
+            }
+        }
+    }
+    if rows.is_empty() {
+        rows.push(("Change".into(), "none: the policy is the same".into()));
+    }
+    rows
+}
+
+/// An output script as people read it: its address on any network where it is standard,
+/// else hex.
+fn script_text(script: &[u8]) -> String {
+    let script = bitcoin::Script::from_bytes(script);
+    bitcoin::Address::from_script(script, bitcoin::Network::Bitcoin)
+        .map(|a| format!("{a} (or its testnet form)"))
+        .unwrap_or_else(|_| hex::encode(script.as_bytes()))
+}
+
+/// What an unexpected email of this kind means, in words that are true for its action.
+fn not_you(action: &Action) -> &'static str {
+    match action {
+        Action::Sign { .. } => {
+            "If you did not ask for this, do not confirm: press Reject on the page, or simply \
+             ignore this email (nothing happens without your confirmation). Someone who can \
+             make this request holds one of your wallet's keys or its Electrum file: move your \
+             funds with your two own keys and contact your operator."
+        }
+        Action::Register => {
+            "If you did not register this wallet, ignore this email: someone gave your address, \
+             and nothing happens without your confirmation."
+        }
+        Action::UpdateEmail { .. } | Action::SetPolicy { .. } => {
+            "If you did not ask for this, do not confirm: press Reject on the page, or simply \
+             ignore this email (nothing changes without your confirmation). Anyone who knows \
+             this wallet's id can ask for a change; it does not mean your keys are exposed."
+        }
+    }
+}
 
 fn text_rows(rows: &[(String, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -210,8 +291,9 @@ pub fn confirm_email(
     let to = wallet.email.clone();
     let text = format!(
         "{head}?\n\n{}\nTo confirm, open this link and press Confirm:\n\n  {link}\n\n\
-         or give this code to the satcosign plugin in Electrum:\n\n  {token}\n\n{NOT_YOU}\n",
-        text_rows(&rows)
+         or give this code to the satcosign plugin in Electrum:\n\n  {token}\n\n{}\n",
+        text_rows(&rows),
+        not_you(&req.action)
     );
     let html = format!(
         "<html><body style=\"font-family:sans-serif\"><h2>{}?</h2>\n<table>\n{}</table>\n\
@@ -221,7 +303,7 @@ pub fn confirm_email(
         html_rows(&rows),
         html_escape(&link),
         html_escape(token),
-        html_escape(NOT_YOU)
+        html_escape(not_you(&req.action))
     );
     Email {
         to,
@@ -285,7 +367,7 @@ pub fn confirm_page(
         html_rows(&rows),
         req.id,
         html_escape(token),
-        html_escape(NOT_YOU)
+        html_escape(not_you(&req.action))
     )
 }
 

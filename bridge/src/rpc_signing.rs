@@ -296,7 +296,13 @@ pub fn register(
                 });
             };
             let (rid, tightening) = ctx.service()?.set_policy(id, policy).await?;
-            Ok::<_, RpcError>(json!({"request_id": rid.to_string(), "needs_email": !tightening}))
+            // Every change is confirmed by email now; `tightening` says whether the
+            // satellite applies it at once once confirmed (or after its delay).
+            Ok::<_, RpcError>(json!({
+                "request_id": rid.to_string(),
+                "needs_email": true,
+                "tightening": tightening,
+            }))
         },
     )?;
     module.register_async_method(

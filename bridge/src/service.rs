@@ -29,6 +29,7 @@ use satcosign_cosigner::refusal::Refusal;
 use satcosign_cosigner::spend::{analyze, Spend};
 use satcosign_cosigner::wallet::{Wallet, WalletId};
 
+use crate::allowance::{self, Allowance, UsedUp};
 use crate::config::GateConfig;
 use crate::ecies::{self, EciesError};
 use crate::gate::{self, approval_digest};
@@ -151,6 +152,15 @@ pub enum ServiceError {
     /// Storage failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<UsedUp> for ServiceError {
+    fn from(u: UsedUp) -> Self {
+        ServiceError::RateLimited {
+            what: u.what,
+            retry_after: notice::format_utc(u.frees_at),
+        }
+    }
 }
 
 impl From<crate::wallet_keys::WalletKeyError> for ServiceError {
@@ -668,30 +678,31 @@ impl Service {
             sha256::Hash::hash(mailbox_of(&email).as_bytes()).to_byte_array()
         };
         let mut limits = vec![
-            (
-                email_key,
-                self.gate.max_registrations_per_email_per_day,
-                24 * 3600,
-                "registrations for this email address",
-            ),
-            (
-                state::ALL_REGISTRATIONS,
-                self.gate.max_registrations_per_hour,
-                3600,
-                "registrations on this bridge",
-            ),
+            Allowance {
+                key: email_key,
+                max: self.gate.max_registrations_per_email_per_day,
+                window_secs: 24 * 3600,
+                what: "registrations for this email address",
+            },
+            Allowance {
+                key: state::ALL_REGISTRATIONS,
+                max: self.gate.max_registrations_per_hour,
+                window_secs: 3600,
+                what: "registrations on this bridge",
+            },
         ];
         if let Some(ip) = client {
             use bitcoin::hashes::sha256;
             let key = sha256::Hash::hash(format!("registrations from:{ip}").as_bytes());
-            limits.push((
-                key.to_byte_array(),
-                self.gate
+            limits.push(Allowance {
+                key: key.to_byte_array(),
+                max: self
+                    .gate
                     .max_registrations_per_client_per_hour
                     .min(self.gate.max_registrations_per_hour),
-                3600,
-                "registrations from this client",
-            ));
+                window_secs: 3600,
+                what: "registrations from this client",
+            });
         }
         let record = WalletRecord {
             id: wallet_id,
@@ -718,27 +729,8 @@ impl Service {
                 // Each registration emails the address given: limit them per address and
                 // in all, so the bridge cannot be made to flood anyone's inbox.
                 let mut recent = txn.open_table(state::REGISTRATIONS).map_err(db_err)?;
-                let mut updated = Vec::new();
-                for (key, max, window, what) in limits {
-                    let mut times: Vec<u64> = match recent.get(&key).map_err(db_err)? {
-                        Some(v) => from_bytes(v.value())?,
-                        None => Vec::new(),
-                    };
-                    times.retain(|t| *t + window > now);
-                    if times.len() >= max as usize {
-                        let oldest = times.iter().min().copied().unwrap_or(now);
-                        return Ok(Err(ServiceError::RateLimited {
-                            what,
-                            retry_after: notice::format_utc(oldest + window),
-                        }));
-                    }
-                    times.push(now);
-                    updated.push((key, times));
-                }
-                for (key, times) in updated {
-                    recent
-                        .insert(&key, state::to_bytes(&times).as_slice())
-                        .map_err(db_err)?;
+                if let Err(used_up) = allowance::take(&mut recent, &limits, now)? {
+                    return Ok(Err(used_up.into()));
                 }
                 drop(recent);
                 if let Err(e) = crate::wallet_keys::bind(txn, &satellite_key, wallet_id)? {
@@ -786,12 +778,8 @@ impl Service {
                 state: wallet_state_name(wallet.state),
             });
         }
-        self.new_wallet_request(
-            wallet_id,
-            Action::UpdateEmail { new_email },
-            State::Received,
-        )
-        .await
+        self.new_wallet_request(wallet_id, Action::UpdateEmail { new_email })
+            .await
     }
 
     /// `wallet.set_policy`: a change that only tightens goes to the cosigner at once; one
@@ -812,36 +800,48 @@ impl Service {
                 state: wallet_state_name(wallet.state),
             });
         }
+        // Every change is confirmed from the registered email, tightening included: a
+        // stranger's "tightening" (a limit of 1,000 sat, an allowlist of their address)
+        // would lock the owner out. Once confirmed, a tightening applies at once on the
+        // satellite and a loosening after its delay.
         let tightening = policy.is_tightening_of(&wallet.policy);
-        let start = if tightening {
-            State::Confirmed
-        } else {
-            State::Received
-        };
         let id = self
-            .new_wallet_request(wallet_id, Action::SetPolicy { policy }, start)
+            .new_wallet_request(wallet_id, Action::SetPolicy { policy })
             .await?;
         Ok((id, tightening))
     }
 
+    /// Opens a change of wallet `wallet_id` (email or policy), within the wallet's daily
+    /// allowance of changes: each one emails the owner.
     async fn new_wallet_request(
         &self,
         wallet_id: WalletId,
         action: Action,
-        start: State,
     ) -> Result<RequestId, ServiceError> {
+        use bitcoin::hashes::sha256;
         let id = RequestId(random_id());
         let now = unix_now();
+        let changes = Allowance {
+            key: sha256::Hash::hash(format!("changes:{wallet_id}").as_bytes()).to_byte_array(),
+            max: self.gate.max_changes_per_wallet_per_day,
+            window_secs: 24 * 3600,
+            what: "changes to this wallet today",
+        };
         self.store
             .write(move |txn| {
-                let mut r = new_request(id, wallet_id, action, start, now);
-                if start == State::Confirmed {
-                    r.approved_at = Some(now);
+                let mut recent = txn.open_table(state::REGISTRATIONS).map_err(db_err)?;
+                if let Err(used_up) = allowance::take(&mut recent, &[changes], now)? {
+                    return Ok(Err(ServiceError::from(used_up)));
                 }
-                save_request(txn, &r)
+                drop(recent);
+                save_request(
+                    txn,
+                    &new_request(id, wallet_id, action, State::Received, now),
+                )?;
+                Ok(Ok(()))
             })
-            .await?;
-        self.transitioned(id, start).await;
+            .await??;
+        self.transitioned(id, State::Received).await;
         Ok(id)
     }
 

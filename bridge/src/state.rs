@@ -23,8 +23,9 @@ pub const WALLET_BY_FINGERPRINT: TableDefinition<&[u8; 20], ()> =
 pub const REQUESTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("requests");
 /// Requests still moving (not in a final state): request id -> ().
 pub const ACTIVE: TableDefinition<&[u8; 16], ()> = TableDefinition::new("active_requests");
-/// Recent registrations (unix seconds, postcard `Vec<u64>`), keyed by the SHA-256 of the
-/// lower-cased email address, and by [`ALL_REGISTRATIONS`] for every address together.
+/// Recent uses of each [`crate::allowance`] (unix seconds, postcard `Vec<u64>`), keyed by
+/// a SHA-256: of the inbox ([`crate::service::mailbox_of`]), of `registrations from:<ip>`,
+/// of `changes:<wallet id>`, and [`ALL_REGISTRATIONS`] for every registration together.
 pub const REGISTRATIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("registrations");
 /// The [`REGISTRATIONS`] key counting every address.
 pub const ALL_REGISTRATIONS: [u8; 32] = [0; 32];

@@ -493,14 +493,41 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
         "c***@example.org"
     );
 
-    // Tightening goes to the satellite at once, with no email to confirm.
+    // A tightening a stranger asks for (any caller with the wallet id) does nothing until
+    // the registered address confirms it: then it applies at once.
     let mut policy = flow.ok("wallet.status", vec![json!(wid)]).await["policy"].clone();
+    let before = policy.clone();
     policy["max_per_tx_sat"] = json!(1_000_000);
+    policy["max_fee_rate_sat_vb"] = json!(100);
     let r = flow
         .ok("wallet.set_policy", vec![json!(wid), policy.clone()])
         .await;
-    assert_eq!(r["needs_email"], false);
+    assert_eq!(r["needs_email"], true, "{r}");
+    assert_eq!(r["tightening"], true, "{r}");
     let id = r["request_id"].as_str().expect("id").to_owned();
+    let code = flow.inbox.code(&id).await;
+    assert_eq!(
+        flow.ok("wallet.status", vec![json!(wid)]).await["policy"],
+        before,
+        "nothing applies before the owner confirms"
+    );
+    // The email names every changed field, old and new, and only those, and its warning
+    // is true for a change (no one need hold a key to ask for one).
+    let mail = flow.inbox.to("carol@example.org").pop().expect("the email");
+    assert!(mail.contains("Tighten the limits"), "{mail}");
+    assert!(mail.contains("Limit per transaction"), "{mail}");
+    assert!(mail.contains("100 sat/vB (now"), "{mail}");
+    assert!(
+        !mail.contains("Highest fee</th>"),
+        "unchanged fields are left out: {mail}"
+    );
+    assert!(!mail.contains("holds one of your wallet's keys"), "{mail}");
+    assert!(
+        mail.contains("does not mean your keys are exposed"),
+        "{mail}"
+    );
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
     let done = flow.wait_state(&id, "delivered", 60).await;
     assert_eq!(
         done["outcome"]["done"], "the new limits apply now",
@@ -526,6 +553,27 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
     let done = flow.wait_state(&id, "delivered", 60).await;
     let detail = done["outcome"]["done"].as_str().expect("done").to_owned();
     assert!(detail.starts_with("the new limits apply from "), "{detail}");
+
+    // Each change emails the owner: a wallet takes 6 a day (3 made above).
+    for n in 0..3 {
+        flow.ok(
+            "wallet.update_email",
+            vec![json!(wid), json!(format!("x{n}@example.org"))],
+        )
+        .await;
+    }
+    let (code, message, data) = flow
+        .err(
+            "wallet.update_email",
+            vec![json!(wid), json!("x9@example.org")],
+        )
+        .await;
+    assert_eq!(code, satcosign_bridge::rpc_error::RATE_LIMITED, "{message}");
+    assert!(
+        message.contains("changes to this wallet today"),
+        "{message}"
+    );
+    assert!(data["retry_after"].is_string(), "{data}");
     flow.system.stop().await;
 }
 
@@ -538,14 +586,25 @@ async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
     let allowed = bitcoin::Address::from_script(&foreign_script(7), bitcoin::Network::Regtest)
         .expect("address");
 
-    // Adding an allowlist tightens: it applies at once.
+    // Adding an allowlist tightens: once confirmed, it applies at once. The email lists
+    // the entry added.
     let mut policy = flow.ok("wallet.status", vec![json!(wid)]).await["policy"].clone();
     policy["allowlist"] = json!([allowed.to_string()]);
     let r = flow
         .ok("wallet.set_policy", vec![json!(wid), policy.clone()])
         .await;
-    assert_eq!(r["needs_email"], false, "{r}");
+    assert_eq!(r["tightening"], true, "{r}");
     let id = r["request_id"].as_str().expect("id").to_owned();
+    let code = flow.inbox.code(&id).await;
+    let mail = flow
+        .inbox
+        .to("alice@example.org")
+        .into_iter()
+        .rfind(|m| m.contains(&id))
+        .expect("the email");
+    assert!(mail.contains("Allowlist adds"), "{mail}");
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
     flow.wait_state(&id, "delivered", 60).await;
     // Shown as the script it stands for.
     assert_eq!(
