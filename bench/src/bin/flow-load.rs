@@ -176,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
             "bench@example.org".into(),
             "bench".into(),
             None,
+            None,
         )
         .await?;
     service.confirm(reg, &codes.code(&reg).await, true).await?;

@@ -196,6 +196,7 @@ fn main() -> anyhow::Result<()> {
                     format!("load{i}@example.org"),
                     "load".into(),
                     None,
+                    None,
                 )
                 .await?;
             let identity = |x: &satcosign_cosigner::keys::CosignerKey| {
