@@ -359,7 +359,26 @@ fn writer_loop(db: &Database, rx: &std_mpsc::Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        commit_batch(db, batch);
+        // A panic in a job would leave the bridge half alive: answering `/health` and
+        // reads, never writing again. Stop the whole process instead, with a clear line,
+        // so its supervisor restarts it: every state is durable, and a restart resumes
+        // every request where its last commit left it.
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit_batch(db, batch);
+        }));
+        if let Err(panic) = committed {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(
+                panic = %what,
+                "the database writer panicked; nothing of its batch was stored. Stopping the \
+                 bridge so that its supervisor restarts it"
+            );
+            std::process::exit(70);
+        }
     }
     tracing::debug!("database writer stopped");
 }
