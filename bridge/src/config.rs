@@ -848,38 +848,32 @@ impl Config {
                 format!("{} is outside 1..=100000", self.gate.max_psbt_outputs),
             );
         }
-        if self.gate.max_keys_per_hour == 0 {
-            return invalid("gate.max_keys_per_hour", "must be at least 1".into());
-        }
-        if self.gate.max_keys_per_client_per_hour == 0 {
-            return invalid(
+        for (key, value) in [
+            ("gate.max_keys_per_hour", self.gate.max_keys_per_hour),
+            (
                 "gate.max_keys_per_client_per_hour",
-                "must be at least 1".into(),
-            );
-        }
-        if self.gate.max_changes_per_wallet_per_day == 0 {
-            return invalid(
+                self.gate.max_keys_per_client_per_hour,
+            ),
+            (
                 "gate.max_changes_per_wallet_per_day",
-                "must be at least 1".into(),
-            );
-        }
-        if self.gate.max_registrations_per_client_per_hour == 0 {
-            return invalid(
+                self.gate.max_changes_per_wallet_per_day,
+            ),
+            (
                 "gate.max_registrations_per_client_per_hour",
-                "must be at least 1".into(),
-            );
-        }
-        if self.gate.max_registrations_per_email_per_day == 0 {
-            return invalid(
+                self.gate.max_registrations_per_client_per_hour,
+            ),
+            (
                 "gate.max_registrations_per_email_per_day",
-                "must be at least 1".into(),
-            );
-        }
-        if self.gate.max_registrations_per_hour == 0 {
-            return invalid(
+                self.gate.max_registrations_per_email_per_day,
+            ),
+            (
                 "gate.max_registrations_per_hour",
-                "must be at least 1".into(),
-            );
+                self.gate.max_registrations_per_hour,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
         }
         let url = &self.upstream.url;
         if !(url.is_empty() || url.starts_with("tcp://") || url.starts_with("ssl://")) {

@@ -649,34 +649,39 @@ async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
     flow.system.stop().await;
 }
 
+/// `wallet.register`'s parameters for a distinct 2-of-3 wallet per tag, with its own
+/// satellite key, for `<tag>@example.org`.
+async fn registration(flow: &Flow, tag: &str) -> Vec<Value> {
+    use satcosign_cosigner::testkit::key;
+    let satellite = test_wallet(flow).await.satellite.descriptor_key();
+    let descriptor = format!(
+        "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{satellite}/<0;1>/*))",
+        key(&format!("{tag}-hot")).descriptor_key(),
+        key(&format!("{tag}-backup")).descriptor_key(),
+    );
+    vec![
+        json!(descriptor),
+        json!(format!("{tag}@example.org")),
+        json!(format!("wallet {tag}")),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_are_limited_per_email_address_and_in_all() {
     use satcosign_bridge::rpc_error::RATE_LIMITED;
-    use satcosign_cosigner::testkit::key;
     let flow = Flow::start(sky(0.0), |c| {
         c.gate.max_registrations_per_email_per_day = 2;
         c.gate.max_registrations_per_hour = 3;
     })
     .await;
-    // A distinct 2-of-3 wallet per tag, each with its own satellite key.
-    let mut satellite = std::collections::HashMap::new();
+    let mut params = std::collections::HashMap::new();
     for tag in ["a", "b", "c", "d"] {
-        satellite.insert(tag, test_wallet(&flow).await.satellite.descriptor_key());
+        params.insert(tag, registration(&flow, tag).await);
     }
-    let wallet = |tag: &str| {
-        format!(
-            "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{}/<0;1>/*))",
-            key(&format!("{tag}-hot")).descriptor_key(),
-            key(&format!("{tag}-backup")).descriptor_key(),
-            satellite[tag],
-        )
-    };
     let register = |tag: &str, email: &str| {
-        vec![
-            json!(wallet(tag)),
-            json!(email),
-            json!(format!("wallet {tag}")),
-        ]
+        let mut p = params[tag].clone();
+        p[1] = json!(email);
+        p
     };
     flow.ok("wallet.register", register("a", "dora@example.org"))
         .await;
@@ -719,7 +724,6 @@ async fn registrations_are_limited_per_email_address_and_in_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_address_gets_only_its_share_of_the_registrations() {
     use satcosign_bridge::rpc_error::RATE_LIMITED;
-    use satcosign_cosigner::testkit::key;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let flow = Flow::start(sky(0.0), |c| {
         c.gate.max_registrations_per_hour = 10;
@@ -728,17 +732,7 @@ async fn one_client_address_gets_only_its_share_of_the_registrations() {
     .await;
     let mut params = Vec::new();
     for tag in ["p", "q", "r"] {
-        let satellite = test_wallet(&flow).await.satellite.descriptor_key();
-        let descriptor = format!(
-            "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{satellite}/<0;1>/*))",
-            key(&format!("{tag}-hot")).descriptor_key(),
-            key(&format!("{tag}-backup")).descriptor_key(),
-        );
-        params.push(vec![
-            json!(descriptor),
-            json!(format!("{tag}@example.org")),
-            json!(format!("wallet {tag}")),
-        ]);
+        params.push(registration(&flow, tag).await);
     }
     flow.ok("wallet.register", params[0].clone()).await;
     flow.ok("wallet.register", params[1].clone()).await;
