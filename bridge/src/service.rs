@@ -238,6 +238,9 @@ pub struct Service {
     wallets: Mutex<HashMap<WalletId, Arc<Wallet>>>,
     busy: Mutex<HashSet<RequestId>>,
     hold_at: Option<State>,
+    /// Test hook: `SATCOSIGN_TEST_WRITER_PANIC_AT=<state>` makes a database job panic once
+    /// a request enters that state (the writer then stops the process).
+    writer_panic_at: Option<State>,
     /// The satellite's Nostr identity, when the relay runs: delivery answers by Nostr.
     pub nostr: std::sync::OnceLock<Arc<crate::nostr_cosigner::NostrCosigner>>,
     /// Events counted for `/metrics`.
@@ -443,6 +446,9 @@ impl Service {
             wallets: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
             hold_at,
+            writer_panic_at: std::env::var("SATCOSIGN_TEST_WRITER_PANIC_AT")
+                .ok()
+                .and_then(|s| State::parse(&s)),
             nostr: std::sync::OnceLock::new(),
             counters: crate::metrics::Counters::default(),
         }
@@ -552,6 +558,15 @@ impl Service {
         let _ = self.events.send(Event { id, state });
         if self.hold_at == Some(state) {
             eprintln!("test-hold: {} {id}", state.as_str());
+            std::future::pending::<()>().await;
+        }
+        if self.writer_panic_at == Some(state) {
+            let _ = self
+                .store
+                .write(|_| -> Result<(), StoreError> {
+                    panic!("test hook: a database job panicked")
+                })
+                .await;
             std::future::pending::<()>().await;
         }
     }

@@ -308,3 +308,44 @@ async fn a_kill_between_the_broadcast_and_its_record_does_not_broadcast_again() 
     assert_eq!(chain.broadcasts().len(), 1, "not broadcast again");
     b.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_database_writer_stops_the_bridge_and_a_restart_resumes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir: PathBuf = tmp.path().join("data");
+    let wid = registered(&dir).await;
+    let w = dev_wallet(&dir);
+    let psbt = w.typical_signed_psbt(1, 9);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
+
+    // A database job panics once the request is confirmed: the bridge does not carry on
+    // half alive, it stops with a line that says why.
+    let b = BridgeProcess::dev(
+        &dir,
+        &[],
+        &[("SATCOSIGN_TEST_WRITER_PANIC_AT", "confirmed")],
+    );
+    let submitted = b.call("request.submit", vec![json!(wid), json!(b64)]).await;
+    let id = submitted["request_id"].as_str().expect("id").to_owned();
+    let c = code(&dir, &id).await;
+    let client = HttpClientBuilder::default().build(&b.http).expect("client");
+    let _: Result<Value, _> = client
+        .request("request.confirm", vec![json!(id), json!(c)])
+        .await;
+    let (status, logs) = b.exited();
+    assert_eq!(status.code(), Some(70), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("database writer panicked")),
+        "{logs:?}"
+    );
+
+    // Restarted, the request goes on from its last commit and is signed once.
+    let b = start(&dir, None);
+    let done = b.wait_state(&id, "delivered").await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    b.terminate();
+    let cosigner = dev_cosigner(&dir);
+    let ledger = cosigner.ledger(&w.wallet.id, 0).expect("ledger");
+    assert_eq!(ledger.len(), 1, "one debit");
+    assert_eq!(ledger[0].request_id, parse_id(&id));
+}

@@ -169,6 +169,26 @@ impl BridgeProcess {
         self.child.wait().expect("reaped");
     }
 
+    /// Waits (up to 60 s) for the bridge to stop by itself; returns its exit status and
+    /// everything it wrote to stderr.
+    pub fn exited(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut lines = Vec::new();
+        // The stderr reader's channel closes when the process's pipe ends: at its exit.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the bridge did not stop by itself: {lines:?}")
+                }
+            }
+        }
+        let status = self.child.wait().expect("reaped");
+        (status, lines)
+    }
+
     /// A crash: SIGKILL.
     pub fn kill(self) {
         self.signal(nix::sys::signal::Signal::SIGKILL);
