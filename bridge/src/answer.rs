@@ -16,7 +16,7 @@ use satcosign_cosigner::wallet::Wallet;
 use crate::state::Outcome;
 
 /// Merges the satellite's signatures from its full-PSBT answer into the request's PSBT:
-/// only its own key's, each checked first (see [`insert_checked`]).
+/// only its own key's, each checked first (see `insert_checked`).
 pub fn merge_psbt(
     secp: &Secp256k1<All>,
     wallet: &Wallet,
@@ -48,7 +48,7 @@ pub fn merge_psbt(
 }
 
 /// Merges the satellite's compact signatures (one per input) into the request's PSBT,
-/// each checked first (see [`insert_checked`]).
+/// each checked first (see `insert_checked`).
 pub fn merge_compact(
     secp: &Secp256k1<All>,
     wallet: &Wallet,

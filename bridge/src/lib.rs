@@ -19,7 +19,9 @@
 //!   peer across every listener;
 //! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
 //! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages;
-//! - [`state`]: wallet and request records; [`service`]: the operations on them;
+//! - [`state`]: wallet and request records; [`service`]: what the operations share, with
+//!   the operations in [`wallets`], [`intake`] and [`approval`]; [`allowance`]: rolling
+//!   limits kept in the database;
 //! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
 //! - [`relay`]: drives requests over the link and delivers outcomes; [`answer`]: checks
 //!   the satellite's signatures before they are merged;
@@ -29,6 +31,7 @@
 pub mod admission;
 pub mod allowance;
 pub mod answer;
+pub mod approval;
 pub mod config;
 pub mod demo;
 pub mod dev;
@@ -37,6 +40,7 @@ pub mod ecies;
 pub mod electrum_tcp;
 pub mod gate;
 pub mod http;
+pub mod intake;
 pub mod key_page;
 pub mod mail;
 pub mod mailbox;
@@ -57,6 +61,7 @@ pub mod store;
 pub mod tls;
 pub mod upstream;
 pub mod wallet_keys;
+pub mod wallets;
 pub mod watch;
 
 use std::net::SocketAddr;

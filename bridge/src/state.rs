@@ -2,7 +2,7 @@
 //!
 //! Records are postcard-encoded serde structs, one table per kind, keyed by their 16-byte
 //! ids. A request is a persisted state machine ([`State`]); every transition is one write
-//! transaction (see [`crate::requests`]), so after a crash each request resumes where it
+//! transaction (see [`crate::service`]), so after a crash each request resumes where it
 //! stood. Email tokens are stored only as SHA-256 hashes.
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
@@ -24,7 +24,7 @@ pub const REQUESTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("re
 /// Requests still moving (not in a final state): request id -> ().
 pub const ACTIVE: TableDefinition<&[u8; 16], ()> = TableDefinition::new("active_requests");
 /// Recent uses of each [`crate::allowance`] (unix seconds, postcard `Vec<u64>`), keyed by
-/// a SHA-256: of the inbox ([`crate::service::mailbox_of`]), of `registrations from:<ip>`,
+/// a SHA-256: of the inbox ([`crate::wallets::mailbox_of`]), of `registrations from:<ip>`,
 /// of `changes:<wallet id>`, and [`ALL_REGISTRATIONS`] for every registration together.
 pub const REGISTRATIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("registrations");
 /// The [`REGISTRATIONS`] key counting every address.
