@@ -394,7 +394,7 @@ mod tests {
     use super::plain_xpubs;
 
     #[test]
-    pub(crate) fn electrums_vpub_keys_become_tpubs_and_the_rest_is_unchanged() {
+    fn electrums_vpub_keys_become_tpubs_and_the_rest_is_unchanged() {
         let tpub = "tpubDFZBNTpvF2ZW2AUpjJ4bHTCsQRXrUxggsQcWr7HsMyBwuEUmtUcp2gNgUi46cMjuKYQaf8QTAr5U7JTUpT1SC7fQuU8Gpgt5qvxSXHwUUZb";
         let x = satcosign_cosigner::keys::parse_any_xpub(tpub).expect("tpub");
         let vpub = satcosign_cosigner::keys::slip132(&x);
