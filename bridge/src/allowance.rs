@@ -1,6 +1,6 @@
 //! Rolling-window allowances kept in the database: how many times something may happen
 //! per key within a window (registrations per inbox, per client address and in all;
-//! changes per wallet).
+//! changes per wallet; satellite keys per client and in all).
 //!
 //! Each key holds the times it was used within its window. Taking several allowances is
 //! all or nothing: when one is used up, none is taken, and the caller learns which one and

@@ -263,7 +263,14 @@ impl Service {
         let token = gate::new_token();
         let now = unix_now();
         let expires_at = now + self.gate.token_ttl_secs;
-        let email = notice::confirm_email(&self.public_url(), &wallet, r, &token.text, expires_at);
+        let email = notice::confirm_email(
+            &self.public_url(),
+            &wallet,
+            r,
+            &token.text,
+            expires_at,
+            self.network,
+        );
         self.send_mail(email).await?;
         let record = TokenRecord {
             hash: token.hash,

@@ -160,7 +160,7 @@ async fn confirm_route(service: Arc<crate::service::Service>, req: HttpRequest) 
         return match service.page_view(id, &code).await {
             Ok((wallet, record, expires_at)) => html_response(
                 http::StatusCode::OK,
-                confirm_page(&wallet, &record, &code, Some(expires_at)),
+                confirm_page(&wallet, &record, &code, Some(expires_at), service.network),
                 head,
             ),
             Err(e) => bad(

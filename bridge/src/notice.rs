@@ -77,6 +77,7 @@ pub fn summary(
     wallet: &WalletRecord,
     req: &RequestRecord,
     expires_at: Option<u64>,
+    network: bitcoin::Network,
 ) -> Vec<(String, String)> {
     let mut rows = vec![
         ("Wallet".to_owned(), wallet.label.clone()),
@@ -151,7 +152,7 @@ pub fn summary(
                 "loosen this wallet's limits (the satellite applies it after its delay)"
             };
             rows.push(("Action".into(), action.into()));
-            rows.extend(policy_changes(&wallet.policy, policy));
+            rows.extend(policy_changes(&wallet.policy, policy, network));
         }
     }
     if let Some(at) = expires_at {
@@ -165,6 +166,7 @@ pub fn summary(
 pub fn policy_changes(
     old: &satcosign_cosigner::policy::Policy,
     new: &satcosign_cosigner::policy::Policy,
+    network: bitcoin::Network,
 ) -> Vec<(String, String)> {
     let mut rows = Vec::new();
     let mut field = |name: &str, before: String, after: String| {
@@ -214,10 +216,10 @@ pub fn policy_changes(
             }
             let before = before.as_deref().unwrap_or_default();
             for script in after.iter().filter(|s| !before.contains(s)) {
-                rows.push(("Allowlist adds".into(), script_text(script)));
+                rows.push(("Allowlist adds".into(), script_text(script, network)));
             }
             for script in before.iter().filter(|s| !after.contains(s)) {
-                rows.push(("Allowlist removes".into(), script_text(script)));
+                rows.push(("Allowlist removes".into(), script_text(script, network)));
             }
         }
     }
@@ -227,12 +229,11 @@ pub fn policy_changes(
     rows
 }
 
-/// An output script as people read it: its address on any network where it is standard,
-/// else hex.
-fn script_text(script: &[u8]) -> String {
+/// An output script as people read it: its address on the bridge's network, else hex.
+fn script_text(script: &[u8], network: bitcoin::Network) -> String {
     let script = bitcoin::Script::from_bytes(script);
-    bitcoin::Address::from_script(script, bitcoin::Network::Bitcoin)
-        .map(|a| format!("{a} (or its testnet form)"))
+    bitcoin::Address::from_script(script, network)
+        .map(|a| a.to_string())
         .unwrap_or_else(|_| hex::encode(script.as_bytes()))
 }
 
@@ -283,8 +284,9 @@ pub fn confirm_email(
     req: &RequestRecord,
     token: &str,
     expires_at: u64,
+    network: bitcoin::Network,
 ) -> Email {
-    let rows = summary(wallet, req, Some(expires_at));
+    let rows = summary(wallet, req, Some(expires_at), network);
     let link = format!("{public_url}/confirm/{}?t={}", req.id, token);
     let head = headline(wallet, req);
     // Always the wallet's current address: an email change is confirmed at the old one.
@@ -314,7 +316,12 @@ pub fn confirm_email(
 }
 
 /// The email that tells the user how a request ended.
-pub fn outcome_email(wallet: &WalletRecord, req: &RequestRecord, to: &str) -> Email {
+pub fn outcome_email(
+    wallet: &WalletRecord,
+    req: &RequestRecord,
+    to: &str,
+    network: bitcoin::Network,
+) -> Email {
     let state = req.final_state.unwrap_or(req.state);
     let head = headline(wallet, req);
     let what = match (&req.outcome, state) {
@@ -334,7 +341,7 @@ pub fn outcome_email(wallet: &WalletRecord, req: &RequestRecord, to: &str) -> Em
             req.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
         ),
     };
-    let rows = summary(wallet, req, None);
+    let rows = summary(wallet, req, None, network);
     Email {
         to: to.to_owned(),
         subject: format!("{} (request {}): {}", head, &req.id.to_string()[..8], state.as_str()),
@@ -355,8 +362,9 @@ pub fn confirm_page(
     req: &RequestRecord,
     token: &str,
     expires_at: Option<u64>,
+    network: bitcoin::Network,
 ) -> String {
-    let rows = summary(wallet, req, expires_at);
+    let rows = summary(wallet, req, expires_at, network);
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>satcosign: confirm</title></head>\
          <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\">\n<h1>{}?</h1>\n<table>\n{}</table>\n\

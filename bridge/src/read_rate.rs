@@ -2,8 +2,8 @@
 //! WebSocket, the Nostr relay).
 //!
 //! Each peer address has a token bucket of bytes: a burst, refilled at a steady rate. A
-//! connection's reads, and the answers written to it, draw on its peer's bucket, and once the bucket is empty the
-//! connection reads nothing more until it has refilled. A client that sends faster than
+//! connection's reads, and the answers written to it, draw on its peer's bucket, and once
+//! the bucket is empty the connection reads nothing more until it has refilled. A client that sends faster than
 //! its share is not refused; it is slowed to it, and its bytes stay in its own socket
 //! buffers and its own kernel's, not in the bridge. This is what keeps a few addresses
 //! that send large refused requests (oversized lines, floods of puts or events, big PSBTs

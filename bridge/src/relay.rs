@@ -541,7 +541,7 @@ where
         }
         for to in recipients {
             service
-                .send_mail(notice::outcome_email(&wallet, &r, &to))
+                .send_mail(notice::outcome_email(&wallet, &r, &to, service.network))
                 .await?;
         }
         // A request that came by Nostr is answered there too; the answer is stored in the

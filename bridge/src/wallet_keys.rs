@@ -110,32 +110,17 @@ pub fn key_json(key: &AccountKey) -> serde_json::Value {
 pub fn issue(
     txn: &WriteTransaction,
     issuer: &AccountKey,
-    limits: &[([u8; 32], u32, &'static str)],
+    limits: &[crate::allowance::Allowance],
     now: u64,
 ) -> Result<Result<AccountKey, WalletKeyError>, StoreError> {
     let mut recent = txn.open_table(ISSUES).map_err(db_err)?;
-    let mut updated = Vec::new();
-    for (client, max, what) in limits {
-        let mut times: Vec<u64> = match recent.get(client).map_err(db_err)? {
-            Some(v) => from_bytes(v.value())?,
-            None => Vec::new(),
-        };
-        times.retain(|t| *t + 3600 > now);
-        if times.len() >= *max as usize {
-            let oldest = times.iter().min().copied().unwrap_or(now);
-            return Ok(Err(WalletKeyError::RateLimited {
-                what,
-                retry_after: crate::notice::format_utc(oldest + 3600),
-            }));
-        }
-        times.push(now);
-        updated.push((*client, times));
+    if let Err(used_up) = crate::allowance::take(&mut recent, limits, now)? {
+        return Ok(Err(WalletKeyError::RateLimited {
+            what: used_up.what,
+            retry_after: crate::notice::format_utc(used_up.frees_at),
+        }));
     }
-    for (client, times) in updated {
-        recent
-            .insert(&client, state::to_bytes(&times).as_slice())
-            .map_err(db_err)?;
-    }
+    drop(recent);
     let mut indexes = txn.open_table(ISSUED_INDEXES).map_err(db_err)?;
     let index = loop {
         use rand_core::RngCore as _;

@@ -31,19 +31,20 @@ impl Service {
         client: Option<std::net::IpAddr>,
     ) -> Result<AccountKey, ServiceError> {
         let issuer = self.issuer.clone();
-        let mut limits = vec![(
-            crate::wallet_keys::ALL_CLIENTS,
-            self.gate.max_keys_per_hour,
-            "satellite keys issued on this bridge this hour",
-        )];
+        let mut limits = vec![Allowance {
+            key: crate::wallet_keys::ALL_CLIENTS,
+            max: self.gate.max_keys_per_hour,
+            window_secs: 3600,
+            what: "satellite keys issued on this bridge this hour",
+        }];
         if let Some(ip) = client {
             use bitcoin::hashes::sha256;
-            let key = sha256::Hash::hash(format!("client:{ip}").as_bytes()).to_byte_array();
-            limits.push((
-                key,
-                self.gate.max_keys_per_client_per_hour,
-                "satellite keys for this client this hour",
-            ));
+            limits.push(Allowance {
+                key: sha256::Hash::hash(format!("client:{ip}").as_bytes()).to_byte_array(),
+                max: self.gate.max_keys_per_client_per_hour,
+                window_secs: 3600,
+                what: "satellite keys for this client this hour",
+            });
         }
         let now = unix_now();
         let key = self

@@ -603,6 +603,10 @@ async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
         .rfind(|m| m.contains(&id))
         .expect("the email");
     assert!(mail.contains("Allowlist adds"), "{mail}");
+    assert!(
+        mail.contains(&allowed.to_string()),
+        "the entry shows as the address the owner gave: {mail}"
+    );
     flow.ok("request.confirm", vec![json!(id), json!(code)])
         .await;
     flow.wait_state(&id, "delivered", 60).await;
