@@ -109,7 +109,8 @@ impl ReadRates {
     }
 
     /// Peers with a bucket now (idle ones may linger until the next sweep).
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
