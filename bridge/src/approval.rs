@@ -10,13 +10,12 @@ use satcosign_cosigner::decision::RequestId;
 
 use crate::config::GateConfig;
 use crate::gate::{self, approval_digest};
+use crate::lifecycle::{next, refusal, Step};
 use crate::notice;
 use crate::service::*;
 use crate::state::{
-    load_request, load_wallet, save_request, save_wallet, Action, Outcome, RequestRecord, State,
-    TokenRecord, WalletRecord,
+    load_wallet, save_wallet, Action, Outcome, RequestRecord, State, TokenRecord, WalletRecord,
 };
-use crate::store::StoreError;
 
 impl Service {
     /// `request.confirm`, and Confirm on the page: checks the code and consumes it in the
@@ -63,93 +62,81 @@ impl Service {
         let hash = gate::hash_code(code);
         let max_attempts = self.gate.max_attempts;
         let now = unix_now();
-        let result = self
-            .store
-            .write(
-                move |txn| -> Result<Result<(State, bool), ServiceError>, StoreError> {
-                    let Some(mut r) = load_request(txn, &id)? else {
-                        return Ok(Err(ServiceError::UnknownRequest(id)));
-                    };
-                    if r.state != State::AwaitingEmail {
-                        return Ok(Err(ServiceError::WrongState {
-                            id,
-                            state: r.state.as_str(),
-                            action: "confirming",
-                            allowed: "awaiting_email",
-                        }));
-                    }
-                    let token = hash.and_then(|h| r.tokens.iter().find(|t| t.hash == h).cloned());
-                    let Some(token) = token else {
-                        r.failed_attempts += 1;
-                        r.updated_at = now;
-                        if r.failed_attempts >= max_attempts {
-                            r.state = State::Cancelled;
-                            r.tokens.clear();
-                            r.note = Some("voided after too many wrong codes".into());
-                            r.version += 1;
-                            save_request(txn, &r)?;
-                            return Ok(Err(ServiceError::Voided(id)));
-                        }
-                        let left = max_attempts - r.failed_attempts;
-                        save_request(txn, &r)?;
-                        return Ok(Err(ServiceError::WrongCode {
-                            id,
-                            attempts_left: left,
-                        }));
-                    };
-                    if token.expires_at <= now {
-                        return Ok(Err(ServiceError::CodeExpired(id)));
-                    }
-                    if token.digest != approval_digest(&r.id, &r.action) {
-                        return Ok(Err(ServiceError::ContentChanged(id)));
-                    }
+        // The code decides the step; the table decides whether the request may take it.
+        let decide = move |r: &RequestRecord| -> Result<Option<Step>, ServiceError> {
+            if next(r.state, Step::Confirmed).is_none() {
+                return Err(refusal(r.id, r.state, Step::Confirmed));
+            }
+            let Some(token) = hash.and_then(|h| r.tokens.iter().find(|t| t.hash == h)) else {
+                return Ok(Some(if r.failed_attempts + 1 >= max_attempts {
+                    Step::Voided
+                } else {
+                    Step::WrongCode
+                }));
+            };
+            if token.expires_at <= now {
+                return Err(ServiceError::CodeExpired(r.id));
+            }
+            if token.digest != approval_digest(&r.id, &r.action) {
+                return Err(ServiceError::ContentChanged(r.id));
+            }
+            Ok(Some(match (approve, &r.action) {
+                (false, _) => Step::Rejected,
+                (true, Action::UpdateEmail { .. }) => Step::AppliedHere,
+                (true, _) => Step::Confirmed,
+            }))
+        };
+        let change = move |txn: &redb::WriteTransaction, r: &mut RequestRecord, step: Step| {
+            match step {
+                Step::WrongCode => r.failed_attempts += 1,
+                Step::Voided => {
+                    r.failed_attempts += 1;
                     r.tokens.clear();
-                    r.updated_at = now;
-                    r.version += 1;
-                    if !approve {
-                        r.state = State::Cancelled;
-                        r.note = Some("rejected by the user".into());
-                    } else {
-                        r.approved_at = Some(now);
-                        r.state = State::Confirmed;
-                        if let Action::UpdateEmail { new_email } = &r.action {
-                            // Nothing for the cosigner: applied here, in the same transaction.
-                            let Some(mut w) = load_wallet(txn, &r.wallet_id)? else {
-                                return Ok(Err(ServiceError::UnknownWallet(r.wallet_id)));
-                            };
-                            let old = std::mem::replace(&mut w.email, new_email.clone());
-                            save_wallet(txn, &w)?;
-                            r.state = State::Signed;
-                            r.outcome = Some(Outcome::Done {
-                                detail: format!(
-                                    "confirmations now go to {new_email} instead of {old}"
-                                ),
-                            });
-                            r.note = Some(old);
-                        }
+                    r.note = Some("voided after too many wrong codes".into());
+                }
+                Step::Rejected => {
+                    r.tokens.clear();
+                    r.note = Some("rejected by the user".into());
+                }
+                Step::Confirmed => {
+                    r.tokens.clear();
+                    r.approved_at = Some(now);
+                }
+                Step::AppliedHere => {
+                    r.tokens.clear();
+                    r.approved_at = Some(now);
+                    // Nothing for the cosigner: applied here, in the same transaction.
+                    if let (Action::UpdateEmail { new_email }, Some(mut w)) =
+                        (&r.action, load_wallet(txn, &r.wallet_id)?)
+                    {
+                        let old = std::mem::replace(&mut w.email, new_email.clone());
+                        save_wallet(txn, &w)?;
+                        r.outcome = Some(Outcome::Done {
+                            detail: format!("confirmations now go to {new_email} instead of {old}"),
+                        });
+                        r.note = Some(old);
                     }
-                    save_request(txn, &r)?;
-                    Ok(Ok((r.state, true)))
-                },
-            )
-            .await
-            .map_err(ServiceError::from)
-            .and_then(|r| r);
-        let (state, changed) = match result {
-            Ok(done) => done,
+                }
+                _ => {}
+            }
+            Ok(())
+        };
+        let moved = match self.advance(id, decide, change).await {
+            Ok(Some(moved)) => moved,
+            Ok(None) => return Err(ServiceError::UnknownRequest(id)),
             Err(e) => {
                 tracing::info!(request = %id, error = %e, "confirmation refused");
-                if matches!(e, ServiceError::Voided(_)) {
-                    // Committed: subscribers (and the relay) hear the request end.
-                    self.transitioned(id, State::Cancelled).await;
-                }
                 return Err(e);
             }
         };
-        if changed {
-            self.transitioned(id, state).await;
+        match moved.step {
+            Step::WrongCode => Err(ServiceError::WrongCode {
+                id,
+                attempts_left: max_attempts.saturating_sub(moved.record.failed_attempts),
+            }),
+            Step::Voided => Err(ServiceError::Voided(id)),
+            _ => Ok(moved.record.state),
         }
-        Ok(state)
     }
 
     /// What the confirmation page shows for `id` and `code`: read-only (a GET must change
@@ -178,13 +165,8 @@ impl Service {
         code: &str,
     ) -> Result<(WalletRecord, RequestRecord, u64), ServiceError> {
         let r = self.request(id).await?;
-        if r.state != State::AwaitingEmail {
-            return Err(ServiceError::WrongState {
-                id,
-                state: r.state.as_str(),
-                action: "confirming",
-                allowed: "awaiting_email",
-            });
+        if next(r.state, Step::Confirmed).is_none() {
+            return Err(refusal(id, r.state, Step::Confirmed));
         }
         let hash = gate::hash_code(code);
         let Some(token) = hash.and_then(|h| r.tokens.iter().find(|t| t.hash == h)) else {
@@ -206,44 +188,25 @@ impl Service {
 
     /// `request.cancel`: possible until the request is handed to the link.
     pub async fn cancel(&self, id: RequestId) -> Result<State, ServiceError> {
-        let now = unix_now();
-        let state = self
-            .store
-            .write(move |txn| {
-                let Some(mut r) = load_request(txn, &id)? else {
-                    return Ok(Err(ServiceError::UnknownRequest(id)));
-                };
-                if !matches!(r.state, State::Received | State::AwaitingEmail | State::Confirmed) {
-                    return Ok(Err(ServiceError::WrongState {
-                        id,
-                        state: r.state.as_str(),
-                        action: "cancelling",
-                        allowed: "received, awaiting_email or confirmed (before it is queued for the satellite)",
-                    }));
-                }
-                r.state = State::Cancelled;
-                r.tokens.clear();
-                r.note = Some("cancelled by the user".into());
-                r.updated_at = now;
-                r.version += 1;
-                save_request(txn, &r)?;
-                Ok(Ok(r.state))
-            })
-            .await??;
-        self.transitioned(id, state).await;
-        Ok(state)
+        let moved = self
+            .advance(
+                id,
+                |_| Ok(Some(Step::Cancelled)),
+                |_, r, _| {
+                    r.tokens.clear();
+                    r.note = Some("cancelled by the user".into());
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(moved.map_or(State::Cancelled, |m| m.record.state))
     }
 
     /// `request.resend`: a new email with a new code, within the limits.
     pub async fn resend(&self, id: RequestId) -> Result<(), ServiceError> {
         let r = self.request(id).await?;
-        if r.state != State::AwaitingEmail {
-            return Err(ServiceError::WrongState {
-                id,
-                state: r.state.as_str(),
-                action: "resending",
-                allowed: "awaiting_email",
-            });
+        if next(r.state, Step::Emailed).is_none() {
+            return Err(refusal(id, r.state, Step::Emailed));
         }
         may_email_again(&r, &self.gate, unix_now())?;
         // The relay (or another resend) is working on this request now: one email at a time.
@@ -253,6 +216,9 @@ impl Service {
                 retry_after: "a moment (an email for it is being sent)".into(),
             });
         };
+        // Read again under the claim: a resend that raced this one has counted its email.
+        let r = self.request(id).await?;
+        may_email_again(&r, &self.gate, unix_now())?;
         self.send_confirmation(&r).await
     }
 
@@ -279,67 +245,53 @@ impl Service {
         };
         let id = r.id;
         let expected_version = r.version;
-        let state = self
-            .store
-            .write(move |txn| {
-                let Some(mut cur) = load_request(txn, &id)? else {
-                    return Ok(None);
-                };
-                if !matches!(cur.state, State::Received | State::AwaitingEmail)
-                    || cur.version != expected_version
-                {
-                    return Ok(None);
-                }
-                cur.tokens.retain(|t| t.expires_at > now);
-                cur.tokens.push(record);
-                cur.emails_sent += 1;
-                cur.last_email_at = now;
-                cur.state = State::AwaitingEmail;
-                cur.updated_at = now;
-                cur.version += 1;
-                save_request(txn, &cur)?;
-                Ok(Some(cur.state))
-            })
-            .await?;
-        if let Some(s) = state {
-            self.transitioned(id, s).await;
+        let recorded = self
+            .advance(
+                id,
+                move |cur| {
+                    // Changed since this email was made (resubmitted, cancelled): its code
+                    // approves nothing, and is not recorded.
+                    if cur.version != expected_version {
+                        return Err(ServiceError::ContentChanged(id));
+                    }
+                    Ok(Some(Step::Emailed))
+                },
+                move |_, cur, _| {
+                    cur.tokens.retain(|t| t.expires_at > now);
+                    cur.tokens.push(record);
+                    cur.emails_sent += 1;
+                    cur.last_email_at = now;
+                    Ok(())
+                },
+            )
+            .await;
+        match recorded {
+            Ok(_) | Err(ServiceError::ContentChanged(_) | ServiceError::WrongState { .. }) => {
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     /// Marks requests whose every code expired as expired.
     pub async fn expire_stale(&self) -> Result<usize, ServiceError> {
         let now = unix_now();
-        let ids = self.active_requests().await?;
-        let mut expired = Vec::new();
-        for id in ids {
-            let done = self
-                .store
-                .write(move |txn| {
-                    let Some(mut r) = load_request(txn, &id)? else {
-                        return Ok(false);
-                    };
-                    if r.state != State::AwaitingEmail
-                        || r.tokens.iter().any(|t| t.expires_at > now)
-                    {
-                        return Ok(false);
-                    }
-                    r.state = State::Expired;
+        let mut expired = 0;
+        for id in self.active_requests().await? {
+            let due = move |r: &RequestRecord| {
+                let due =
+                    r.state == State::AwaitingEmail && r.tokens.iter().all(|t| t.expires_at <= now);
+                Ok(due.then_some(Step::Expired))
+            };
+            let moved = self
+                .advance(id, due, |_, r, _| {
                     r.tokens.clear();
-                    r.updated_at = now;
-                    r.version += 1;
-                    save_request(txn, &r)?;
-                    Ok(true)
+                    Ok(())
                 })
                 .await?;
-            if done {
-                expired.push(id);
-            }
+            expired += usize::from(moved.is_some());
         }
-        for id in &expired {
-            self.transitioned(*id, State::Expired).await;
-        }
-        Ok(expired.len())
+        Ok(expired)
     }
 }
 

@@ -20,12 +20,12 @@ use satcosign_cosigner::wallet::WalletId;
 use crate::approval::may_email_again;
 use crate::config::GateConfig;
 use crate::ecies;
+use crate::lifecycle::{apply_in, next, open_in, refusal, Step};
 use crate::notice;
 use crate::service::*;
 use crate::state::{
-    db_err, from_bytes, load_request, load_wallet, save_request, save_wallet, Action, Destination,
-    Outcome, SpendSummary, State, WalletRecord, WalletState, ACTIVE, WALLETS,
-    WALLET_BY_FINGERPRINT,
+    db_err, from_bytes, load_request, load_wallet, save_wallet, Action, Destination, Outcome,
+    SpendSummary, State, WalletRecord, WalletState, ACTIVE, WALLETS, WALLET_BY_FINGERPRINT,
 };
 use crate::store::StoreError;
 use crate::upstream::{find_spender, UpstreamError};
@@ -348,7 +348,7 @@ impl Service {
             .write(move |txn| {
                 let mut r = new_request(id, wallet_id, action, State::Refused, now);
                 r.outcome = Some(outcome);
-                save_request(txn, &r)?;
+                open_in(txn, &r)?;
                 on_open(txn, id)
             })
             .await?;
@@ -440,13 +440,8 @@ pub(crate) fn open_or_update_sign(
         if r.wallet_id != wallet_id || !same_tx {
             continue;
         }
-        if !matches!(r.state, State::Received | State::AwaitingEmail) {
-            return Ok(Err(ServiceError::WrongState {
-                id: r.id,
-                state: r.state.as_str(),
-                action: "submitting this transaction again",
-                allowed: "received or awaiting_email (it is already confirmed)",
-            }));
+        if next(r.state, Step::Resubmitted).is_none() {
+            return Ok(Err(refusal(r.id, r.state, Step::Resubmitted)));
         }
         if r.action == action {
             return Ok(Ok((r.id, r.state)));
@@ -458,11 +453,7 @@ pub(crate) fn open_or_update_sign(
             return Ok(Err(e));
         }
         r.action = action;
-        r.state = State::Received;
-        r.updated_at = now;
-        r.version += 1;
-        save_request(txn, &r)?;
-        return Ok(Ok((r.id, r.state)));
+        return Ok(apply_in(txn, &mut r, Step::Resubmitted, now)?.map(|state| (r.id, state)));
     }
     let hour_ago = now.saturating_sub(3600);
     wallet.recent_requests.retain(|t| *t > hour_ago);
@@ -471,7 +462,7 @@ pub(crate) fn open_or_update_sign(
     }
     wallet.recent_requests.push(now);
     save_wallet(txn, &wallet)?;
-    save_request(
+    open_in(
         txn,
         &new_request(new_id, wallet_id, action, State::Received, now),
     )?;

@@ -42,6 +42,7 @@ pub mod gate;
 pub mod http;
 pub mod intake;
 pub mod key_page;
+pub mod lifecycle;
 pub mod mail;
 pub mod mailbox;
 pub mod metrics;

@@ -3,7 +3,7 @@
 //!
 //! Each step is driven from the request's persisted state, so the same code resumes every
 //! request after a restart. A step performs its side effect first and then commits the
-//! transition (see [`crate::service`]); a request is claimed while a step runs so two tasks
+//! transition (see [`crate::lifecycle`]); a request is claimed while a step runs so two tasks
 //! never work on it at once. Answers from the link are acknowledged only after the
 //! transition that records them is durable.
 
@@ -27,8 +27,9 @@ use satcosign_link::link::LinkHandle;
 use satcosign_link::store::LinkStore;
 
 use crate::answer::{merge_compact, merge_psbt};
+use crate::lifecycle::Step;
 use crate::notice;
-use crate::service::{transition, unix_now, Service, ServiceError};
+use crate::service::{unix_now, Service, ServiceError};
 use crate::state::{load_wallet, save_wallet, Action, Outcome, RequestRecord, State, WalletState};
 use crate::store::StoreError;
 use crate::watch::Watch;
@@ -189,10 +190,7 @@ where
 
     async fn to_sent(&self, id: RequestId) -> Result<(), ServiceError> {
         self.service
-            .advance(id, &[State::Queued], |_, r| {
-                r.state = State::Sent;
-                Ok(())
-            })
+            .take(id, Step::Acknowledged, |_, _| Ok(()))
             .await?;
         Ok(())
     }
@@ -257,8 +255,7 @@ where
                 };
                 tracing::info!(request = %r.id, reason = %e, "refused before the link");
                 self.service
-                    .advance(r.id, &[State::Confirmed], move |_, r| {
-                        r.state = State::Refused;
+                    .take(r.id, Step::RefusedOnGround, move |_, r| {
                         r.outcome = Some(outcome);
                         Ok(())
                     })
@@ -276,8 +273,7 @@ where
             .await
             .map_err(|e| StoreError::Database(format!("link: {e}")))?;
         self.service
-            .advance(r.id, &[State::Confirmed], move |_, r| {
-                r.state = State::Queued;
+            .take(r.id, Step::Queued, move |_, r| {
                 r.link_msg = Some(msg);
                 Ok(())
             })
@@ -345,9 +341,9 @@ where
             .service
             .wallet(&self.service.wallet_record(r.wallet_id).await?)?;
         let outcome = self.outcome_of(&r, &wallet, response);
-        let state = match outcome {
-            Outcome::Refused { .. } => State::Refused,
-            _ => State::Signed,
+        let step = match outcome {
+            Outcome::Refused { .. } => Step::Refused,
+            _ => Step::Signed,
         };
         let wallet_change = match (&r.action, &outcome) {
             (Action::Register, Outcome::Done { .. }) => Some((WalletState::Active, None)),
@@ -361,27 +357,22 @@ where
             _ => None,
         };
         self.service
-            .advance(
-                id,
-                &[State::Confirmed, State::Queued, State::Sent],
-                move |txn, r| {
-                    if wallet_change.is_some() || new_policy.is_some() {
-                        if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
-                            if let Some((s, why)) = wallet_change {
-                                w.state = s;
-                                w.refusal = why;
-                            }
-                            if let Some(p) = new_policy {
-                                w.policy = p;
-                            }
-                            save_wallet(txn, &w)?;
+            .take(id, step, move |txn, r| {
+                if wallet_change.is_some() || new_policy.is_some() {
+                    if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
+                        if let Some((s, why)) = wallet_change {
+                            w.state = s;
+                            w.refusal = why;
                         }
+                        if let Some(p) = new_policy {
+                            w.policy = p;
+                        }
+                        save_wallet(txn, &w)?;
                     }
-                    r.state = state;
-                    r.outcome = Some(outcome);
-                    Ok(())
-                },
-            )
+                }
+                r.outcome = Some(outcome);
+                Ok(())
+            })
             .await?;
         Ok(())
     }
@@ -505,8 +496,8 @@ where
                 (Ok(_), Some(script)) => Some(Watch::new(txid, script, unix_now())),
                 _ => None,
             };
-            if let Some(saved) =
-                transition(&service.store, r.id, &[State::Signed], move |txn, r| {
+            if let Some(saved) = service
+                .take(r.id, Step::Broadcast, move |txn, r| {
                     if let Some(Outcome::Signed { broadcast, .. }) = &mut r.outcome {
                         *broadcast = Some(result);
                     }
@@ -554,30 +545,29 @@ where
         let stored_reply = reply.clone();
         let prior = r.state;
         let unregistered = matches!(r.action, Action::Register) && prior != State::Signed;
-        if transition(&service.store, r.id, &[prior], move |txn, r| {
-            if let Some(reply) = &stored_reply {
-                crate::nostr_relay::NostrRelay::store_in(txn, reply)?;
-            }
-            if unregistered {
-                if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
-                    if w.state == WalletState::Pending {
-                        w.state = WalletState::Refused;
-                        w.refusal = Some(format!("registration {}", prior.as_str()));
-                        save_wallet(txn, &w)?;
+        if service
+            .take(r.id, Step::Delivered, move |txn, r| {
+                if let Some(reply) = &stored_reply {
+                    crate::nostr_relay::NostrRelay::store_in(txn, reply)?;
+                }
+                if unregistered {
+                    if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
+                        if w.state == WalletState::Pending {
+                            w.state = WalletState::Refused;
+                            w.refusal = Some(format!("registration {}", prior.as_str()));
+                            save_wallet(txn, &w)?;
+                        }
                     }
                 }
-            }
-            r.final_state = Some(prior);
-            r.state = State::Delivered;
-            Ok(())
-        })
-        .await?
-        .is_some()
+                r.final_state = Some(prior);
+                Ok(())
+            })
+            .await?
+            .is_some()
         {
             if let (Some(n), Some(reply)) = (nostr, reply) {
                 n.published(reply);
             }
-            service.transitioned(r.id, State::Delivered).await;
         }
         Ok(())
     }

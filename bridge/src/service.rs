@@ -6,7 +6,8 @@
 //! delivery).
 //!
 //! Every change of a request is one redb write transaction ([`Store::write`]) that loads
-//! the record, checks the transition is allowed, and saves it; tokens are checked and
+//! the record, checks the transition against the one table ([`crate::lifecycle`]), and
+//! saves it; tokens are checked and
 //! consumed inside the same transaction that advances the request. Side effects that cannot
 //! be part of a transaction (an email, a link message, a broadcast) happen *before* the
 //! transition that records them, so a crash in between repeats the effect instead of
@@ -31,12 +32,13 @@ use satcosign_cosigner::wallet::{Wallet, WalletId};
 use crate::allowance::UsedUp;
 use crate::config::GateConfig;
 use crate::ecies::EciesError;
+use crate::lifecycle::{self, Moved, Step};
 use crate::mail::{MailError, Mailer};
 use crate::mailbox::Keyhash;
 use crate::notice;
 use crate::state::{
-    self, db_err, from_bytes, load_request, Action, RequestRecord, State, WalletRecord,
-    WalletState, ACTIVE, REQUESTS, WALLETS,
+    db_err, from_bytes, Action, RequestRecord, State, WalletRecord, WalletState, ACTIVE, REQUESTS,
+    WALLETS,
 };
 use crate::store::{Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -116,7 +118,7 @@ pub enum ServiceError {
         /// What was asked.
         action: &'static str,
         /// In which states that is allowed.
-        allowed: &'static str,
+        allowed: String,
     },
     /// The code is wrong.
     #[error("wrong code for request {id}; {attempts_left} attempts left")]
@@ -396,22 +398,44 @@ impl Service {
         }
     }
 
-    /// Commits a transition of request `id` from one of `from` (see [`transition`]) and,
-    /// if it happened, announces the state it left the request in. Returns whether it did.
+    /// Commits one transition of request `id` (see [`lifecycle::advance`]) and announces
+    /// it. Returns what moved, or `None` when `decide` found nothing to do.
     pub(crate) async fn advance(
         &self,
         id: RequestId,
-        from: &[State],
+        decide: impl FnOnce(&RequestRecord) -> Result<Option<Step>, ServiceError> + Send + 'static,
+        change: impl FnOnce(&WriteTransaction, &mut RequestRecord, Step) -> Result<(), StoreError>
+            + Send
+            + 'static,
+    ) -> Result<Option<Moved>, ServiceError> {
+        let moved = lifecycle::advance(&self.store, id, decide, change).await?;
+        if let Some(state) = moved.as_ref().and_then(Moved::announce) {
+            self.transitioned(id, state).await;
+        }
+        Ok(moved)
+    }
+
+    /// For the relay: takes request `id` through `step` and announces it; a request that
+    /// another task moved on meanwhile (the table refuses the step now) is left alone
+    /// (`None`).
+    pub(crate) async fn take(
+        &self,
+        id: RequestId,
+        step: Step,
         change: impl FnOnce(&WriteTransaction, &mut RequestRecord) -> Result<(), StoreError>
             + Send
             + 'static,
-    ) -> Result<bool, StoreError> {
-        match transition(&self.store, id, from, change).await? {
-            Some(r) => {
-                self.transitioned(id, r.state).await;
-                Ok(true)
+    ) -> Result<Option<RequestRecord>, ServiceError> {
+        match self
+            .advance(id, move |_| Ok(Some(step)), move |txn, r, _| change(txn, r))
+            .await
+        {
+            Ok(moved) => Ok(moved.map(|m| m.record)),
+            Err(ServiceError::WrongState { state, .. }) => {
+                tracing::debug!(request = %id, state, step = ?step, "moved on meanwhile; left alone");
+                Ok(None)
             }
-            None => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -539,32 +563,4 @@ pub(crate) fn new_request(
         version: 0,
         link_msg: None,
     }
-}
-
-/// Used by [`crate::relay`]: loads, changes and saves a request in one transaction if it is
-/// still in `from`; returns the saved record.
-pub(crate) async fn transition(
-    store: &Store,
-    id: RequestId,
-    from: &[State],
-    change: impl FnOnce(&WriteTransaction, &mut RequestRecord) -> Result<(), StoreError>
-        + Send
-        + 'static,
-) -> Result<Option<RequestRecord>, StoreError> {
-    let from = from.to_vec();
-    store
-        .write(move |txn| {
-            let Some(mut r) = load_request(txn, &id)? else {
-                return Ok(None);
-            };
-            if !from.contains(&r.state) {
-                return Ok(None);
-            }
-            change(txn, &mut r)?;
-            r.updated_at = unix_now();
-            r.version += 1;
-            state::save_request(txn, &r)?;
-            Ok(Some(r))
-        })
-        .await
 }

@@ -16,10 +16,11 @@ use satcosign_cosigner::policy::Policy;
 use satcosign_cosigner::wallet::{Wallet, WalletId};
 
 use crate::allowance::{self, Allowance};
+use crate::lifecycle::open_in;
 use crate::mailbox::keyhash_of;
 use crate::service::*;
 use crate::state::{
-    self, db_err, load_wallet, save_request, save_wallet, Action, State, WalletRecord, WalletState,
+    self, db_err, load_wallet, save_wallet, Action, State, WalletRecord, WalletState,
     WALLET_BY_FINGERPRINT,
 };
 
@@ -172,7 +173,7 @@ impl Service {
                         .map_err(db_err)?;
                 }
                 drop(index);
-                save_request(
+                open_in(
                     txn,
                     &new_request(
                         request_id,
@@ -262,7 +263,7 @@ impl Service {
                     return Ok(Err(ServiceError::from(used_up)));
                 }
                 drop(recent);
-                save_request(
+                open_in(
                     txn,
                     &new_request(id, wallet_id, action, State::Received, now),
                 )?;
