@@ -30,7 +30,10 @@ use crate::answer::{merge_compact, merge_psbt};
 use crate::lifecycle::Step;
 use crate::notice;
 use crate::service::{unix_now, Service, ServiceError};
-use crate::state::{load_wallet, save_wallet, Action, Outcome, RequestRecord, State, WalletState};
+use crate::state::{
+    load_wallet, mirror_policy_change, save_wallet, Action, Outcome, RequestRecord, State,
+    WalletState,
+};
 use crate::store::StoreError;
 use crate::watch::Watch;
 
@@ -340,6 +343,10 @@ where
         let wallet = self
             .service
             .wallet(&self.service.wallet_record(r.wallet_id).await?)?;
+        let policy_change = match &response {
+            Response::PolicyUpdated(PolicyOutcome::Changed(c)) => Some(c.clone()),
+            _ => None,
+        };
         let outcome = self.outcome_of(&r, &wallet, response);
         let step = match outcome {
             Outcome::Refused { .. } => Step::Refused,
@@ -352,8 +359,15 @@ where
             }
             _ => None,
         };
-        let new_policy = match (&r.action, &outcome) {
-            (Action::SetPolicy { policy }, Outcome::Done { .. }) => Some(policy.clone()),
+        // The bridge mirrors what the satellite did: applied now, or held back until its
+        // delay is over (the answer says when).
+        let new_policy = match (&r.action, &policy_change) {
+            (Action::SetPolicy { policy }, Some(PolicyChange::Applied)) => {
+                Some((policy.clone(), None))
+            }
+            (Action::SetPolicy { policy }, Some(PolicyChange::Deferred { effective_at })) => {
+                Some((policy.clone(), Some(*effective_at)))
+            }
             _ => None,
         };
         self.service
@@ -364,8 +378,8 @@ where
                             w.state = s;
                             w.refusal = why;
                         }
-                        if let Some(p) = new_policy {
-                            w.policy = p;
+                        if let Some((p, deferred_until)) = new_policy {
+                            mirror_policy_change(txn, &mut w, p, deferred_until)?;
                         }
                         save_wallet(txn, &w)?;
                     }

@@ -266,8 +266,9 @@ pub fn register(
             let values = positional(&params, "wallet.status", 1, 1)?;
             let id = wallet_id(&values, 0)?;
             let service = ctx.service()?;
-            let w = service.wallet_record(id).await?;
+            let (w, pending) = service.wallet_and_pending(id).await?;
             let mut json = wallet_json(&w);
+            json["pending_policy"] = pending.map_or(Value::Null, |p| p.to_json());
             let key = service.satellite_key(&w)?;
             json["satellite_key"] = crate::wallet_keys::key_json(&key);
             Ok::<_, RpcError>(json)

@@ -37,8 +37,8 @@ use crate::mail::{MailError, Mailer};
 use crate::mailbox::Keyhash;
 use crate::notice;
 use crate::state::{
-    db_err, from_bytes, Action, RequestRecord, State, WalletRecord, WalletState, ACTIVE, REQUESTS,
-    WALLETS,
+    self, db_err, from_bytes, Action, RequestRecord, State, WalletRecord, WalletState, ACTIVE,
+    REQUESTS, WALLETS,
 };
 use crate::store::{Store, StoreError};
 use crate::upstream::{Upstream, UpstreamError};
@@ -460,13 +460,32 @@ impl Service {
         Ok(w)
     }
 
-    /// Loads a wallet record.
+    /// Loads a wallet record, with the policy in force on the satellite now.
     pub async fn wallet_record(&self, id: WalletId) -> Result<WalletRecord, ServiceError> {
+        Ok(self.wallet_and_pending(id).await?.0)
+    }
+
+    /// Loads a wallet record (with the policy in force now) and the loosening the
+    /// satellite still holds back, if any.
+    pub async fn wallet_and_pending(
+        &self,
+        id: WalletId,
+    ) -> Result<(WalletRecord, Option<state::PendingPolicy>), ServiceError> {
+        let now = unix_now();
         self.store
             .read(move |txn| {
                 let t = txn.open_table(WALLETS).map_err(db_err)?;
                 let v = t.get(&id.0).map_err(db_err)?;
-                v.map(|v| from_bytes::<WalletRecord>(v.value())).transpose()
+                let Some(mut w) = v
+                    .map(|v| from_bytes::<WalletRecord>(v.value()))
+                    .transpose()?
+                else {
+                    return Ok(None);
+                };
+                let t = txn.open_table(state::PENDING_POLICIES).map_err(db_err)?;
+                let pending = state::pending_policy(&t, &id)?;
+                state::settle_policy(&mut w, pending.clone(), now);
+                Ok(Some((w, pending.filter(|p| p.effective_at > now))))
             })
             .await?
             .ok_or(ServiceError::UnknownWallet(id))

@@ -27,6 +27,11 @@ pub const ACTIVE: TableDefinition<&[u8; 16], ()> = TableDefinition::new("active_
 /// a SHA-256: of the inbox ([`crate::wallets::mailbox_of`]), of `registrations from:<ip>`,
 /// of `changes:<wallet id>`, and [`ALL_REGISTRATIONS`] for every registration together.
 pub const REGISTRATIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("registrations");
+/// Loosenings the satellite accepted and holds back: wallet id -> [`PendingPolicy`]. A
+/// mirror of the cosigner's `PolicyState::pending`, kept from its answers; redb's own table
+/// so wallet records keep their encoding.
+pub const PENDING_POLICIES: TableDefinition<&[u8; 16], &[u8]> =
+    TableDefinition::new("pending_policies");
 /// The [`REGISTRATIONS`] key counting every address.
 pub const ALL_REGISTRATIONS: [u8; 32] = [0; 32];
 
@@ -37,6 +42,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(REQUESTS)?;
     txn.open_table(ACTIVE)?;
     txn.open_table(REGISTRATIONS)?;
+    txn.open_table(PENDING_POLICIES)?;
     txn.open_table(crate::watch::WATCHES)?;
     crate::wallet_keys::create_tables(txn)?;
     Ok(())
@@ -87,6 +93,69 @@ pub struct WalletRecord {
     pub recent_requests: Vec<u64>,
     /// The index of its satellite key under the issuer key (see [`crate::wallet_keys`]).
     pub key_index: u32,
+}
+
+/// A looser policy the satellite accepted, and when it takes effect there (its delay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPolicy {
+    /// The policy that will apply.
+    pub policy: Policy,
+    /// When, unix seconds (the satellite's word).
+    pub effective_at: u64,
+}
+
+impl PendingPolicy {
+    /// As `wallet.status` shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "policy": serde_json::to_value(&self.policy).unwrap_or_default(),
+            "effective_at": self.effective_at,
+        })
+    }
+}
+
+/// Reads wallet `id`'s pending loosening from `table`.
+pub fn pending_policy(
+    table: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+    id: &WalletId,
+) -> Result<Option<PendingPolicy>, StoreError> {
+    let v = table.get(&id.0).map_err(db_err)?;
+    v.map(|v| from_bytes(v.value())).transpose()
+}
+
+/// `w` as the satellite sees it at `now`: a pending loosening whose time has come is its
+/// policy (as the cosigner's `PolicyState::effective`).
+pub fn settle_policy(w: &mut WalletRecord, pending: Option<PendingPolicy>, now: u64) {
+    if let Some(p) = pending.filter(|p| p.effective_at <= now) {
+        w.policy = p.policy;
+    }
+}
+
+/// Records what the satellite did with a policy update of `w`, as the cosigner's
+/// `PolicyState::update` does: `None` applied it now (and cancels any loosening waiting),
+/// `Some(at)` holds it back until `at`.
+pub fn mirror_policy_change(
+    txn: &WriteTransaction,
+    w: &mut WalletRecord,
+    policy: Policy,
+    deferred_until: Option<u64>,
+) -> Result<(), StoreError> {
+    let mut t = txn.open_table(PENDING_POLICIES).map_err(db_err)?;
+    match deferred_until {
+        None => {
+            w.policy = policy;
+            t.remove(&w.id.0).map_err(db_err)?;
+        }
+        Some(effective_at) => {
+            let pending = PendingPolicy {
+                policy,
+                effective_at,
+            };
+            t.insert(&w.id.0, to_bytes(&pending).as_slice())
+                .map_err(db_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// A request's state. Final states: `Delivered`, and `Refused`/`Expired`/`Cancelled` once
@@ -323,14 +392,22 @@ pub fn save_request(txn: &WriteTransaction, r: &RequestRecord) -> Result<(), Sto
     Ok(())
 }
 
-/// Reads a wallet inside a write transaction.
+/// Reads a wallet inside a write transaction, with the policy in force on the satellite now.
 pub fn load_wallet(
     txn: &WriteTransaction,
     id: &WalletId,
 ) -> Result<Option<WalletRecord>, StoreError> {
     let t = txn.open_table(WALLETS).map_err(db_err)?;
     let v = t.get(&id.0).map_err(db_err)?;
-    v.map(|v| from_bytes(v.value())).transpose()
+    let Some(mut w) = v
+        .map(|v| from_bytes::<WalletRecord>(v.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let pending = pending_policy(&txn.open_table(PENDING_POLICIES).map_err(db_err)?, id)?;
+    settle_policy(&mut w, pending, crate::service::unix_now());
+    Ok(Some(w))
 }
 
 /// Writes a wallet inside a write transaction.

@@ -553,6 +553,20 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
     let done = flow.wait_state(&id, "delivered", 60).await;
     let detail = done["outcome"]["done"].as_str().expect("done").to_owned();
     assert!(detail.starts_with("the new limits apply from "), "{detail}");
+    // The bridge mirrors the satellite: the tighter limit stays in force, and the looser
+    // one is shown waiting, with the satellite's time, not applied at once.
+    let status = flow.ok("wallet.status", vec![json!(wid)]).await;
+    assert_eq!(status["policy"]["max_per_tx_sat"], 1_000_000, "{status}");
+    assert_eq!(
+        status["pending_policy"]["policy"]["max_per_tx_sat"], 5_000_000,
+        "{status}"
+    );
+    let effective_at = status["pending_policy"]["effective_at"].as_u64().expect("when");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(effective_at > now + 3600, "held back by the satellite's delay: {status}");
 
     // Each change emails the owner: a wallet takes 6 a day (3 made above).
     for n in 0..3 {
