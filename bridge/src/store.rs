@@ -2,9 +2,10 @@
 //!
 //! redb's API is synchronous and every durable commit costs an fsync (two, with two-phase
 //! commit, which is on because the bridge stores untrusted input). So writes go through one
-//! dedicated writer thread that drains whatever is queued and commits it as a single write
-//! transaction: a hundred concurrent puts cost one commit, not a hundred, and each caller
-//! is answered only after its write is on disk. Reads run on tokio's blocking pool against
+//! dedicated writer thread that drains whatever is queued and runs each op in a write
+//! transaction of its own committed without fsync, then makes them durable together with
+//! one durable commit: a hundred concurrent puts cost one fsync, not a hundred, an op that
+//! fails is undone alone, and each caller is answered only after its write is on disk. Reads run on tokio's blocking pool against
 //! the last committed snapshot, never on the async worker threads.
 
 use std::path::Path;
@@ -14,7 +15,8 @@ use std::sync::Arc;
 use std::any::Any;
 
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 use tokio::sync::oneshot;
 
@@ -86,6 +88,24 @@ impl WriteOp {
         match self {
             WriteOp::Put { message, .. } => message.len(),
             _ => 0,
+        }
+    }
+
+    /// Answers the op with `e` (a caller that went away misses it).
+    fn fail(self, e: StoreError) {
+        match self {
+            WriteOp::Job { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            WriteOp::Put { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            WriteOp::Delete { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            WriteOp::PurgeExpired { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
         }
     }
 }
@@ -391,40 +411,55 @@ enum Outcome {
     Purge(usize),
 }
 
-fn apply_batch(db: &Database, batch: &mut [WriteOp]) -> Result<Vec<Outcome>, StoreError> {
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut txn = db.begin_write().map_err(db_err)?;
-    txn.set_two_phase_commit(true);
-    for op in batch.iter_mut() {
-        if let WriteOp::Job { job, .. } = op {
+/// Runs one op inside `txn`.
+fn run_op(txn: &WriteTransaction, op: &mut WriteOp) -> Result<Outcome, StoreError> {
+    Ok(match op {
+        WriteOp::Job { job, .. } => {
             let job = std::mem::replace(
                 job,
                 Box::new(|_| Err(StoreError::Database("job ran twice".into()))),
             );
-            outcomes.push(Outcome::Job(job(&txn)?));
-            continue;
+            Outcome::Job(job(txn)?)
         }
-        let outcome = match op {
-            WriteOp::Job { .. } => unreachable!("handled above"),
-            WriteOp::Put {
-                key,
-                expires_at_ms,
-                message,
-                max_total_bytes,
-                ..
-            } => Outcome::Put(put_in(
-                &txn,
-                key,
-                *expires_at_ms,
-                message,
-                *max_total_bytes,
-            )?),
-            WriteOp::Delete { key, .. } => Outcome::Delete(delete_in(&txn, key)?),
-            WriteOp::PurgeExpired { now_ms, .. } => Outcome::Purge(purge_in(&txn, *now_ms)?),
-        };
-        outcomes.push(outcome);
+        WriteOp::Put {
+            key,
+            expires_at_ms,
+            message,
+            max_total_bytes,
+            ..
+        } => Outcome::Put(put_in(txn, key, *expires_at_ms, message, *max_total_bytes)?),
+        WriteOp::Delete { key, .. } => Outcome::Delete(delete_in(txn, key)?),
+        WriteOp::PurgeExpired { now_ms, .. } => Outcome::Purge(purge_in(txn, *now_ms)?),
+    })
+}
+
+/// Applies a batch: each op in a transaction of its own, so an op that fails is undone
+/// alone and the others stand; those transactions commit without waiting for the disk,
+/// and one durable commit at the end makes them all durable at once (the group commit).
+/// Each op's result, for its reply once that commit returned.
+fn apply_batch(
+    db: &Database,
+    batch: &mut [WriteOp],
+) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for op in batch.iter_mut() {
+        let mut txn = db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::None).map_err(db_err)?;
+        match run_op(&txn, op) {
+            Ok(outcome) => {
+                txn.commit().map_err(db_err)?;
+                outcomes.push(Ok(outcome));
+            }
+            Err(e) => {
+                txn.abort().map_err(db_err)?;
+                tracing::warn!(error = %e, "a write failed alone; the rest of its batch stands");
+                outcomes.push(Err(e));
+            }
+        }
     }
-    txn.commit().map_err(db_err)?;
+    let mut durable = db.begin_write().map_err(db_err)?;
+    durable.set_two_phase_commit(true);
+    durable.commit().map_err(db_err)?;
     Ok(outcomes)
 }
 
@@ -569,18 +604,19 @@ fn commit_batch(db: &Database, mut batch: Vec<WriteOp>) {
             tracing::trace!(ops = count, "committed write batch");
             for (op, outcome) in batch.into_iter().zip(outcomes) {
                 match (op, outcome) {
-                    (WriteOp::Job { reply, .. }, Outcome::Job(value)) => {
+                    (WriteOp::Job { reply, .. }, Ok(Outcome::Job(value))) => {
                         let _ = reply.send(Ok(value));
                     }
-                    (WriteOp::Put { reply, .. }, Outcome::Put(outcome)) => {
+                    (WriteOp::Put { reply, .. }, Ok(Outcome::Put(outcome))) => {
                         let _ = reply.send(Ok(outcome));
                     }
-                    (WriteOp::Delete { reply, .. }, Outcome::Delete(existed)) => {
+                    (WriteOp::Delete { reply, .. }, Ok(Outcome::Delete(existed))) => {
                         let _ = reply.send(Ok(existed));
                     }
-                    (WriteOp::PurgeExpired { reply, .. }, Outcome::Purge(n)) => {
+                    (WriteOp::PurgeExpired { reply, .. }, Ok(Outcome::Purge(n))) => {
                         let _ = reply.send(Ok(n));
                     }
+                    (op, Err(e)) => op.fail(e),
                     _ => unreachable!("outcomes are produced in the order of their ops"),
                 }
             }
@@ -588,22 +624,85 @@ fn commit_batch(db: &Database, mut batch: Vec<WriteOp>) {
         Err(e) => {
             tracing::error!(ops = count, error = %e, "write batch failed; nothing in it was stored");
             for op in batch {
-                let err = StoreError::Database(e.to_string());
-                match op {
-                    WriteOp::Job { reply, .. } => {
-                        let _ = reply.send(Err(err));
-                    }
-                    WriteOp::Put { reply, .. } => {
-                        let _ = reply.send(Err(err));
-                    }
-                    WriteOp::Delete { reply, .. } => {
-                        let _ = reply.send(Err(err));
-                    }
-                    WriteOp::PurgeExpired { reply, .. } => {
-                        let _ = reply.send(Err(err));
-                    }
-                }
+                op.fail(StoreError::Database(e.to_string()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future as _;
+
+    const NUMBERS: TableDefinition<u32, u32> = TableDefinition::new("numbers");
+
+    /// Jobs queued together while the writer is busy share one batch; every fifth writes
+    /// and then fails. It alone is undone, the rest are answered and found after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_fails_alone_and_the_rest_of_its_batch_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.redb");
+        let store = Store::open(&path).expect("open");
+        let (release, hold) = std_mpsc::channel::<()>();
+        let (started, writer_busy) = oneshot::channel::<()>();
+        let blocker = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_| {
+                        let _ = started.send(());
+                        let _ = hold.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        writer_busy.await.expect("the writer took the first job");
+        let mut jobs = Vec::new();
+        for n in 0u32..40 {
+            let mut job = Box::pin(store.write(move |txn| {
+                txn.open_table(NUMBERS)
+                    .map_err(db_err)?
+                    .insert(n, n * 10)
+                    .map_err(db_err)?;
+                if n % 5 == 0 {
+                    return Err(StoreError::Database(format!("job {n} fails")));
+                }
+                Ok(n)
+            }));
+            // One poll sends it to the writer's queue, behind the blocker.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(job.as_mut().poll(&mut cx).is_pending());
+            jobs.push(job);
+        }
+        release.send(()).expect("release");
+        blocker.await.expect("blocker").expect("blocker job");
+        for (n, job) in jobs.into_iter().enumerate() {
+            let result = job.await;
+            if n % 5 == 0 {
+                let e = result.expect_err("fails");
+                assert!(e.to_string().contains(&format!("job {n} fails")), "{e}");
+            } else {
+                assert_eq!(result.expect("stands"), n as u32);
+            }
+        }
+        let released = store.released().file(&path);
+        drop(store);
+        assert!(released.wait(std::time::Duration::from_secs(10)).await);
+        let store = Store::open(&path).expect("reopen");
+        let kept = store
+            .read(|txn| {
+                let t = txn.open_table(NUMBERS).map_err(db_err)?;
+                let mut kept = Vec::new();
+                for row in t.iter().map_err(db_err)? {
+                    kept.push(row.map_err(db_err)?.0.value());
+                }
+                Ok(kept)
+            })
+            .await
+            .expect("read");
+        let expected: Vec<u32> = (0..40).filter(|n| n % 5 != 0).collect();
+        assert_eq!(kept, expected);
     }
 }

@@ -561,12 +561,17 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
         status["pending_policy"]["policy"]["max_per_tx_sat"], 5_000_000,
         "{status}"
     );
-    let effective_at = status["pending_policy"]["effective_at"].as_u64().expect("when");
+    let effective_at = status["pending_policy"]["effective_at"]
+        .as_u64()
+        .expect("when");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    assert!(effective_at > now + 3600, "held back by the satellite's delay: {status}");
+    assert!(
+        effective_at > now + 3600,
+        "held back by the satellite's delay: {status}"
+    );
 
     // Each change emails the owner: a wallet takes 6 a day (3 made above).
     for n in 0..3 {
