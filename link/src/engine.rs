@@ -162,6 +162,8 @@ pub struct Engine<S: LinkStore> {
     /// have begun to arrive.
     quiet_until: Option<Instant>,
     peer_heard_at: Option<Instant>,
+    /// Messages the peer acknowledged since [`Engine::take_acknowledged`] last ran.
+    newly_acknowledged: Vec<u64>,
 }
 
 impl<S: LinkStore> Engine<S> {
@@ -203,6 +205,7 @@ impl<S: LinkStore> Engine<S> {
             tx_end: None,
             quiet_until: None,
             peer_heard_at: None,
+            newly_acknowledged: Vec::new(),
         };
         e.burst_limit = e.cfg.max_burst_frames.max(1);
         for (id, payload) in e.store.outbox()? {
@@ -258,6 +261,17 @@ impl<S: LinkStore> Engine<S> {
     /// Messages queued and not yet acknowledged.
     pub fn queue_depth(&self) -> usize {
         self.out.len()
+    }
+
+    /// The ids of the messages the peer acknowledged since the last call (each once), so
+    /// the application learns what arrived without reading the outbox.
+    pub fn take_acknowledged(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.newly_acknowledged)
+    }
+
+    /// Whether message `id` is still queued (not yet acknowledged).
+    pub fn is_queued(&self, id: u64) -> bool {
+        self.out.contains_key(&id)
     }
 
     /// The store.

@@ -2,11 +2,17 @@
 //! [`LinkHandle::send`] queues a message durably, [`LinkHandle::recv`] returns the next
 //! delivered message and [`LinkHandle::ack`] removes it once the application has acted on it
 //! (so a crash between the two redelivers from the persisted inbox, never from the air).
+//! [`LinkHandle::acknowledged`] tells which sent messages the peer acknowledged, as they
+//! are.
+//!
+//! The engine's store commits with fsync. Every call that reaches it runs through
+//! [`blocking`], which on a multi-threaded runtime hands the worker's other tasks to
+//! another thread first, so a slow disk never stalls the tasks that share the worker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -82,7 +88,18 @@ pub struct LinkHandle<S: LinkStore + Clone> {
     delivered: Arc<Notify>,
     status: watch::Receiver<Published>,
     schedule: watch::Sender<Schedule>,
+    acknowledged: broadcast::Sender<u64>,
     task: JoinHandle<Result<(), StoreError>>,
+}
+
+/// Runs `f`, which touches the disk, without stalling the async worker it is called on
+/// (tokio's `block_in_place` on a multi-threaded runtime; as is on a single-threaded one,
+/// where there is no other worker to hand tasks to).
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Why the link stopped or a call failed.
@@ -108,12 +125,14 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
         let notify = delivered.clone();
         let (status_tx, status_rx) = watch::channel(Published::default());
         let (schedule_tx, mut schedule_rx) = watch::channel(engine.schedule().clone());
+        let (acked_tx, _) = broadcast::channel(1024);
+        let acknowledged = acked_tx.clone();
         let task = tokio::spawn(async move {
             let result = async {
                 let mut failures: u64 = 0;
                 loop {
                     // The clock is read for each burst: a transmission takes air time.
-                    while let Some(burst) = engine.poll_transmit(Instant::now())? {
+                    while let Some(burst) = blocking(|| engine.poll_transmit(Instant::now()))? {
                         // A transmission lasts its air time (a preamble, then the frames);
                         // messages handed over meanwhile are stored at once, so `send`
                         // never waits for the radio.
@@ -135,7 +154,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                                     engine.transmitted(Instant::now());
                                     break;
                                 }
-                                Some(cmd) = cmd_rx.recv() => apply(&mut engine, cmd),
+                                Some(cmd) = cmd_rx.recv() => blocking(|| apply(&mut engine, cmd)),
                             }
                         }
                     }
@@ -152,8 +171,12 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                     tokio::select! {
                         frame = transport.recv() => match frame {
                             Ok(f) => {
-                                if engine.on_frame(&f, Instant::now())? {
+                                if blocking(|| engine.on_frame(&f, Instant::now()))? {
                                     notify.notify_one();
+                                }
+                                for id in engine.take_acknowledged() {
+                                    // Nobody listening is fine: the outbox says it too.
+                                    let _ = acked_tx.send(id);
                                 }
                             }
                             Err(e) => {
@@ -162,7 +185,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                             }
                         },
                         cmd = cmd_rx.recv() => match cmd {
-                            Some(cmd) => apply(&mut engine, cmd),
+                            Some(cmd) => blocking(|| apply(&mut engine, cmd)),
                             None => return Ok(()),
                         },
                         Ok(()) = schedule_rx.changed() => {
@@ -184,8 +207,20 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
             delivered,
             status: status_rx,
             schedule: schedule_tx,
+            acknowledged,
             task,
         }
+    }
+
+    /// The ids of sent messages as the peer acknowledges them. A receiver that falls more
+    /// than 1024 behind misses some (`Lagged`): [`LinkStore::is_queued`] tells for sure.
+    pub fn acknowledged(&self) -> broadcast::Receiver<u64> {
+        self.acknowledged.subscribe()
+    }
+
+    /// Whether the link task still runs (it stops when its store or transport fails).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
     }
 
     /// Queues a message durably; returns its id once it is stored.
@@ -202,7 +237,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
     pub async fn recv(&self) -> Result<(u64, Vec<u8>), LinkError> {
         loop {
             let notified = self.delivered.notified();
-            if let Some(m) = self.store.inbox_first()? {
+            if let Some(m) = blocking(|| self.store.inbox_first())? {
                 return Ok(m);
             }
             if self.task.is_finished() {
@@ -214,7 +249,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
 
     /// Removes a handled message from the inbox.
     pub fn ack(&self, id: u64) -> Result<(), LinkError> {
-        Ok(self.store.inbox_remove(id)?)
+        Ok(blocking(|| self.store.inbox_remove(id))?)
     }
 
     /// The link's status.

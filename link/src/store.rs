@@ -27,6 +27,9 @@ pub trait LinkStore: Send + Sync + 'static {
     fn enqueue(&self, payload: &[u8]) -> Result<u64, StoreError>;
     /// Every message not yet acknowledged, oldest first.
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Whether message `id` is still waiting for its acknowledgement (a point lookup: no
+    /// payload is copied).
+    fn is_queued(&self, id: u64) -> Result<bool, StoreError>;
     /// Forgets an acknowledged message.
     fn acknowledged(&self, id: u64) -> Result<(), StoreError>;
     /// Reserves `n` counters; returns the first. Durable before it returns.
@@ -84,6 +87,9 @@ impl LinkStore for MemStore {
             .map(|(k, v)| (*k, v.clone()))
             .collect())
     }
+    fn is_queued(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.lock().outbox.contains_key(&id))
+    }
     fn acknowledged(&self, id: u64) -> Result<(), StoreError> {
         self.lock().outbox.remove(&id);
         Ok(())
@@ -129,6 +135,9 @@ impl<T: LinkStore> LinkStore for Arc<T> {
     }
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         (**self).outbox()
+    }
+    fn is_queued(&self, id: u64) -> Result<bool, StoreError> {
+        (**self).is_queued(id)
     }
     fn acknowledged(&self, id: u64) -> Result<(), StoreError> {
         (**self).acknowledged(id)
@@ -217,6 +226,11 @@ impl LinkStore for RedbStore {
             out.push((k.value(), v.value().to_vec()));
         }
         Ok(out)
+    }
+    fn is_queued(&self, id: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(OUTBOX).map_err(err)?;
+        Ok(t.get(id).map_err(err)?.is_some())
     }
     fn acknowledged(&self, id: u64) -> Result<(), StoreError> {
         self.write(|txn| {

@@ -62,6 +62,7 @@ impl<S: LinkStore> Engine<S> {
                     if self.out.remove(&id).is_some() {
                         self.store.acknowledged(id)?;
                         self.stats.messages_acknowledged += 1;
+                        self.newly_acknowledged.push(id);
                     }
                 }
                 self.backoff = 0;

@@ -1,0 +1,209 @@
+//! Inbound: the cosigner's answers from the link, checked (every signature against the
+//! sighashes of the request) and recorded, then acknowledged to the link only once the
+//! record is durable; what the satellite did with a policy change is mirrored.
+use std::time::Duration;
+
+use satcosign_cosigner::policy::PolicyChange;
+use satcosign_cosigner::protocol::{
+    open_envelope, CompactOutcome, PolicyOutcome, RegisterOutcome, Response, SignOutcome,
+};
+use satcosign_cosigner::wallet::Wallet;
+use satcosign_link::store::LinkStore;
+
+use crate::answer::{merge_compact, merge_psbt};
+use crate::lifecycle::Step;
+use crate::notice;
+use crate::service::ServiceError;
+use crate::state::{
+    load_wallet, mirror_policy_change, save_wallet, Action, Outcome, RequestRecord, State,
+    WalletState,
+};
+
+use super::Relay;
+
+impl<S> Relay<S>
+where
+    S: LinkStore + Clone + Send + Sync + 'static,
+{
+    /// Takes the link's delivered messages one by one until the link stops.
+    pub(super) async fn receive_loop(&self) {
+        loop {
+            let (msg_id, bytes) = match self.link.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "link receive stopped");
+                    return;
+                }
+            };
+            match self.on_answer(&bytes).await {
+                Ok(()) => {
+                    if let Err(e) = self.link.ack(msg_id) {
+                        tracing::warn!(error = %e, "cannot acknowledge a link message");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(msg_id, error = %e, "cannot record an answer; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Records one answer from the cosigner (an answer to nothing pending is dropped).
+    pub(super) async fn on_answer(&self, bytes: &[u8]) -> Result<(), ServiceError> {
+        let (id, body) = match open_envelope(bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping a link message without an envelope");
+                return Ok(());
+            }
+        };
+        let response = match Response::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e, "dropping an undecodable answer");
+                return Ok(());
+            }
+        };
+        let _claim = loop {
+            if let Some(c) = self.service.claim(id) {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Ok(r) = self.service.request(id).await else {
+            tracing::warn!(request = %id, "answer for an unknown request dropped");
+            return Ok(());
+        };
+        if !matches!(r.state, State::Confirmed | State::Queued | State::Sent) {
+            tracing::debug!(request = %id, state = r.state.as_str(), "duplicate answer dropped");
+            return Ok(());
+        }
+        if r.state == State::Queued {
+            self.to_sent(id).await?;
+        }
+        let wallet = self
+            .service
+            .wallet(&self.service.wallet_record(r.wallet_id).await?)?;
+        let policy_change = match &response {
+            Response::PolicyUpdated(PolicyOutcome::Changed(c)) => Some(c.clone()),
+            _ => None,
+        };
+        let outcome = self.outcome_of(&r, &wallet, response);
+        let step = match outcome {
+            Outcome::Refused { .. } => Step::Refused,
+            _ => Step::Signed,
+        };
+        let wallet_change = match (&r.action, &outcome) {
+            (Action::Register, Outcome::Done { .. }) => Some((WalletState::Active, None)),
+            (Action::Register, Outcome::Refused { reason, .. }) => {
+                Some((WalletState::Refused, Some(reason.clone())))
+            }
+            _ => None,
+        };
+        // The bridge mirrors what the satellite did: applied now, or held back until its
+        // delay is over (the answer says when).
+        let new_policy = match (&r.action, &policy_change) {
+            (Action::SetPolicy { policy }, Some(PolicyChange::Applied)) => {
+                Some((policy.clone(), None))
+            }
+            (Action::SetPolicy { policy }, Some(PolicyChange::Deferred { effective_at })) => {
+                Some((policy.clone(), Some(*effective_at)))
+            }
+            _ => None,
+        };
+        self.service
+            .take(id, step, move |txn, r| {
+                if wallet_change.is_some() || new_policy.is_some() {
+                    if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
+                        if let Some((s, why)) = wallet_change {
+                            w.state = s;
+                            w.refusal = why;
+                        }
+                        if let Some((p, deferred_until)) = new_policy {
+                            mirror_policy_change(txn, &mut w, p, deferred_until)?;
+                        }
+                        save_wallet(txn, &w)?;
+                    }
+                }
+                r.outcome = Some(outcome);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub(super) fn outcome_of(
+        &self,
+        r: &RequestRecord,
+        wallet: &Wallet,
+        response: Response,
+    ) -> Outcome {
+        let refused = |code: &str, reason: String| Outcome::Refused {
+            code: code.to_owned(),
+            reason,
+        };
+        let outcome = match (response, &r.action) {
+            (Response::Sign(s), Action::Sign { psbt, .. }) => match s.outcome {
+                SignOutcome::Signed { psbt: signed } => {
+                    match merge_psbt(&self.service.secp, wallet, psbt, &signed) {
+                        Ok(o) => o,
+                        Err(e) => refused("bad_answer", e),
+                    }
+                }
+                SignOutcome::Refused(refusal) => refused(refusal.code(), refusal.to_string()),
+            },
+            (Response::SignCompact(s), Action::Sign { psbt, .. }) => match s.outcome {
+                CompactOutcome::Signed(sigs) => {
+                    match merge_compact(&self.service.secp, wallet, psbt, &sigs.0) {
+                        Ok(o) => o,
+                        Err(e) => refused("bad_answer", e),
+                    }
+                }
+                CompactOutcome::Refused(refusal) => refused(refusal.code(), refusal.to_string()),
+            },
+            (Response::WalletRegistered(o), Action::Register) => match o {
+                RegisterOutcome::Registered { wallet_id } if wallet_id == r.wallet_id => {
+                    Outcome::Done {
+                        detail: "the satellite registered the wallet".into(),
+                    }
+                }
+                RegisterOutcome::Registered { wallet_id } => refused(
+                    "bad_answer",
+                    format!(
+                        "the satellite registered wallet {wallet_id}, not {}",
+                        r.wallet_id
+                    ),
+                ),
+                RegisterOutcome::Refused { reason } => refused("registration_refused", reason),
+            },
+            (Response::PolicyUpdated(o), Action::SetPolicy { .. }) => match o {
+                PolicyOutcome::Changed(PolicyChange::Applied) => Outcome::Done {
+                    detail: "the new limits apply now".into(),
+                },
+                PolicyOutcome::Changed(PolicyChange::Deferred { effective_at }) => Outcome::Done {
+                    detail: format!(
+                        "the new limits apply from {}",
+                        notice::format_utc(effective_at)
+                    ),
+                },
+                PolicyOutcome::Refused { reason } => refused("policy_refused", reason),
+            },
+            (Response::Error { reason }, _) => refused("cosigner_error", reason),
+            (other, action) => refused(
+                "bad_answer",
+                format!(
+                    "the satellite answered a {} request with {other:?}",
+                    action.kind()
+                ),
+            ),
+        };
+        if let Outcome::Refused { code, reason } = &outcome {
+            if code == "bad_answer" {
+                self.service.counters.bad_answer();
+                tracing::error!(request = %r.id, %reason, "the satellite's answer was refused");
+            }
+        }
+        outcome
+    }
+}
