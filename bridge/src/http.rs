@@ -1,5 +1,5 @@
 //! The HTTP port: JSON-RPC over HTTP POST and WebSocket (jsonrpsee's server), plus plain
-//! HTTP routes served beside it: `GET /health`, `GET /metrics` (see [`crate::metrics`]), and
+//! HTTP routes served beside it: `GET /health` (see [`crate::health`]), `GET /metrics` (see [`crate::metrics`]), and
 //! the confirmation pages of the email gate
 //! (`GET /confirm/<id>?t=<code>` shows what will be approved and changes nothing, so mail
 //! scanners that follow links confirm nothing; only `POST /confirm/<id>` acts).
@@ -23,6 +23,7 @@ use crate::rpc::SERVER_VERSION;
 pub struct RoutesLayer {
     service: Option<Arc<crate::service::Service>>,
     metrics: Option<crate::metrics::Source>,
+    health: Option<crate::health::HealthSources>,
     nostr_relay: Option<String>,
 }
 
@@ -34,6 +35,7 @@ impl<S> Layer<S> for RoutesLayer {
             inner,
             service: self.service.clone(),
             metrics: self.metrics.clone(),
+            health: self.health.clone(),
             nostr_relay: self.nostr_relay.clone(),
         }
     }
@@ -45,6 +47,7 @@ pub struct Routes<S> {
     inner: S,
     service: Option<Arc<crate::service::Service>>,
     metrics: Option<crate::metrics::Source>,
+    health: Option<crate::health::HealthSources>,
     nostr_relay: Option<String>,
 }
 
@@ -218,9 +221,22 @@ async fn confirm_route(service: Arc<crate::service::Service>, req: HttpRequest) 
     }
 }
 
-fn health_response(head: bool) -> HttpResponse {
-    let body = serde_json::json!({"status": "ok", "server_version": SERVER_VERSION}).to_string();
-    plain_response(http::StatusCode::OK, "application/json", body, head)
+fn health_response(sources: Option<&crate::health::HealthSources>, head: bool) -> HttpResponse {
+    let Some(sources) = sources else {
+        let body = serde_json::json!({"status": "ok", "server_version": SERVER_VERSION});
+        return plain_response(
+            http::StatusCode::OK,
+            "application/json",
+            body.to_string(),
+            head,
+        );
+    };
+    let (verdict, body) = crate::health::report(sources, crate::service::unix_now());
+    let status = match verdict {
+        crate::health::Verdict::Failing => http::StatusCode::SERVICE_UNAVAILABLE,
+        _ => http::StatusCode::OK,
+    };
+    plain_response(status, "application/json", body.to_string(), head)
 }
 
 async fn metrics_response(source: &crate::metrics::Source, head: bool) -> HttpResponse {
@@ -282,7 +298,7 @@ where
         if req.uri().path() == "/health" {
             let method = req.method();
             if method == http::Method::GET || method == http::Method::HEAD {
-                let resp = health_response(method == http::Method::HEAD);
+                let resp = health_response(self.health.as_ref(), method == http::Method::HEAD);
                 return Box::pin(async move { Ok(resp) });
             }
         }
@@ -348,13 +364,13 @@ pub fn start(
     limits: RpcLimits,
     methods: Methods,
     service: Option<Arc<crate::service::Service>>,
-    link_status: Option<crate::rpc::LinkStatusFn>,
+    health: crate::health::HealthSources,
     nostr_relay: Option<String>,
     rates: Arc<crate::read_rate::ReadRates>,
 ) -> std::io::Result<HttpServer> {
     let metrics = cfg.metrics.then(|| crate::metrics::Source {
         service: service.clone(),
-        link_status,
+        link_status: health.link.clone(),
     });
     let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let config = ServerConfig::builder()
@@ -371,6 +387,7 @@ pub fn start(
         .set_http_middleware(tower::ServiceBuilder::new().layer(RoutesLayer {
             service,
             metrics,
+            health: Some(health),
             nostr_relay,
         }))
         .to_service_builder();

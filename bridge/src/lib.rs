@@ -39,6 +39,7 @@ pub mod dispatch;
 pub mod ecies;
 pub mod electrum_tcp;
 pub mod gate;
+pub mod health;
 pub mod http;
 pub mod intake;
 pub mod key_page;
@@ -543,7 +544,11 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             },
             methods.clone(),
             service.clone(),
-            link_status,
+            health::HealthSources {
+                store: store.clone(),
+                link: link_status,
+                upstream: service.as_ref().and_then(|s| s.upstream.clone()),
+            },
             running.nostr.map(|a| format!("ws://{a}")),
             read_rates.clone(),
         )

@@ -115,6 +115,18 @@ impl WriteOp {
 pub struct Store {
     db: Arc<Database>,
     writer: std_mpsc::Sender<WriteOp>,
+    health: Arc<std::sync::Mutex<WriterHealth>>,
+}
+
+/// How the database writer is doing, for `/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterHealth {
+    /// Whether its thread runs.
+    pub running: bool,
+    /// Batches whose durable commit failed (every op in them was refused).
+    pub failed_batches: u64,
+    /// The last such failure, cleared by the next batch that commits.
+    pub last_error: Option<String>,
 }
 
 impl Store {
@@ -261,11 +273,28 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = std_mpsc::channel();
         let writer_db = db.clone();
+        let health = Arc::new(std::sync::Mutex::new(WriterHealth {
+            running: true,
+            ..WriterHealth::default()
+        }));
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("redb-writer".into())
-            .spawn(move || writer_loop(&writer_db, &rx))
+            .spawn(move || {
+                writer_loop(&writer_db, &rx, &writer_health);
+                lock(&writer_health).running = false;
+            })
             .map_err(|e| open_err(&e))?;
-        Ok(Store { db, writer: tx })
+        Ok(Store {
+            db,
+            writer: tx,
+            health,
+        })
+    }
+
+    /// How the writer is doing.
+    pub fn writer_health(&self) -> WriterHealth {
+        lock(&self.health).clone()
     }
 
     async fn submit<T>(
@@ -366,7 +395,15 @@ impl Store {
     }
 }
 
-fn writer_loop(db: &Database, rx: &std_mpsc::Receiver<WriteOp>) {
+fn lock(h: &std::sync::Mutex<WriterHealth>) -> std::sync::MutexGuard<'_, WriterHealth> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn writer_loop(
+    db: &Database,
+    rx: &std_mpsc::Receiver<WriteOp>,
+    health: &std::sync::Mutex<WriterHealth>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let mut bytes = batch[0].weight();
@@ -384,7 +421,7 @@ fn writer_loop(db: &Database, rx: &std_mpsc::Receiver<WriteOp>) {
         // so its supervisor restarts it: every state is durable, and a restart resumes
         // every request where its last commit left it.
         let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            commit_batch(db, batch);
+            commit_batch(db, batch, health);
         }));
         if let Err(panic) = committed {
             let what = panic
@@ -595,13 +632,14 @@ fn purge_in(txn: &WriteTransaction, now_ms: u64) -> Result<usize, StoreError> {
     Ok(expired.len())
 }
 
-fn commit_batch(db: &Database, mut batch: Vec<WriteOp>) {
+fn commit_batch(db: &Database, mut batch: Vec<WriteOp>, health: &std::sync::Mutex<WriterHealth>) {
     let count = batch.len();
     // A caller that went away (connection closed) simply misses its answer: `send` errors
     // are ignored on purpose.
     match apply_batch(db, &mut batch) {
         Ok(outcomes) => {
             tracing::trace!(ops = count, "committed write batch");
+            lock(health).last_error = None;
             for (op, outcome) in batch.into_iter().zip(outcomes) {
                 match (op, outcome) {
                     (WriteOp::Job { reply, .. }, Ok(Outcome::Job(value))) => {
@@ -623,6 +661,11 @@ fn commit_batch(db: &Database, mut batch: Vec<WriteOp>) {
         }
         Err(e) => {
             tracing::error!(ops = count, error = %e, "write batch failed; nothing in it was stored");
+            {
+                let mut h = lock(health);
+                h.failed_batches += 1;
+                h.last_error = Some(e.to_string());
+            }
             for op in batch {
                 op.fail(StoreError::Database(e.to_string()));
             }

@@ -43,6 +43,15 @@ pub enum UpstreamError {
     },
 }
 
+/// How the last calls to the upstream server went, for `/health`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamState {
+    /// When a call last succeeded (or the server answered with its own error), unix seconds.
+    pub last_ok_at: Option<u64>,
+    /// Why the last call failed to reach the server, if it did.
+    pub last_error: Option<String>,
+}
+
 /// One transaction in a script's history, as the server sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -65,6 +74,10 @@ pub trait Upstream: Send + Sync {
     fn history(&self, script: &Script) -> Result<Vec<HistoryEntry>, UpstreamError>;
     /// The height of the best block.
     fn tip_height(&self) -> Result<u32, UpstreamError>;
+    /// How the last calls went (`/health`); a server that keeps no record says nothing.
+    fn state(&self) -> UpstreamState {
+        UpstreamState::default()
+    }
 }
 
 /// What became of an input the server no longer lists as unspent.
@@ -101,6 +114,7 @@ pub fn find_spender(
 pub struct ElectrumUpstream {
     url: String,
     connection: std::sync::Mutex<Option<std::sync::Arc<electrum_client::Client>>>,
+    state: std::sync::Mutex<UpstreamState>,
 }
 
 impl ElectrumUpstream {
@@ -109,6 +123,7 @@ impl ElectrumUpstream {
         ElectrumUpstream {
             url: url.to_owned(),
             connection: std::sync::Mutex::new(None),
+            state: std::sync::Mutex::new(UpstreamState::default()),
         }
     }
 
@@ -139,18 +154,41 @@ impl ElectrumUpstream {
         &self,
         call: impl FnOnce(&electrum_client::Client) -> Result<T, electrum_client::Error>,
     ) -> Result<Result<T, String>, UpstreamError> {
-        let client = self.client()?;
-        let result = call(&client);
-        if let Err(e) = &result {
-            if !matches!(e, electrum_client::Error::Protocol(_)) {
-                *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => {
+                self.note(Err(e.to_string()));
+                return Err(e);
             }
+        };
+        let result = call(&client);
+        match &result {
+            Err(e) if !matches!(e, electrum_client::Error::Protocol(_)) => {
+                *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.note(Err(e.to_string()));
+            }
+            _ => self.note(Ok(())),
         }
         Ok(result.map_err(|e| e.to_string()))
+    }
+
+    fn note(&self, reached: Result<(), String>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match reached {
+            Ok(()) => {
+                state.last_ok_at = Some(crate::service::unix_now());
+                state.last_error = None;
+            }
+            Err(e) => state.last_error = Some(e),
+        }
     }
 }
 
 impl Upstream for ElectrumUpstream {
+    fn state(&self) -> UpstreamState {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn transaction(&self, txid: &Txid) -> Result<Transaction, UpstreamError> {
         self.with(|c| c.transaction_get(txid))?
             .map_err(|reason| UpstreamError::Missing {

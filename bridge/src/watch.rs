@@ -152,10 +152,13 @@ pub async fn poll(
             Ok(out)
         })
         .await?;
+    let up = upstream.clone();
     if open.is_empty() {
+        // Nothing to ask about: still ask for the tip, so `/health` knows whether the
+        // server is there before a broadcast needs it.
+        let _ = tokio::task::spawn_blocking(move || up.tip_height()).await;
         return Ok(0);
     }
-    let up = upstream.clone();
     let (confirmations, watch_secs) = (config.confirmations, config.watch_secs);
     let updated = tokio::task::spawn_blocking(move || -> Result<_, UpstreamError> {
         let tip = up.tip_height()?;

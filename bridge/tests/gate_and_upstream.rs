@@ -787,3 +787,63 @@ async fn one_client_address_gets_only_its_share_of_the_registrations() {
     assert!(answer.contains("\"wallet_id\""), "{answer}");
     flow.system.stop().await;
 }
+
+/// `GET /health` until `done` holds for its body (the watch asks the upstream server
+/// every second); returns the status code and body.
+async fn health_until(flow: &Flow, done: impl Fn(&Value) -> bool) -> (u16, Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, text) = http_raw(
+            flow.http_addr(),
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or(""))
+            .unwrap_or_else(|e| panic!("health is JSON ({e}): {text}"));
+        if done(&body) {
+            return (code, body);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never came to it: {body}"
+        );
+        // Polling a condition with a deadline, not a sleep standing in for one.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_writer_the_link_and_the_upstream_server_each_with_its_state() {
+    let (flow, _w, _upstream, _dir) = with_upstream(|_| Vec::new()).await;
+    let (code, body) = health_until(&flow, |b| b["upstream"]["state"] == "connected").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["writer"]["state"], "ok", "{body}");
+    assert_eq!(body["writer"]["failed_batches"], 0, "{body}");
+    assert_eq!(body["link"]["state"], "running", "{body}");
+    assert!(body["link"]["queue_depth"].is_u64(), "{body}");
+    flow.system.stop().await;
+
+    // An upstream server nobody listens on: the bridge still works (200), degraded, and
+    // says why.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("tcp://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let flow = Flow::start(sky(0.0), move |c| {
+        c.upstream.url = url;
+        c.upstream.poll_secs = 1;
+    })
+    .await;
+    let (code, body) = health_until(&flow, |b| b["upstream"]["state"] == "unreachable").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert!(
+        body["upstream"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("127.0.0.1")),
+        "{body}"
+    );
+    assert_eq!(body["writer"]["state"], "ok", "{body}");
+    assert_eq!(body["link"]["state"], "running", "{body}");
+    flow.system.stop().await;
+}

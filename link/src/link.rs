@@ -49,6 +49,8 @@ pub struct LinkStatus {
     pub queue_depth: usize,
     /// Counters.
     pub stats: Stats,
+    /// Whether the link task runs (it stops when its store or transport fails).
+    pub running: bool,
 }
 
 /// What the link task publishes after each step; the handle adds what the clock tells.
@@ -277,6 +279,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
             head,
             queue_depth: p.queue_depth,
             stats: p.stats,
+            running: !self.task.is_finished(),
         }
     }
 

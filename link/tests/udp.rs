@@ -39,9 +39,10 @@ async fn messages_cross_udp_both_ways_exactly_once() {
         Engine::new(cfg, mk(2, 1), MemStore::new(), 1.37).expect("engine"),
         UdpTransport::connect(b_addr, a_addr).await.expect("udp"),
     );
+    let mut acknowledged = a.acknowledged();
     let big: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-    a.send(big.clone()).await.expect("send");
-    a.send(b"second".to_vec()).await.expect("send");
+    let first = a.send(big.clone()).await.expect("send");
+    let second = a.send(b"second".to_vec()).await.expect("send");
     b.send(b"from b".to_vec()).await.expect("send");
     let mut at_b = Vec::new();
     while at_b.len() < 2 {
@@ -53,6 +54,19 @@ async fn messages_cross_udp_both_ways_exactly_once() {
         at_b.push(m);
     }
     assert_eq!(at_b, vec![big, b"second".to_vec()]);
+    // A learns from the link itself that both reached B, each once.
+    let mut acked = Vec::new();
+    while acked.len() < 2 {
+        acked.push(
+            tokio::time::timeout(Duration::from_secs(20), acknowledged.recv())
+                .await
+                .expect("acknowledged in time")
+                .expect("ack id"),
+        );
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, vec![first, second]);
+    assert!(a.is_running());
     let (id, m) = tokio::time::timeout(Duration::from_secs(20), a.recv())
         .await
         .expect("delivered in time")
@@ -64,5 +78,9 @@ async fn messages_cross_udp_both_ways_exactly_once() {
             .await
             .is_err(),
         "nothing is delivered twice"
+    );
+    assert!(
+        acknowledged.try_recv().is_err(),
+        "no acknowledgement is told twice"
     );
 }

@@ -1,0 +1,115 @@
+//! `GET /health`: what a supervisor or an operator needs to know, part by part.
+//!
+//! Three parts can fail on their own while the HTTP port still answers: the database
+//! writer (a commit that fails), the link task (its store or transport gave up), and the
+//! upstream Electrum server (unreachable). Each is reported with its state. The answer is
+//! `503` when the bridge cannot do its work (the writer or the link is down: a restart is
+//! what helps), and `200` with `"status": "degraded"` when only the upstream server is
+//! unreachable (a restart would not bring it back; requests wait for it).
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::rpc::LinkStatusFn;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+/// What `/health` looks at.
+#[derive(Clone)]
+pub struct HealthSources {
+    /// The bridge's database.
+    pub store: Store,
+    /// The satellite link's status, when the bridge has one.
+    pub link: Option<LinkStatusFn>,
+    /// The upstream Electrum server, when configured.
+    pub upstream: Option<Arc<dyn Upstream>>,
+}
+
+/// Overall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Everything works.
+    Ok,
+    /// Works, but something outside the bridge is missing (the upstream server).
+    Degraded,
+    /// Cannot do its work: restart it.
+    Failing,
+}
+
+impl Verdict {
+    /// The name in the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Degraded => "degraded",
+            Verdict::Failing => "failing",
+        }
+    }
+}
+
+/// The report: the verdict and the JSON body (`status`, `server_version`, `writer`,
+/// `link`, `upstream`).
+pub fn report(sources: &HealthSources, now: u64) -> (Verdict, Value) {
+    let mut verdict = Verdict::Ok;
+    let writer = sources.store.writer_health();
+    let writer_state = match (writer.running, &writer.last_error) {
+        (false, _) => "stopped",
+        (true, Some(_)) => "failing",
+        (true, None) => "ok",
+    };
+    if writer_state != "ok" {
+        verdict = Verdict::Failing;
+    }
+    let link = match &sources.link {
+        None => json!({"state": "absent"}),
+        Some(status) => {
+            let s = status();
+            if !s.running {
+                verdict = Verdict::Failing;
+            }
+            let secs_ago = |t: std::time::SystemTime| {
+                std::time::SystemTime::now()
+                    .duration_since(t)
+                    .map_or(0, |d| d.as_secs())
+            };
+            json!({
+                "state": if s.running { "running" } else { "stopped" },
+                "in_view": s.in_view,
+                "queue_depth": s.queue_depth,
+                "peer_heard_secs_ago": s.peer_heard_at.map(secs_ago),
+            })
+        }
+    };
+    let upstream = match &sources.upstream {
+        None => json!({"state": "absent"}),
+        Some(up) => {
+            let s = up.state();
+            let state = match (&s.last_error, s.last_ok_at) {
+                (Some(_), _) => "unreachable",
+                (None, Some(_)) => "connected",
+                (None, None) => "unknown",
+            };
+            if state == "unreachable" && verdict == Verdict::Ok {
+                verdict = Verdict::Degraded;
+            }
+            json!({
+                "state": state,
+                "last_ok_secs_ago": s.last_ok_at.map(|t| now.saturating_sub(t)),
+                "last_error": s.last_error,
+            })
+        }
+    };
+    let body = json!({
+        "status": verdict.as_str(),
+        "server_version": crate::rpc::SERVER_VERSION,
+        "writer": {
+            "state": writer_state,
+            "failed_batches": writer.failed_batches,
+            "last_error": writer.last_error,
+        },
+        "link": link,
+        "upstream": upstream,
+    });
+    (verdict, body)
+}
