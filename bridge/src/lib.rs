@@ -32,8 +32,11 @@ pub mod admission;
 pub mod allowance;
 pub mod answer;
 pub mod approval;
+pub mod cli;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod demo;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod dispatch;
 pub mod ecies;

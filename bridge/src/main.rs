@@ -1,12 +1,9 @@
-//! `satcosign-bridge`: parses arguments and configuration, sets up logging, runs a command.
+//! `satcosign-bridge`: the production ground bridge. Parses arguments and configuration,
+//! sets up logging, runs the bridge (see the library's [`satcosign_bridge::run`]). The
+//! embedded system with an in-process cosigner is another binary, `satcosign-dev`.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
-use satcosign_bridge::config::Config;
-use satcosign_bridge::dev::Sky;
+use clap::{Parser, Subcommand};
+use satcosign_bridge::cli::{listener_lines, load_config, Overrides};
 
 /// satcosign's ground bridge: Electrum-protocol JSON-RPC, cosigner-pool mailboxes, the email
 /// gate, and the relay to the satellite cosigner.
@@ -19,219 +16,41 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// Settings every command takes.
-#[derive(Args, Debug)]
-struct Overrides {
-    /// TOML configuration file (see the README's configuration reference). Without it,
-    /// safe defaults: loopback listeners, data in ./satcosign-data.
-    #[arg(long, value_name = "PATH", global = true)]
-    config: Option<PathBuf>,
-    /// Electrum-protocol plain TCP listen address (overrides `electrum.tcp`; "" disables).
-    #[arg(long, value_name = "ADDR", global = true)]
-    electrum_tcp: Option<String>,
-    /// Electrum-protocol TLS listen address (overrides `electrum.tls`; needs tls_cert/tls_key).
-    #[arg(long, value_name = "ADDR", global = true)]
-    electrum_tls: Option<String>,
-    /// HTTP + WebSocket listen address (overrides `http.listen`; "" disables).
-    #[arg(long, value_name = "ADDR", global = true)]
-    http: Option<String>,
-    /// Nostr relay listen address (overrides `nostr.listen`; "" disables).
-    #[arg(long, value_name = "ADDR", global = true)]
-    nostr: Option<String>,
-    /// Data directory (overrides `data_dir`).
-    #[arg(long, value_name = "DIR", global = true)]
-    data_dir: Option<PathBuf>,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the bridge with the satellite link of the configuration (the default).
     Run,
-    /// Run the whole system on embedded defaults: redb in the data directory, mail as .eml
-    /// files under it, and a cosigner in this process over a simulated radio link.
-    Dev(SkyArgs),
-    /// Run one whole request through the embedded system and print each step.
-    Demo(SkyArgs),
-}
-
-/// The simulated sky of `dev` and `demo`.
-#[derive(Args, Debug, Clone, Copy)]
-struct SkyArgs {
-    /// Seconds the satellite is in view per pass.
-    #[arg(long, default_value_t = 60)]
-    pass_up: u64,
-    /// Seconds from one pass to the next (e.g. 5400 for a low orbit).
-    #[arg(long, default_value_t = 120)]
-    pass_period: u64,
-    /// Frame loss on the simulated channel, 0 to 0.45.
-    #[arg(long, default_value_t = 0.0)]
-    loss: f64,
-    /// Seconds until the first pass begins. `dev` starts in view (0); `demo` starts out of
-    /// view, so you see the wait for a pass (default: the gap between passes, at most 30 s).
-    #[arg(long, value_name = "SECS")]
-    first_pass_in: Option<u64>,
-}
-
-impl SkyArgs {
-    fn sky(self, start_out_of_view: bool) -> anyhow::Result<Sky> {
-        anyhow::ensure!(self.pass_up >= 5, "--pass-up must be at least 5 seconds");
-        anyhow::ensure!(
-            self.pass_period >= self.pass_up,
-            "--pass-period must be at least --pass-up"
-        );
-        anyhow::ensure!(
-            (0.0..=0.45).contains(&self.loss),
-            "--loss must be within 0..=0.45"
-        );
-        let gap = self.pass_period - self.pass_up;
-        let first_pass_in = match self.first_pass_in {
-            Some(s) => {
-                anyhow::ensure!(
-                    s <= self.pass_period,
-                    "--first-pass-in must be at most --pass-period"
-                );
-                s
-            }
-            None if start_out_of_view => gap.min(30),
-            None => 0,
-        };
-        Ok(Sky {
-            pass_up: Duration::from_secs(self.pass_up),
-            pass_period: Duration::from_secs(self.pass_period),
-            loss: self.loss,
-            first_pass_in: Duration::from_secs(first_pass_in),
-            ..Sky::default()
-        })
-    }
-}
-
-fn load_config(o: Overrides, dev: bool) -> anyhow::Result<Config> {
-    let mut config = match &o.config {
-        Some(path) => Config::load(path)?,
-        None if dev => Config {
-            network: satcosign_bridge::config::Network::Regtest,
-            ..Config::default()
-        },
-        None => Config::default(),
-    };
-    if let Some(a) = o.electrum_tcp {
-        config.electrum.tcp = a;
-    }
-    if let Some(a) = o.electrum_tls {
-        config.electrum.tls = a;
-    }
-    if let Some(a) = o.http {
-        config.http.listen = a;
-    }
-    if let Some(a) = o.nostr {
-        config.nostr.listen = a;
-    }
-    if let Some(d) = o.data_dir {
-        config.data_dir = d;
-    }
-    config
-        .check()
-        .context("invalid configuration after command-line overrides")?;
-    Ok(config)
-}
-
-#[allow(clippy::print_stdout)]
-fn print_listeners(running: &satcosign_bridge::RunningBridge) {
-    if let Some(a) = running.electrum_tcp {
-        println!("electrum tcp: {a}");
-    }
-    if let Some(a) = running.electrum_tls {
-        println!("electrum tls: {a}");
-    }
-    if let Some(a) = running.http {
-        println!("http: http://{a}");
-    }
-    if let Some(a) = running.nostr {
-        println!("nostr relay: ws://{a}");
-    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let demo = matches!(cli.command, Some(Command::Demo(_)));
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if demo { "warn" } else { "info" })
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            let config = load_config(cli.overrides, false)?;
-            let link_key = (!config.satellite.account_key.is_empty())
-                .then(|| satcosign_bridge::link_identity(&config))
-                .transpose()?
-                .map(|id| hex::encode(id.public()));
-            satcosign_bridge::run(config, move |running| {
-                print_listeners(running);
-                #[allow(clippy::print_stdout)]
-                if let Some(k) = &link_key {
-                    println!("link public key (give it to the cosigner's serve --bridge-key): {k}");
-                }
-                #[allow(clippy::print_stdout)]
-                {
-                    println!("ready");
-                }
-            })
-            .await?;
-        }
-        Command::Dev(sky) => {
-            let sky = sky.sky(false)?;
-            let config = load_config(cli.overrides, true)?;
-            let system = satcosign_bridge::dev::start_dev(config, sky).await?;
-            print_listeners(&system.bridge);
-            #[allow(clippy::print_stdout)]
-            {
-                if let Some(s) = &system.bridge.service {
-                    println!(
-                        "satellite keys for new wallets: satellite.new_key, or {}/key",
-                        s.public_url()
-                    );
-                    if let Some(n) = s.nostr.get() {
-                        println!(
-                            "satellite's Nostr identities: {} (one per wallet key)",
-                            n.identities()
-                        );
-                    }
-                    println!("mail: {}", s.mail_destination());
-                }
-                println!(
-                    "passes: in view {} s every {} s, the first in {} s, loss {}",
-                    sky.pass_up.as_secs(),
-                    sky.pass_period.as_secs(),
-                    sky.first_pass_in.as_secs(),
-                    sky.loss
-                );
-                println!("network: regtest (point Electrum at it with --regtest; see the README)");
-                println!("ready");
+    let Command::Run = cli.command.unwrap_or(Command::Run);
+    let config = load_config(cli.overrides, false)?;
+    let link_key = (!config.satellite.account_key.is_empty())
+        .then(|| satcosign_bridge::link_identity(&config))
+        .transpose()?
+        .map(|id| hex::encode(id.public()));
+    satcosign_bridge::run(config, move |running| {
+        #[allow(clippy::print_stdout)]
+        {
+            for line in listener_lines(running) {
+                println!("{line}");
             }
-            satcosign_bridge::shutdown_signal().await;
-            system.stop().await;
-        }
-        Command::Demo(sky) => {
-            let sky = sky.sky(true)?;
-            let config = load_config(cli.overrides, true)?;
-            let system = satcosign_bridge::dev::start_dev(config, sky).await?;
-            print_listeners(&system.bridge);
-            let mut out = std::io::stdout();
-            let result = satcosign_bridge::demo::run(&system, sky, &mut out).await;
-            system.stop().await;
-            let txid = result?;
-            #[allow(clippy::print_stdout)]
-            {
-                println!("demo complete: {txid}");
+            if let Some(k) = &link_key {
+                println!("link public key (give it to the cosigner's serve --bridge-key): {k}");
             }
+            println!("ready");
         }
-    }
+    })
+    .await?;
     Ok(())
 }

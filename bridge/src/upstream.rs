@@ -7,9 +7,23 @@
 //! and shared (the watch asks about every broadcast transaction each round); a call that
 //! fails drops it, and the next call connects afresh, so a restarted server never leaves
 //! the bridge holding a dead socket.
+//!
+//! `ssl://` servers are reached with the bridge's own rustls (the ring provider, the web's
+//! root certificates), and `electrum-client` is built without TLS of its own: its
+//! `use-rustls-ring` feature turns on rustls's default provider too (aws-lc-rs; upstream's
+//! rust-electrum-client#219), which the ground bridge must not carry.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bitcoin::{OutPoint, Script, Transaction, Txid};
+use electrum_client::raw_client::RawClient;
 use electrum_client::ElectrumApi as _;
+
+/// How long a connection attempt, a read or a write may take.
+const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why the upstream server could not help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,7 +127,7 @@ pub fn find_spender(
 /// An Electrum-protocol server.
 pub struct ElectrumUpstream {
     url: String,
-    connection: std::sync::Mutex<Option<std::sync::Arc<electrum_client::Client>>>,
+    connection: std::sync::Mutex<Option<Arc<Connection>>>,
     state: std::sync::Mutex<UpstreamState>,
 }
 
@@ -127,22 +141,15 @@ impl ElectrumUpstream {
         }
     }
 
-    fn client(&self) -> Result<std::sync::Arc<electrum_client::Client>, UpstreamError> {
+    fn client(&self) -> Result<Arc<Connection>, UpstreamError> {
         let mut slot = self.connection.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let config = electrum_client::ConfigBuilder::new()
-            .timeout(Some(std::time::Duration::from_secs(20)))
-            .retry(1)
-            .build();
-        let client = electrum_client::Client::from_config(&self.url, config).map_err(|e| {
-            UpstreamError::Connect {
-                url: self.url.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let client = std::sync::Arc::new(client);
+        let client = Arc::new(connect(&self.url).map_err(|reason| UpstreamError::Connect {
+            url: self.url.clone(),
+            reason,
+        })?);
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -152,7 +159,7 @@ impl ElectrumUpstream {
     /// call.
     fn with<T>(
         &self,
-        call: impl FnOnce(&electrum_client::Client) -> Result<T, electrum_client::Error>,
+        call: impl FnOnce(&Connection) -> Result<T, electrum_client::Error>,
     ) -> Result<Result<T, String>, UpstreamError> {
         let client = match self.client() {
             Ok(c) => c,
@@ -250,5 +257,134 @@ impl Upstream for ElectrumUpstream {
             query: "blockchain.headers.subscribe",
             reason: e.to_string(),
         })
+    }
+}
+
+/// A connection to the upstream server.
+type Connection = RawClient<UpstreamStream>;
+
+/// The socket under a [`Connection`]: plain, or TLS by the bridge's rustls.
+enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for UpstreamStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            UpstreamStream::Plain(s) => s.read(buf),
+            UpstreamStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for UpstreamStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            UpstreamStream::Plain(s) => s.write(buf),
+            UpstreamStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.flush(),
+            UpstreamStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Connects to `url` (`tcp://host:port` or `ssl://host:port`, checked at config load);
+/// the error says why not.
+fn connect(url: &str) -> Result<Connection, String> {
+    let (tls, host_port) = match (url.strip_prefix("tcp://"), url.strip_prefix("ssl://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err("the address must start with tcp:// or ssl://".into()),
+    };
+    let addrs: Vec<_> = host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host_port}: {e}"))?
+        .collect();
+    let mut last = format!("{host_port} resolves to no address");
+    let mut tcp = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, TIMEOUT) {
+            Ok(s) => {
+                tcp = Some(s);
+                break;
+            }
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    tcp.set_read_timeout(Some(TIMEOUT))
+        .and_then(|()| tcp.set_write_timeout(Some(TIMEOUT)))
+        .and_then(|()| tcp.set_nodelay(true))
+        .map_err(|e| e.to_string())?;
+    if !tls {
+        return Ok(RawClient::from(UpstreamStream::Plain(tcp)));
+    }
+    let host = host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host} is not a server name: {e}"))?;
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let session =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| format!("TLS: {e}"))?;
+    Ok(RawClient::from(UpstreamStream::Tls(Box::new(
+        rustls::StreamOwned::new(session, tcp),
+    ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `ssl://` server whose certificate no public authority signed is refused during
+    /// the handshake, with the reason, and nothing is asked of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ssl_server_with_an_untrusted_certificate_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).expect("cert file");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("key file");
+        let acceptor = crate::tls::acceptor(&cert_path, &key_path).expect("acceptor");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            // The client gives up in the handshake: nothing is ever read past it.
+            acceptor.accept(tcp).await.is_ok()
+        });
+        let upstream = ElectrumUpstream::new(&format!("ssl://localhost:{port}"));
+        let err = tokio::task::spawn_blocking(move || {
+            let e = upstream.tip_height().expect_err("untrusted");
+            (e, upstream.state())
+        })
+        .await
+        .expect("join");
+        let (e, state) = err;
+        assert!(e.to_string().contains("certificate"), "{e}");
+        assert!(
+            state.last_error.is_some_and(|r| r.contains("certificate")),
+            "/health says why"
+        );
+        assert!(!served.await.expect("join"), "no TLS session was made");
     }
 }

@@ -169,4 +169,29 @@ fn help_and_bad_config_are_clear() {
     assert!(!out.status.success(), "an unknown key stops the bridge");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ttl") && err.contains("bridge.toml"), "{err}");
+
+    // The production binary has no embedded cosigner: `dev` and `demo` are another
+    // binary's, which says what it is for.
+    for command in ["dev", "demo"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
+            .arg(command)
+            .output()
+            .expect("run");
+        assert!(
+            !out.status.success(),
+            "satcosign-bridge {command} must not run"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_satcosign-dev"))
+        .arg("--help")
+        .output()
+        .expect("run satcosign-dev --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for word in ["dev", "demo", "--data-dir", "Not for real funds"] {
+        assert!(
+            help.contains(word),
+            "satcosign-dev --help lists {word}: {help}"
+        );
+    }
 }

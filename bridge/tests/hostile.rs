@@ -500,7 +500,7 @@ async fn cheap_checks_come_before_the_upstream_server_is_asked() {
         )
         .await;
     assert_eq!(code, satcosign_bridge::rpc_error::WRONG_STATE, "{message}");
-    assert_eq!(upstream.connections(), 0, "the upstream server was asked");
+    assert_eq!(upstream.lookups(), 0, "the upstream server was asked");
 
     // For an active wallet, a PSBT past the size a hardware cosigner is tested with is
     // refused at once.
@@ -524,7 +524,7 @@ async fn cheap_checks_come_before_the_upstream_server_is_asked() {
         "{message}"
     );
     assert_eq!(data["param"], "psbt");
-    assert_eq!(upstream.connections(), 0);
+    assert_eq!(upstream.lookups(), 0);
     flow.system.stop().await;
 }
 

@@ -124,7 +124,7 @@ async fn demo_completes_on_five_second_passes_at_thirty_percent_loss_ten_times_o
     let runs: Vec<_> = (0..10)
         .map(|_| {
             let tmp = tempfile::tempdir().expect("tempdir");
-            let child = std::process::Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_satcosign-dev"))
                 .args(["--electrum-tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
                 .args(["--nostr", "", "--data-dir"])
                 .arg(tmp.path().join("data"))

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+#[cfg(feature = "daemon")]
 use crate::daemon::Settings;
+#[cfg(feature = "daemon")]
 use crate::decision::Rules;
 
 /// Why a configuration (the cosigner's or the bridge's) cannot be used; each variant names
@@ -169,6 +171,7 @@ impl Config {
     }
 
     /// The daemon's settings.
+    #[cfg(feature = "daemon")]
     pub fn settings(&self) -> Settings {
         Settings {
             network: self.network.to_bitcoin(),

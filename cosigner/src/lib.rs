@@ -13,17 +13,24 @@
 //! - [`state`]: redb tables; [`daemon`]: the request handler that makes decisions durable;
 //! - [`link_service`]: answers requests arriving over the radio link;
 //! - [`config`]: the daemon's TOML configuration.
+//!
+//! The daemon itself (`state`, `daemon`, `link_service` and the binary) is the `daemon`
+//! feature, on by default. The ground bridge builds without it: it needs only the protocol
+//! and the checks it repeats on the ground, and carries nothing that signs.
 
 pub mod air;
 pub mod config;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod decision;
 pub mod keys;
+#[cfg(feature = "daemon")]
 pub mod link_service;
 pub mod policy;
 pub mod protocol;
 pub mod refusal;
 pub mod spend;
+#[cfg(feature = "daemon")]
 pub mod state;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

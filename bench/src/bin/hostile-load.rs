@@ -1,6 +1,6 @@
 //! The bridge under hostile clients, measured.
 //!
-//! Each row starts a fresh `satcosign-bridge dev` (the release binary beside this one, on
+//! Each row starts a fresh `satcosign-dev` (the release binary beside this one, on
 //! its default limits) and runs a well-behaved client on its own connection from
 //! 127.0.0.1: `server.ping`, `cosigner.get` of its own slot and `request.status`, one call
 //! every few milliseconds. It measures that client for a quiet spell (the baseline, in the
@@ -51,7 +51,7 @@ struct Args {
     /// Only the attacks whose names contain this.
     #[arg(long)]
     only: Option<String>,
-    /// The bridge binary (default: `satcosign-bridge` beside this one).
+    /// The embedded system's binary (default: `satcosign-dev` beside this one).
     #[arg(long)]
     bridge: Option<PathBuf>,
 }
@@ -696,11 +696,11 @@ fn main() -> anyhow::Result<()> {
         None => std::env::current_exe()?
             .parent()
             .context("no folder")?
-            .join("satcosign-bridge"),
+            .join("satcosign-dev"),
     };
     anyhow::ensure!(
         bin.exists(),
-        "{} is missing: build it with `cargo build --release -p satcosign-bridge`",
+        "{} is missing: build it with `cargo build --release -p satcosign-bridge --features dev`",
         bin.display()
     );
     // The attacks hold thousands of sockets.
@@ -718,7 +718,7 @@ fn main() -> anyhow::Result<()> {
         rows.push(runtime.block_on(row(&args, &bin, attack))?);
     }
     println!(
-        "The bridge under hostile clients: a fresh `satcosign-bridge dev` per row on default \
+        "The bridge under hostile clients: a fresh `satcosign-dev` per row on default \
          limits; a well-behaved client calls every {} ms, {} s quiet (baseline), then {} s \
          under attack.",
         args.interval_ms, args.quiet, args.seconds

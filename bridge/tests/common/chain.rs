@@ -26,6 +26,8 @@ struct Chain {
     broadcasts: Vec<Transaction>,
     /// Connections accepted.
     connections: usize,
+    /// Calls about transactions or scripts (everything but the tip and the version).
+    lookups: usize,
 }
 
 impl Chain {
@@ -76,6 +78,9 @@ impl Chain {
 
     fn call(&mut self, method: &str, p: &Value) -> Result<Value, String> {
         let hash = p[0].as_str().unwrap_or("").to_owned();
+        if !matches!(method, "server.version" | "blockchain.headers.subscribe") {
+            self.lookups += 1;
+        }
         Ok(match method {
             "server.version" => json!(["chain-double", "1.4"]),
             "blockchain.headers.subscribe" => {
@@ -220,6 +225,12 @@ impl ChainServer {
     /// How many connections clients opened.
     pub fn connections(&self) -> usize {
         self.chain.lock().expect("lock").connections
+    }
+
+    /// How many calls asked about a transaction or a script (the bridge asks for the tip
+    /// on its own every round, to know the server is there).
+    pub fn lookups(&self) -> usize {
+        self.chain.lock().expect("lock").lookups
     }
 
     /// The height of the best block.

@@ -23,9 +23,15 @@ pub struct BridgeProcess {
 }
 
 impl BridgeProcess {
-    /// Runs the bridge binary with `args` and `env`; returns once it is ready.
+    /// Runs the production bridge binary with `args` and `env`; returns once it is ready.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_satcosign-bridge"))
+        BridgeProcess::spawn_bin(env!("CARGO_BIN_EXE_satcosign-bridge"), args, env)
+    }
+
+    /// Runs `bin` (`satcosign-bridge` or `satcosign-dev`) with `args` and `env`; returns
+    /// once it is ready.
+    fn spawn_bin(bin: &str, args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
+        let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -61,7 +67,7 @@ impl BridgeProcess {
         p
     }
 
-    /// `satcosign-bridge dev` on data folder `dir`, every listener on a free loopback port,
+    /// `satcosign-dev dev` on data folder `dir`, every listener on a free loopback port,
     /// the satellite always in view; `global` goes before the command (`--config …`).
     pub fn dev(dir: &Path, global: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
         BridgeProcess::dev_sky(
@@ -94,7 +100,7 @@ impl BridgeProcess {
             dir,
         ]);
         args.extend(sky);
-        BridgeProcess::spawn(&args, env)
+        BridgeProcess::spawn_bin(env!("CARGO_BIN_EXE_satcosign-dev"), &args, env)
     }
 
     /// The rest of the printed line that starts with `prefix`.
