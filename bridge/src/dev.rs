@@ -136,9 +136,31 @@ pub async fn start_dev(config: Config, sky: Sky) -> Result<DevSystem, StartError
 
 /// As [`start_dev`], with a mailer in place of the configured one.
 pub async fn start_dev_with(
+    config: Config,
+    sky: Sky,
+    mailer: Option<Box<dyn crate::mail::Mailer>>,
+) -> Result<DevSystem, StartError> {
+    start_dev_full(config, sky, mailer, None).await
+}
+
+/// Alters each of the in-process satellite's answers before it goes down the link.
+pub type AnswerFilter = Arc<dyn Fn(Vec<u8>) -> Vec<u8> + Send + Sync>;
+
+/// As [`start_dev`], with a satellite that passes each answer through `alter` (tests of a
+/// satellite that misbehaves: the ground must refuse what it cannot verify).
+pub async fn start_dev_misbehaving(
+    config: Config,
+    sky: Sky,
+    alter: AnswerFilter,
+) -> Result<DevSystem, StartError> {
+    start_dev_full(config, sky, None, Some(alter)).await
+}
+
+async fn start_dev_full(
     mut config: Config,
     sky: Sky,
     mailer: Option<Box<dyn crate::mail::Mailer>>,
+    alter: Option<AnswerFilter>,
 ) -> Result<DevSystem, StartError> {
     check_data_dir_not_in_git(&config.data_dir)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| err("data directory", e))?;
@@ -225,7 +247,13 @@ pub async fn start_dev_with(
     let serve = tokio::spawn({
         let cosigner = cosigner.clone();
         async move {
-            if let Err(e) = satcosign_cosigner::link_service::serve(cosigner, sat_link).await {
+            let alter = move |answer: Vec<u8>| match &alter {
+                Some(f) => f(answer),
+                None => answer,
+            };
+            if let Err(e) =
+                satcosign_cosigner::link_service::serve_with(cosigner, sat_link, alter).await
+            {
                 tracing::warn!(error = %e, "cosigner link service stopped");
             }
         }

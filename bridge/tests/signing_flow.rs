@@ -170,6 +170,64 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
     flow.system.stop().await;
 }
 
+/// A satellite that answers with a signature that does not verify (one byte of each
+/// flipped, the encoding still sound): the ground refuses the answer as `bad_answer`,
+/// broadcasts nothing, tells the owner, and counts it in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_satellite_answer_whose_signature_does_not_verify_is_refused_as_bad_answer() {
+    use satcosign_cosigner::protocol::{CompactOutcome, Response};
+    let flipped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = flipped.clone();
+    let alter = std::sync::Arc::new(move |answer: Vec<u8>| -> Vec<u8> {
+        let Ok(Response::SignCompact(mut r)) = Response::decode(&answer) else {
+            return answer;
+        };
+        if let CompactOutcome::Signed(sigs) = &mut r.outcome {
+            for sig in &mut sigs.0 {
+                if let Some(b) = sig.get_mut(12) {
+                    *b ^= 0x01;
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        Response::SignCompact(r).encode()
+    });
+    let flow = Flow::start_misbehaving(sky(0.0), alter).await;
+    let w = test_wallet(&flow).await;
+    let wid = flow.register(&w.descriptor).await;
+    let psbt = w.typical_signed_psbt(1, 3);
+    let id = flow.submit(&wid, &psbt).await;
+    let code = flow.inbox.code(&id).await;
+    flow.ok("request.confirm", vec![json!(id), json!(code)])
+        .await;
+    let done = flow.wait_state(&id, "delivered", 60).await;
+    assert!(
+        flipped.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the satellite signed"
+    );
+    assert_eq!(done["final_state"], "refused", "{done}");
+    assert_eq!(done["outcome"]["refused"]["code"], "bad_answer", "{done}");
+    assert!(
+        flow.inbox
+            .to("alice@example.org")
+            .iter()
+            .any(|m| m.contains("bad_answer") || m.contains("refused") || m.contains("Refused")),
+        "the owner is told"
+    );
+    let (status, metrics) = common::flow::http_raw(
+        flow.http_addr(),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("satcosign_bad_answers_total "))
+        .expect("counted");
+    assert_eq!(count.trim(), "1", "{metrics}");
+    flow.system.stop().await;
+}
+
 /// Drives headless Chromium over the DevTools protocol.
 struct Browser {
     child: std::process::Child,

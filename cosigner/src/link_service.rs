@@ -27,6 +27,20 @@ pub async fn serve<S>(cosigner: Arc<Cosigner>, link: Arc<LinkHandle<S>>) -> Resu
 where
     S: LinkStore + Clone + Send + Sync + 'static,
 {
+    serve_with(cosigner, link, |answer| answer).await
+}
+
+/// As [`serve`], with each answer passed through `alter` before it is sent: the identity
+/// for the daemon; a test harness uses it to play a satellite that misbehaves (an answer
+/// with a bad signature), which the ground must catch.
+pub async fn serve_with<S>(
+    cosigner: Arc<Cosigner>,
+    link: Arc<LinkHandle<S>>,
+    alter: impl Fn(Vec<u8>) -> Vec<u8> + Send,
+) -> Result<(), LinkError>
+where
+    S: LinkStore + Clone + Send + Sync + 'static,
+{
     loop {
         let (msg_id, bytes) = link.recv().await?;
         match open_envelope(&bytes) {
@@ -36,6 +50,7 @@ where
                 let answer = tokio::task::spawn_blocking(move || c.handle_bytes(&body, unix_now()))
                     .await
                     .map_err(|_| LinkError::Stopped)?;
+                let answer = alter(answer);
                 tracing::info!(request = %request_id, bytes = answer.len(), "answering over the link");
                 link.send(seal_envelope(&request_id, &answer)).await?;
             }

@@ -210,6 +210,19 @@ pub fn sky(loss: f64) -> Sky {
 
 impl Flow {
     pub async fn start(sky: Sky, edit: impl FnOnce(&mut Config)) -> Flow {
+        Flow::start_inner(sky, edit, None).await
+    }
+
+    /// As [`Self::start`], with a satellite that passes each answer through `alter`.
+    pub async fn start_misbehaving(sky: Sky, alter: satcosign_bridge::dev::AnswerFilter) -> Flow {
+        Flow::start_inner(sky, |_| {}, Some(alter)).await
+    }
+
+    async fn start_inner(
+        sky: Sky,
+        edit: impl FnOnce(&mut Config),
+        alter: Option<satcosign_bridge::dev::AnswerFilter>,
+    ) -> Flow {
         let dir = tempfile::tempdir().expect("tempdir");
         let (inbox, smtp_port) = Inbox::start();
         let mut config = Config {
@@ -224,9 +237,13 @@ impl Flow {
         config.email.smtp_port = Some(smtp_port);
         config.email.smtp_security = SmtpSecurity::Plain;
         edit(&mut config);
-        let system = satcosign_bridge::dev::start_dev(config.clone(), sky)
-            .await
-            .expect("system starts");
+        let system = match alter {
+            Some(alter) => {
+                satcosign_bridge::dev::start_dev_misbehaving(config.clone(), sky, alter).await
+            }
+            None => satcosign_bridge::dev::start_dev(config.clone(), sky).await,
+        }
+        .expect("system starts");
         let http = system.bridge.http.expect("http");
         let rpc = HttpClientBuilder::default()
             .request_timeout(Duration::from_secs(60))
