@@ -1,6 +1,8 @@
 //! The satellite's answer to a signing request, checked before anything of it is kept.
 //!
-//! The bridge computed every input's sighash itself when it took the request. Each
+//! The bridge computed every input's sighash itself when it took the request, and kept
+//! them with it ([`IntakeChecks`], stored at intake): the answer is checked against those,
+//! not against a second analysis of the PSBT. Each
 //! signature the satellite sends must verify against that sighash and the wallet's
 //! satellite key (low-S, `SIGHASH_ALL`) before it is merged: an answer corrupted on the
 //! way, forged, or made for another transaction is refused as `bad_answer`, never
@@ -8,18 +10,67 @@
 //! a failure then is an error too.
 
 use bitcoin::psbt::Psbt;
-use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::secp256k1::{All, Message, Secp256k1};
 use miniscript::psbt::PsbtExt as _;
-use satcosign_cosigner::spend::{analyze, InputPlan, Spend};
-use satcosign_cosigner::wallet::Wallet;
+use serde::{Deserialize, Serialize};
+
+use satcosign_cosigner::spend::Spend;
 
 use crate::state::Outcome;
+
+/// What the satellite's signature of one input must verify against, computed at intake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputCheck {
+    /// The outpoint spent (for messages).
+    pub outpoint: String,
+    /// The BIP-143 sighash of the input.
+    pub sighash: [u8; 32],
+    /// The satellite's public key for the input (compressed).
+    pub satellite_key: Vec<u8>,
+    /// Valid signatures of other keys already in the PSBT at intake.
+    pub other_signatures: u32,
+}
+
+/// Every input's check, and the wallet's threshold: kept with a signing request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntakeChecks {
+    /// Signatures an input needs.
+    pub threshold: u32,
+    /// One per input, in order.
+    pub inputs: Vec<InputCheck>,
+}
+
+impl IntakeChecks {
+    /// The checks of an analyzed spend from a wallet of `threshold`.
+    pub fn of(spend: &Spend, threshold: usize) -> IntakeChecks {
+        IntakeChecks {
+            threshold: u32::try_from(threshold).unwrap_or(u32::MAX),
+            inputs: spend
+                .inputs
+                .iter()
+                .map(|plan| InputCheck {
+                    outpoint: plan.outpoint.to_string(),
+                    sighash: *plan.sighash.as_ref(),
+                    satellite_key: plan.derived.our_pubkey.to_bytes(),
+                    other_signatures: u32::try_from(plan.other_signatures).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl InputCheck {
+    fn key(&self, index: usize) -> Result<bitcoin::PublicKey, String> {
+        bitcoin::PublicKey::from_slice(&self.satellite_key)
+            .map_err(|e| format!("the key kept for input {index}: {e}"))
+    }
+}
 
 /// Merges the satellite's signatures from its full-PSBT answer into the request's PSBT:
 /// only its own key's, each checked first (see `insert_checked`).
 pub fn merge_psbt(
     secp: &Secp256k1<All>,
-    wallet: &Wallet,
+    checks: &IntakeChecks,
     ours: &[u8],
     signed: &[u8],
 ) -> Result<Outcome, String> {
@@ -28,52 +79,53 @@ pub fn merge_psbt(
     if theirs.unsigned_tx != merged.unsigned_tx {
         return Err("the satellite answered with another transaction".into());
     }
-    let spend = analyze(secp, wallet, &merged).map_err(|e| e.to_string())?;
-    for (index, (plan, other)) in spend.inputs.iter().zip(&theirs.inputs).enumerate() {
-        let Some(sig) = other.partial_sigs.get(&plan.derived.our_pubkey) else {
+    if checks.inputs.len() != merged.inputs.len() || theirs.inputs.len() != merged.inputs.len() {
+        return Err("the satellite's PSBT has another number of inputs".into());
+    }
+    for (index, (check, other)) in checks.inputs.iter().zip(&theirs.inputs).enumerate() {
+        let Some(sig) = other.partial_sigs.get(&check.key(index)?) else {
             return Err(format!(
                 "the satellite sent no signature for input {index} ({})",
-                plan.outpoint
+                check.outpoint
             ));
         };
         if sig.sighash_type != bitcoin::sighash::EcdsaSighashType::All {
             return Err(format!(
                 "the satellite signed input {index} ({}) with {}, not SIGHASH_ALL",
-                plan.outpoint, sig.sighash_type
+                check.outpoint, sig.sighash_type
             ));
         }
-        insert_checked(secp, &mut merged, plan, index, sig.signature)?;
+        insert_checked(secp, &mut merged, check, index, sig.signature)?;
     }
-    finish(secp, wallet, &spend, merged)
+    finish(secp, checks, merged)
 }
 
 /// Merges the satellite's compact signatures (one per input) into the request's PSBT,
 /// each checked first (see `insert_checked`).
 pub fn merge_compact(
     secp: &Secp256k1<All>,
-    wallet: &Wallet,
+    checks: &IntakeChecks,
     ours: &[u8],
     signatures: &[Vec<u8>],
 ) -> Result<Outcome, String> {
     let mut merged = Psbt::deserialize(ours).map_err(|e| format!("stored PSBT: {e}"))?;
-    let spend = analyze(secp, wallet, &merged).map_err(|e| e.to_string())?;
-    if signatures.len() != merged.inputs.len() {
+    if signatures.len() != merged.inputs.len() || checks.inputs.len() != merged.inputs.len() {
         return Err(format!(
             "the satellite sent {} signatures for {} inputs",
             signatures.len(),
             merged.inputs.len()
         ));
     }
-    for (index, (plan, sig)) in spend.inputs.iter().zip(signatures).enumerate() {
+    for (index, (check, sig)) in checks.inputs.iter().zip(signatures).enumerate() {
         let signature = bitcoin::secp256k1::ecdsa::Signature::from_compact(sig).map_err(|e| {
             format!(
                 "the satellite's signature for input {index} ({}): {e}",
-                plan.outpoint
+                check.outpoint
             )
         })?;
-        insert_checked(secp, &mut merged, plan, index, signature)?;
+        insert_checked(secp, &mut merged, check, index, signature)?;
     }
-    finish(secp, wallet, &spend, merged)
+    finish(secp, checks, merged)
 }
 
 /// Inserts the satellite's signature for input `index` once it verifies against the
@@ -82,20 +134,21 @@ pub fn merge_compact(
 fn insert_checked(
     secp: &Secp256k1<All>,
     merged: &mut Psbt,
-    plan: &InputPlan,
+    check: &InputCheck,
     index: usize,
     signature: bitcoin::secp256k1::ecdsa::Signature,
 ) -> Result<(), String> {
+    let key = check.key(index)?;
     let mut normalized = signature;
     normalized.normalize_s();
     if normalized != signature
         || secp
-            .verify_ecdsa(&plan.sighash, &signature, &plan.derived.our_pubkey.inner)
+            .verify_ecdsa(&Message::from_digest(check.sighash), &signature, &key.inner)
             .is_err()
     {
         return Err(format!(
             "the satellite's signature for input {index} ({}) does not verify",
-            plan.outpoint
+            check.outpoint
         ));
     }
     let input = merged
@@ -103,7 +156,7 @@ fn insert_checked(
         .get_mut(index)
         .ok_or_else(|| format!("no input {index} in the stored PSBT"))?;
     input.partial_sigs.insert(
-        plan.derived.our_pubkey,
+        key,
         bitcoin::ecdsa::Signature {
             signature,
             sighash_type: bitcoin::sighash::EcdsaSighashType::All,
@@ -116,16 +169,11 @@ fn insert_checked(
 /// the valid ones found at intake, an input that has the wallet's threshold must finalize:
 /// a failure then is an error, never "signed". With fewer, the PSBT goes back unfinalized
 /// for the wallet to add its own.
-fn finish(
-    secp: &Secp256k1<All>,
-    wallet: &Wallet,
-    spend: &Spend,
-    merged: Psbt,
-) -> Result<Outcome, String> {
-    let complete = spend
+fn finish(secp: &Secp256k1<All>, checks: &IntakeChecks, merged: Psbt) -> Result<Outcome, String> {
+    let complete = checks
         .inputs
         .iter()
-        .all(|plan| plan.other_signatures + 1 >= wallet.threshold);
+        .all(|c| c.other_signatures.saturating_add(1) >= checks.threshold);
     let mut finalized = merged.clone();
     match finalized.finalize_mut(secp) {
         Ok(()) => {
@@ -186,6 +234,12 @@ mod tests {
         (ours, compact, theirs)
     }
 
+    fn checks(w: &TestWallet, ours: &Psbt) -> IntakeChecks {
+        let spend = satcosign_cosigner::spend::analyze(&Secp256k1::new(), &w.wallet, ours)
+            .expect("analyzed");
+        IntakeChecks::of(&spend, w.wallet.threshold)
+    }
+
     fn is_final(outcome: Outcome) -> bool {
         matches!(outcome, Outcome::Signed { tx: Some(_), .. })
     }
@@ -195,10 +249,16 @@ mod tests {
         let secp = Secp256k1::new();
         let w = TestWallet::new();
         let (ours, compact, theirs) = signed_by_both(&w);
-        let merged = merge_compact(&secp, &w.wallet, &ours.serialize(), &compact).expect("good");
-        assert!(is_final(merged));
         let merged =
-            merge_psbt(&secp, &w.wallet, &ours.serialize(), &theirs.serialize()).expect("good");
+            merge_compact(&secp, &checks(&w, &ours), &ours.serialize(), &compact).expect("good");
+        assert!(is_final(merged));
+        let merged = merge_psbt(
+            &secp,
+            &checks(&w, &ours),
+            &ours.serialize(),
+            &theirs.serialize(),
+        )
+        .expect("good");
         assert!(is_final(merged));
     }
 
@@ -210,7 +270,7 @@ mod tests {
         // One bit of input 1's signature flipped (r stays a valid scalar).
         let mut flipped = compact.clone();
         flipped[1][40] ^= 1;
-        let err = merge_compact(&secp, &w.wallet, &ours.serialize(), &flipped)
+        let err = merge_compact(&secp, &checks(&w, &ours), &ours.serialize(), &flipped)
             .expect_err("a corrupted signature");
         assert!(
             err.contains("input 1") && err.contains("does not verify"),
@@ -219,7 +279,7 @@ mod tests {
         // Each signature valid, but for another input.
         let mut swapped = compact.clone();
         swapped.swap(0, 2);
-        let err = merge_compact(&secp, &w.wallet, &ours.serialize(), &swapped)
+        let err = merge_compact(&secp, &checks(&w, &ours), &ours.serialize(), &swapped)
             .expect_err("signatures of other inputs");
         assert!(err.contains("input 0"), "{err}");
         // High-S form of a valid signature: malleated, refused.
@@ -236,8 +296,8 @@ mod tests {
         high[32..].copy_from_slice(&s);
         let mut malleated = compact.clone();
         malleated[0] = high.to_vec();
-        let err =
-            merge_compact(&secp, &w.wallet, &ours.serialize(), &malleated).expect_err("high S");
+        let err = merge_compact(&secp, &checks(&w, &ours), &ours.serialize(), &malleated)
+            .expect_err("high S");
         assert!(err.contains("input 0"), "{err}");
         // The full-PSBT form: a corrupted signature, or none for our key.
         let mut bad = theirs.clone();
@@ -247,16 +307,26 @@ mod tests {
             sig.signature =
                 bitcoin::secp256k1::ecdsa::Signature::from_compact(&bytes).expect("still parses");
         }
-        let err = merge_psbt(&secp, &w.wallet, &ours.serialize(), &bad.serialize())
-            .expect_err("corrupted");
+        let err = merge_psbt(
+            &secp,
+            &checks(&w, &ours),
+            &ours.serialize(),
+            &bad.serialize(),
+        )
+        .expect_err("corrupted");
         assert!(
             err.contains("input 2") && err.contains("does not verify"),
             "{err}"
         );
         let mut none = theirs.clone();
         none.inputs[0].partial_sigs.clear();
-        let err = merge_psbt(&secp, &w.wallet, &ours.serialize(), &none.serialize())
-            .expect_err("missing");
+        let err = merge_psbt(
+            &secp,
+            &checks(&w, &ours),
+            &ours.serialize(),
+            &none.serialize(),
+        )
+        .expect_err("missing");
         assert!(err.contains("no signature for input 0"), "{err}");
     }
 }

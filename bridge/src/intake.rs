@@ -17,6 +17,7 @@ use satcosign_cosigner::refusal::Refusal;
 use satcosign_cosigner::spend::{analyze, Spend};
 use satcosign_cosigner::wallet::WalletId;
 
+use crate::answer::IntakeChecks;
 use crate::approval::may_email_again;
 use crate::config::GateConfig;
 use crate::ecies;
@@ -24,8 +25,9 @@ use crate::lifecycle::{apply_in, next, open_in, refusal, Step};
 use crate::notice;
 use crate::service::*;
 use crate::state::{
-    db_err, from_bytes, load_request, load_wallet, save_wallet, Action, Destination, Outcome,
-    SpendSummary, State, WalletRecord, WalletState, ACTIVE, WALLETS, WALLET_BY_FINGERPRINT,
+    self, db_err, from_bytes, load_request, load_wallet, save_wallet, Action, Destination, Outcome,
+    RequestRecord, SpendSummary, State, WalletRecord, WalletState, ACTIVE, WALLETS,
+    WALLET_BY_FINGERPRINT,
 };
 use crate::store::StoreError;
 use crate::upstream::{find_spender, UpstreamError};
@@ -310,6 +312,8 @@ impl Service {
             (_, on_open) => on_open,
         };
         let txid = spend.txid.to_string();
+        // Kept with the request: the answer's signatures are checked against these.
+        let checks = IntakeChecks::of(&spend, wallet.threshold);
         let gate = self.gate.clone();
         let new_id = RequestId(random_id());
         let (id, state) = self
@@ -317,6 +321,9 @@ impl Service {
             .write(move |txn| {
                 let opened =
                     open_or_update_sign(txn, wallet_id, new_id, action, &txid, now, &gate)?;
+                if let Ok((id, _)) = &opened {
+                    state::save_checks(txn, id, &checks)?;
+                }
                 if let (Ok((id, _)), Some(on_open)) = (&opened, on_open) {
                     on_open(txn, *id)?;
                 }
@@ -467,4 +474,32 @@ pub(crate) fn open_or_update_sign(
         &new_request(new_id, wallet_id, action, State::Received, now),
     )?;
     Ok(Ok((new_id, State::Received)))
+}
+
+impl Service {
+    /// The checks request `r` was given at intake (computed now from its stored PSBT for a
+    /// request taken before checks were kept); `None` for a request that signs nothing.
+    pub(crate) async fn intake_checks(
+        &self,
+        r: &RequestRecord,
+        wallet: &satcosign_cosigner::wallet::Wallet,
+    ) -> Result<Option<IntakeChecks>, ServiceError> {
+        let Action::Sign { psbt, .. } = &r.action else {
+            return Ok(None);
+        };
+        let id = r.id;
+        let kept = self
+            .store
+            .read(move |txn| {
+                let t = txn.open_table(state::INTAKE_CHECKS).map_err(db_err)?;
+                state::intake_checks(&t, &id)
+            })
+            .await?;
+        if kept.is_some() {
+            return Ok(kept);
+        }
+        let parsed = Psbt::deserialize(psbt).map_err(|e| ServiceError::BadPsbt(e.to_string()))?;
+        let spend = analyze(&self.secp, wallet, &parsed).map_err(ServiceError::Refused)?;
+        Ok(Some(IntakeChecks::of(&spend, wallet.threshold)))
+    }
 }

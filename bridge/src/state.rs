@@ -32,6 +32,9 @@ pub const REGISTRATIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::ne
 /// so wallet records keep their encoding.
 pub const PENDING_POLICIES: TableDefinition<&[u8; 16], &[u8]> =
     TableDefinition::new("pending_policies");
+/// What each satellite signature of a signing request must verify against, computed at
+/// intake: request id -> postcard [`crate::answer::IntakeChecks`]. Removed on delivery.
+pub const INTAKE_CHECKS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("intake_checks");
 /// The [`REGISTRATIONS`] key counting every address.
 pub const ALL_REGISTRATIONS: [u8; 32] = [0; 32];
 
@@ -43,6 +46,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
     txn.open_table(ACTIVE)?;
     txn.open_table(REGISTRATIONS)?;
     txn.open_table(PENDING_POLICIES)?;
+    txn.open_table(INTAKE_CHECKS)?;
     txn.open_table(crate::watch::WATCHES)?;
     crate::wallet_keys::create_tables(txn)?;
     Ok(())
@@ -390,6 +394,37 @@ pub fn save_request(txn: &WriteTransaction, r: &RequestRecord) -> Result<(), Sto
         active.insert(&r.id.0, ()).map_err(db_err)?;
     }
     Ok(())
+}
+
+/// Keeps request `id`'s intake checks (replacing any: a resubmitted PSBT has its own).
+pub fn save_checks(
+    txn: &WriteTransaction,
+    id: &RequestId,
+    checks: &crate::answer::IntakeChecks,
+) -> Result<(), StoreError> {
+    txn.open_table(INTAKE_CHECKS)
+        .map_err(db_err)?
+        .insert(&id.0, to_bytes(checks).as_slice())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Forgets request `id`'s intake checks (it was delivered).
+pub fn forget_checks(txn: &WriteTransaction, id: &RequestId) -> Result<(), StoreError> {
+    txn.open_table(INTAKE_CHECKS)
+        .map_err(db_err)?
+        .remove(&id.0)
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Reads request `id`'s intake checks from `table`.
+pub fn intake_checks(
+    table: &impl ReadableTable<&'static [u8; 16], &'static [u8]>,
+    id: &RequestId,
+) -> Result<Option<crate::answer::IntakeChecks>, StoreError> {
+    let v = table.get(&id.0).map_err(db_err)?;
+    v.map(|v| from_bytes(v.value())).transpose()
 }
 
 /// Reads a wallet inside a write transaction, with the policy in force on the satellite now.

@@ -136,6 +136,7 @@ where
                     }
                 }
                 r.final_state = Some(prior);
+                crate::state::forget_checks(txn, &r.id)?;
                 Ok(())
             })
             .await?

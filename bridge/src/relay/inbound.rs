@@ -7,10 +7,9 @@ use satcosign_cosigner::policy::PolicyChange;
 use satcosign_cosigner::protocol::{
     open_envelope, CompactOutcome, PolicyOutcome, RegisterOutcome, Response, SignOutcome,
 };
-use satcosign_cosigner::wallet::Wallet;
 use satcosign_link::store::LinkStore;
 
-use crate::answer::{merge_compact, merge_psbt};
+use crate::answer::{merge_compact, merge_psbt, IntakeChecks};
 use crate::lifecycle::Step;
 use crate::notice;
 use crate::service::ServiceError;
@@ -89,7 +88,8 @@ where
             Response::PolicyUpdated(PolicyOutcome::Changed(c)) => Some(c.clone()),
             _ => None,
         };
-        let outcome = self.outcome_of(&r, &wallet, response);
+        let checks = self.service.intake_checks(&r, &wallet).await?;
+        let outcome = self.outcome_of(&r, checks.as_ref(), response);
         let step = match outcome {
             Outcome::Refused { .. } => Step::Refused,
             _ => Step::Signed,
@@ -133,10 +133,12 @@ where
         Ok(())
     }
 
+    /// What the cosigner's `response` to `r` means, its signatures checked against the
+    /// request's intake `checks`.
     pub(super) fn outcome_of(
         &self,
         r: &RequestRecord,
-        wallet: &Wallet,
+        checks: Option<&IntakeChecks>,
         response: Response,
     ) -> Outcome {
         let refused = |code: &str, reason: String| Outcome::Refused {
@@ -146,7 +148,10 @@ where
         let outcome = match (response, &r.action) {
             (Response::Sign(s), Action::Sign { psbt, .. }) => match s.outcome {
                 SignOutcome::Signed { psbt: signed } => {
-                    match merge_psbt(&self.service.secp, wallet, psbt, &signed) {
+                    let merged = checks
+                        .ok_or_else(|| "no intake checks".to_owned())
+                        .and_then(|c| merge_psbt(&self.service.secp, c, psbt, &signed));
+                    match merged {
                         Ok(o) => o,
                         Err(e) => refused("bad_answer", e),
                     }
@@ -155,7 +160,10 @@ where
             },
             (Response::SignCompact(s), Action::Sign { psbt, .. }) => match s.outcome {
                 CompactOutcome::Signed(sigs) => {
-                    match merge_compact(&self.service.secp, wallet, psbt, &sigs.0) {
+                    let merged = checks
+                        .ok_or_else(|| "no intake checks".to_owned())
+                        .and_then(|c| merge_compact(&self.service.secp, c, psbt, &sigs.0));
+                    match merged {
                         Ok(o) => o,
                         Err(e) => refused("bad_answer", e),
                     }
