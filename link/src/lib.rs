@@ -7,6 +7,7 @@
 //! - [`frame`]: the bytes of a frame and of the record inside it;
 //! - [`crypto`]: identities, frame sealing, replay protection;
 //! - [`schedule`]: when the peer is in view (the pass schedule);
+//! - [`orbit`]: passes predicted from the satellite's elements for each ground station;
 //! - [`store`]: what survives restarts (redb, or memory for simulations);
 //! - [`engine`]: the protocol, with no I/O;
 //! - [`transport`]: the radio (KISS over TCP, UDP, a simulated channel);
@@ -16,6 +17,7 @@ pub mod crypto;
 pub mod engine;
 pub mod frame;
 pub mod link;
+pub mod orbit;
 pub mod schedule;
 pub mod store;
 pub mod transport;
