@@ -87,6 +87,11 @@ impl Orbit {
         now.duration_since(self.epoch()).unwrap_or_default()
     }
 
+    /// The satellite's Earth-fixed position (km) at `t`.
+    pub fn earth_fixed_at(&self, t: SystemTime) -> Result<[f64; 3], OrbitError> {
+        self.ecef_at(unix(t))
+    }
+
     /// The satellite's Earth-fixed position (km) at `unix` seconds.
     fn ecef_at(&self, unix: f64) -> Result<[f64; 3], OrbitError> {
         let epoch_unix = self.epoch.and_utc().timestamp_millis() as f64 / 1000.0;
