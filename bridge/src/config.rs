@@ -159,6 +159,9 @@ pub struct SatelliteConfig {
     pub bitrate: u64,
     /// Frame loss expected on the channel (0..0.5); sizes forward error correction. Default 0.05.
     pub expected_loss: f64,
+    /// `[satellite.orbit]`: the element set and ground stations the passes are predicted
+    /// from (see [`crate::passes`]); none by default.
+    pub orbit: crate::passes::OrbitConfig,
 }
 
 impl Default for SatelliteConfig {
@@ -174,6 +177,7 @@ impl Default for SatelliteConfig {
             mtu: 256,
             bitrate: 9600,
             expected_loss: 0.05,
+            orbit: crate::passes::OrbitConfig::default(),
         }
     }
 }
@@ -795,6 +799,7 @@ impl Config {
         if self.satellite.bitrate < 100 {
             return invalid("satellite.bitrate", "must be at least 100".into());
         }
+        self.satellite.orbit.check()?;
         if !(0.0..0.5).contains(&self.satellite.expected_loss) {
             return invalid(
                 "satellite.expected_loss",

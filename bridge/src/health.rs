@@ -2,10 +2,11 @@
 //!
 //! Three parts can fail on their own while the HTTP port still answers: the database
 //! writer (a commit that fails), the link task (its store or transport gave up), and the
-//! upstream Electrum server (unreachable). Each is reported with its state. The answer is
-//! `503` when the bridge cannot do its work (the writer or the link is down: a restart is
-//! what helps), and `200` with `"status": "degraded"` when only the upstream server is
-//! unreachable (a restart would not bring it back; requests wait for it).
+//! upstream Electrum server (unreachable); and the satellite's elements can grow stale.
+//! Each is reported with its state. The answer is `503` when the bridge cannot do its work
+//! (the writer or the link is down: a restart is what helps), and `200` with
+//! `"status": "degraded"` when only the upstream server is unreachable or the elements are
+//! stale (a restart would not help: requests wait, or passes come from an old orbit).
 
 use std::sync::Arc;
 
@@ -24,6 +25,8 @@ pub struct HealthSources {
     pub link: Option<LinkStatusFn>,
     /// The upstream Electrum server, when configured.
     pub upstream: Option<Arc<dyn Upstream>>,
+    /// The passes predicted from the orbit, when configured.
+    pub passes: Option<Arc<crate::passes::PassPlan>>,
 }
 
 /// Overall verdict.
@@ -100,6 +103,20 @@ pub fn report(sources: &HealthSources, now: u64) -> (Verdict, Value) {
             })
         }
     };
+    let orbit = match &sources.passes {
+        None => json!({"state": "absent"}),
+        Some(plan) => {
+            let now = std::time::SystemTime::now();
+            let stale = plan.stale(now);
+            if stale && verdict == Verdict::Ok {
+                verdict = Verdict::Degraded;
+            }
+            json!({
+                "state": if stale { "stale" } else { "fresh" },
+                "elements_age_secs": plan.age(now).as_secs(),
+            })
+        }
+    };
     let body = json!({
         "status": verdict.as_str(),
         "server_version": crate::rpc::SERVER_VERSION,
@@ -110,6 +127,7 @@ pub fn report(sources: &HealthSources, now: u64) -> (Verdict, Value) {
         },
         "link": link,
         "upstream": upstream,
+        "orbit": orbit,
     });
     (verdict, body)
 }

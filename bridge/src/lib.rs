@@ -54,6 +54,7 @@ pub mod nostr_cosigner;
 pub mod nostr_message;
 pub mod nostr_relay;
 pub mod notice;
+pub mod passes;
 pub mod push;
 pub mod read_rate;
 pub mod relay;
@@ -376,6 +377,12 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
 
     let mut service = None;
     let mut link_status: Option<rpc::LinkStatusFn> = None;
+    let mut pass_plan = config
+        .satellite
+        .orbit
+        .plan()
+        .map_err(|e| StartError::Link(e.to_string()))?
+        .map(Arc::new);
     if let (Some(link), false) = (link, config.satellite.account_key.is_empty()) {
         let issuer: AccountKey = config
             .satellite
@@ -437,6 +444,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         let mut engine =
             satcosign_link::engine::Engine::new(engine_config, cipher, link_store.clone(), 1.0)
                 .map_err(|e| StartError::Link(e.to_string()))?;
+        let link_schedule_given = link.schedule != satcosign_link::schedule::Schedule::Always;
         engine.set_schedule(link.schedule);
         let handle = Arc::new(satcosign_link::link::LinkHandle::spawn(
             engine,
@@ -444,6 +452,13 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         ));
         let status_handle = handle.clone();
         link_status = Some(Arc::new(move || status_handle.status()));
+        // Passes from the orbit, unless the caller gave the schedule (dev's simulated sky).
+        if link_schedule_given {
+            pass_plan = None;
+        }
+        if let Some(plan) = &pass_plan {
+            tasks.push(tokio::spawn(passes::run(plan.clone(), handle.clone())));
+        }
         // The satellite's Nostr identity answers deliveries: hook it before the relay
         // resumes any.
         if let Some(nostr) = &nostr {
@@ -461,6 +476,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         mailbox,
         service: service.clone(),
         link_status: link_status.clone(),
+        passes: pass_plan.clone(),
     });
     let methods: jsonrpsee::Methods = module.into();
     let dispatcher = Dispatcher::new(
@@ -551,6 +567,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
                 store: store.clone(),
                 link: link_status,
                 upstream: service.as_ref().and_then(|s| s.upstream.clone()),
+                passes: pass_plan.clone(),
             },
             running.nostr.map(|a| format!("ws://{a}")),
             read_rates.clone(),

@@ -35,6 +35,8 @@ pub struct ApiContext {
     pub service: Option<Arc<Service>>,
     /// The radio link's status, when there is a link.
     pub link_status: Option<LinkStatusFn>,
+    /// The passes predicted from the orbit, when `[satellite.orbit]` is set.
+    pub passes: Option<Arc<crate::passes::PassPlan>>,
 }
 
 /// Reads the link's status.

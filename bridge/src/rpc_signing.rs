@@ -205,6 +205,7 @@ pub fn register(
             "link": link.as_ref().map(link_json),
             "current_pass": link.as_ref().and_then(|l| l.current_pass).map(pass_json),
             "next_pass": link.as_ref().and_then(|l| l.next_pass).map(pass_json),
+            "orbit": ctx.passes.as_ref().map(|p| p.to_json(std::time::SystemTime::now(), 5)),
         }))
     })?;
     module.register_async_method(

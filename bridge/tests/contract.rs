@@ -20,6 +20,7 @@ async fn every_registered_method_is_documented_and_every_documented_one_register
         mailbox: Mailbox::new(store, &satcosign_bridge::config::MailboxConfig::default()),
         service: None,
         link_status: None,
+        passes: None,
     });
     let registered: BTreeSet<String> = module.method_names().map(str::to_owned).collect();
     let documented = common::contract().method_names();

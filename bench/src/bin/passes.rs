@@ -58,6 +58,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
+#[allow(clippy::print_stdout)]
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let orbit = Orbit::from_tle(TLE[0], TLE[1])?;
@@ -104,11 +105,11 @@ fn main() -> anyhow::Result<()> {
             format!("{:.2}", time.as_secs_f64() / baseline.as_secs_f64()),
         ]);
     }
-    println!("Pass prediction (median of {} runs; goal: under 50 ms for 10 stations)", args.reps);
     println!(
-        "{}",
-        table(&["case", "windows", "ms", "x baseline"], &rows)
+        "Pass prediction (median of {} runs; goal: under 50 ms for 10 stations)",
+        args.reps
     );
+    println!("{}", table(&["case", "windows", "ms", "x baseline"], &rows));
 
     // A day of requests at random times: how long until the satellite is in view of a
     // station (zero inside a pass). The transfer itself is the link benchmark's.
@@ -116,7 +117,9 @@ fn main() -> anyhow::Result<()> {
     let mut seed: u64 = 0x5eed;
     let arrivals: Vec<f64> = (0..args.requests)
         .map(|_| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 11) as f64 / (1u64 << 53) as f64 * day.as_secs_f64()
         })
         .collect();
@@ -192,7 +195,15 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "{}",
-        table(&["schedule", "% of day in view", "mean wait, min", "x baseline"], &rows)
+        table(
+            &[
+                "schedule",
+                "% of day in view",
+                "mean wait, min",
+                "x baseline"
+            ],
+            &rows
+        )
     );
     Ok(())
 }

@@ -1,0 +1,265 @@
+//! The pass schedule from the orbit: the operator's element set and ground stations
+//! (`[satellite.orbit]`), the windows predicted from them for each station, the link told
+//! to transmit only in them, and how fresh the elements are.
+//!
+//! Prediction is [`satcosign_link::orbit`]'s. The windows of every station together are
+//! the link's schedule: the satellite is in view when any station sees it. They are
+//! predicted at start and again every [`REFRESH`], over `horizon_hours`. Elements older
+//! than `max_element_age_days` still predict (an old orbit is better than none), but are
+//! reported stale in `satellite.info` and `/health` so the operator loads fresh ones.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use satcosign_link::link::{LinkHandle, PassWindow};
+use satcosign_link::orbit::{predict, Orbit, OrbitError, Pass, Station};
+use satcosign_link::store::LinkStore;
+
+use crate::config::ConfigError;
+
+/// How often the windows are predicted again.
+pub const REFRESH: Duration = Duration::from_secs(3600);
+
+/// `[satellite.orbit]`: where the satellite's passes come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrbitConfig {
+    /// The satellite's two-line element set, `["1 …", "2 …"]`; empty: no prediction (the
+    /// link then takes the satellite to be in view, or follows `dev`'s simulated sky).
+    pub tle: Vec<String>,
+    /// Elements older than this are reported stale. Default 7.
+    pub max_element_age_days: u64,
+    /// How far ahead windows are predicted, hours. Default 48.
+    pub horizon_hours: u64,
+    /// The ground stations.
+    pub stations: Vec<StationConfig>,
+}
+
+impl Default for OrbitConfig {
+    fn default() -> Self {
+        OrbitConfig {
+            tle: Vec::new(),
+            max_element_age_days: 7,
+            horizon_hours: 48,
+            stations: Vec::new(),
+        }
+    }
+}
+
+/// `[[satellite.orbit.stations]]`: one ground station.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    /// Its name (shown to users and operators).
+    pub name: String,
+    /// Geodetic latitude, degrees, north positive.
+    pub latitude_deg: f64,
+    /// Longitude, degrees, east positive.
+    pub longitude_deg: f64,
+    /// Height above the WGS-84 ellipsoid, metres. Default 0.
+    #[serde(default)]
+    pub altitude_m: f64,
+    /// Lowest elevation at which it hears the satellite, degrees. Default 10.
+    #[serde(default = "default_min_elevation")]
+    pub min_elevation_deg: f64,
+}
+
+fn default_min_elevation() -> f64 {
+    10.0
+}
+
+impl StationConfig {
+    fn station(&self) -> Station {
+        Station {
+            name: self.name.clone(),
+            latitude_deg: self.latitude_deg,
+            longitude_deg: self.longitude_deg,
+            altitude_m: self.altitude_m,
+            min_elevation_deg: self.min_elevation_deg,
+        }
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl OrbitConfig {
+    /// Checks every value (the elements parse and propagate, the stations are on Earth
+    /// with distinct names).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.plan().map(|_| ())
+    }
+
+    /// The plan this configuration describes; `None` without elements.
+    pub fn plan(&self) -> Result<Option<PassPlan>, ConfigError> {
+        if self.tle.is_empty() {
+            if !self.stations.is_empty() {
+                return Err(invalid(
+                    "satellite.orbit.tle",
+                    "stations are listed but no element set predicts their passes",
+                ));
+            }
+            return Ok(None);
+        }
+        let [line1, line2] = self.tle.as_slice() else {
+            return Err(invalid(
+                "satellite.orbit.tle",
+                format!("two lines expected, {} given", self.tle.len()),
+            ));
+        };
+        let orbit = Orbit::from_tle(line1, line2)
+            .map_err(|e| invalid("satellite.orbit.tle", e.to_string()))?;
+        if self.stations.is_empty() {
+            return Err(invalid(
+                "satellite.orbit.stations",
+                "at least one ground station is needed",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.stations {
+            if s.name.trim().is_empty() || !names.insert(s.name.as_str()) {
+                return Err(invalid(
+                    "satellite.orbit.stations",
+                    format!("station name `{}` is empty or used twice", s.name),
+                ));
+            }
+            s.station()
+                .check()
+                .map_err(|e| invalid("satellite.orbit.stations", e.to_string()))?;
+        }
+        if !(1..=3650).contains(&self.max_element_age_days) {
+            return Err(invalid(
+                "satellite.orbit.max_element_age_days",
+                "must be within 1..=3650",
+            ));
+        }
+        if !(1..=24 * 14).contains(&self.horizon_hours) {
+            return Err(invalid(
+                "satellite.orbit.horizon_hours",
+                "must be within 1..=336",
+            ));
+        }
+        Ok(Some(PassPlan {
+            orbit,
+            stations: self.stations.iter().map(StationConfig::station).collect(),
+            max_age: Duration::from_secs(self.max_element_age_days * 86_400),
+            horizon: Duration::from_secs(self.horizon_hours * 3600),
+            predicted: RwLock::new(Vec::new()),
+        }))
+    }
+}
+
+/// The orbit, the stations and their latest predicted passes.
+#[derive(Debug)]
+pub struct PassPlan {
+    orbit: Orbit,
+    stations: Vec<Station>,
+    max_age: Duration,
+    horizon: Duration,
+    predicted: RwLock<Vec<Vec<Pass>>>,
+}
+
+impl PassPlan {
+    /// Predicts every station's passes from `now` over the horizon and keeps them; returns
+    /// the windows of all stations together (the link's schedule).
+    pub fn refresh(&self, now: SystemTime) -> Result<Vec<PassWindow>, OrbitError> {
+        let passes = predict(&self.orbit, &self.stations, now, self.horizon)?;
+        let windows = passes
+            .iter()
+            .flatten()
+            .map(|p| PassWindow {
+                start: p.start,
+                end: p.end,
+            })
+            .collect();
+        *self.predicted.write().unwrap_or_else(|p| p.into_inner()) = passes;
+        Ok(windows)
+    }
+
+    /// Whether the elements are older than the configured age at `now`.
+    pub fn stale(&self, now: SystemTime) -> bool {
+        self.orbit.age(now) > self.max_age
+    }
+
+    /// How old the elements are at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.orbit.age(now)
+    }
+
+    /// As `satellite.info` shows it: the elements' time and age, and each station with its
+    /// next passes (at most `per_station`, none that ended before `now`).
+    pub fn to_json(&self, now: SystemTime, per_station: usize) -> Value {
+        let unix = crate::rpc_signing::unix;
+        let predicted = self.predicted.read().unwrap_or_else(|p| p.into_inner());
+        let stations: Vec<Value> = self
+            .stations
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let next: Vec<Value> = predicted
+                    .get(k)
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p.end > now)
+                    .take(per_station)
+                    .map(|p| {
+                        json!({
+                            "start": unix(p.start),
+                            "culmination": unix(p.culmination),
+                            "max_elevation_deg": (p.max_elevation_deg * 10.0).round() / 10.0,
+                            "end": unix(p.end),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": s.name,
+                    "latitude_deg": s.latitude_deg,
+                    "longitude_deg": s.longitude_deg,
+                    "altitude_m": s.altitude_m,
+                    "min_elevation_deg": s.min_elevation_deg,
+                    "next_passes": next,
+                })
+            })
+            .collect();
+        json!({
+            "elements_epoch": unix(self.orbit.epoch()),
+            "elements_age_secs": self.age(now).as_secs(),
+            "elements_stale": self.stale(now),
+            "stations": stations,
+        })
+    }
+}
+
+/// Keeps the link's schedule predicted: now, and every [`REFRESH`] after.
+pub async fn run<S>(plan: Arc<PassPlan>, link: Arc<LinkHandle<S>>)
+where
+    S: LinkStore + Clone + Send + Sync + 'static,
+{
+    let mut every = tokio::time::interval(REFRESH);
+    loop {
+        every.tick().await;
+        let p = plan.clone();
+        let predicted = tokio::task::spawn_blocking(move || p.refresh(SystemTime::now())).await;
+        match predicted {
+            Ok(Ok(windows)) => {
+                tracing::info!(windows = windows.len(), "pass windows predicted");
+                if plan.stale(SystemTime::now()) {
+                    tracing::warn!(
+                        age_days = plan.age(SystemTime::now()).as_secs() / 86_400,
+                        "the satellite's elements are stale: load a fresh element set"
+                    );
+                }
+                link.set_passes(windows);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot predict passes"),
+            Err(e) => tracing::warn!(error = %e, "pass prediction stopped"),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `[satellite.orbit]`: the bridge predicts the satellite's passes over its ground stations
+//! from the element set, tells the link (its next pass is the earliest station's), shows
+//! every station's next passes in `satellite.info`, and reports old elements as stale in
+//! `satellite.info` and `/health`.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonrpsee::core::client::ClientT as _;
+use jsonrpsee::http_client::HttpClientBuilder;
+use jsonrpsee::rpc_params;
+use serde_json::Value;
+
+use satcosign_bridge::config::{Config, Network};
+use satcosign_bridge::passes::{OrbitConfig, StationConfig};
+use satcosign_bridge::SatelliteLink;
+use satcosign_link::crypto::Identity;
+use satcosign_link::transport::sim::{SimChannel, SimConfig};
+
+/// ISS (ZARYA) elements of 2008, with their epoch moved to `days_ago` days before now (the
+/// orbit's shape is what matters here), checksums recomputed.
+fn elements(days_ago: u64) -> Vec<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - days_ago * 86_400;
+    let (mut year, mut day) = (1970u64, now / 86_400);
+    loop {
+        let len = if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) {
+            366
+        } else {
+            365
+        };
+        if day < len {
+            break;
+        }
+        day -= len;
+        year += 1;
+    }
+    let fraction = (now % 86_400) as f64 / 86_400.0;
+    let epoch = format!(
+        "{:02}{:03}.{:08}",
+        year % 100,
+        day + 1,
+        (fraction * 1e8) as u64
+    );
+    let line1 = format!("1 25544U 98067A   {epoch} -.00002182  00000-0 -11606-4 0  292");
+    let line2 = "2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.7212539156353".to_owned();
+    [line1, line2]
+        .into_iter()
+        .map(|l| {
+            let sum: u32 = l
+                .chars()
+                .map(|c| match c {
+                    '-' => 1,
+                    c => c.to_digit(10).unwrap_or(0),
+                })
+                .sum();
+            format!("{l}{}", sum % 10)
+        })
+        .collect()
+}
+
+fn orbit(days_ago: u64) -> OrbitConfig {
+    let station = |name: &str, lat: f64, lon: f64| StationConfig {
+        name: name.into(),
+        latitude_deg: lat,
+        longitude_deg: lon,
+        altitude_m: 100.0,
+        min_elevation_deg: 10.0,
+    };
+    OrbitConfig {
+        tle: elements(days_ago),
+        stations: vec![
+            station("turin", 45.07, 7.69),
+            station("perth", -31.95, 115.86),
+        ],
+        ..OrbitConfig::default()
+    }
+}
+
+async fn start(orbit: OrbitConfig) -> (satcosign_bridge::RunningBridge, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        network: Network::Regtest,
+        ..Config::default()
+    };
+    config.electrum.tcp = String::new();
+    config.nostr.listen = String::new();
+    config.http.listen = "127.0.0.1:0".into();
+    config.satellite.account_key =
+        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
+            .expect("key")
+            .descriptor_key();
+    config.satellite.orbit = orbit;
+    // Nobody on the other side of the channel: this is about the schedule.
+    let channel = SimChannel::new(SimConfig::default());
+    let link = SatelliteLink::new(
+        channel.attach(0),
+        Identity::from_bytes([1; 32]),
+        Identity::from_bytes([2; 32]).public(),
+    );
+    let bridge = satcosign_bridge::start_with(&config, Some(link))
+        .await
+        .expect("bridge starts");
+    (bridge, dir)
+}
+
+async fn info_when(
+    bridge: &satcosign_bridge::RunningBridge,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let url = format!("http://{}", bridge.http.expect("http"));
+    let client = HttpClientBuilder::default().build(url).expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: Value = client
+            .request("satellite.info", rpc_params![])
+            .await
+            .expect("satellite.info");
+        common::contract().check_result("satellite.info", &info);
+        if done(&info) {
+            return info;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {info}");
+        // Polling a condition with a deadline, not a sleep standing in for one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_come_from_the_elements_for_every_station_and_drive_the_link() {
+    let (bridge, _dir) = start(orbit(1)).await;
+    let info = info_when(&bridge, |i| {
+        i["orbit"]["stations"].as_array().is_some_and(|s| {
+            s.iter()
+                .all(|s| !s["next_passes"].as_array().expect("list").is_empty())
+        })
+    })
+    .await;
+    let orbit = &info["orbit"];
+    assert_eq!(orbit["elements_stale"], false, "{info}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut earliest = u64::MAX;
+    for station in orbit["stations"].as_array().expect("stations") {
+        for p in station["next_passes"].as_array().expect("passes") {
+            let (start, top, end) = (
+                p["start"].as_u64().expect("start"),
+                p["culmination"].as_u64().expect("top"),
+                p["end"].as_u64().expect("end"),
+            );
+            assert!(start <= top && top <= end && end > now, "{p}");
+            assert!(
+                end - start <= 15 * 60,
+                "a low orbit's pass lasts minutes: {p}"
+            );
+            assert!(p["max_elevation_deg"].as_f64().expect("el") >= 10.0, "{p}");
+            if start > now {
+                earliest = earliest.min(start);
+            }
+        }
+    }
+    // The link transmits only in those windows: its next pass is the earliest of them.
+    let link_next = info["next_pass"]["start"].as_u64();
+    let in_view = info["link"]["in_view"].as_bool().expect("in_view");
+    assert!(
+        in_view || link_next == Some(earliest),
+        "link's next pass {link_next:?}, earliest station pass {earliest}: {info}"
+    );
+    assert_eq!(info["link"]["passes_known"], true, "{info}");
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_elements_are_reported_stale_in_satellite_info_and_health() {
+    let (bridge, _dir) = start(orbit(30)).await;
+    let info = info_when(&bridge, |i| i["orbit"].is_object()).await;
+    assert_eq!(info["orbit"]["elements_stale"], true, "{info}");
+    assert!(info["orbit"]["elements_age_secs"].as_u64().expect("age") >= 29 * 86_400);
+    let (status, text) = common::flow::http_raw(
+        bridge.http.expect("http"),
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let body: Value =
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).expect("body")).expect("json");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["orbit"]["state"], "stale", "{body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    bridge.stop().await;
+
+    // A configuration with stations and no elements, or one line, is refused by name.
+    let mut bad = orbit(1);
+    bad.tle.pop();
+    let e = bad.check().expect_err("one line");
+    assert!(e.to_string().contains("satellite.orbit.tle"), "{e}");
+    let mut bad = orbit(1);
+    bad.stations[1].name = "turin".into();
+    let e = bad.check().expect_err("two stations named alike");
+    assert!(e.to_string().contains("turin"), "{e}");
+}
