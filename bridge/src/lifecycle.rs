@@ -202,6 +202,28 @@ pub fn apply_in(
     Ok(Ok(to))
 }
 
+/// Reads a request and names the step that applies (`None`: nothing to do).
+pub trait Decide:
+    FnOnce(&RequestRecord) -> Result<Option<Step>, ServiceError> + Send + 'static
+{
+}
+impl<F> Decide for F where
+    F: FnOnce(&RequestRecord) -> Result<Option<Step>, ServiceError> + Send + 'static
+{
+}
+
+/// Edits the record for the step taken, and writes whatever must change with it.
+pub trait Change:
+    FnOnce(&WriteTransaction, &mut RequestRecord, Step) -> Result<(), StoreError> + Send + 'static
+{
+}
+impl<F> Change for F where
+    F: FnOnce(&WriteTransaction, &mut RequestRecord, Step) -> Result<(), StoreError>
+        + Send
+        + 'static
+{
+}
+
 /// One transition of request `id` in its own write transaction: `decide` reads the record
 /// and names the step (or `None`: nothing to do, nothing written), the table checks it,
 /// `change` edits the record and writes whatever must change with it, and the record is
@@ -209,10 +231,8 @@ pub fn apply_in(
 pub async fn advance(
     store: &Store,
     id: RequestId,
-    decide: impl FnOnce(&RequestRecord) -> Result<Option<Step>, ServiceError> + Send + 'static,
-    change: impl FnOnce(&WriteTransaction, &mut RequestRecord, Step) -> Result<(), StoreError>
-        + Send
-        + 'static,
+    decide: impl Decide,
+    change: impl Change,
 ) -> Result<Option<Moved>, ServiceError> {
     store
         .write(move |txn| {

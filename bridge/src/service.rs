@@ -403,10 +403,8 @@ impl Service {
     pub(crate) async fn advance(
         &self,
         id: RequestId,
-        decide: impl FnOnce(&RequestRecord) -> Result<Option<Step>, ServiceError> + Send + 'static,
-        change: impl FnOnce(&WriteTransaction, &mut RequestRecord, Step) -> Result<(), StoreError>
-            + Send
-            + 'static,
+        decide: impl lifecycle::Decide,
+        change: impl lifecycle::Change,
     ) -> Result<Option<Moved>, ServiceError> {
         let moved = lifecycle::advance(&self.store, id, decide, change).await?;
         if let Some(state) = moved.as_ref().and_then(Moved::announce) {
