@@ -207,11 +207,20 @@ async fn confirm_route(service: Arc<crate::service::Service>, req: HttpRequest) 
         }
     };
     match service.confirm(id, code, approve).await {
-        Ok(_) if approve => html_response(
-            http::StatusCode::OK,
-            message_page("Confirmed", "Thank you. The request goes to the satellite at its next pass; you will get an email with the outcome."),
-            false,
-        ),
+        Ok(state) if approve => {
+            let when = service
+                .expected(state)
+                .map(|e| format!(" Queued: {}.", e.sentence(std::time::SystemTime::now())))
+                .unwrap_or_default();
+            html_response(
+                http::StatusCode::OK,
+                message_page(
+                    "Confirmed",
+                    &format!("Thank you. The request goes to the satellite at its next pass;{when} You will get an email with the outcome."),
+                ),
+                false,
+            )
+        }
         Ok(_) => html_response(
             http::StatusCode::OK,
             message_page("Rejected", "Nothing will be signed. If you did not make this request, move your funds with your own two keys."),

@@ -41,6 +41,7 @@ pub mod dev;
 pub mod dispatch;
 pub mod ecies;
 pub mod electrum_tcp;
+pub mod expected;
 pub mod gate;
 pub mod health;
 pub mod http;
@@ -459,6 +460,10 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         if let Some(plan) = &pass_plan {
             tasks.push(tokio::spawn(passes::run(plan.clone(), handle.clone())));
         }
+        let _ = svc.sky.set(expected::Sky {
+            link: link_status.clone().expect("set just above"),
+            passes: pass_plan.clone(),
+        });
         // The satellite's Nostr identity answers deliveries: hook it before the relay
         // resumes any.
         if let Some(nostr) = &nostr {

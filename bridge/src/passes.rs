@@ -183,6 +183,22 @@ impl PassPlan {
         Ok(windows)
     }
 
+    /// The station that has the satellite in view at `t` (the highest, if several do).
+    pub fn station_in_view(&self, t: SystemTime) -> Option<String> {
+        let predicted = self.predicted.read().unwrap_or_else(|p| p.into_inner());
+        predicted
+            .iter()
+            .zip(&self.stations)
+            .filter_map(|(passes, s)| {
+                passes
+                    .iter()
+                    .find(|p| p.start <= t && t <= p.end)
+                    .map(|p| (p.max_elevation_deg, &s.name))
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, name)| name.clone())
+    }
+
     /// Whether the elements are older than the configured age at `now`.
     pub fn stale(&self, now: SystemTime) -> bool {
         self.orbit.age(now) > self.max_age

@@ -156,6 +156,20 @@ pub fn request_json(r: &RequestRecord, watch: Option<&Watch>) -> Value {
     })
 }
 
+/// [`request_json`] with the time the request is expected to reach the satellite
+/// (`expected`, null unless it is confirmed and waiting for a pass).
+pub fn status_json(
+    service: &crate::service::Service,
+    r: &RequestRecord,
+    watch: Option<&Watch>,
+) -> Value {
+    let mut json = request_json(r, watch);
+    json["expected"] = service
+        .expected(r.state)
+        .map_or(Value::Null, |e| e.to_json(std::time::SystemTime::now()));
+    json
+}
+
 /// Unix seconds of `t` (0 before the epoch).
 pub fn unix(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -332,7 +346,7 @@ pub fn register(
             let service = ctx.service()?;
             let r = service.request(id).await?;
             let watch = crate::watch::of(service, id).await?;
-            Ok::<_, RpcError>(request_json(&r, watch.as_ref()))
+            Ok::<_, RpcError>(status_json(service, &r, watch.as_ref()))
         },
     )?;
     module.register_async_method(
@@ -372,6 +386,7 @@ pub fn register(
             // Subscribe before reading, so no change between the two is missed.
             let events = service.events();
             let (r, watch) = view(&service, id).await?;
+            let first = status_json(&service, &r, watch.as_ref());
             if let Some(pusher) = ext.get::<Pusher>().cloned() {
                 if !ended(&r, &watch) {
                     let slot = pusher
@@ -392,7 +407,7 @@ pub fn register(
                     ));
                 }
             }
-            Ok::<_, RpcError>(request_json(&r, watch.as_ref()))
+            Ok::<_, RpcError>(first)
         },
     )?;
     // The same over WebSocket, as a jsonrpsee subscription (the Electrum TCP transport has
@@ -424,7 +439,7 @@ pub fn register(
             // jsonrpsee's way to end a subscription from the server is a closing
             // notification with an `error` member; clients then end the stream.
             let done = || Close::NotifErr("ended: the request is delivered and final".into());
-            let first = request_json(&r, watch.as_ref());
+            let first = status_json(&service, &r, watch.as_ref());
             if !send_json(&sink, &first).await {
                 return Close::None;
             }
@@ -500,7 +515,7 @@ async fn follow<F, Fut>(
         let Ok((r, watch)) = view(&service, id).await else {
             return;
         };
-        if !send(request_json(&r, watch.as_ref())).await || ended(&r, &watch) {
+        if !send(status_json(&service, &r, watch.as_ref())).await || ended(&r, &watch) {
             return;
         }
     }

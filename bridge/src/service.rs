@@ -242,6 +242,8 @@ pub struct Service {
     pub(crate) writer_panic_at: Option<State>,
     /// The satellite's Nostr identity, when the relay runs: delivery answers by Nostr.
     pub nostr: std::sync::OnceLock<Arc<crate::nostr_cosigner::NostrCosigner>>,
+    /// The link's schedule and the orbit's passes, for the expected signing time.
+    pub sky: std::sync::OnceLock<crate::expected::Sky>,
     /// Events counted for `/metrics`.
     pub counters: crate::metrics::Counters,
 }
@@ -317,6 +319,7 @@ impl Service {
                 .ok()
                 .and_then(|s| State::parse(&s)),
             nostr: std::sync::OnceLock::new(),
+            sky: std::sync::OnceLock::new(),
             counters: crate::metrics::Counters::default(),
         }
     }
@@ -435,6 +438,13 @@ impl Service {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// When a request in `state` is expected to reach the satellite (see
+    /// [`crate::expected`]).
+    pub fn expected(&self, state: State) -> Option<crate::expected::Expected> {
+        let sky = self.sky.get()?;
+        crate::expected::expected(sky, state, std::time::SystemTime::now())
     }
 
     /// The checked wallet for a record (cached).

@@ -205,3 +205,55 @@ async fn old_elements_are_reported_stale_in_satellite_info_and_health() {
     let e = bad.check().expect_err("two stations named alike");
     assert!(e.to_string().contains("turin"), "{e}");
 }
+
+/// A confirmed request waiting for a pass tells its owner when: `request.status` carries
+/// the start of the link's next pass, and the confirmation page says it in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_pass_shows_when_the_next_one_starts() {
+    use common::flow::{test_wallet, Flow};
+    use serde_json::json;
+    // The satellite comes into view in 20 minutes, for one minute an hour.
+    let sky = satcosign_bridge::dev::Sky {
+        pass_up: Duration::from_secs(60),
+        pass_period: Duration::from_secs(3600),
+        first_pass_in: Duration::from_secs(1200),
+        ..satcosign_bridge::dev::Sky::default()
+    };
+    let flow = Flow::start(sky, |_| {}).await;
+    let w = test_wallet(&flow).await;
+    let r = flow
+        .ok(
+            "wallet.register",
+            vec![json!(w.descriptor), json!("alice@example.org"), json!("A")],
+        )
+        .await;
+    let id = r["request_id"].as_str().expect("id").to_owned();
+    let before = flow.status(&id).await;
+    assert!(before["expected"].is_null(), "not confirmed yet: {before}");
+    let code = flow.inbox.code(&id).await;
+    // Confirmed on the page, as the owner would.
+    let form = format!("t={code}&action=confirm");
+    let (status, page) = common::flow::http_raw(
+        flow.http_addr(),
+        &format!(
+            "POST /confirm/{id} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("next pass at"), "{page}");
+    assert!(page.contains("in about 2"), "about twenty minutes: {page}");
+    let queued = flow.wait_state(&id, "queued", 30).await;
+    let expected = &queued["expected"];
+    let info = flow.ok("satellite.info", vec![]).await;
+    assert_eq!(
+        expected["at"], info["next_pass"]["start"],
+        "{queued} {info}"
+    );
+    assert_eq!(expected["in_view"], false);
+    let in_secs = expected["in_secs"].as_u64().expect("in_secs");
+    assert!((1000..=1200).contains(&in_secs), "{expected}");
+    common::contract().check_result("request.status", &queued);
+    flow.system.stop().await;
+}
