@@ -386,6 +386,9 @@ pub struct HttpConfig {
     /// Serve `GET /metrics` (Prometheus text: counts and states only). Default true; turn it
     /// off when this port is public and a proxy does not keep `/metrics` to the operator.
     pub metrics: bool,
+    /// Serve the operator's page, `GET /status` (passes, link, requests by state). Default:
+    /// on when the listener is on loopback, off otherwise.
+    pub status_page: Option<bool>,
 }
 
 /// The cosigner-pool mailbox.
@@ -464,6 +467,7 @@ impl Default for HttpConfig {
             max_connections: 1024,
             max_connections_per_peer: 16,
             metrics: true,
+            status_page: None,
         }
     }
 }

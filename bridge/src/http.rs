@@ -1,5 +1,6 @@
 //! The HTTP port: JSON-RPC over HTTP POST and WebSocket (jsonrpsee's server), plus plain
-//! HTTP routes served beside it: `GET /health` (see [`crate::health`]), `GET /metrics` (see [`crate::metrics`]), and
+//! HTTP routes served beside it: `GET /health` (see [`crate::health`]), `GET /status` (see
+//! [`crate::status_page`]), `GET /metrics` (see [`crate::metrics`]), and
 //! the confirmation pages of the email gate
 //! (`GET /confirm/<id>?t=<code>` shows what will be approved and changes nothing, so mail
 //! scanners that follow links confirm nothing; only `POST /confirm/<id>` acts).
@@ -24,6 +25,7 @@ pub struct RoutesLayer {
     service: Option<Arc<crate::service::Service>>,
     metrics: Option<crate::metrics::Source>,
     health: Option<crate::health::HealthSources>,
+    status_page: bool,
     nostr_relay: Option<String>,
 }
 
@@ -36,6 +38,7 @@ impl<S> Layer<S> for RoutesLayer {
             service: self.service.clone(),
             metrics: self.metrics.clone(),
             health: self.health.clone(),
+            status_page: self.status_page,
             nostr_relay: self.nostr_relay.clone(),
         }
     }
@@ -48,6 +51,7 @@ pub struct Routes<S> {
     service: Option<Arc<crate::service::Service>>,
     metrics: Option<crate::metrics::Source>,
     health: Option<crate::health::HealthSources>,
+    status_page: bool,
     nostr_relay: Option<String>,
 }
 
@@ -304,6 +308,36 @@ where
                 });
             }
         }
+        if let (true, "/status", Some(service), Some(sources)) = (
+            self.status_page,
+            req.uri().path(),
+            &self.service,
+            &self.health,
+        ) {
+            let method = req.method().clone();
+            if method == http::Method::GET || method == http::Method::HEAD {
+                let (service, sources) = (service.clone(), sources.clone());
+                return Box::pin(async move {
+                    let head = method == http::Method::HEAD;
+                    Ok(
+                        match crate::status_page::render(
+                            &service,
+                            &sources,
+                            std::time::SystemTime::now(),
+                        )
+                        .await
+                        {
+                            Ok(page) => html_response(http::StatusCode::OK, page, head),
+                            Err(e) => html_response(
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                crate::notice::message_page("Unavailable", &e.to_string()),
+                                head,
+                            ),
+                        },
+                    )
+                });
+            }
+        }
         if req.uri().path() == "/health" {
             let method = req.method();
             if method == http::Method::GET || method == http::Method::HEAD {
@@ -377,6 +411,10 @@ pub fn start(
     nostr_relay: Option<String>,
     rates: Arc<crate::read_rate::ReadRates>,
 ) -> std::io::Result<HttpServer> {
+    // The operator's page: on by default only where nobody but this machine can reach it.
+    let status_page = cfg
+        .status_page
+        .unwrap_or_else(|| listener.local_addr().is_ok_and(|a| a.ip().is_loopback()));
     let metrics = cfg.metrics.then(|| crate::metrics::Source {
         service: service.clone(),
         link_status: health.link.clone(),
@@ -397,6 +435,7 @@ pub fn start(
             service,
             metrics,
             health: Some(health),
+            status_page,
             nostr_relay,
         }))
         .to_service_builder();

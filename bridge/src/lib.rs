@@ -64,6 +64,7 @@ pub mod rpc_error;
 pub mod rpc_signing;
 pub mod service;
 pub mod state;
+pub mod status_page;
 pub mod store;
 pub mod tls;
 pub mod upstream;

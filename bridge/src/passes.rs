@@ -183,6 +183,25 @@ impl PassPlan {
         Ok(windows)
     }
 
+    /// Each station's passes that overlap `now .. now + span`, by name.
+    pub fn passes_within(&self, now: SystemTime, span: Duration) -> Vec<(String, Vec<Pass>)> {
+        let predicted = self.predicted.read().unwrap_or_else(|p| p.into_inner());
+        self.stations
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let passes = predicted
+                    .get(k)
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p.end > now && p.start < now + span)
+                    .copied()
+                    .collect();
+                (s.name.clone(), passes)
+            })
+            .collect()
+    }
+
     /// The station that has the satellite in view at `t` (the highest, if several do).
     pub fn station_in_view(&self, t: SystemTime) -> Option<String> {
         let predicted = self.predicted.read().unwrap_or_else(|p| p.into_inner());

@@ -82,6 +82,13 @@ fn orbit(days_ago: u64) -> OrbitConfig {
 }
 
 async fn start(orbit: OrbitConfig) -> (satcosign_bridge::RunningBridge, tempfile::TempDir) {
+    start_with_status_page(orbit, None).await
+}
+
+async fn start_with_status_page(
+    orbit: OrbitConfig,
+    status_page: Option<bool>,
+) -> (satcosign_bridge::RunningBridge, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config {
         data_dir: dir.path().join("data"),
@@ -91,6 +98,7 @@ async fn start(orbit: OrbitConfig) -> (satcosign_bridge::RunningBridge, tempfile
     config.electrum.tcp = String::new();
     config.nostr.listen = String::new();
     config.http.listen = "127.0.0.1:0".into();
+    config.http.status_page = status_page;
     config.satellite.account_key =
         satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
             .expect("key")
@@ -256,4 +264,69 @@ async fn a_request_waiting_for_a_pass_shows_when_the_next_one_starts() {
     assert!((1000..=1200).contains(&in_secs), "{expected}");
     common::contract().check_result("request.status", &queued);
     flow.system.stop().await;
+}
+
+/// The operator's page, in Chromium: a row per station with its passes of the next day
+/// drawn in SVG, the link's counters and the requests by state; its screenshot is a real
+/// picture. A listener configured without it does not serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_page_draws_each_stations_passes_in_chromium() {
+    let (bridge, dir) = start(orbit(1)).await;
+    // Predicted before the page is drawn.
+    info_when(&bridge, |i| {
+        i["orbit"]["stations"].as_array().is_some_and(|s| {
+            s.iter()
+                .all(|s| !s["next_passes"].as_array().expect("list").is_empty())
+        })
+    })
+    .await;
+    let mut browser = common::browser::Browser::launch().await;
+    browser
+        .open(&format!("http://{}/status", bridge.http.expect("http")))
+        .await;
+    // The page is whole once its last table is there.
+    browser.wait_for("!!document.querySelector('#requests')").await;
+    let passes = browser
+        .eval("document.querySelectorAll('#timeline rect.pass').length")
+        .await;
+    assert!(passes.as_u64().expect("count") >= 4, "{passes}");
+    let names = browser
+        .eval("[...document.querySelectorAll('#timeline text.station')].map(t => t.textContent).join(',')")
+        .await;
+    assert_eq!(names, "turin,perth");
+    // Every pass is drawn inside the timeline, after the names.
+    let inside = browser
+        .eval(
+            "[...document.querySelectorAll('#timeline rect.pass')]\
+             .every(r => r.x.baseVal.value >= 120 && r.x.baseVal.value <= 960)",
+        )
+        .await;
+    assert_eq!(inside, true);
+    let link = browser
+        .eval("document.querySelector('#link').innerText")
+        .await;
+    assert!(
+        link.as_str().is_some_and(|t| t.contains("frames sent")),
+        "{link}"
+    );
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    assert!(
+        png.len() > 5_000,
+        "a drawn page, not a blank one: {} bytes",
+        png.len()
+    );
+    std::fs::write(dir.path().join("status.png"), &png).expect("saved");
+    drop(browser);
+    bridge.stop().await;
+
+    // Off: not served.
+    let (bridge, _dir) = start_with_status_page(orbit(1), Some(false)).await;
+    let (status, _) = common::flow::http_raw(
+        bridge.http.expect("http"),
+        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_ne!(status, 200);
+    bridge.stop().await;
 }

@@ -205,6 +205,7 @@ pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+pub mod browser;
 pub mod chain;
 pub mod flow;
 pub mod process;
