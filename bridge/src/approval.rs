@@ -229,6 +229,9 @@ impl Service {
         let token = gate::new_token();
         let now = unix_now();
         let expires_at = now + self.gate.token_ttl_secs;
+        let when = self
+            .expected(State::Confirmed)
+            .map(|e| e.sentence(std::time::SystemTime::now()));
         let email = notice::confirm_email(
             &self.public_url(),
             &wallet,
@@ -236,6 +239,7 @@ impl Service {
             &token.text,
             expires_at,
             self.network,
+            when.as_deref(),
         );
         self.send_mail(email).await?;
         let record = TokenRecord {

@@ -278,6 +278,9 @@ fn html_rows(rows: &[(String, String)]) -> String {
 }
 
 /// The email that asks the user to confirm.
+///
+/// `when` says when a confirmed request would reach the satellite ("next pass over turin
+/// at …, in about 41 minutes"), when that is known.
 pub fn confirm_email(
     public_url: &str,
     wallet: &WalletRecord,
@@ -285,26 +288,31 @@ pub fn confirm_email(
     token: &str,
     expires_at: u64,
     network: bitcoin::Network,
+    when: Option<&str>,
 ) -> Email {
     let rows = summary(wallet, req, Some(expires_at), network);
+    let when = when
+        .map(|w| format!("Once confirmed, it goes to the satellite: {w}."))
+        .unwrap_or_default();
     let link = format!("{public_url}/confirm/{}?t={}", req.id, token);
     let head = headline(wallet, req);
     // Always the wallet's current address: an email change is confirmed at the old one.
     let to = wallet.email.clone();
     let text = format!(
         "{head}?\n\n{}\nTo confirm, open this link and press Confirm:\n\n  {link}\n\n\
-         or give this code to the satcosign plugin in Electrum:\n\n  {token}\n\n{}\n",
+         or give this code to the satcosign plugin in Electrum:\n\n  {token}\n\n{when}\n\n{}\n",
         text_rows(&rows),
         not_you(&req.action)
     );
     let html = format!(
         "<html><body style=\"font-family:sans-serif\"><h2>{}?</h2>\n<table>\n{}</table>\n\
          <p><a href=\"{}\">Review and confirm</a> (the page asks once more before anything happens).</p>\n\
-         <p>Or give this code to the satcosign plugin in Electrum: <code>{}</code></p>\n<p>{}</p></body></html>\n",
+         <p>Or give this code to the satcosign plugin in Electrum: <code>{}</code></p>\n<p>{}</p>\n<p>{}</p></body></html>\n",
         html_escape(&head),
         html_rows(&rows),
         html_escape(&link),
         html_escape(token),
+        html_escape(&when),
         html_escape(not_you(&req.action))
     );
     Email {

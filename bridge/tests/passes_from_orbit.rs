@@ -239,6 +239,13 @@ async fn a_request_waiting_for_a_pass_shows_when_the_next_one_starts() {
     let before = flow.status(&id).await;
     assert!(before["expected"].is_null(), "not confirmed yet: {before}");
     let code = flow.inbox.code(&id).await;
+    // The email says when a confirmation would reach the satellite.
+    let mail = flow.inbox.to("alice@example.org").pop().expect("the email");
+    assert!(
+        mail.contains("Once confirmed, it goes to the satellite: next pass at"),
+        "{mail}"
+    );
+    assert!(mail.contains("in about 2"), "about twenty minutes: {mail}");
     // Confirmed on the page, as the owner would.
     let form = format!("t={code}&action=confirm");
     let (status, page) = common::flow::http_raw(
