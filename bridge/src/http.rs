@@ -418,6 +418,7 @@ pub fn start(
     let metrics = cfg.metrics.then(|| crate::metrics::Source {
         service: service.clone(),
         link_status: health.link.clone(),
+        passes: health.passes.clone(),
     });
     let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let config = ServerConfig::builder()

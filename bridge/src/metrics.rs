@@ -112,6 +112,8 @@ pub struct Source {
     pub service: Option<Arc<Service>>,
     /// The satellite link's status.
     pub link_status: Option<LinkStatusFn>,
+    /// The passes predicted from the orbit, when configured.
+    pub passes: Option<Arc<crate::passes::PassPlan>>,
 }
 
 /// Prometheus text, one family at a time.
@@ -430,6 +432,21 @@ pub async fn render(source: &Source) -> Result<String, StoreError> {
                 v,
             );
         }
+    }
+    if let Some(plan) = &source.passes {
+        let now = std::time::SystemTime::now();
+        t.one(
+            "satcosign_orbit_elements_age_seconds",
+            "gauge",
+            "Age of the satellite's element set the passes are predicted from.",
+            plan.age(now).as_secs(),
+        );
+        t.one(
+            "satcosign_orbit_elements_stale",
+            "gauge",
+            "1 when the element set is older than satellite.orbit.max_element_age_days.",
+            u8::from(plan.stale(now)),
+        );
     }
     Ok(t.0)
 }

@@ -201,6 +201,23 @@ async fn old_elements_are_reported_stale_in_satellite_info_and_health() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["orbit"]["state"], "stale", "{body}");
     assert_eq!(body["status"], "degraded", "{body}");
+    let (_, metrics) = common::flow::http_raw(
+        bridge.http.expect("http"),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        metrics.contains("satcosign_orbit_elements_stale 1"),
+        "{metrics}"
+    );
+    let age: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("satcosign_orbit_elements_age_seconds "))
+        .expect("age gauge")
+        .trim()
+        .parse()
+        .expect("seconds");
+    assert!(age >= 29 * 86_400, "{age}");
     bridge.stop().await;
 
     // A configuration with stations and no elements, or one line, is refused by name.
@@ -292,7 +309,9 @@ async fn the_operator_page_draws_each_stations_passes_in_chromium() {
         .open(&format!("http://{}/status", bridge.http.expect("http")))
         .await;
     // The page is whole once its last table is there.
-    browser.wait_for("!!document.querySelector('#requests')").await;
+    browser
+        .wait_for("!!document.querySelector('#requests')")
+        .await;
     let passes = browser
         .eval("document.querySelectorAll('#timeline rect.pass').length")
         .await;
