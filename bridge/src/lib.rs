@@ -384,7 +384,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         .orbit
         .plan()
         .map_err(|e| StartError::Link(e.to_string()))?
-        .map(Arc::new);
+        .map(|p| Arc::new(p.with_saved_elements(config.data_dir.join("elements.tle"))));
     if let (Some(link), false) = (link, config.satellite.account_key.is_empty()) {
         let issuer: AccountKey = config
             .satellite

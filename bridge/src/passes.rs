@@ -6,7 +6,9 @@
 //! the link's schedule: the satellite is in view when any station sees it. They are
 //! predicted at start and again every [`REFRESH`], over `horizon_hours`. Elements older
 //! than `max_element_age_days` still predict (an old orbit is better than none), but are
-//! reported stale in `satellite.info` and `/health` so the operator loads fresh ones.
+//! reported stale in `satellite.info` and `/health` so the operator loads fresh ones, with
+//! `satellite.set_elements` and the operator's token (kept in the data directory's
+//! `elements.tle` for the next start).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -36,6 +38,10 @@ pub struct OrbitConfig {
     pub horizon_hours: u64,
     /// The ground stations.
     pub stations: Vec<StationConfig>,
+    /// A file holding the operator's token (at least 16 characters): with it,
+    /// `satellite.set_elements` loads a fresher element set at run time. Without it the
+    /// method is off.
+    pub operator_token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for OrbitConfig {
@@ -45,6 +51,7 @@ impl Default for OrbitConfig {
             max_element_age_days: 7,
             horizon_hours: 48,
             stations: Vec::new(),
+            operator_token_file: None,
         }
     }
 }
@@ -146,8 +153,30 @@ impl OrbitConfig {
                 "must be within 1..=336",
             ));
         }
+        let operator = match &self.operator_token_file {
+            None => None,
+            Some(path) => {
+                let token = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        "satellite.orbit.operator_token_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                let token = token.trim();
+                if token.len() < 16 {
+                    return Err(invalid(
+                        "satellite.orbit.operator_token_file",
+                        "the token must be at least 16 characters",
+                    ));
+                }
+                Some(token_hash(token))
+            }
+        };
         Ok(Some(PassPlan {
-            orbit,
+            orbit: RwLock::new(orbit),
+            operator,
+            saved: None,
+            changed: tokio::sync::Notify::new(),
             stations: self.stations.iter().map(StationConfig::station).collect(),
             max_age: Duration::from_secs(self.max_element_age_days * 86_400),
             horizon: Duration::from_secs(self.horizon_hours * 3600),
@@ -156,10 +185,52 @@ impl OrbitConfig {
     }
 }
 
+fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Why `satellite.set_elements` refused an element set.
+#[derive(Debug, thiserror::Error)]
+pub enum ElementsError {
+    /// No operator token is configured: the method is off.
+    #[error("loading elements is off: set satellite.orbit.operator_token_file")]
+    Off,
+    /// The token is wrong.
+    #[error("the operator token is wrong")]
+    NotOperator,
+    /// The lines do not make an element set.
+    #[error("{0}")]
+    Bad(OrbitError),
+    /// The elements' time is in the future.
+    #[error("the elements' time ({epoch}) is in the future")]
+    Future {
+        /// Their time, unix seconds.
+        epoch: u64,
+    },
+    /// The elements are not newer than those in use.
+    #[error("the elements' time ({epoch}) is not after that of the elements in use ({current})")]
+    NotNewer {
+        /// Their time, unix seconds.
+        epoch: u64,
+        /// The time of those in use, unix seconds.
+        current: u64,
+    },
+    /// They could not be kept for the next start.
+    #[error("cannot save the elements: {0}")]
+    Save(String),
+}
+
 /// The orbit, the stations and their latest predicted passes.
 #[derive(Debug)]
 pub struct PassPlan {
-    orbit: Orbit,
+    orbit: RwLock<Orbit>,
+    /// SHA-256 of the operator's token, when elements may be loaded at run time.
+    operator: Option<[u8; 32]>,
+    /// Where loaded elements are kept for the next start.
+    saved: Option<std::path::PathBuf>,
+    /// Woken when new elements are loaded.
+    changed: tokio::sync::Notify,
     stations: Vec<Station>,
     max_age: Duration,
     horizon: Duration,
@@ -170,7 +241,7 @@ impl PassPlan {
     /// Predicts every station's passes from `now` over the horizon and keeps them; returns
     /// the windows of all stations together (the link's schedule).
     pub fn refresh(&self, now: SystemTime) -> Result<Vec<PassWindow>, OrbitError> {
-        let passes = predict(&self.orbit, &self.stations, now, self.horizon)?;
+        let passes = predict(&self.orbit(), &self.stations, now, self.horizon)?;
         let windows = passes
             .iter()
             .flatten()
@@ -220,12 +291,89 @@ impl PassPlan {
 
     /// Whether the elements are older than the configured age at `now`.
     pub fn stale(&self, now: SystemTime) -> bool {
-        self.orbit.age(now) > self.max_age
+        self.orbit().age(now) > self.max_age
     }
 
     /// How old the elements are at `now`.
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.orbit.age(now)
+        self.orbit().age(now)
+    }
+
+    fn orbit(&self) -> std::sync::RwLockReadGuard<'_, Orbit> {
+        self.orbit.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps loaded elements in `path` (the data directory's `elements.tle`), and uses the
+    /// ones already there when they are newer than the configuration's.
+    pub fn with_saved_elements(mut self, path: std::path::PathBuf) -> PassPlan {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if let [l1, l2] = lines.as_slice() {
+                match Orbit::from_tle(l1, l2) {
+                    Ok(o) if o.epoch() > self.orbit().epoch() => {
+                        tracing::info!(path = %path.display(), "using the element set loaded last");
+                        *self.orbit.write().unwrap_or_else(|p| p.into_inner()) = o;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "ignoring saved elements")
+                    }
+                }
+            }
+        }
+        self.saved = Some(path);
+        self
+    }
+
+    /// `satellite.set_elements`: checks the operator's `token`, and that the element set
+    /// parses, is not from the future (a day's grace) and is newer than the one in use;
+    /// then keeps it for the next start, uses it, and has the passes predicted again.
+    /// Returns the new elements' time.
+    pub fn load_elements(
+        &self,
+        line1: &str,
+        line2: &str,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<SystemTime, ElementsError> {
+        let Some(expected) = self.operator else {
+            return Err(ElementsError::Off);
+        };
+        let given = token_hash(token.trim());
+        // Compared in full, whatever differs first.
+        if given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            != 0
+        {
+            return Err(ElementsError::NotOperator);
+        }
+        let orbit = Orbit::from_tle(line1, line2).map_err(ElementsError::Bad)?;
+        let unix = crate::rpc_signing::unix;
+        if orbit.epoch() > now + Duration::from_secs(86_400) {
+            return Err(ElementsError::Future {
+                epoch: unix(orbit.epoch()),
+            });
+        }
+        let current = self.orbit().epoch();
+        if orbit.epoch() <= current {
+            return Err(ElementsError::NotNewer {
+                epoch: unix(orbit.epoch()),
+                current: unix(current),
+            });
+        }
+        if let Some(path) = &self.saved {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{}\n{}\n", orbit.lines[0], orbit.lines[1]))
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| ElementsError::Save(format!("{}: {e}", path.display())))?;
+        }
+        let epoch = orbit.epoch();
+        *self.orbit.write().unwrap_or_else(|p| p.into_inner()) = orbit;
+        tracing::info!(epoch = unix(epoch), "new element set loaded");
+        self.changed.notify_one();
+        Ok(epoch)
     }
 
     /// As `satellite.info` shows it: the elements' time and age, and each station with its
@@ -264,7 +412,7 @@ impl PassPlan {
             })
             .collect();
         json!({
-            "elements_epoch": unix(self.orbit.epoch()),
+            "elements_epoch": unix(self.orbit().epoch()),
             "elements_age_secs": self.age(now).as_secs(),
             "elements_stale": self.stale(now),
             "stations": stations,
@@ -279,7 +427,10 @@ where
 {
     let mut every = tokio::time::interval(REFRESH);
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            () = plan.changed.notified() => {}
+        }
         let p = plan.clone();
         let predicted = tokio::task::spawn_blocking(move || p.refresh(SystemTime::now())).await;
         match predicted {

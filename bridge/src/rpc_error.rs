@@ -42,6 +42,8 @@ pub const BAD_CODE: i32 = -32024;
 pub const RATE_LIMITED: i32 = -32025;
 /// The upstream Electrum server or the mail server failed; try again later.
 pub const UPSTREAM_FAILED: i32 = -32026;
+/// An operator's method was called without the operator's token (or it is off).
+pub const NOT_OPERATOR: i32 = -32027;
 
 /// An error a JSON-RPC method returns; converted to a JSON-RPC error object on the wire.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,6 +166,31 @@ impl From<crate::service::ServiceError> for RpcError {
             }
             E::Upstream(_) | E::Mail(_) => (UPSTREAM_FAILED, None),
             E::Store(_) => (INTERNAL_ERROR, None),
+        };
+        RpcError::Service {
+            code,
+            message,
+            data,
+        }
+    }
+}
+
+impl From<crate::passes::ElementsError> for RpcError {
+    fn from(e: crate::passes::ElementsError) -> Self {
+        use crate::passes::ElementsError as E;
+        let message = e.to_string();
+        let (code, data) = match &e {
+            E::Off | E::NotOperator => (NOT_OPERATOR, None),
+            E::Bad(_) => (INVALID_PARAMS, Some(json!({"param": "line1"}))),
+            E::Future { epoch } => (
+                INVALID_PARAMS,
+                Some(json!({"param": "line1", "epoch": epoch})),
+            ),
+            E::NotNewer { epoch, current } => (
+                WRONG_STATE,
+                Some(json!({"epoch": epoch, "current_epoch": current})),
+            ),
+            E::Save(_) => (INTERNAL_ERROR, None),
         };
         RpcError::Service {
             code,

@@ -223,6 +223,28 @@ pub fn register(
         }))
     })?;
     module.register_async_method(
+        "satellite.set_elements",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "satellite.set_elements", 3, 3)?;
+            let line1 = string_param(&values, 0, "line1")?;
+            let line2 = string_param(&values, 1, "line2")?;
+            let token = string_param(&values, 2, "token")?;
+            let Some(plan) = ctx.passes.clone() else {
+                return Err(RpcError::from(crate::passes::ElementsError::Off));
+            };
+            let now = std::time::SystemTime::now();
+            let epoch = tokio::task::spawn_blocking(move || {
+                plan.load_elements(&line1, &line2, &token, now)
+            })
+            .await
+            .map_err(|e| RpcError::Storage(e.to_string()))??;
+            Ok::<_, RpcError>(json!({
+                "elements_epoch": unix(epoch),
+                "elements_age_secs": now.duration_since(epoch).map_or(0, |d| d.as_secs()),
+            }))
+        },
+    )?;
+    module.register_async_method(
         "satellite.new_key",
         |params, ctx: Arc<ApiContext>, ext| async move {
             positional(&params, "satellite.new_key", 0, 0)?;

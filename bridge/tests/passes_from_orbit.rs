@@ -356,3 +356,102 @@ async fn the_operator_page_draws_each_stations_passes_in_chromium() {
     assert_ne!(status, 200);
     bridge.stop().await;
 }
+
+/// The operator loads fresh elements with `satellite.set_elements` and the token: only
+/// with the token, only newer ones, and they stay in use after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_loads_fresher_elements_with_the_token_and_they_outlive_a_restart() {
+    use satcosign_bridge::rpc_error::{INVALID_PARAMS, NOT_OPERATOR, WRONG_STATE};
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let token_file = secrets.path().join("operator.token");
+    std::fs::write(&token_file, "correct horse battery staple\n").expect("token");
+    let mut stale = orbit(30);
+    stale.operator_token_file = Some(token_file.clone());
+    let (bridge, dir) = start(stale.clone()).await;
+    let url = format!("http://{}", bridge.http.expect("http"));
+    let client = HttpClientBuilder::default().build(&url).expect("client");
+    let fresh = elements(1);
+    let call = |l1: String, l2: String, token: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .request::<Value, _>("satellite.set_elements", rpc_params![l1, l2, token])
+                .await
+        }
+    };
+    let code = |r: Result<Value, jsonrpsee::core::ClientError>| match r {
+        Err(jsonrpsee::core::ClientError::Call(e)) => e.code(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(
+        code(call(fresh[0].clone(), fresh[1].clone(), "wrong token here!").await),
+        NOT_OPERATOR
+    );
+    assert_eq!(
+        code(
+            call(
+                "1 garbage".into(),
+                fresh[1].clone(),
+                "correct horse battery staple"
+            )
+            .await
+        ),
+        INVALID_PARAMS
+    );
+    let older = elements(60);
+    assert_eq!(
+        code(
+            call(
+                older[0].clone(),
+                older[1].clone(),
+                "correct horse battery staple"
+            )
+            .await
+        ),
+        WRONG_STATE
+    );
+    let done = call(
+        fresh[0].clone(),
+        fresh[1].clone(),
+        "correct horse battery staple",
+    )
+    .await
+    .expect("loaded");
+    common::contract().check_result("satellite.set_elements", &done);
+    assert!(
+        done["elements_age_secs"].as_u64().expect("age") < 2 * 86_400,
+        "{done}"
+    );
+    let info = info_when(&bridge, |i| i["orbit"]["elements_stale"] == false).await;
+    assert!(info["orbit"]["elements_age_secs"].as_u64().expect("age") < 2 * 86_400);
+    bridge.stop().await;
+
+    // Restarted on the same data with the configuration's old elements: the loaded ones
+    // are still the ones in use.
+    let data = dir.path().join("data");
+    let mut config = Config {
+        data_dir: data,
+        network: Network::Regtest,
+        ..Config::default()
+    };
+    config.electrum.tcp = String::new();
+    config.nostr.listen = String::new();
+    config.http.listen = "127.0.0.1:0".into();
+    config.satellite.account_key =
+        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
+            .expect("key")
+            .descriptor_key();
+    config.satellite.orbit = stale;
+    let channel = SimChannel::new(SimConfig::default());
+    let link = SatelliteLink::new(
+        channel.attach(0),
+        Identity::from_bytes([1; 32]),
+        Identity::from_bytes([2; 32]).public(),
+    );
+    let bridge = satcosign_bridge::start_with(&config, Some(link))
+        .await
+        .expect("restarts");
+    let info = info_when(&bridge, |i| i["orbit"].is_object()).await;
+    assert_eq!(info["orbit"]["elements_stale"], false, "{info}");
+    bridge.stop().await;
+}
