@@ -230,7 +230,7 @@ impl Service {
         let now = unix_now();
         let expires_at = now + self.gate.token_ttl_secs;
         let when = self
-            .expected(State::Confirmed)
+            .expected(r, State::Confirmed)
             .map(|e| e.sentence(std::time::SystemTime::now()));
         let email = notice::confirm_email(
             &self.public_url(),

@@ -1,10 +1,15 @@
-//! When a request will reach the satellite, as its owner is told: the start of the next
-//! pass of any ground station, or "now" while a pass is under way, with the station's name
-//! when the passes come from the orbit ([`crate::passes`]).
+//! When a request will reach the satellite, as its owner is told: the start of the first
+//! pass (of any ground station) with room left for it after the messages queued ahead, or
+//! "now" while such a pass is under way, with the station's name when the passes come from
+//! the orbit ([`crate::passes`]).
 //!
+//! Room is an estimate: a pass carries [`EFFICIENCY`] of its bit rate times its length
+//! (preambles, turnarounds, acknowledgements and forward error correction take the rest),
+//! and the queue ahead is what the link still has to send of each older message. It is
+//! computed afresh at every look, so it moves when a pass is missed or the queue drains.
 //! Shown for a request that is confirmed and not yet answered (`confirmed`, `queued`,
-//! `sent`) in `request.status` and its pushes, and on the page that confirms it. The
-//! estimate is the link's own schedule; it does not yet count the requests queued ahead.
+//! `sent`) in `request.status` and its pushes, on the confirmation page, and (as the wait
+//! after confirming) in the confirmation email.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,51 +19,84 @@ use serde_json::{json, Value};
 use crate::passes::PassPlan;
 use crate::rpc::LinkStatusFn;
 use crate::rpc_signing::unix;
-use crate::state::State;
+use crate::state::{Action, RequestRecord, State};
 
-/// What the estimate is made from: the link's status and, when known, the orbit's passes.
+/// The share of a pass's raw bit rate that carries messages, for the estimate.
+pub const EFFICIENCY: f64 = 0.4;
+/// What a request not yet queued is taken to need on the air, bytes (a compact signing
+/// request of a few inputs; the real size is known once it is queued).
+const UNQUEUED_BYTES: usize = 600;
+
+/// What the estimate is made from.
 #[derive(Clone)]
 pub struct Sky {
-    /// The link's status (its schedule's current and next pass).
+    /// The link's status (its schedule's passes and its queue).
     pub link: LinkStatusFn,
     /// The passes predicted per station, when `[satellite.orbit]` is set.
     pub passes: Option<Arc<PassPlan>>,
+    /// The channel's bit rate.
+    pub bitrate: u64,
 }
 
 /// The expected time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expected {
-    /// When the pass that should carry it starts (now, if one is under way).
+    /// When the pass that should carry it starts (now, if it is under way).
     pub at: SystemTime,
     /// The station of that pass, when known.
     pub station: Option<String>,
-    /// Whether a pass is under way now.
+    /// Whether that pass is under way now.
     pub in_view: bool,
 }
 
-/// The expected time for a request in `state`, or `None` when it is not waiting for the
-/// satellite (or nothing is known of the passes).
-pub fn expected(sky: &Sky, state: State, now: SystemTime) -> Option<Expected> {
-    if !matches!(state, State::Confirmed | State::Queued | State::Sent) {
+/// The expected time for request `r` as if it were in `state`, or `None` when it is not
+/// waiting for the satellite (or nothing is known of the passes).
+pub fn expected(sky: &Sky, r: &RequestRecord, state: State, now: SystemTime) -> Option<Expected> {
+    if !matches!(state, State::Confirmed | State::Queued | State::Sent)
+        || !matches!(
+            r.action,
+            Action::Register | Action::Sign { .. } | Action::SetPolicy { .. }
+        )
+    {
         return None;
     }
     let status = (sky.link)();
-    if !status.passes_known {
+    if !status.passes_known || status.upcoming.is_empty() {
         return None;
     }
-    let station_at = |t: SystemTime| sky.passes.as_ref().and_then(|p| p.station_in_view(t));
-    if let Some(current) = status.current_pass.filter(|_| status.in_view) {
-        return Some(Expected {
-            at: now.max(current.start),
-            station: station_at(now),
-            in_view: true,
-        });
+    // What must go up before this request has: the older messages' bytes left, and its own.
+    let ahead: usize = match (state, r.link_msg) {
+        (State::Sent, _) => 0,
+        (_, Some(m)) => status
+            .queue
+            .iter()
+            .filter(|(id, _)| *id <= m)
+            .map(|(_, b)| b)
+            .sum(),
+        (_, None) => status.queue.iter().map(|(_, b)| b).sum::<usize>() + UNQUEUED_BYTES,
+    };
+    let per_sec = sky.bitrate as f64 / 8.0 * EFFICIENCY;
+    let mut carried = 0.0;
+    let mut chosen = status.upcoming.last().copied()?;
+    for w in &status.upcoming {
+        let from = w.start.max(now);
+        let room = w.end.duration_since(from).map_or(0.0, |d| d.as_secs_f64()) * per_sec;
+        // A pass that starts the request's turn is the one it is expected in.
+        if carried + room >= ahead as f64 || ahead == 0 {
+            chosen = *w;
+            break;
+        }
+        carried += room;
     }
-    let next = status.next_pass?;
+    let at = chosen.start.max(now);
+    let station = sky.passes.as_ref().and_then(|p| {
+        p.station_in_view(at + std::time::Duration::from_secs(1))
+            .or_else(|| p.station_in_view(at))
+    });
     Some(Expected {
-        at: next.start,
-        station: station_at(next.start + std::time::Duration::from_secs(1)),
-        in_view: false,
+        at,
+        station,
+        in_view: chosen.start <= now,
     })
 }
 
@@ -102,6 +140,9 @@ impl Expected {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::new_request;
+    use satcosign_cosigner::decision::RequestId;
+    use satcosign_cosigner::wallet::WalletId;
     use satcosign_link::link::{LinkStatus, PassWindow};
     use std::time::Duration;
 
@@ -109,55 +150,100 @@ mod tests {
         Sky {
             link: Arc::new(move || status.clone()),
             passes: None,
+            bitrate: 9600,
         }
     }
 
+    fn request(link_msg: Option<u64>) -> RequestRecord {
+        let mut r = new_request(
+            RequestId([1; 16]),
+            WalletId([2; 16]),
+            Action::Register,
+            State::Queued,
+            0,
+        );
+        r.link_msg = link_msg;
+        r
+    }
+
+    /// Three one-minute passes an hour apart; at 9600 bit/s a pass carries 28,800 bytes.
+    fn passes(now: SystemTime, first_in: u64) -> Vec<PassWindow> {
+        (0..3)
+            .map(|k| PassWindow {
+                start: now + Duration::from_secs(first_in + k * 3600),
+                end: now + Duration::from_secs(first_in + k * 3600 + 60),
+            })
+            .collect()
+    }
+
     #[test]
-    fn waiting_requests_get_the_next_pass_and_others_nothing() {
+    fn the_expected_pass_is_the_first_with_room_after_the_queue_ahead() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let next = PassWindow {
-            start: now + Duration::from_secs(41 * 60),
-            end: now + Duration::from_secs(50 * 60),
-        };
-        let s = sky(LinkStatus {
+        let upcoming = passes(now, 41 * 60);
+        let status = |queue: Vec<(u64, usize)>| LinkStatus {
             passes_known: true,
-            next_pass: Some(next),
+            next_pass: upcoming.first().copied(),
+            upcoming: upcoming.clone(),
+            queue,
             running: true,
             ..LinkStatus::default()
-        });
-        for state in [State::Confirmed, State::Queued, State::Sent] {
-            let e = expected(&s, state, now).expect("expected");
-            assert_eq!(e.at, next.start);
-            assert!(!e.in_view);
-            assert_eq!(e.to_json(now)["in_secs"], 41 * 60);
-            let words = e.sentence(now);
-            assert!(words.contains("in about 41 minutes"), "{words}");
-            assert!(words.contains("UTC"), "{words}");
-        }
+        };
+        // Alone in the queue: the next pass.
+        let s = sky(status(vec![(7, 1_000)]));
+        let e = expected(&s, &request(Some(7)), State::Queued, now).expect("expected");
+        assert_eq!(e.at, upcoming[0].start);
+        assert!(
+            e.sentence(now).contains("in about 41 minutes"),
+            "{}",
+            e.sentence(now)
+        );
+        // 40 kB queued ahead of it: the first pass is full, the second carries it.
+        let s = sky(status(vec![(5, 20_000), (6, 20_000), (7, 1_000)]));
+        let e = expected(&s, &request(Some(7)), State::Queued, now).expect("expected");
+        assert_eq!(e.at, upcoming[1].start);
+        // The older messages are not held back by a younger one.
+        let e = expected(&s, &request(Some(5)), State::Queued, now).expect("expected");
+        assert_eq!(e.at, upcoming[0].start);
+        // Confirmed, not yet queued: behind everything queued.
+        let e = expected(&s, &request(None), State::Confirmed, now).expect("expected");
+        assert_eq!(e.at, upcoming[1].start);
+        // On the satellite already: its answer comes at the next pass.
+        let e = expected(&s, &request(Some(7)), State::Sent, now).expect("expected");
+        assert_eq!(e.at, upcoming[0].start);
+        // Not waiting for the satellite: nothing promised.
         for state in [
             State::Received,
             State::AwaitingEmail,
             State::Signed,
             State::Delivered,
         ] {
-            assert_eq!(expected(&s, state, now), None, "{state:?}");
+            assert_eq!(
+                expected(&s, &request(Some(7)), state, now),
+                None,
+                "{state:?}"
+            );
         }
-        // In view: now.
+    }
+
+    #[test]
+    fn a_pass_under_way_is_now_and_an_unknown_schedule_promises_nothing() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let current = PassWindow {
+            start: now - Duration::from_secs(60),
+            end: now + Duration::from_secs(300),
+        };
         let s = sky(LinkStatus {
             passes_known: true,
             in_view: true,
-            current_pass: Some(PassWindow {
-                start: now - Duration::from_secs(60),
-                end: now + Duration::from_secs(300),
-            }),
+            current_pass: Some(current),
+            upcoming: vec![current],
             running: true,
             ..LinkStatus::default()
         });
-        let e = expected(&s, State::Queued, now).expect("expected");
+        let e = expected(&s, &request(None), State::Confirmed, now).expect("expected");
         assert!(e.in_view && e.at == now);
         assert!(e.sentence(now).contains("under way"));
-        // No schedule known: no promise.
         let s = sky(LinkStatus::default());
-        assert_eq!(expected(&s, State::Queued, now), None);
+        assert_eq!(expected(&s, &request(None), State::Queued, now), None);
     }
 }

@@ -212,8 +212,9 @@ async fn confirm_route(service: Arc<crate::service::Service>, req: HttpRequest) 
     };
     match service.confirm(id, code, approve).await {
         Ok(state) if approve => {
-            let when = service
-                .expected(state)
+            let record = service.request(id).await.ok();
+            let when = record
+                .and_then(|r| service.expected(&r, state))
                 .map(|e| format!(" Queued: {}.", e.sentence(std::time::SystemTime::now())))
                 .unwrap_or_default();
             html_response(

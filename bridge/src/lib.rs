@@ -464,6 +464,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         let _ = svc.sky.set(expected::Sky {
             link: link_status.clone().expect("set just above"),
             passes: pass_plan.clone(),
+            bitrate: config.satellite.bitrate,
         });
         // The satellite's Nostr identity answers deliveries: hook it before the relay
         // resumes any.

@@ -165,7 +165,7 @@ pub fn status_json(
 ) -> Value {
     let mut json = request_json(r, watch);
     json["expected"] = service
-        .expected(r.state)
+        .expected(r, r.state)
         .map_or(Value::Null, |e| e.to_json(std::time::SystemTime::now()));
     json
 }

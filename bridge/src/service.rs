@@ -440,11 +440,11 @@ impl Service {
         }
     }
 
-    /// When a request in `state` is expected to reach the satellite (see
+    /// When request `r` is expected to reach the satellite, as if it were in `state` (see
     /// [`crate::expected`]).
-    pub fn expected(&self, state: State) -> Option<crate::expected::Expected> {
+    pub fn expected(&self, r: &RequestRecord, state: State) -> Option<crate::expected::Expected> {
         let sky = self.sky.get()?;
-        crate::expected::expected(sky, state, std::time::SystemTime::now())
+        crate::expected::expected(sky, r, state, std::time::SystemTime::now())
     }
 
     /// The checked wallet for a record (cached).

@@ -76,7 +76,17 @@ pub async fn render(
                 .collect(),
         }],
     };
-    let expected = service.expected(State::Queued);
+    // Where the queue stands: the pass expected to carry the last request waiting.
+    let expected = service.sky.get().and_then(|sky| {
+        let probe = crate::service::new_request(
+            satcosign_cosigner::decision::RequestId([0; 16]),
+            satcosign_cosigner::wallet::WalletId([0; 16]),
+            crate::state::Action::Register,
+            State::Confirmed,
+            0,
+        );
+        crate::expected::expected(sky, &probe, State::Confirmed, now)
+    });
     let mut page = String::new();
     let _ = write!(
         page,

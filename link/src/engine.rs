@@ -269,6 +269,24 @@ impl<S: LinkStore> Engine<S> {
         std::mem::take(&mut self.newly_acknowledged)
     }
 
+    /// Each queued message, oldest first, with the bytes of its fragments still to send
+    /// (for estimating when a message will have gone).
+    pub fn queued_bytes(&self) -> Vec<(u64, usize)> {
+        self.out
+            .iter()
+            .map(|(id, m)| {
+                let left = m
+                    .chunks
+                    .iter()
+                    .zip(&m.pending)
+                    .filter(|(_, p)| **p)
+                    .map(|(c, _)| c.len())
+                    .sum();
+                (*id, left)
+            })
+            .collect()
+    }
+
     /// Whether message `id` is still queued (not yet acknowledged).
     pub fn is_queued(&self, id: u64) -> bool {
         self.out.contains_key(&id)

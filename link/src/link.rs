@@ -51,7 +51,14 @@ pub struct LinkStatus {
     pub stats: Stats,
     /// Whether the link task runs (it stops when its store or transport fails).
     pub running: bool,
+    /// Each queued message, oldest first, with the bytes it still has to send.
+    pub queue: Vec<(u64, usize)>,
+    /// The passes from now on (the current one first), at most [`UPCOMING`].
+    pub upcoming: Vec<PassWindow>,
 }
+
+/// How many passes ahead [`LinkStatus::upcoming`] lists.
+pub const UPCOMING: usize = 32;
 
 /// What the link task publishes after each step; the handle adds what the clock tells.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +66,7 @@ struct Published {
     peer_heard_at: Option<Instant>,
     head: Option<HeadStatus>,
     queue_depth: usize,
+    queue: Vec<(u64, usize)>,
     stats: Stats,
 }
 
@@ -165,6 +173,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                         peer_heard_at: engine.peer_heard_at(),
                         head: engine.head(now),
                         queue_depth: engine.queue_depth(),
+                        queue: engine.queued_bytes(),
                         stats: engine.stats().clone(),
                     });
                     let wake = engine
@@ -270,7 +279,25 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
             };
             h
         });
+        let mut upcoming = Vec::new();
+        if schedule.is_known() {
+            let mut at = now;
+            if let Some(w) = current {
+                upcoming.push(pass_window(w));
+                at = w.end;
+            }
+            while upcoming.len() < UPCOMING {
+                match schedule.next(at) {
+                    Some(w) if w.end > at => {
+                        upcoming.push(pass_window(w));
+                        at = w.end;
+                    }
+                    _ => break,
+                }
+            }
+        }
         LinkStatus {
+            upcoming,
             passes_known: schedule.is_known(),
             in_view,
             current_pass: current.filter(|_| schedule.is_known()).map(pass_window),
@@ -278,6 +305,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
             peer_heard_at: p.peer_heard_at.map(to_system),
             head,
             queue_depth: p.queue_depth,
+            queue: p.queue,
             stats: p.stats,
             running: !self.task.is_finished(),
         }
