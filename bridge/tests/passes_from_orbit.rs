@@ -90,8 +90,19 @@ async fn start_with_status_page(
     status_page: Option<bool>,
 ) -> (satcosign_bridge::RunningBridge, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let bridge = start_in(&dir.path().join("data"), orbit, status_page).await;
+    (bridge, dir)
+}
+
+/// A bridge on data folder `data` whose passes come from `orbit`, with nobody on the other
+/// side of its channel (this is about the schedule).
+async fn start_in(
+    data: &std::path::Path,
+    orbit: OrbitConfig,
+    status_page: Option<bool>,
+) -> satcosign_bridge::RunningBridge {
     let mut config = Config {
-        data_dir: dir.path().join("data"),
+        data_dir: data.to_owned(),
         network: Network::Regtest,
         ..Config::default()
     };
@@ -104,17 +115,15 @@ async fn start_with_status_page(
             .expect("key")
             .descriptor_key();
     config.satellite.orbit = orbit;
-    // Nobody on the other side of the channel: this is about the schedule.
     let channel = SimChannel::new(SimConfig::default());
     let link = SatelliteLink::new(
         channel.attach(0),
         Identity::from_bytes([1; 32]),
         Identity::from_bytes([2; 32]).public(),
     );
-    let bridge = satcosign_bridge::start_with(&config, Some(link))
+    satcosign_bridge::start_with(&config, Some(link))
         .await
-        .expect("bridge starts");
-    (bridge, dir)
+        .expect("bridge starts")
 }
 
 async fn info_when(
@@ -428,29 +437,7 @@ async fn the_operator_loads_fresher_elements_with_the_token_and_they_outlive_a_r
 
     // Restarted on the same data with the configuration's old elements: the loaded ones
     // are still the ones in use.
-    let data = dir.path().join("data");
-    let mut config = Config {
-        data_dir: data,
-        network: Network::Regtest,
-        ..Config::default()
-    };
-    config.electrum.tcp = String::new();
-    config.nostr.listen = String::new();
-    config.http.listen = "127.0.0.1:0".into();
-    config.satellite.account_key =
-        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
-            .expect("key")
-            .descriptor_key();
-    config.satellite.orbit = stale;
-    let channel = SimChannel::new(SimConfig::default());
-    let link = SatelliteLink::new(
-        channel.attach(0),
-        Identity::from_bytes([1; 32]),
-        Identity::from_bytes([2; 32]).public(),
-    );
-    let bridge = satcosign_bridge::start_with(&config, Some(link))
-        .await
-        .expect("restarts");
+    let bridge = start_in(&dir.path().join("data"), stale, None).await;
     let info = info_when(&bridge, |i| i["orbit"].is_object()).await;
     assert_eq!(info["orbit"]["elements_stale"], false, "{info}");
     bridge.stop().await;
