@@ -6,27 +6,32 @@
 //! and relays confirmed ones over the radio link to the satellite cosigner.
 //!
 //! Modules, one concept each:
-//! - [`config`]: the TOML configuration, checked at load;
+//! - [`config`]: the TOML configuration, checked at load; [`cli`]: the command line the two
+//!   binaries share (`satcosign-bridge`, and `satcosign-dev` with the `dev` feature);
 //! - [`rpc`]: the JSON-RPC methods (one `RpcModule` for every transport), with
 //!   [`rpc_signing`] for `satellite.*`, `wallet.*` and `request.*`;
 //! - [`rpc_error`]: every JSON-RPC error code the bridge sends;
 //! - [`dispatch`]: JSON-RPC over Electrum protocol lines (batches, notifications);
 //! - [`electrum_tcp`]: the Electrum TCP/TLS listener; [`tls`]: its certificates;
-//! - [`http`]: the HTTP + WebSocket listener, `/health` and the confirmation pages;
-//!   [`metrics`]: `/metrics` for the operator;
+//! - [`http`]: the HTTP + WebSocket listener and the confirmation pages; [`health`]:
+//!   `/health` part by part; [`metrics`]: `/metrics`; [`status_page`]: the operator's
+//!   `/status` page;
 //! - [`push`]: Electrum-style server pushes;
 //! - [`admission`]: connection caps with a share per peer; [`read_rate`]: a read rate per
 //!   peer across every listener;
 //! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
 //! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages;
-//! - [`state`]: wallet and request records; [`service`]: what the operations share, with
+//! - [`state`]: wallet and request records; [`lifecycle`]: the one table of request
+//!   transitions; [`service`]: what the operations share, with
 //!   the operations in [`wallets`], [`intake`] and [`approval`]; [`allowance`]: rolling
 //!   limits kept in the database;
 //! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
 //! - [`relay`]: drives requests over the link and delivers outcomes; [`answer`]: checks
 //!   the satellite's signatures before they are merged;
+//! - [`passes`]: the link's passes predicted from the orbit over the ground stations;
+//!   [`expected`]: when a request should reach the satellite;
 //! - [`upstream`]: the upstream Electrum server; [`watch`]: broadcast transactions on the
-//!   chain; [`dev`]: the embedded system of `dev`/`demo`.
+//!   chain; `dev` and `demo` (the `dev` feature): the embedded system of `satcosign-dev`.
 
 pub mod admission;
 pub mod allowance;

@@ -7,7 +7,7 @@
 //! then lets it change the record and anything else that must change with it. A step the
 //! table does not allow from the request's state is refused with
 //! [`ServiceError::WrongState`] (JSON-RPC -32022) and changes nothing. Each step says
-//! whether it is announced ([`Step::announced`]); [`crate::service::Service::advance`]
+//! whether it is announced ([`Step::announced`]); `Service::advance`
 //! announces what [`advance`] committed.
 
 use redb::WriteTransaction;

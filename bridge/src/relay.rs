@@ -10,7 +10,7 @@
 //! Work is found by wake-ups, not polling: each announced transition, each message the link
 //! says the satellite acknowledged, each retry when its backoff ends, and a request freed by
 //! another task. A sweep of every active request every few seconds is only the safety net.
-//! The parts: [`outbound`] (to the link), [`inbound`] (answers from it) and [`deliver`].
+//! The parts: `outbound` (to the link), `inbound` (answers from it) and `deliver`.
 
 use std::sync::Arc;
 use std::time::Duration;
