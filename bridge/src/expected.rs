@@ -61,9 +61,6 @@ pub fn expected(sky: &Sky, r: &RequestRecord, state: State, now: SystemTime) -> 
         return None;
     }
     let status = (sky.link)();
-    if !status.passes_known || status.upcoming.is_empty() {
-        return None;
-    }
     // What must go up before this request has: the older messages' bytes left, and its own.
     let ahead: usize = match (state, r.link_msg) {
         (State::Sent, _) => 0,
@@ -73,8 +70,33 @@ pub fn expected(sky: &Sky, r: &RequestRecord, state: State, now: SystemTime) -> 
             .filter(|(id, _)| *id <= m)
             .map(|(_, b)| b)
             .sum(),
-        (_, None) => status.queue.iter().map(|(_, b)| b).sum::<usize>() + UNQUEUED_BYTES,
+        (_, None) => behind_everything(&status),
     };
+    pass_with_room(sky, &status, ahead, now)
+}
+
+/// When a request confirmed now would be expected: behind everything queued (the operator's
+/// page draws the queue there).
+pub fn for_a_new_request(sky: &Sky, now: SystemTime) -> Option<Expected> {
+    let status = (sky.link)();
+    pass_with_room(sky, &status, behind_everything(&status), now)
+}
+
+/// The bytes ahead of a request not yet queued: the whole queue and its own.
+fn behind_everything(status: &satcosign_link::link::LinkStatus) -> usize {
+    status.queue.iter().map(|(_, b)| b).sum::<usize>() + UNQUEUED_BYTES
+}
+
+/// The first pass with room for `ahead` bytes, from `now`.
+fn pass_with_room(
+    sky: &Sky,
+    status: &satcosign_link::link::LinkStatus,
+    ahead: usize,
+    now: SystemTime,
+) -> Option<Expected> {
+    if !status.passes_known || status.upcoming.is_empty() {
+        return None;
+    }
     let per_sec = sky.bitrate as f64 / 8.0 * EFFICIENCY;
     let mut carried = 0.0;
     let mut chosen = status.upcoming.last().copied()?;

@@ -76,17 +76,11 @@ pub async fn render(
                 .collect(),
         }],
     };
-    // Where the queue stands: the pass expected to carry the last request waiting.
-    let expected = service.sky.get().and_then(|sky| {
-        let probe = crate::service::new_request(
-            satcosign_cosigner::decision::RequestId([0; 16]),
-            satcosign_cosigner::wallet::WalletId([0; 16]),
-            crate::state::Action::Register,
-            State::Confirmed,
-            0,
-        );
-        crate::expected::expected(sky, &probe, State::Confirmed, now)
-    });
+    // Where the queue stands: the pass a request confirmed now would wait for.
+    let expected = service
+        .sky
+        .get()
+        .and_then(|sky| crate::expected::for_a_new_request(sky, now));
     let mut page = String::new();
     let _ = write!(
         page,
