@@ -121,13 +121,17 @@ impl<S: LinkStore> Engine<S> {
         self.awaiting_until = None;
         // A message we sent whole that the peer's turn said nothing about did not reach it
         // whole (or its last frame was lost): an implicit NAK. Probe it now rather than
-        // after a timeout; the peer's report then names the gaps.
+        // after a timeout; the peer's report then names the gaps. Only a turn that answered
+        // something counts: a turn with no feedback at all may have been made before our
+        // transmission reached the peer (a beacon its radio held back while we had the
+        // channel), and says nothing about what we sent.
         let feedback = std::mem::take(&mut self.feedback_in_burst);
+        let answered = !feedback.is_empty();
         // The peer answered: the next transmission may be longer (slow start after a restart).
         self.burst_limit = (self.burst_limit * 2).min(self.cfg.max_burst_frames.max(1));
         for (id, m) in self.out.iter_mut() {
             let all_sent = m.ever_sent.iter().all(|s| *s) && !m.pending.iter().any(|p| *p);
-            if all_sent && !feedback.contains(id) {
+            if answered && all_sent && !feedback.contains(id) {
                 if let Some(last) = m.pending.last_mut() {
                     *last = true;
                 }

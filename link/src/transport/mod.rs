@@ -1,12 +1,14 @@
 //! The radio, behind one trait: a transport sends a transmission (a burst of frames sent
 //! back to back under one preamble) and yields the frames it receives, damaged or not
 //! (the engine checks them). Implementations: a seeded simulated channel, UDP datagrams,
-//! and KISS (with AX.25 UI framing) over TCP to a software TNC such as Dire Wolf.
+//! and KISS (with AX.25 UI framing) over TCP to a software TNC such as Dire Wolf; and
+//! [`stations::GroundStations`], several of those as one radio, one per ground station.
 
 use std::future::Future;
 
 pub mod kiss;
 pub mod sim;
+pub mod stations;
 pub mod udp;
 
 /// A radio.

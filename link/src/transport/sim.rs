@@ -132,6 +132,9 @@ pub struct AirStats {
     pub unheard: u64,
     /// Total air time of every transmission, preambles included.
     pub air_time: Duration,
+    /// Transmissions that began or ended out of view (a link that keeps to its passes
+    /// makes none).
+    pub out_of_view: u64,
 }
 
 struct Shared {
@@ -203,6 +206,13 @@ impl SimChannel {
                 period: p.period,
             },
         };
+        SimChannel::with_schedule(cfg, schedule)
+    }
+
+    /// A new channel whose satellite is in view by `schedule` (for passes predicted from an
+    /// orbit); `cfg.passes` is not used.
+    pub fn with_schedule(cfg: SimConfig, schedule: Schedule) -> SimChannel {
+        let now = Instant::now();
         SimChannel(Arc::new(Mutex::new(Shared {
             rng: cfg.seed,
             cfg,
@@ -344,6 +354,9 @@ impl Transport for SimTransport {
                 }
             }
             s.tx_interval[self.side] = (start, t);
+            if s.schedule.current(start).is_none_or(|w| w.end < t) {
+                s.stats.out_of_view += 1;
+            }
             s.stats.transmissions += 1;
             s.stats.air_time += t - start;
             t
