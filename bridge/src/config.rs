@@ -1046,6 +1046,41 @@ mod tests {
     }
 
     #[test]
+    fn station_radios_are_checked_and_named() {
+        let tle = "tle = [\"1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927\", \"2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537\"]";
+        let with = |stations: &str| format!("[satellite.orbit]\n{tle}\n{stations}");
+        let a = "[[satellite.orbit.stations]]\nname = \"a\"\nlatitude_deg = 45.0\nlongitude_deg = 7.0\n";
+        let b = "[[satellite.orbit.stations]]\nname = \"b\"\nlatitude_deg = -31.0\nlongitude_deg = 115.0\n";
+        let udp =
+            "transport = \"udp\"\nudp_bind = \"127.0.0.1:9801\"\nudp_peer = \"127.0.0.1:9802\"\n";
+        let kiss = "transport = \"kiss-tcp\"\nkiss_tcp = \"127.0.0.1:8001\"\n";
+        let serial =
+            "transport = \"kiss-serial\"\nkiss_serial = \"/dev/ttyUSB0\"\nserial_baud = 1200\n";
+        for ok in [
+            with(&format!("{a}{b}")),
+            with(&format!("{a}{udp}{b}{kiss}")),
+            with(&format!("{a}{serial}{b}{udp}")),
+        ] {
+            Config::from_toml(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, says) in [
+            (with(&format!("{a}{udp}{b}")), "every station"),
+            (with(&format!("{a}transport = \"udp\"\nudp_bind = \"127.0.0.1:1\"\n{b}{udp}")), "udp_peer"),
+            (with(&format!("{a}transport = \"kiss-tcp\"\nkiss_tcp = \"nowhere\"\n{b}{udp}")), "host:port"),
+            (with(&format!("{a}transport = \"kiss-tcp\"\nkiss_tcp = \"h:1\"\nudp_bind = \"127.0.0.1:1\"\n{b}{udp}")), "`udp_bind` does not belong"),
+            (with(&format!("{a}transport = \"ham\"\n{b}{udp}")), "not one of"),
+            (with(&format!("{a}transport = \"kiss-serial\"\nkiss_serial = \"/dev/x\"\nserial_baud = 5\n{b}{udp}")), "serial_baud"),
+        ] {
+            let err = Config::from_toml(&bad).expect_err(&bad);
+            let text = err.to_string();
+            assert!(
+                text.contains("satellite.orbit.stations") && text.contains(says),
+                "{bad}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn genesis_hashes_are_the_real_ones() {
         assert_eq!(
             Network::Bitcoin.genesis_hash(),

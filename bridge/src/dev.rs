@@ -272,6 +272,7 @@ async fn start_dev_full(
             peer: cosigner_identity.public(),
             schedule,
             mailer,
+            stations: None,
         }),
     )
     .await?;

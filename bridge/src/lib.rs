@@ -216,6 +216,9 @@ pub struct SatelliteLink<T> {
     pub schedule: satcosign_link::schedule::Schedule,
     /// A mailer to use instead of the configured one (benchmarks).
     pub mailer: Option<Box<dyn mail::Mailer>>,
+    /// When `transport` is several ground stations with their own radios: their view, so
+    /// that each is told its own passes (in the order of `[[satellite.orbit.stations]]`).
+    pub stations: Option<satcosign_link::transport::stations::StationsView>,
 }
 
 impl<T> SatelliteLink<T> {
@@ -228,6 +231,7 @@ impl<T> SatelliteLink<T> {
             peer,
             schedule: satcosign_link::schedule::Schedule::Always,
             mailer: None,
+            stations: None,
         }
     }
 }
@@ -320,6 +324,12 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
             )
         })?;
     let identity = link_identity(config)?;
+    if let Some(stations) = ground_stations(config).await? {
+        let view = stations.view();
+        let mut link = SatelliteLink::new(stations, identity, peer);
+        link.stations = Some(view);
+        return start_with(config, Some(link)).await;
+    }
     match config.satellite.transport.as_str() {
         "kiss-tcp" => {
             let me = kiss::Callsign::new("GROUND", 0)
@@ -350,6 +360,61 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
             start_with(config, Some(SatelliteLink::new(t, identity, peer))).await
         }
     }
+}
+
+/// Every ground station's own radio, when `[[satellite.orbit.stations]]` give them.
+async fn ground_stations(
+    config: &Config,
+) -> Result<Option<satcosign_link::transport::stations::GroundStations>, StartError> {
+    use satcosign_link::transport::{kiss, stations::GroundStations, udp::UdpTransport};
+    let radios = config
+        .satellite
+        .orbit
+        .radios()
+        .map_err(|e| StartError::Link(e.to_string()))?;
+    if radios.is_empty() || radios.iter().any(Option::is_none) {
+        return Ok(None);
+    }
+    let callsign = |call: &str| {
+        kiss::Callsign::new(call, 0).ok_or_else(|| StartError::Link("callsign".into()))
+    };
+    let mut stations = GroundStations::new();
+    for (station, radio) in config
+        .satellite
+        .orbit
+        .stations
+        .iter()
+        .zip(radios.into_iter().flatten())
+    {
+        let name = station.name.as_str();
+        let failed = |e: std::io::Error| {
+            StartError::Link(format!("ground station `{name}` ({}): {e}", radio.kind()))
+        };
+        match &radio {
+            passes::StationRadio::Udp { bind, peer } => {
+                let t = UdpTransport::connect(*bind, *peer).await.map_err(failed)?;
+                stations.add(name, radio.kind(), t);
+            }
+            passes::StationRadio::KissTcp(addr) => {
+                let t =
+                    kiss::KissTransport::connect_tcp(addr, callsign("GROUND")?, callsign("SAT")?)
+                        .await
+                        .map_err(failed)?;
+                stations.add(name, radio.kind(), t);
+            }
+            passes::StationRadio::KissSerial { path, baud } => {
+                let t = kiss::KissTransport::open_serial(
+                    path,
+                    *baud,
+                    callsign("GROUND")?,
+                    callsign("SAT")?,
+                )
+                .map_err(failed)?;
+                stations.add(name, radio.kind(), t);
+            }
+        }
+    }
+    Ok(Some(stations))
 }
 
 /// Starts the bridge with the given link (`None`: mailbox only, no signing service).
@@ -464,6 +529,9 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             pass_plan = None;
         }
         if let Some(plan) = &pass_plan {
+            if let Some(view) = link.stations {
+                plan.attach_radios(view);
+            }
             tasks.push(tokio::spawn(passes::run(plan.clone(), handle.clone())));
         }
         let _ = svc.sky.set(expected::Sky {

@@ -127,7 +127,17 @@ impl Text {
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.0.push_str(name);
         if !labels.is_empty() {
-            let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            // Label values are escaped as the exposition format says (\\, \", \n).
+            let inner: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
+                    format!("{k}=\"{v}\"")
+                })
+                .collect();
             let _ = write!(self.0, "{{{}}}", inner.join(","));
         }
         let _ = writeln!(self.0, " {value}");
@@ -447,6 +457,64 @@ pub async fn render(source: &Source) -> Result<String, StoreError> {
             "1 when the element set is older than satellite.orbit.max_element_age_days.",
             u8::from(plan.stale(now)),
         );
+        if let Some(radios) = plan.radios() {
+            let stations = radios.stats();
+            type Field = fn(&satcosign_link::transport::stations::StationStats) -> u64;
+            let families: [(&str, &str, &str, Field); 7] = [
+                (
+                    "satcosign_station_transmissions_total",
+                    "counter",
+                    "Transmissions sent through each ground station.",
+                    |s| s.transmissions,
+                ),
+                (
+                    "satcosign_station_frames_sent_total",
+                    "counter",
+                    "Link frames sent through each ground station.",
+                    |s| s.frames_sent,
+                ),
+                (
+                    "satcosign_station_bytes_sent_total",
+                    "counter",
+                    "Bytes sent through each ground station.",
+                    |s| s.bytes_sent,
+                ),
+                (
+                    "satcosign_station_frames_heard_total",
+                    "counter",
+                    "Frames heard through each ground station, before the link checks them.",
+                    |s| s.frames_heard,
+                ),
+                (
+                    "satcosign_station_transmit_errors_total",
+                    "counter",
+                    "Transmissions each ground station's transport failed to take.",
+                    |s| s.transmit_errors,
+                ),
+                (
+                    "satcosign_station_up",
+                    "gauge",
+                    "1 while the ground station's transport works.",
+                    |s| u64::from(s.up),
+                ),
+                (
+                    "satcosign_station_carrying",
+                    "gauge",
+                    "1 for the ground station the link sends through now.",
+                    |s| u64::from(s.carrying),
+                ),
+            ];
+            for (name, kind, help, value) in families {
+                t.family(name, kind, help);
+                for s in &stations {
+                    t.sample(
+                        name,
+                        &[("station", &s.name), ("transport", &s.transport)],
+                        value(s),
+                    );
+                }
+            }
+        }
     }
     Ok(t.0)
 }

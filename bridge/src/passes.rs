@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 
 use satcosign_link::link::{LinkHandle, PassWindow};
 use satcosign_link::orbit::{predict, Orbit, OrbitError, Pass, Station};
+use satcosign_link::schedule::{to_instant, Window};
 use satcosign_link::store::LinkStore;
+use satcosign_link::transport::stations::StationsView;
 
 use crate::config::ConfigError;
 
@@ -57,7 +59,7 @@ impl Default for OrbitConfig {
 }
 
 /// `[[satellite.orbit.stations]]`: one ground station.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StationConfig {
     /// Its name (shown to users and operators).
@@ -72,6 +74,53 @@ pub struct StationConfig {
     /// Lowest elevation at which it hears the satellite, degrees. Default 10.
     #[serde(default = "default_min_elevation")]
     pub min_elevation_deg: f64,
+    /// Its own radio: `udp` (needs `udp_bind`, `udp_peer`), `kiss-tcp` (needs `kiss_tcp`) or
+    /// `kiss-serial` (needs `kiss_serial`, and `serial_baud`, default 9600). Either every
+    /// station has one, and the link sends through whichever has the satellite in view, or
+    /// none has, and `[satellite]`'s one transport serves them all.
+    pub transport: Option<String>,
+    /// Local UDP address of this station's radio.
+    pub udp_bind: Option<String>,
+    /// The station's UDP address.
+    pub udp_peer: Option<String>,
+    /// The station's KISS TNC over TCP, host:port.
+    pub kiss_tcp: Option<String>,
+    /// The station's KISS TNC on a serial port (e.g. `/dev/ttyUSB0`).
+    pub kiss_serial: Option<String>,
+    /// The serial port's speed. Default 9600.
+    pub serial_baud: Option<u32>,
+}
+
+/// A station's own radio, as its configuration describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StationRadio {
+    /// UDP datagrams from `bind` to `peer`.
+    Udp {
+        /// Local address.
+        bind: std::net::SocketAddr,
+        /// The station's address.
+        peer: std::net::SocketAddr,
+    },
+    /// A KISS TNC over TCP.
+    KissTcp(String),
+    /// A KISS TNC on a serial port.
+    KissSerial {
+        /// The port.
+        path: String,
+        /// Its speed.
+        baud: u32,
+    },
+}
+
+impl StationRadio {
+    /// The kind, as operators read it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StationRadio::Udp { .. } => "udp",
+            StationRadio::KissTcp(_) => "kiss-tcp",
+            StationRadio::KissSerial { .. } => "kiss-serial",
+        }
+    }
 }
 
 fn default_min_elevation() -> f64 {
@@ -79,6 +128,77 @@ fn default_min_elevation() -> f64 {
 }
 
 impl StationConfig {
+    /// Its own radio, checked; `None` when it has none.
+    pub fn radio(&self) -> Result<Option<StationRadio>, ConfigError> {
+        let key = "satellite.orbit.stations";
+        let bad = |reason: String| invalid(key, format!("station `{}`: {reason}", self.name));
+        let stray = |allowed: &[&str]| -> Result<(), ConfigError> {
+            let given = [
+                ("udp_bind", self.udp_bind.is_some()),
+                ("udp_peer", self.udp_peer.is_some()),
+                ("kiss_tcp", self.kiss_tcp.is_some()),
+                ("kiss_serial", self.kiss_serial.is_some()),
+                ("serial_baud", self.serial_baud.is_some()),
+            ];
+            match given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+                Some((k, _)) => Err(bad(format!(
+                    "`{k}` does not belong to transport `{}`",
+                    self.transport.as_deref().unwrap_or("(none)")
+                ))),
+                None => Ok(()),
+            }
+        };
+        let address =
+            |field: &str, v: &Option<String>| -> Result<std::net::SocketAddr, ConfigError> {
+                let v = v
+                    .as_deref()
+                    .ok_or_else(|| bad(format!("transport `udp` needs `{field}`")))?;
+                v.parse()
+                    .map_err(|e| bad(format!("`{field}` = `{v}`: {e}")))
+            };
+        match self.transport.as_deref() {
+            None => stray(&[]).map(|()| None),
+            Some("udp") => {
+                stray(&["udp_bind", "udp_peer"])?;
+                Ok(Some(StationRadio::Udp {
+                    bind: address("udp_bind", &self.udp_bind)?,
+                    peer: address("udp_peer", &self.udp_peer)?,
+                }))
+            }
+            Some("kiss-tcp") => {
+                stray(&["kiss_tcp"])?;
+                match self.kiss_tcp.as_deref() {
+                    Some(a)
+                        if a.rsplit_once(':').is_some_and(|(h, p)| {
+                            !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                        }) =>
+                    {
+                        Ok(Some(StationRadio::KissTcp(a.to_owned())))
+                    }
+                    Some(a) => Err(bad(format!("`kiss_tcp` = `{a}` is not host:port"))),
+                    None => Err(bad("transport `kiss-tcp` needs `kiss_tcp`".into())),
+                }
+            }
+            Some("kiss-serial") => {
+                stray(&["kiss_serial", "serial_baud"])?;
+                let path = match self.kiss_serial.as_deref() {
+                    Some(p) if !p.trim().is_empty() => p.to_owned(),
+                    _ => return Err(bad("transport `kiss-serial` needs `kiss_serial`".into())),
+                };
+                let baud = self.serial_baud.unwrap_or(9600);
+                if !(300..=4_000_000).contains(&baud) {
+                    return Err(bad(format!(
+                        "`serial_baud` = {baud} is not within 300..=4000000"
+                    )));
+                }
+                Ok(Some(StationRadio::KissSerial { path, baud }))
+            }
+            Some(other) => Err(bad(format!(
+                "transport `{other}` is not one of udp, kiss-tcp, kiss-serial"
+            ))),
+        }
+    }
+
     fn station(&self) -> Station {
         Station {
             name: self.name.clone(),
@@ -102,6 +222,11 @@ impl OrbitConfig {
     /// with distinct names).
     pub fn check(&self) -> Result<(), ConfigError> {
         self.plan().map(|_| ())
+    }
+
+    /// Each station's own radio, checked (`None` for a station without one).
+    pub fn radios(&self) -> Result<Vec<Option<StationRadio>>, ConfigError> {
+        self.stations.iter().map(StationConfig::radio).collect()
     }
 
     /// The plan this configuration describes; `None` without elements.
@@ -140,6 +265,13 @@ impl OrbitConfig {
             s.station()
                 .check()
                 .map_err(|e| invalid("satellite.orbit.stations", e.to_string()))?;
+        }
+        let radios = self.radios()?;
+        if radios.iter().any(Option::is_some) && radios.iter().any(Option::is_none) {
+            return Err(invalid(
+                "satellite.orbit.stations",
+                "either every station has its own `transport` or none has",
+            ));
         }
         if !(1..=3650).contains(&self.max_element_age_days) {
             return Err(invalid(
@@ -181,6 +313,7 @@ impl OrbitConfig {
             max_age: Duration::from_secs(self.max_element_age_days * 86_400),
             horizon: Duration::from_secs(self.horizon_hours * 3600),
             predicted: RwLock::new(Vec::new()),
+            radios: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -235,23 +368,49 @@ pub struct PassPlan {
     max_age: Duration,
     horizon: Duration,
     predicted: RwLock<Vec<Vec<Pass>>>,
+    /// The stations' own radios, when each has one (in the order of `stations`).
+    radios: std::sync::OnceLock<StationsView>,
 }
 
 impl PassPlan {
     /// Predicts every station's passes from `now` over the horizon and keeps them; returns
     /// the windows of all stations together (the link's schedule).
     pub fn refresh(&self, now: SystemTime) -> Result<Vec<PassWindow>, OrbitError> {
+        Ok(self
+            .refresh_by_station(now)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// As [`Self::refresh`], each station's windows apart (in the order of the stations).
+    pub fn refresh_by_station(&self, now: SystemTime) -> Result<Vec<Vec<PassWindow>>, OrbitError> {
         let passes = predict(&self.orbit(), &self.stations, now, self.horizon)?;
         let windows = passes
             .iter()
-            .flatten()
-            .map(|p| PassWindow {
-                start: p.start,
-                end: p.end,
+            .map(|station| {
+                station
+                    .iter()
+                    .map(|p| PassWindow {
+                        start: p.start,
+                        end: p.end,
+                    })
+                    .collect()
             })
             .collect();
         *self.predicted.write().unwrap_or_else(|p| p.into_inner()) = passes;
         Ok(windows)
+    }
+
+    /// Hands the plan the stations' own radios (once): from then on each station is told
+    /// its own passes, and the link follows [`satcosign_link::transport::stations::plan`].
+    pub fn attach_radios(&self, view: StationsView) {
+        let _ = self.radios.set(view);
+    }
+
+    /// The stations' own radios and their counters, when each station has one.
+    pub fn radios(&self) -> Option<&StationsView> {
+        self.radios.get()
     }
 
     /// Each station's passes that overlap `now .. now + span`, by name.
@@ -381,6 +540,7 @@ impl PassPlan {
     pub fn to_json(&self, now: SystemTime, per_station: usize) -> Value {
         let unix = crate::rpc_signing::unix;
         let predicted = self.predicted.read().unwrap_or_else(|p| p.into_inner());
+        let radios = self.radios().map(StationsView::stats).unwrap_or_default();
         let stations: Vec<Value> = self
             .stations
             .iter()
@@ -401,14 +561,26 @@ impl PassPlan {
                         })
                     })
                     .collect();
-                json!({
+                let mut station = json!({
                     "name": s.name,
                     "latitude_deg": s.latitude_deg,
                     "longitude_deg": s.longitude_deg,
                     "altitude_m": s.altitude_m,
                     "min_elevation_deg": s.min_elevation_deg,
                     "next_passes": next,
-                })
+                });
+                if let Some(r) = radios.get(k) {
+                    station["radio"] = json!({
+                        "transport": r.transport,
+                        "up": r.up,
+                        "carrying": r.carrying,
+                        "transmissions": r.transmissions,
+                        "frames_sent": r.frames_sent,
+                        "frames_heard": r.frames_heard,
+                        "transmit_errors": r.transmit_errors,
+                    });
+                }
+                station
             })
             .collect();
         json!({
@@ -432,17 +604,36 @@ where
             () = plan.changed.notified() => {}
         }
         let p = plan.clone();
-        let predicted = tokio::task::spawn_blocking(move || p.refresh(SystemTime::now())).await;
+        let predicted =
+            tokio::task::spawn_blocking(move || p.refresh_by_station(SystemTime::now())).await;
         match predicted {
-            Ok(Ok(windows)) => {
-                tracing::info!(windows = windows.len(), "pass windows predicted");
+            Ok(Ok(by_station)) => {
+                let count: usize = by_station.iter().map(Vec::len).sum();
+                tracing::info!(windows = count, "pass windows predicted");
                 if plan.stale(SystemTime::now()) {
                     tracing::warn!(
                         age_days = plan.age(SystemTime::now()).as_secs() / 86_400,
                         "the satellite's elements are stale: load a fresh element set"
                     );
                 }
-                link.set_passes(windows);
+                match plan.radios() {
+                    // Each station its own passes; the link follows who carries it when.
+                    Some(view) => {
+                        let windows: Vec<Vec<Window>> = by_station
+                            .iter()
+                            .map(|ws| {
+                                ws.iter()
+                                    .map(|w| Window {
+                                        start: to_instant(w.start),
+                                        end: to_instant(w.end),
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        link.set_schedule(view.set_passes(&windows));
+                    }
+                    None => link.set_passes(by_station.into_iter().flatten().collect()),
+                }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot predict passes"),
             Err(e) => tracing::warn!(error = %e, "pass prediction stopped"),

@@ -70,6 +70,7 @@ fn orbit(days_ago: u64) -> OrbitConfig {
         longitude_deg: lon,
         altitude_m: 100.0,
         min_elevation_deg: 10.0,
+        ..StationConfig::default()
     };
     OrbitConfig {
         tle: elements(days_ago),
@@ -440,5 +441,143 @@ async fn the_operator_loads_fresher_elements_with_the_token_and_they_outlive_a_r
     let bridge = start_in(&dir.path().join("data"), stale, None).await;
     let info = info_when(&bridge, |i| i["orbit"].is_object()).await;
     assert_eq!(info["orbit"]["elements_stale"], false, "{info}");
+    bridge.stop().await;
+}
+
+/// Where the satellite is over the ground at `t` (spherical Earth: enough to put a station
+/// right under it).
+fn sub_point(orbit: &satcosign_link::orbit::Orbit, t: SystemTime) -> (f64, f64) {
+    let [x, y, z] = orbit.earth_fixed_at(t).expect("position");
+    let r = (x * x + y * y + z * z).sqrt();
+    ((z / r).asin().to_degrees(), y.atan2(x).to_degrees())
+}
+
+/// Two ground stations, each with its own UDP radio: the link sends through the one that
+/// has the satellite in view (one right under it now) and not through the other (under
+/// the satellite's track only later); `satellite.info` and `/metrics` show each station's
+/// transport and counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
+    use satcosign_link::transport::stations::GroundStations;
+    use satcosign_link::transport::udp::UdpTransport;
+    use satcosign_link::transport::Transport as _;
+
+    let tle = elements(1);
+    let elements = satcosign_link::orbit::Orbit::from_tle(&tle[0], &tle[1]).expect("elements");
+    let now = SystemTime::now();
+    let (here_lat, here_lon) = sub_point(&elements, now + Duration::from_secs(60));
+    // A quarter of an orbit later the satellite is thousands of kilometres away.
+    let (later_lat, later_lon) = sub_point(&elements, now + Duration::from_secs(25 * 60));
+    let free = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .expect("udp")
+            .local_addr()
+            .expect("addr")
+    };
+    let (here_ground, here_sky, later_ground, later_sky) = (free(), free(), free(), free());
+    let station = |name: &str,
+                   lat: f64,
+                   lon: f64,
+                   ground: std::net::SocketAddr,
+                   sky: std::net::SocketAddr| {
+        StationConfig {
+            name: name.into(),
+            latitude_deg: lat,
+            longitude_deg: lon,
+            min_elevation_deg: 5.0,
+            transport: Some("udp".into()),
+            udp_bind: Some(ground.to_string()),
+            udp_peer: Some(sky.to_string()),
+            ..StationConfig::default()
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        network: Network::Regtest,
+        ..Config::default()
+    };
+    config.electrum.tcp = String::new();
+    config.nostr.listen = String::new();
+    config.http.listen = "127.0.0.1:0".into();
+    config.satellite.account_key =
+        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
+            .expect("key")
+            .descriptor_key();
+    config.satellite.link_public_key = hex::encode(Identity::from_bytes([2; 32]).public());
+    config.satellite.orbit = OrbitConfig {
+        tle,
+        stations: vec![
+            station("overhead", here_lat, here_lon, here_ground, here_sky),
+            station("downtrack", later_lat, later_lon, later_ground, later_sky),
+        ],
+        ..OrbitConfig::default()
+    };
+    // The satellite's side of both stations' radios: what each station puts on the air.
+    let mut sky = GroundStations::new();
+    sky.add(
+        "overhead",
+        "udp",
+        UdpTransport::connect(here_sky, here_ground)
+            .await
+            .expect("udp"),
+    );
+    sky.add(
+        "downtrack",
+        "udp",
+        UdpTransport::connect(later_sky, later_ground)
+            .await
+            .expect("udp"),
+    );
+    let heard = sky.view();
+    let bridge = satcosign_bridge::start(&config)
+        .await
+        .expect("bridge starts");
+    // The link's pass begins with a beacon; it reaches the satellite over one station.
+    tokio::time::timeout(Duration::from_secs(30), sky.recv())
+        .await
+        .expect("the link calls the satellite within its pass")
+        .expect("a frame");
+    let info = info_when(&bridge, |i| {
+        i["orbit"]["stations"][0]["radio"]["frames_sent"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    })
+    .await;
+    let stations = info["orbit"]["stations"].as_array().expect("stations");
+    assert_eq!(stations[0]["radio"]["transport"], "udp", "{info}");
+    assert_eq!(stations[0]["radio"]["carrying"], true, "{info}");
+    assert_eq!(stations[0]["radio"]["up"], true, "{info}");
+    assert_eq!(
+        stations[1]["radio"]["frames_sent"], 0,
+        "nothing goes through a station without the satellite in view: {info}"
+    );
+    let by_station = heard.stats();
+    assert!(
+        by_station[0].frames_heard > 0 && by_station[1].frames_heard == 0,
+        "{by_station:?}"
+    );
+    let (_, metrics) = common::flow::http_raw(
+        bridge.http.expect("http"),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let sent = |station: &str| -> u64 {
+        let prefix = format!(
+            "satcosign_station_frames_sent_total{{station=\"{station}\",transport=\"udp\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+            .parse()
+            .expect("a count")
+    };
+    assert!(sent("overhead") > 0, "{metrics}");
+    assert_eq!(sent("downtrack"), 0, "{metrics}");
+    assert!(
+        metrics.contains("satcosign_station_carrying{station=\"overhead\",transport=\"udp\"} 1"),
+        "{metrics}"
+    );
     bridge.stop().await;
 }

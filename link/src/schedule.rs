@@ -60,16 +60,20 @@ fn far(now: Instant) -> Instant {
     now + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
+/// A wall-clock time (an orbit prediction) on the runtime's clock.
+pub fn to_instant(t: SystemTime) -> Instant {
+    let (now_sys, now) = (SystemTime::now(), Instant::now());
+    match t.duration_since(now_sys) {
+        Ok(ahead) => now + ahead,
+        Err(e) => now.checked_sub(e.duration()).unwrap_or(now),
+    }
+}
+
 impl Schedule {
     /// A schedule from windows given in wall-clock time (orbit predictions), sorted, with
     /// overlapping windows merged and past ones dropped.
     pub fn from_system(windows: &[(SystemTime, SystemTime)]) -> Schedule {
         let now_sys = SystemTime::now();
-        let now = Instant::now();
-        let to_instant = |t: SystemTime| match t.duration_since(now_sys) {
-            Ok(ahead) => now + ahead,
-            Err(e) => now.checked_sub(e.duration()).unwrap_or(now),
-        };
         let mut list: Vec<Window> = windows
             .iter()
             .filter(|(s, e)| e > s && *e > now_sys)

@@ -157,6 +157,14 @@ pub struct StationsView {
     route: Arc<Mutex<Route>>,
 }
 
+impl std::fmt::Debug for StationsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.names.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 impl StationsView {
     /// Gives each station its passes (`windows[k]` for the `k`th station added) and returns
     /// the schedule the link's engine must follow: the segments of [`plan`]. Hand it to
