@@ -3,9 +3,12 @@
 //! "now" while such a pass is under way, with the station's name when the passes come from
 //! the orbit ([`crate::passes`]).
 //!
-//! Room is an estimate: a pass carries [`EFFICIENCY`] of its bit rate times its length
-//! (preambles, turnarounds, acknowledgements and forward error correction take the rest),
-//! and the queue ahead is what the link still has to send of each older message. It is
+//! Room is an estimate: a pass carries [`AIR_SHARE`] of its bit rate times its length on a
+//! clean channel (preambles, turnarounds and acknowledgements take the rest), less what the
+//! expected frame loss costs twice over: the lost frames, and the parity and resends that
+//! replace them ([`share`]; measured on the simulated channel, see
+//! `tests/expected_pass.rs`). The queue ahead is what the link still has to send of each
+//! older message. It is
 //! computed afresh at every look, so it moves when a pass is missed or the queue drains.
 //! Shown for a request that is confirmed and not yet answered (`confirmed`, `queued`,
 //! `sent`) in `request.status` and its pushes, on the confirmation page, and (as the wait
@@ -21,8 +24,15 @@ use crate::rpc::LinkStatusFn;
 use crate::rpc_signing::unix;
 use crate::state::{Action, RequestRecord, State};
 
-/// The share of a pass's raw bit rate that carries messages, for the estimate.
-pub const EFFICIENCY: f64 = 0.4;
+/// The share of a clean pass's raw bit rate that carries queued bytes (measured: 0.80-0.81
+/// for passes of one to eight minutes at 9600 bit/s with 256-byte frames).
+pub const AIR_SHARE: f64 = 0.8;
+
+/// The share of a pass's raw bit rate that carries queued bytes at frame loss `loss`.
+pub fn share(loss: f64) -> f64 {
+    let kept = 1.0 - loss.clamp(0.0, 0.9);
+    AIR_SHARE * kept * kept
+}
 /// What a request not yet queued is taken to need on the air, bytes (a compact signing
 /// request of a few inputs; the real size is known once it is queued).
 const UNQUEUED_BYTES: usize = 600;
@@ -36,6 +46,8 @@ pub struct Sky {
     pub passes: Option<Arc<PassPlan>>,
     /// The channel's bit rate.
     pub bitrate: u64,
+    /// The frame loss the link expects (`satellite.expected_loss`).
+    pub expected_loss: f64,
 }
 
 /// The expected time.
@@ -64,15 +76,26 @@ pub fn expected(sky: &Sky, r: &RequestRecord, state: State, now: SystemTime) -> 
     // What must go up before this request has: the older messages' bytes left, and its own.
     let ahead: usize = match (state, r.link_msg) {
         (State::Sent, _) => 0,
-        (_, Some(m)) => status
-            .queue
-            .iter()
-            .filter(|(id, _)| *id <= m)
-            .map(|(_, b)| b)
-            .sum(),
+        (_, Some(m)) => bytes_through(&status, m),
         (_, None) => behind_everything(&status),
     };
     pass_with_room(sky, &status, ahead, now)
+}
+
+/// The expected time for the queued link message `msg_id` to reach the satellite.
+pub fn for_link_message(sky: &Sky, msg_id: u64, now: SystemTime) -> Option<Expected> {
+    let status = (sky.link)();
+    pass_with_room(sky, &status, bytes_through(&status, msg_id), now)
+}
+
+/// The bytes the link still has to send up to and including message `m`.
+fn bytes_through(status: &satcosign_link::link::LinkStatus, m: u64) -> usize {
+    status
+        .queue
+        .iter()
+        .filter(|(id, _)| *id <= m)
+        .map(|(_, b)| b)
+        .sum()
 }
 
 /// When a request confirmed now would be expected: behind everything queued (the operator's
@@ -97,7 +120,7 @@ fn pass_with_room(
     if !status.passes_known || status.upcoming.is_empty() {
         return None;
     }
-    let per_sec = sky.bitrate as f64 / 8.0 * EFFICIENCY;
+    let per_sec = sky.bitrate as f64 / 8.0 * share(sky.expected_loss);
     let mut carried = 0.0;
     let mut chosen = status.upcoming.last().copied()?;
     for w in &status.upcoming {
@@ -173,6 +196,7 @@ mod tests {
             link: Arc::new(move || status.clone()),
             passes: None,
             bitrate: 9600,
+            expected_loss: 0.0,
         }
     }
 
@@ -188,7 +212,8 @@ mod tests {
         r
     }
 
-    /// Three one-minute passes an hour apart; at 9600 bit/s a pass carries 28,800 bytes.
+    /// Three one-minute passes an hour apart; at 9600 bit/s on a clean channel a pass
+    /// carries 57,600 bytes.
     fn passes(now: SystemTime, first_in: u64) -> Vec<PassWindow> {
         (0..3)
             .map(|k| PassWindow {
@@ -219,8 +244,8 @@ mod tests {
             "{}",
             e.sentence(now)
         );
-        // 40 kB queued ahead of it: the first pass is full, the second carries it.
-        let s = sky(status(vec![(5, 20_000), (6, 20_000), (7, 1_000)]));
+        // 70 kB queued ahead of it: the first pass is full, the second carries it.
+        let s = sky(status(vec![(5, 35_000), (6, 35_000), (7, 1_000)]));
         let e = expected(&s, &request(Some(7)), State::Queued, now).expect("expected");
         assert_eq!(e.at, upcoming[1].start);
         // The older messages are not held back by a younger one.

@@ -538,6 +538,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             link: link_status.clone().expect("set just above"),
             passes: pass_plan.clone(),
             bitrate: config.satellite.bitrate,
+            expected_loss: config.satellite.expected_loss,
         });
         // The satellite's Nostr identity answers deliveries: hook it before the relay
         // resumes any.

@@ -164,18 +164,14 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                                     engine.transmitted(Instant::now());
                                     break;
                                 }
-                                Some(cmd) = cmd_rx.recv() => blocking(|| apply(&mut engine, cmd)),
+                                Some(cmd) = cmd_rx.recv() => {
+                                    blocking(|| apply(&mut engine, cmd, &status_tx));
+                                }
                             }
                         }
                     }
                     let now = Instant::now();
-                    let _ = status_tx.send(Published {
-                        peer_heard_at: engine.peer_heard_at(),
-                        head: engine.head(now),
-                        queue_depth: engine.queue_depth(),
-                        queue: engine.queued_bytes(),
-                        stats: engine.stats().clone(),
-                    });
+                    publish(&engine, &status_tx);
                     let wake = engine
                         .next_wakeup(now)
                         .unwrap_or_else(|| now + Duration::from_secs(3600));
@@ -196,7 +192,7 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
                             }
                         },
                         cmd = cmd_rx.recv() => match cmd {
-                            Some(cmd) => blocking(|| apply(&mut engine, cmd)),
+                            Some(cmd) => blocking(|| apply(&mut engine, cmd, &status_tx)),
                             None => return Ok(()),
                         },
                         Ok(()) = schedule_rx.changed() => {
@@ -330,10 +326,25 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
     }
 }
 
-fn apply<S: LinkStore>(engine: &mut Engine<S>, cmd: Cmd) {
+/// Publishes what the engine says now for [`LinkHandle::status`].
+fn publish<S: LinkStore>(engine: &Engine<S>, status: &watch::Sender<Published>) {
+    let _ = status.send(Published {
+        peer_heard_at: engine.peer_heard_at(),
+        head: engine.head(Instant::now()),
+        queue_depth: engine.queue_depth(),
+        queue: engine.queued_bytes(),
+        stats: engine.stats().clone(),
+    });
+}
+
+/// Applies a command; the status is published before the caller hears back, so a caller
+/// that queued a message sees it in [`LinkHandle::status`] at once.
+fn apply<S: LinkStore>(engine: &mut Engine<S>, cmd: Cmd, status: &watch::Sender<Published>) {
     match cmd {
         Cmd::Send(payload, reply) => {
-            let _ = reply.send(engine.send(&payload));
+            let result = engine.send(&payload);
+            publish(engine, status);
+            let _ = reply.send(result);
         }
     }
 }
