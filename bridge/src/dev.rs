@@ -251,8 +251,13 @@ async fn start_dev_full(
                 Some(f) => f(answer),
                 None => answer,
             };
-            if let Err(e) =
-                satcosign_cosigner::link_service::serve_with(cosigner, sat_link, alter).await
+            if let Err(e) = satcosign_cosigner::link_service::serve_on_clock(
+                cosigner,
+                sat_link,
+                alter,
+                crate::service::unix_now,
+            )
+            .await
             {
                 tracing::warn!(error = %e, "cosigner link service stopped");
             }
@@ -286,6 +291,14 @@ async fn start_dev_full(
         sat_store: sat_store_released,
         cosigner_dir: cdir,
     })
+}
+
+/// Moves the bridge's clock (requests, codes, mailbox messages, Nostr events) ahead by `by`,
+/// for tests of what happens over days. It is one clock per process: a test that uses it
+/// runs alone in its own test binary.
+pub fn advance_clock(by: std::time::Duration) {
+    let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+    crate::mailbox::CLOCK_AHEAD_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -100,12 +100,19 @@ impl std::str::FromStr for Keyhash {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// How far the bridge's clock runs ahead of the system's, milliseconds: zero, except in
+/// tests of days-long behaviour (set through `dev::advance_clock`).
+pub(crate) static CLOCK_AHEAD_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+
+/// Milliseconds since the Unix epoch, now: the bridge's clock for requests, codes, mailbox
+/// messages and Nostr events.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+        .saturating_add(CLOCK_AHEAD_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// The mailbox service over the bridge's store.

@@ -34,6 +34,7 @@ use crate::service::{Service, ServiceError};
 use crate::state::{Action, Outcome, RequestRecord, State};
 use crate::store::StoreError;
 use crate::wallet_keys::{nostr_identities, SATELLITE_IDENTITIES};
+use satcosign_cosigner::decision::RequestId;
 use satcosign_cosigner::wallet::WalletId;
 
 /// Requests that came by Nostr: request id -> event id (32 bytes), author (32 bytes) and
@@ -63,6 +64,11 @@ pub struct NostrCosigner {
     /// The identities of registered wallets' members (their keys other than the satellite's).
     members: RwLock<HashSet<PublicKey>>,
     queue: mpsc::UnboundedSender<Arc<Event>>,
+    /// The copies of answers kept for wallets that have not fetched them
+    /// ([`crate::nostr_keep`]): event id -> request.
+    kept: RwLock<HashMap<[u8; 32], RequestId>>,
+    /// Copies sent to a subscription, to record.
+    fetched: mpsc::UnboundedSender<(RequestId, [u8; 32])>,
     /// `SATCOSIGN_TEST_HOLD_AT=nostr_event`: freeze after a message is stored and before it
     /// becomes a request, so the crash test can kill the bridge there.
     hold: bool,
@@ -110,6 +116,41 @@ impl EventHook for NostrCosigner {
             let _ = self.queue.send(e);
         }
     }
+
+    /// A kept answer sent to a subscription that asked for its recipient's messages by name
+    /// (`#p`, as Electrum's psbt_nostr does; a catch-all subscription does not count): the
+    /// wallet has it, and no fresh copy is made.
+    fn on_sent(&self, e: &Event, filters: &[nostr::Filter]) {
+        let id = e.id.to_bytes();
+        if !self
+            .kept
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+        {
+            return;
+        }
+        let p = nostr::SingleLetterTag::lowercase(nostr::Alphabet::P);
+        let Some(recipient) = e.tags.public_keys().next().map(PublicKey::to_hex) else {
+            return;
+        };
+        let named = filters.iter().any(|f| {
+            f.generic_tags
+                .get(&p)
+                .is_some_and(|wanted| wanted.contains(&recipient))
+        });
+        if !named {
+            return;
+        }
+        let request = self
+            .kept
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(request) = request {
+            let _ = self.fetched.send((request, id));
+        }
+    }
 }
 
 impl NostrCosigner {
@@ -142,12 +183,29 @@ impl NostrCosigner {
                 Ok(out)
             })
             .await?;
+        service
+            .store
+            .write(|txn| {
+                txn.open_table(crate::nostr_keep::NOSTR_KEPT)
+                    .map_err(db_err)?;
+                Ok(())
+            })
+            .await?;
+        let kept = crate::nostr_keep::all(service)
+            .await?
+            .into_iter()
+            .filter(|(_, k)| !k.delivered)
+            .map(|(id, k)| (k.event, id))
+            .collect();
+        let (fetched, mut fetched_rx) = mpsc::unbounded_channel();
         let me = Arc::new(NostrCosigner {
             service: Arc::downgrade(service),
             relay: Arc::downgrade(&relay),
             satellites: RwLock::new(satellites),
             members: RwLock::new(HashSet::new()),
             queue,
+            kept: RwLock::new(kept),
+            fetched,
             hold: std::env::var("SATCOSIGN_TEST_HOLD_AT").is_ok_and(|v| v == "nostr_event"),
         });
         let wallets = service
@@ -169,6 +227,29 @@ impl NostrCosigner {
                 let Some(me) = worker.upgrade() else { return };
                 if let Err(err) = me.handle(&e).await {
                     tracing::error!(event = %e.id, error = %err, "a direct message to the satellite failed; it is retried at the next start");
+                }
+            }
+        });
+        // Kept answers: record fetches, renew the copies about to leave Electrum's window.
+        let recorder = Arc::downgrade(service);
+        tokio::spawn(async move {
+            while let Some((request, event)) = fetched_rx.recv().await {
+                let Some(service) = recorder.upgrade() else {
+                    return;
+                };
+                if let Err(e) = crate::nostr_keep::mark_delivered(&service, request, event).await {
+                    tracing::warn!(%request, error = %e, "could not record that an answer was fetched; it may be renewed once more");
+                }
+            }
+        });
+        let keeper = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::nostr_keep::SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                let Some(me) = keeper.upgrade() else { return };
+                if let Err(e) = me.keep_answers().await {
+                    tracing::warn!(error = %e, "renewing kept answers failed; tried again later");
                 }
             }
         });
@@ -373,11 +454,13 @@ fn message_to(keys: &Keys, to: &PublicKey, content: &str) -> Result<Event, Servi
                 field: "nostr",
                 reason: format!("NIP-04 encryption failed: {e}"),
             })?;
+        let now = crate::service::unix_now();
         EventBuilder::new(Kind::EncryptedDirectMessage, encrypted)
             .tags([
                 Tag::public_key(*to),
-                Tag::expiration(Timestamp::from(crate::service::unix_now() + KEEP_SECS)),
+                Tag::expiration(Timestamp::from(now + KEEP_SECS)),
             ])
+            .custom_created_at(Timestamp::from(now))
             .sign_with_keys(keys)
             .map_err(|e| ServiceError::Invalid {
                 field: "nostr",
@@ -470,12 +553,43 @@ impl NostrCosigner {
         message_to(&keys, &author, &content).map(Some)
     }
 
-    /// After the delivery's commit: passes the answer to live subscriptions.
-    pub fn published(&self, reply: Event) {
+    /// After the delivery's commit: keeps request `id`'s answer for its wallet and passes it
+    /// to live subscriptions.
+    pub fn published(&self, id: RequestId, reply: Event) {
         tracing::info!(event = %reply.id, to = ?reply.tags.public_keys().next().map(|p| p.to_hex()), json_bytes = reply.as_json().len(), "answered by Nostr");
+        self.kept
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(reply.id.to_bytes(), id);
         if let Some(relay) = self.relay.upgrade() {
             relay.published(reply);
         }
+    }
+
+    /// Renews the kept answers about to leave Electrum's window and releases those no longer
+    /// needed ([`crate::nostr_keep::sweep`]); runs every ten minutes, and when called.
+    pub async fn keep_answers(&self) -> Result<crate::nostr_keep::Sweep, ServiceError> {
+        let Some(service) = self.service.upgrade() else {
+            return Ok(crate::nostr_keep::Sweep::default());
+        };
+        crate::nostr_keep::sweep(self, &service).await
+    }
+
+    /// A kept answer is no longer kept.
+    pub(crate) fn forget_kept(&self, event: &[u8; 32]) {
+        self.kept
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(event);
+    }
+
+    /// After the commit that replaced copy `old` of request `id`'s answer by `fresh`.
+    pub(crate) fn replaced(&self, old: [u8; 32], id: RequestId, fresh: Event) {
+        self.forget_kept(&old);
+        if let Some(relay) = self.relay.upgrade() {
+            relay.forget(&old);
+        }
+        self.published(id, fresh);
     }
 }
 

@@ -47,6 +47,9 @@ pub trait EventHook: Send + Sync {
     fn admit(&self, event: &Event) -> Result<(), Rejection>;
     /// Called once per new event, on the relay's runtime; must not block.
     fn on_event(&self, event: Arc<Event>);
+    /// Called when a stored or live event is sent to a subscription, with the subscription's
+    /// filters; must not block.
+    fn on_sent(&self, _event: &Event, _filters: &[Filter]) {}
 }
 
 /// Why an event was not accepted: the `OK false` message, with NIP-01's prefix.
@@ -379,6 +382,19 @@ impl NostrRelay {
         let _ = self.live.send(e);
     }
 
+    /// Forgets an event of the bridge's own deleted inside a transaction (after its commit).
+    pub fn forget(&self, id: &[u8; 32]) {
+        if let Ok(mut i) = self.index.write() {
+            i.remove(id);
+        }
+    }
+
+    fn sent(&self, e: &Event, filters: &[Filter]) {
+        if let Some(hook) = self.hook.get() {
+            hook.on_sent(e, filters);
+        }
+    }
+
     /// Stored events matching any of `filters`, newest first, each filter's `limit` capped.
     pub fn query(&self, filters: &[Filter]) -> Vec<Arc<Event>> {
         let now = Timestamp::from(now());
@@ -671,7 +687,7 @@ impl NostrRelay {
                 },
                 _ = stopped.changed() => break,
                 ev = live.recv() => match ev {
-                    Ok(e) => conn.live_matches(&e),
+                    Ok(e) => conn.live_matches(&e, |filters| self.sent(&e, filters)),
                     Err(broadcast::error::RecvError::Lagged(n)) => vec![notice(&format!(
                         "error: {n} live events were dropped for this slow connection; REQ again"
                     ))],
@@ -732,7 +748,10 @@ impl NostrRelay {
                 let mut out: Vec<Value> = self
                     .query(&filters)
                     .into_iter()
-                    .map(|e| json!(["EVENT", sub, e.as_ref()]))
+                    .map(|e| {
+                        self.sent(&e, &filters);
+                        json!(["EVENT", sub, e.as_ref()])
+                    })
                     .collect();
                 out.push(json!(["EOSE", sub]));
                 conn.subs.insert(sub, filters);
@@ -766,7 +785,9 @@ impl Conn {
         true
     }
 
-    fn live_matches(&self, e: &Event) -> Vec<Value> {
+    /// The messages that pass `e` to this connection's matching subscriptions; `sent` is
+    /// told each one's filters.
+    fn live_matches(&self, e: &Event, mut sent: impl FnMut(&[Filter])) -> Vec<Value> {
         self.subs
             .iter()
             .filter(|(_, filters)| {
@@ -774,7 +795,10 @@ impl Conn {
                     .iter()
                     .any(|f| f.match_event(e, MatchEventOptions::new()))
             })
-            .map(|(sub, _)| json!(["EVENT", sub, e]))
+            .map(|(sub, filters)| {
+                sent(filters);
+                json!(["EVENT", sub, e])
+            })
             .collect()
     }
 }

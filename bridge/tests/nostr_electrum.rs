@@ -9,53 +9,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::Transaction;
 use serde_json::{json, Value};
 
 use common::flow::{assert_ran_in, sky, tx_at, verify_with_core, Flow};
-use common::script::Script;
-
-/// A virtualenv over Debian's Python (and its python3-electrum) with the Nostr libraries
-/// Electrum 4.6 uses, made once per target directory.
-fn nostr_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nostr-venv");
-    let python = venv.join("bin/python");
-    let ready = || {
-        std::process::Command::new(&python)
-            .args(["-c", "import electrum, electrum_aionostr, electrum_ecc"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready() {
-        return python;
-    }
-    let run = |cmd: &mut std::process::Command| {
-        let out = cmd.output().expect("run");
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(std::process::Command::new("/usr/bin/python3")
-        .args(["-m", "venv", "--system-site-packages"])
-        .arg(&venv));
-    // Without this pip tries to compile libsecp256k1; Debian's libsecp256k1-1 is used.
-    run(std::process::Command::new(venv.join("bin/pip"))
-        .args([
-            "install",
-            "-q",
-            "electrum-ecc",
-            "electrum-aionostr",
-            "cryptography",
-        ])
-        .env("ELECTRUM_ECC_DONT_COMPILE", "1"));
-    assert!(ready(), "the Nostr libraries import");
-    python
-}
+use common::script::{nostr_python, Script};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_electrum_cosigns_through_the_bridges_relay_with_no_plugin() {

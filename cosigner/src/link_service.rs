@@ -41,13 +41,27 @@ pub async fn serve_with<S>(
 where
     S: LinkStore + Clone + Send + Sync + 'static,
 {
+    serve_on_clock(cosigner, link, alter, unix_now).await
+}
+
+/// As [`serve_with`], reading the satellite's time (unix seconds) from `clock`: a simulated
+/// satellite in a test of days-long behaviour lives on the test's clock.
+pub async fn serve_on_clock<S>(
+    cosigner: Arc<Cosigner>,
+    link: Arc<LinkHandle<S>>,
+    alter: impl Fn(Vec<u8>) -> Vec<u8> + Send,
+    clock: fn() -> u64,
+) -> Result<(), LinkError>
+where
+    S: LinkStore + Clone + Send + Sync + 'static,
+{
     loop {
         let (msg_id, bytes) = link.recv().await?;
         match open_envelope(&bytes) {
             Ok((request_id, body)) => {
                 let body = body.to_vec();
                 let c = cosigner.clone();
-                let answer = tokio::task::spawn_blocking(move || c.handle_bytes(&body, unix_now()))
+                let answer = tokio::task::spawn_blocking(move || c.handle_bytes(&body, clock()))
                     .await
                     .map_err(|_| LinkError::Stopped)?;
                 let answer = alter(answer);

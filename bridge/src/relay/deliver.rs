@@ -125,6 +125,7 @@ where
             .take(r.id, Step::Delivered, move |txn, r| {
                 if let Some(reply) = &stored_reply {
                     crate::nostr_relay::NostrRelay::store_in(txn, reply)?;
+                    crate::nostr_keep::keep_in(txn, r.id, reply)?;
                 }
                 if unregistered {
                     if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
@@ -143,7 +144,7 @@ where
             .is_some()
         {
             if let (Some(n), Some(reply)) = (nostr, reply) {
-                n.published(reply);
+                n.published(r.id, reply);
             }
         }
         Ok(())

@@ -59,3 +59,42 @@ impl Script {
         (status, self.errors.await.unwrap_or_default())
     }
 }
+
+/// A virtualenv over Debian's Python (and its python3-electrum) with the Nostr libraries
+/// Electrum 4.6 uses, made once per target directory.
+pub fn nostr_python() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nostr-venv");
+    let python = venv.join("bin/python");
+    let ready = || {
+        std::process::Command::new(&python)
+            .args(["-c", "import electrum, electrum_aionostr, electrum_ecc"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        return python;
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("run");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--system-site-packages"])
+        .arg(&venv));
+    // Without this pip tries to compile libsecp256k1; Debian's libsecp256k1-1 is used.
+    run(std::process::Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "electrum-ecc",
+            "electrum-aionostr",
+            "cryptography",
+        ])
+        .env("ELECTRUM_ECC_DONT_COMPILE", "1"));
+    assert!(ready(), "the Nostr libraries import");
+    python
+}
