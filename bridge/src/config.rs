@@ -1081,6 +1081,24 @@ mod tests {
     }
 
     #[test]
+    fn the_element_set_is_two_lines_or_an_omm_never_both() {
+        let tle = "tle = [\"1 25544U 98067A   08264.51782528 -.00002182  00000-0 -11606-4 0  2927\", \"2 25544  51.6416 247.4627 0006703 130.5360 325.0288 15.72125391563537\"]";
+        let omm = "omm = '{\"EPOCH\":\"2008-09-20T12:25:40.104192\",\"MEAN_MOTION\":15.72125391,\"ECCENTRICITY\":0.0006703,\"INCLINATION\":51.6416,\"RA_OF_ASC_NODE\":247.4627,\"ARG_OF_PERICENTER\":130.536,\"MEAN_ANOMALY\":325.0288,\"EPHEMERIS_TYPE\":0,\"CLASSIFICATION_TYPE\":\"U\",\"NORAD_CAT_ID\":25544,\"ELEMENT_SET_NO\":292,\"REV_AT_EPOCH\":56353,\"BSTAR\":-1.1606e-5,\"MEAN_MOTION_DOT\":-2.182e-5,\"MEAN_MOTION_DDOT\":0}'";
+        let station = "[[satellite.orbit.stations]]\nname = \"a\"\nlatitude_deg = 45.0\nlongitude_deg = 7.0\n";
+        let with = |elements: &str| format!("[satellite.orbit]\n{elements}\n{station}");
+        Config::from_toml(&with(omm)).expect("an OMM");
+        Config::from_toml(&with(tle)).expect("two lines");
+        for (bad, key) in [
+            (with(&format!("{tle}\n{omm}")), "satellite.orbit.omm"),
+            (with("omm = '{\"EPOCH\": 1}'"), "satellite.orbit.omm"),
+            (with("tle = [\"1 x\"]"), "satellite.orbit.tle"),
+        ] {
+            let err = Config::from_toml(&bad).expect_err(&bad);
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn genesis_hashes_are_the_real_ones() {
         assert_eq!(
             Network::Bitcoin.genesis_hash(),

@@ -34,6 +34,9 @@ pub struct OrbitConfig {
     /// The satellite's two-line element set, `["1 …", "2 …"]`; empty: no prediction (the
     /// link then takes the satellite to be in view, or follows `dev`'s simulated sky).
     pub tle: Vec<String>,
+    /// Or the element set as a CCSDS OMM in JSON (CelesTrak's `FORMAT=json`): one object,
+    /// or an array of one. Give `tle` or `omm`, not both.
+    pub omm: Option<String>,
     /// Elements older than this are reported stale. Default 7.
     pub max_element_age_days: u64,
     /// How far ahead windows are predicted, hours. Default 48.
@@ -50,6 +53,7 @@ impl Default for OrbitConfig {
     fn default() -> Self {
         OrbitConfig {
             tle: Vec::new(),
+            omm: None,
             max_element_age_days: 7,
             horizon_hours: 48,
             stations: Vec::new(),
@@ -231,23 +235,33 @@ impl OrbitConfig {
 
     /// The plan this configuration describes; `None` without elements.
     pub fn plan(&self) -> Result<Option<PassPlan>, ConfigError> {
-        if self.tle.is_empty() {
-            if !self.stations.is_empty() {
+        let orbit = match (self.tle.as_slice(), &self.omm) {
+            ([], None) => {
+                if !self.stations.is_empty() {
+                    return Err(invalid(
+                        "satellite.orbit.tle",
+                        "stations are listed but no element set (tle or omm) predicts their passes",
+                    ));
+                }
+                return Ok(None);
+            }
+            ([_, ..], Some(_)) => {
+                return Err(invalid(
+                    "satellite.orbit.omm",
+                    "give the element set once: tle or omm, not both",
+                ))
+            }
+            ([], Some(omm)) => Orbit::from_omm_json(omm)
+                .map_err(|e| invalid("satellite.orbit.omm", e.to_string()))?,
+            ([line1, line2], None) => Orbit::from_tle(line1, line2)
+                .map_err(|e| invalid("satellite.orbit.tle", e.to_string()))?,
+            (lines, None) => {
                 return Err(invalid(
                     "satellite.orbit.tle",
-                    "stations are listed but no element set predicts their passes",
-                ));
+                    format!("two lines expected, {} given", lines.len()),
+                ))
             }
-            return Ok(None);
-        }
-        let [line1, line2] = self.tle.as_slice() else {
-            return Err(invalid(
-                "satellite.orbit.tle",
-                format!("two lines expected, {} given", self.tle.len()),
-            ));
         };
-        let orbit = Orbit::from_tle(line1, line2)
-            .map_err(|e| invalid("satellite.orbit.tle", e.to_string()))?;
         if self.stations.is_empty() {
             return Err(invalid(
                 "satellite.orbit.stations",
@@ -466,17 +480,14 @@ impl PassPlan {
     /// ones already there when they are newer than the configuration's.
     pub fn with_saved_elements(mut self, path: std::path::PathBuf) -> PassPlan {
         if let Ok(text) = std::fs::read_to_string(&path) {
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            if let [l1, l2] = lines.as_slice() {
-                match Orbit::from_tle(l1, l2) {
-                    Ok(o) if o.epoch() > self.orbit().epoch() => {
-                        tracing::info!(path = %path.display(), "using the element set loaded last");
-                        *self.orbit.write().unwrap_or_else(|p| p.into_inner()) = o;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "ignoring saved elements")
-                    }
+            match Orbit::parse(&text) {
+                Ok(o) if o.epoch() > self.orbit().epoch() => {
+                    tracing::info!(path = %path.display(), "using the element set loaded last");
+                    *self.orbit.write().unwrap_or_else(|p| p.into_inner()) = o;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring saved elements")
                 }
             }
         }
@@ -484,14 +495,13 @@ impl PassPlan {
         self
     }
 
-    /// `satellite.set_elements`: checks the operator's `token`, and that the element set
-    /// parses, is not from the future (a day's grace) and is newer than the one in use;
+    /// `satellite.set_elements` and `satellite.set_omm`: checks the operator's `token`, and
+    /// that the element set (two lines, or an OMM in JSON) parses, is not from the future (a day's grace) and is newer than the one in use;
     /// then keeps it for the next start, uses it, and has the passes predicted again.
     /// Returns the new elements' time.
     pub fn load_elements(
         &self,
-        line1: &str,
-        line2: &str,
+        elements: &str,
         token: &str,
         now: SystemTime,
     ) -> Result<SystemTime, ElementsError> {
@@ -508,7 +518,7 @@ impl PassPlan {
         {
             return Err(ElementsError::NotOperator);
         }
-        let orbit = Orbit::from_tle(line1, line2).map_err(ElementsError::Bad)?;
+        let orbit = Orbit::parse(elements).map_err(ElementsError::Bad)?;
         let unix = crate::rpc_signing::unix;
         if orbit.epoch() > now + Duration::from_secs(86_400) {
             return Err(ElementsError::Future {
@@ -524,7 +534,7 @@ impl PassPlan {
         }
         if let Some(path) = &self.saved {
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{}\n{}\n", orbit.lines[0], orbit.lines[1]))
+            std::fs::write(&tmp, &orbit.source)
                 .and_then(|()| std::fs::rename(&tmp, path))
                 .map_err(|e| ElementsError::Save(format!("{}: {e}", path.display())))?;
         }

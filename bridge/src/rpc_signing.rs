@@ -229,19 +229,34 @@ pub fn register(
             let line1 = string_param(&values, 0, "line1")?;
             let line2 = string_param(&values, 1, "line2")?;
             let token = string_param(&values, 2, "token")?;
-            let Some(plan) = ctx.passes.clone() else {
-                return Err(RpcError::from(crate::passes::ElementsError::Off));
-            };
-            let now = std::time::SystemTime::now();
-            let epoch = tokio::task::spawn_blocking(move || {
-                plan.load_elements(&line1, &line2, &token, now)
-            })
-            .await
-            .map_err(|e| RpcError::Storage(e.to_string()))??;
-            Ok::<_, RpcError>(json!({
-                "elements_epoch": unix(epoch),
-                "elements_age_secs": now.duration_since(epoch).map_or(0, |d| d.as_secs()),
-            }))
+            for (index, name, line, first) in [(0, "line1", &line1, "1 "), (1, "line2", &line2, "2 ")] {
+                if !line.trim_start().starts_with(first) {
+                    return Err(RpcError::InvalidParam {
+                        index,
+                        name,
+                        reason: format!(
+                            "an element line starts with `{first}` (an OMM goes to satellite.set_omm)"
+                        ),
+                    });
+                }
+            }
+            load_elements(&ctx, format!("{line1}\n{line2}\n"), token).await
+        },
+    )?;
+    module.register_async_method(
+        "satellite.set_omm",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "satellite.set_omm", 2, 2)?;
+            let omm = string_param(&values, 0, "omm")?;
+            let token = string_param(&values, 1, "token")?;
+            if !matches!(omm.trim_start().chars().next(), Some('{' | '[')) {
+                return Err(RpcError::InvalidParam {
+                    index: 0,
+                    name: "omm",
+                    reason: "an OMM in JSON is an object, or an array of one".into(),
+                });
+            }
+            load_elements(&ctx, omm, token).await
         },
     )?;
     module.register_async_method(
@@ -541,4 +556,23 @@ async fn follow<F, Fut>(
             return;
         }
     }
+}
+
+/// Loads an element set for `satellite.set_elements` and `satellite.set_omm`.
+async fn load_elements(
+    ctx: &ApiContext,
+    elements: String,
+    token: String,
+) -> Result<Value, RpcError> {
+    let Some(plan) = ctx.passes.clone() else {
+        return Err(RpcError::from(crate::passes::ElementsError::Off));
+    };
+    let now = std::time::SystemTime::now();
+    let epoch = tokio::task::spawn_blocking(move || plan.load_elements(&elements, &token, now))
+        .await
+        .map_err(|e| RpcError::Storage(e.to_string()))??;
+    Ok(json!({
+        "elements_epoch": unix(epoch),
+        "elements_age_secs": now.duration_since(epoch).map_or(0, |d| d.as_secs()),
+    }))
 }

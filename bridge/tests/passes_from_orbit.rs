@@ -438,10 +438,61 @@ async fn the_operator_loads_fresher_elements_with_the_token_and_they_outlive_a_r
 
     // Restarted on the same data with the configuration's old elements: the loaded ones
     // are still the ones in use.
-    let bridge = start_in(&dir.path().join("data"), stale, None).await;
+    let bridge = start_in(&dir.path().join("data"), stale.clone(), None).await;
     let info = info_when(&bridge, |i| i["orbit"].is_object()).await;
     assert_eq!(info["orbit"]["elements_stale"], false, "{info}");
+
+    // Fresher still, as an OMM in JSON (CelesTrak's FORMAT=json): loaded, and kept as given.
+    let url = format!("http://{}", bridge.http.expect("http"));
+    let client = HttpClientBuilder::default().build(&url).expect("client");
+    let (omm, epoch) = omm(6);
+    let token = "correct horse battery staple";
+    let refused = client
+        .request::<Value, _>("satellite.set_omm", rpc_params![fresh[0].clone(), token])
+        .await;
+    assert!(
+        matches!(&refused, Err(jsonrpsee::core::ClientError::Call(e)) if e.code() == INVALID_PARAMS && e.message().contains("omm")),
+        "{refused:?}"
+    );
+    let done: Value = client
+        .request("satellite.set_omm", rpc_params![omm, token])
+        .await
+        .expect("loaded");
+    common::contract().check_result("satellite.set_omm", &done);
+    assert_eq!(done["elements_epoch"], epoch, "{done}");
     bridge.stop().await;
+    let bridge = start_in(&dir.path().join("data"), stale, None).await;
+    let info = info_when(&bridge, |i| i["orbit"].is_object()).await;
+    assert_eq!(info["orbit"]["elements_epoch"], epoch, "{info}");
+    bridge.stop().await;
+}
+
+/// The ISS elements of [`elements`] as an OMM in JSON, its epoch `hours_ago` hours before
+/// now (whole seconds); returns it with that epoch in unix seconds.
+fn omm(hours_ago: u64) -> (String, u64) {
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        - hours_ago * 3600;
+    // Civil date from days since 1970 (Howard Hinnant's algorithm).
+    let days = (epoch / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let secs = epoch % 86_400;
+    let omm = format!(
+        r#"[{{"OBJECT_NAME":"ISS (ZARYA)","OBJECT_ID":"1998-067A","EPOCH":"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}","MEAN_MOTION":15.72125391,"ECCENTRICITY":0.0006703,"INCLINATION":51.6416,"RA_OF_ASC_NODE":247.4627,"ARG_OF_PERICENTER":130.536,"MEAN_ANOMALY":325.0288,"EPHEMERIS_TYPE":0,"CLASSIFICATION_TYPE":"U","NORAD_CAT_ID":25544,"ELEMENT_SET_NO":292,"REV_AT_EPOCH":56353,"BSTAR":-1.1606e-5,"MEAN_MOTION_DOT":-2.182e-5,"MEAN_MOTION_DDOT":0}}]"#,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    (omm, epoch)
 }
 
 /// Where the satellite is over the ground at `t` (spherical Earth: enough to put a station

@@ -47,8 +47,9 @@ pub enum OrbitError {
 pub struct Orbit {
     constants: sgp4::Constants,
     epoch: chrono::NaiveDateTime,
-    /// The two lines it came from.
-    pub lines: [String; 2],
+    /// The element set it came from, as given (two lines, or an OMM in JSON): what
+    /// [`Orbit::parse`] reads back.
+    pub source: String,
 }
 
 impl std::fmt::Debug for Orbit {
@@ -63,12 +64,56 @@ impl Orbit {
         let elements =
             sgp4::Elements::from_tle(None, line1.trim().as_bytes(), line2.trim().as_bytes())
                 .map_err(|e| OrbitError::Elements(e.to_string()))?;
-        let constants = sgp4::Constants::from_elements(&elements)
+        Orbit::from_elements(&elements, format!("{}\n{}\n", line1.trim(), line2.trim()))
+    }
+
+    /// From a CCSDS Orbit Mean-Elements Message in JSON (as CelesTrak and Space-Track give
+    /// it): one object, or an array holding one.
+    pub fn from_omm_json(text: &str) -> Result<Orbit, OrbitError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| OrbitError::Elements(format!("the OMM is not JSON: {e}")))?;
+        let object = match value {
+            serde_json::Value::Array(mut list) if list.len() == 1 => list.remove(0),
+            serde_json::Value::Array(list) => {
+                return Err(OrbitError::Elements(format!(
+                    "one OMM object expected, {} given",
+                    list.len()
+                )))
+            }
+            other => other,
+        };
+        let elements: sgp4::Elements = serde_json::from_value(object)
+            .map_err(|e| OrbitError::Elements(format!("the OMM does not parse: {e}")))?;
+        Orbit::from_elements(&elements, text.trim().to_owned())
+    }
+
+    /// From either form: an OMM in JSON (starting with `{` or `[`), or a two-line element
+    /// set (a name line before the two lines is allowed).
+    pub fn parse(text: &str) -> Result<Orbit, OrbitError> {
+        let trimmed = text.trim();
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            return Orbit::from_omm_json(trimmed);
+        }
+        let lines: Vec<&str> = trimmed
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        match lines.as_slice() {
+            [.., l1, l2] if l1.starts_with("1 ") && l2.starts_with("2 ") => Orbit::from_tle(l1, l2),
+            _ => Err(OrbitError::Elements(
+                "neither an OMM in JSON nor two element lines (`1 …`, `2 …`)".into(),
+            )),
+        }
+    }
+
+    fn from_elements(elements: &sgp4::Elements, source: String) -> Result<Orbit, OrbitError> {
+        let constants = sgp4::Constants::from_elements(elements)
             .map_err(|e| OrbitError::Propagation(e.to_string()))?;
         Ok(Orbit {
             epoch: elements.datetime,
             constants,
-            lines: [line1.trim().to_owned(), line2.trim().to_owned()],
+            source,
         })
     }
 
@@ -360,6 +405,49 @@ mod tests {
             e.to_string().contains("north") && e.to_string().contains("latitude"),
             "{e}"
         );
+    }
+
+    /// The same element set as an OMM in JSON, as CelesTrak's `FORMAT=json` gives it.
+    const ISS_OMM: &str = r#"[{"OBJECT_NAME":"ISS (ZARYA)","OBJECT_ID":"1998-067A",
+        "EPOCH":"2008-09-20T12:25:40.104192","MEAN_MOTION":15.72125391,
+        "ECCENTRICITY":0.0006703,"INCLINATION":51.6416,"RA_OF_ASC_NODE":247.4627,
+        "ARG_OF_PERICENTER":130.536,"MEAN_ANOMALY":325.0288,"EPHEMERIS_TYPE":0,
+        "CLASSIFICATION_TYPE":"U","NORAD_CAT_ID":25544,"ELEMENT_SET_NO":292,
+        "REV_AT_EPOCH":56353,"BSTAR":-1.1606e-5,"MEAN_MOTION_DOT":-2.182e-5,
+        "MEAN_MOTION_DDOT":0}]"#;
+
+    #[test]
+    fn an_omm_in_json_and_the_two_lines_give_the_same_orbit() {
+        let tle = Orbit::parse(&format!("ISS (ZARYA)\n{}\n{}\n", ISS[0], ISS[1])).expect("tle");
+        let omm = Orbit::parse(ISS_OMM).expect("omm");
+        assert_eq!(tle.epoch(), omm.epoch());
+        for hours in [0u64, 6, 24, 72] {
+            let t = tle.epoch() + Duration::from_secs(hours * 3600);
+            let (a, b) = (
+                tle.earth_fixed_at(t).expect("tle"),
+                omm.earth_fixed_at(t).expect("omm"),
+            );
+            let d = ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
+            assert!(d < 0.01, "{hours} h: {d} km apart");
+        }
+        // What is kept reads back as the same orbit.
+        assert_eq!(
+            Orbit::parse(&omm.source).expect("again").epoch(),
+            omm.epoch()
+        );
+        assert_eq!(
+            Orbit::parse(&tle.source).expect("again").epoch(),
+            tle.epoch()
+        );
+        for (bad, says) in [
+            ("[]", "one OMM object"),
+            ("{\"EPOCH\": 5}", "does not parse"),
+            ("{not json", "not JSON"),
+            ("hello", "neither"),
+        ] {
+            let e = Orbit::parse(bad).expect_err(bad);
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
