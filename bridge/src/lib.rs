@@ -16,7 +16,8 @@
 //! - [`http`]: the HTTP + WebSocket listener and the confirmation pages; [`health`]:
 //!   `/health` part by part; [`metrics`]: `/metrics`; [`status_page`]: the operator's
 //!   `/status` page;
-//! - [`push`]: Electrum-style server pushes;
+//! - [`push`]: Electrum-style server pushes; [`follow`]: what a request's subscribers are
+//!   sent;
 //! - [`admission`]: connection caps with a share per peer; [`read_rate`]: a read rate per
 //!   peer across every listener;
 //! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
@@ -51,6 +52,7 @@ pub mod dispatch;
 pub mod ecies;
 pub mod electrum_tcp;
 pub mod expected;
+pub mod follow;
 pub mod gate;
 pub mod health;
 pub mod http;

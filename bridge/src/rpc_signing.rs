@@ -14,6 +14,7 @@ use satcosign_cosigner::decision::RequestId;
 use satcosign_cosigner::policy::Policy;
 use satcosign_cosigner::wallet::WalletId;
 
+use crate::follow::{ended, follow, send_json, view};
 use crate::push::Pusher;
 use crate::rpc::{json_type, positional, string_param, ApiContext};
 use crate::rpc_error::RpcError;
@@ -434,6 +435,7 @@ pub fn register(
                         service,
                         id,
                         events,
+                        first["expected"].clone(),
                         move |status| {
                             let _held = &slot;
                             let ok = pusher
@@ -488,6 +490,7 @@ pub fn register(
                 service,
                 id,
                 events,
+                first["expected"].clone(),
                 move |status| {
                     let sink = sink.clone();
                     async move { send_json(&sink, &status).await }
@@ -499,63 +502,6 @@ pub fn register(
         },
     )?;
     Ok(())
-}
-
-/// A request and its watch, if its transaction was broadcast.
-async fn view(
-    service: &crate::service::Service,
-    id: RequestId,
-) -> Result<(RequestRecord, Option<Watch>), RpcError> {
-    let r = service.request(id).await?;
-    let watch = crate::watch::of(service, id).await?;
-    Ok((r, watch))
-}
-
-/// Whether nothing more will change: delivered, and its transaction (if any) buried. (The
-/// watch is written before the request is delivered.)
-fn ended(r: &RequestRecord, watch: &Option<Watch>) -> bool {
-    r.state.is_final() && watch.as_ref().is_none_or(|w| w.done)
-}
-
-async fn send_json(sink: &jsonrpsee::SubscriptionSink, value: &Value) -> bool {
-    match serde_json::value::to_raw_value(value) {
-        Ok(raw) => sink.send(raw).await.is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// Follows request `id` on `events`, handing `send` each new view of it until nothing more
-/// will change, `send` fails, or `gone` completes (the listener left).
-async fn follow<F, Fut>(
-    service: Arc<crate::service::Service>,
-    id: RequestId,
-    mut events: tokio::sync::broadcast::Receiver<crate::service::Event>,
-    mut send: F,
-    gone: impl std::future::Future<Output = ()>,
-) where
-    F: FnMut(Value) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    use tokio::sync::broadcast::error::RecvError;
-    tokio::pin!(gone);
-    loop {
-        let event = tokio::select! {
-            e = events.recv() => e,
-            () = &mut gone => return,
-        };
-        match event {
-            Ok(e) if e.id != id => continue,
-            // A lagging listener may have missed this request's change: look again.
-            Ok(_) | Err(RecvError::Lagged(_)) => {}
-            Err(RecvError::Closed) => return,
-        }
-        let Ok((r, watch)) = view(&service, id).await else {
-            return;
-        };
-        if !send(status_json(&service, &r, watch.as_ref())).await || ended(&r, &watch) {
-            return;
-        }
-    }
 }
 
 /// Loads an element set for `satellite.set_elements` and `satellite.set_omm`.

@@ -19,7 +19,7 @@ from electrum.transaction import tx_from_any
 # where `from . import module` fails (ModuleNotFoundError for the bare package name); names
 # imported from submodules (`from .module import name`, as Electrum's own plugins do) work
 # in every version from 4.3 on.
-from .stages import FINAL, chain_key, describe as describe_stage, when
+from .stages import FINAL, chain_key, describe as describe_stage, expected_key, when
 from .wallet_keys import (
     NotASatelliteWallet,
     descriptor as wallet_descriptor,
@@ -373,7 +373,8 @@ class WalletSession:
             rec["requests"][request_id]["state"] = status.get("state")
             self._save(rec)
         changed = (previous is None or previous.get("state") != status.get("state")
-                   or chain_key(previous) != chain_key(status))
+                   or chain_key(previous) != chain_key(status)
+                   or expected_key(previous) != expected_key(status))
         if changed:
             self.on_status(request_id, status, describe_stage(status))
         if status.get("state") == "delivered" and self.listener is not None:

@@ -2,8 +2,10 @@
 
 The bridge reports a request's ``state`` (``received``, ``awaiting_email``, ``confirmed``,
 ``queued``, ``sent``, ``signed``, ``refused``, ``expired``, ``cancelled``, ``delivered``);
-once delivered, ``final_state`` says how it ended. ``describe`` turns a status (and the
-satellite's next pass, when known) into one sentence.
+once delivered, ``final_state`` says how it ended; while it waits for the satellite,
+``expected`` says when (the start of the pass that should carry it, and its station).
+``describe`` turns a status (and the satellite's next pass, when the bridge gives no
+expected time) into one sentence.
 """
 import time
 
@@ -70,6 +72,29 @@ def chain_text(status):
     return " The bridge broadcast it, but its server no longer shows it (replaced or dropped)."
 
 
+def expected_text(expected):
+    """The bridge's expected signing time (``status["expected"]``) in words, or None."""
+    if not expected or not expected.get("at"):
+        return None
+    over = f" over {expected['station']}" if expected.get("station") else ""
+    if expected.get("in_view"):
+        return f"a pass{over} is under way now"
+    minutes = max(1, -(-int(expected.get("in_secs", 0)) // 60))
+    if minutes < 2:
+        soon = "in about a minute"
+    elif minutes < 120:
+        soon = f"in about {minutes} minutes"
+    else:
+        soon = f"in about {-(-minutes // 60)} hours"
+    return f"next pass{over} at {when(expected['at'])}, {soon}"
+
+
+def expected_key(status):
+    """The expected time as far as the user sees it, for change detection."""
+    e = status.get("expected") or None
+    return (e.get("at", 0) // 60, e.get("station"), e.get("in_view")) if e else None
+
+
 def effective_state(status):
     """The state that matters to the user: a delivered request's final state."""
     state = status.get("state")
@@ -87,6 +112,13 @@ def describe(status, next_pass=None, current_pass=None):
     if state in ("received", "awaiting_email"):
         return (f"Waiting for you: confirm the {what} with the code or the link in the email "
                 "the bridge sent.")
+    expected = expected_text(status.get("expected"))
+    if state in ("confirmed", "queued") and expected:
+        if status["expected"].get("in_view"):
+            return f"Confirmed. Going up to the satellite now: {expected}."
+        return f"Confirmed. Queued: {expected}."
+    if state == "sent" and expected:
+        return f"Sent to the satellite; its answer is expected with the {expected}."
     if state in ("confirmed", "queued"):
         if current_pass and time.time() <= current_pass.get("end", 0):
             return "Confirmed. Going up to the satellite now, during this pass."

@@ -98,6 +98,23 @@ class Stages(unittest.TestCase):
                                                      "end": 4_000_000_600})
         self.assertIn("next satellite pass, at about " + stages.when(4_000_000_000), text)
 
+    def test_queued_shows_the_bridges_expected_time_and_station(self):
+        at = 4_000_000_000
+        status = {"state": "queued", "expected": {"at": at, "in_secs": 41 * 60,
+                                                  "station": "turin", "in_view": False}}
+        text = stages.describe(status, {"start": 1, "end": 2})
+        self.assertEqual(text, f"Confirmed. Queued: next pass over turin at {stages.when(at)}, "
+                               "in about 41 minutes.")
+        status["expected"]["in_view"] = True
+        self.assertIn("now: a pass over turin is under way", stages.describe(status))
+        sent = {"state": "sent", "expected": {"at": at, "in_secs": 3 * 3600, "station": None,
+                                              "in_view": False}}
+        self.assertIn("answer is expected with the next pass at", stages.describe(sent))
+        self.assertIn("in about 3 hours", stages.describe(sent))
+        moved = dict(status, expected=dict(status["expected"], at=at + 5400))
+        self.assertNotEqual(stages.expected_key(status), stages.expected_key(moved))
+        self.assertIsNone(stages.expected_key({"state": "signed", "expected": None}))
+
     def test_queued_during_a_pass_says_it_goes_up_now(self):
         import time
         now = int(time.time())
