@@ -15,6 +15,12 @@ pub fn btc(sat: u64) -> String {
 
 /// Unix seconds as `YYYY-MM-DD HH:MM UTC`.
 pub fn format_utc(secs: u64) -> String {
+    let (year, month, day, hour, minute, _) = civil(secs);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
+}
+
+/// Unix seconds as the UTC calendar: year, month, day, hour, minute, second.
+pub fn civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil-from-days.
@@ -27,11 +33,7 @@ pub fn format_utc(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
+    (year, month, day, rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Escapes text for HTML.

@@ -4,7 +4,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use satcosign_link::orbit::{predict, Orbit, Station};
+mod common;
+
+use common::{pass_fixture, PassFixture};
+use satcosign_link::orbit::predict;
 use serde_json::Value;
 
 /// The tolerance for acquisition, culmination and loss times.
@@ -18,33 +21,16 @@ fn unix(t: SystemTime) -> f64 {
 
 #[test]
 fn windows_of_two_stations_over_three_days_agree_with_skyfield() {
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/passes/passes.json")).expect("fixture");
-    let tle: Vec<&str> = fixture["tle"]
-        .as_array()
-        .expect("tle")
-        .iter()
-        .map(|l| l.as_str().expect("line"))
-        .collect();
-    let orbit = Orbit::from_tle(tle[0], tle[1]).expect("elements");
-    let stations: Vec<Station> = fixture["stations"]
-        .as_array()
-        .expect("stations")
-        .iter()
-        .map(|s| Station {
-            name: s["name"].as_str().expect("name").to_owned(),
-            latitude_deg: s["latitude_deg"].as_f64().expect("lat"),
-            longitude_deg: s["longitude_deg"].as_f64().expect("lon"),
-            altitude_m: s["altitude_m"].as_f64().expect("alt"),
-            min_elevation_deg: s["min_elevation_deg"].as_f64().expect("min"),
-        })
-        .collect();
-    let start = fixture["start_unix"].as_f64().expect("start");
-    let days = fixture["days"].as_u64().expect("days");
+    let PassFixture {
+        orbit,
+        stations,
+        start,
+        days,
+        windows: expected,
+    } = pass_fixture();
     let from = UNIX_EPOCH + Duration::from_secs_f64(start);
     let horizon = Duration::from_secs(days * 86_400);
     let predicted = predict(&orbit, &stations, from, horizon).expect("predicted");
-    let expected = fixture["windows"].as_array().expect("windows");
     assert!(expected.len() >= 20, "a fixture worth the name");
     let mut worst: f64 = 0.0;
     for (station, passes) in stations.iter().zip(&predicted) {

@@ -7,44 +7,27 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use satcosign_link::crypto::{Cipher, Identity};
-use satcosign_link::engine::{Engine, EngineConfig};
+use satcosign_link::engine::EngineConfig;
 use satcosign_link::link::LinkHandle;
-use satcosign_link::orbit::{predict, Orbit, Station};
+use satcosign_link::orbit::predict;
 use satcosign_link::schedule::{Schedule, Window};
 use satcosign_link::store::MemStore;
 use satcosign_link::transport::sim::{Loss, SimChannel, SimConfig};
 use satcosign_link::transport::stations::{plan, GroundStations, StationsView};
-use serde_json::Value;
 use tokio::time::Instant;
 
-use common::{runtime, GROUND, SAT};
+use common::{pass_fixture, runtime, PassFixture};
 
 /// Each fixture station's passes over the fixture's three days, on tokio's clock (the
 /// fixture's start is now).
 fn passes_from_orbit() -> (Vec<String>, Vec<Vec<Window>>) {
-    let fixture: Value =
-        serde_json::from_str(include_str!("fixtures/passes/passes.json")).expect("fixture");
-    let tle: Vec<&str> = fixture["tle"]
-        .as_array()
-        .expect("tle")
-        .iter()
-        .map(|l| l.as_str().expect("line"))
-        .collect();
-    let orbit = Orbit::from_tle(tle[0], tle[1]).expect("elements");
-    let stations: Vec<Station> = fixture["stations"]
-        .as_array()
-        .expect("stations")
-        .iter()
-        .map(|s| Station {
-            name: s["name"].as_str().expect("name").to_owned(),
-            latitude_deg: s["latitude_deg"].as_f64().expect("lat"),
-            longitude_deg: s["longitude_deg"].as_f64().expect("lon"),
-            altitude_m: s["altitude_m"].as_f64().expect("alt"),
-            min_elevation_deg: s["min_elevation_deg"].as_f64().expect("min"),
-        })
-        .collect();
-    let from = UNIX_EPOCH + Duration::from_secs_f64(fixture["start_unix"].as_f64().expect("start"));
+    let PassFixture {
+        orbit,
+        stations,
+        start,
+        ..
+    } = pass_fixture();
+    let from = UNIX_EPOCH + Duration::from_secs_f64(start);
     let predicted =
         predict(&orbit, &stations, from, Duration::from_secs(3 * 86_400)).expect("predicted");
     let now = Instant::now();
@@ -87,22 +70,10 @@ fn link(
     radio: GroundStations,
     schedule: Schedule,
 ) -> LinkHandle<MemStore> {
-    let (me, peer) = if side == 0 {
-        (GROUND, SAT)
-    } else {
-        (SAT, GROUND)
-    };
-    let me = Identity::from_bytes(me);
-    let cipher = Cipher::new(&me, &Identity::from_bytes(peer).public());
-    let mut engine = Engine::new(
-        config.clone(),
-        cipher,
-        MemStore::new(),
-        1.0 + side as f64 * 0.37,
+    LinkHandle::spawn(
+        common::engine(side, config.clone(), &MemStore::new(), schedule),
+        radio,
     )
-    .expect("engine");
-    engine.set_schedule(schedule);
-    LinkHandle::spawn(engine, radio)
 }
 
 /// What one run showed.

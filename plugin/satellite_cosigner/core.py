@@ -19,7 +19,7 @@ from electrum.transaction import tx_from_any
 # where `from . import module` fails (ModuleNotFoundError for the bare package name); names
 # imported from submodules (`from .module import name`, as Electrum's own plugins do) work
 # in every version from 4.3 on.
-from .stages import FINAL, chain_key, describe as describe_stage, expected_key, when
+from .stages import FINAL, chain_key, describe as describe_stage, expected_key, is_stale, when
 from .wallet_keys import (
     NotASatelliteWallet,
     descriptor as wallet_descriptor,
@@ -367,6 +367,8 @@ class WalletSession:
         if not tracked:
             return
         previous = self._statuses.get(request_id)
+        if is_stale(previous, status):
+            return
         self._statuses[request_id] = status
         if request_id in rec["requests"] and rec["requests"][request_id].get("state") != \
                 status.get("state"):

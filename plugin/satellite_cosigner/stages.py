@@ -27,6 +27,18 @@ REFUSAL_WORDS = {
 
 FINAL = {"delivered", "cancelled", "expired", "refused"}
 
+# The order a request's states come in; a status that ranks below one already seen is stale
+# (a poll answered before a push that overtook it) and is not shown.
+RANK = {"received": 0, "awaiting_email": 1, "confirmed": 2, "queued": 3, "sent": 4,
+        "signed": 5, "refused": 5, "expired": 5, "cancelled": 5, "delivered": 6}
+
+
+def is_stale(previous, status):
+    """Whether `status` is older than `previous` (both of one request)."""
+    if not previous:
+        return False
+    return RANK.get(status.get("state"), 0) < RANK.get(previous.get("state"), 0)
+
 
 def when(ts):
     return time.strftime("%H:%M", time.localtime(ts))
@@ -73,12 +85,14 @@ def chain_text(status):
 
 
 def expected_text(expected):
-    """The bridge's expected signing time (``status["expected"]``) in words, or None."""
+    """The pass the bridge expects (``status["expected"]``) in words: "during this pass
+    over turin", or "with the next satellite pass over turin, at 14:32, in about 41
+    minutes"; None when the bridge gives none."""
     if not expected or not expected.get("at"):
         return None
     over = f" over {expected['station']}" if expected.get("station") else ""
     if expected.get("in_view"):
-        return f"a pass{over} is under way now"
+        return f"during this pass{over}"
     minutes = max(1, -(-int(expected.get("in_secs", 0)) // 60))
     if minutes < 2:
         soon = "in about a minute"
@@ -86,7 +100,7 @@ def expected_text(expected):
         soon = f"in about {minutes} minutes"
     else:
         soon = f"in about {-(-minutes // 60)} hours"
-    return f"next pass{over} at {when(expected['at'])}, {soon}"
+    return f"with the next satellite pass{over}, at {when(expected['at'])}, {soon}"
 
 
 def expected_key(status):
@@ -115,10 +129,10 @@ def describe(status, next_pass=None, current_pass=None):
     expected = expected_text(status.get("expected"))
     if state in ("confirmed", "queued") and expected:
         if status["expected"].get("in_view"):
-            return f"Confirmed. Going up to the satellite now: {expected}."
-        return f"Confirmed. Queued: {expected}."
+            return f"Confirmed. Going up to the satellite now, {expected}."
+        return f"Confirmed. Queued {expected}."
     if state == "sent" and expected:
-        return f"Sent to the satellite; its answer is expected with the {expected}."
+        return f"Sent to the satellite; its answer is expected {expected}."
     if state in ("confirmed", "queued"):
         if current_pass and time.time() <= current_pass.get("end", 0):
             return "Confirmed. Going up to the satellite now, during this pass."

@@ -103,17 +103,25 @@ class Stages(unittest.TestCase):
         status = {"state": "queued", "expected": {"at": at, "in_secs": 41 * 60,
                                                   "station": "turin", "in_view": False}}
         text = stages.describe(status, {"start": 1, "end": 2})
-        self.assertEqual(text, f"Confirmed. Queued: next pass over turin at {stages.when(at)}, "
-                               "in about 41 minutes.")
+        self.assertEqual(text, "Confirmed. Queued with the next satellite pass over turin, at "
+                               f"{stages.when(at)}, in about 41 minutes.")
         status["expected"]["in_view"] = True
-        self.assertIn("now: a pass over turin is under way", stages.describe(status))
+        self.assertEqual(stages.describe(status),
+                         "Confirmed. Going up to the satellite now, during this pass over turin.")
         sent = {"state": "sent", "expected": {"at": at, "in_secs": 3 * 3600, "station": None,
                                               "in_view": False}}
-        self.assertIn("answer is expected with the next pass at", stages.describe(sent))
-        self.assertIn("in about 3 hours", stages.describe(sent))
+        self.assertEqual(stages.describe(sent),
+                         "Sent to the satellite; its answer is expected with the next satellite "
+                         f"pass, at {stages.when(at)}, in about 3 hours.")
         moved = dict(status, expected=dict(status["expected"], at=at + 5400))
         self.assertNotEqual(stages.expected_key(status), stages.expected_key(moved))
         self.assertIsNone(stages.expected_key({"state": "signed", "expected": None}))
+
+    def test_a_stale_status_never_takes_a_request_back(self):
+        self.assertTrue(stages.is_stale({"state": "queued"}, {"state": "confirmed"}))
+        self.assertFalse(stages.is_stale({"state": "queued"}, {"state": "queued"}))
+        self.assertFalse(stages.is_stale({"state": "sent"}, {"state": "refused"}))
+        self.assertFalse(stages.is_stale(None, {"state": "received"}))
 
     def test_queued_during_a_pass_says_it_goes_up_now(self):
         import time

@@ -56,6 +56,19 @@ pub fn start_with(
     store: &MemStore,
     config: EngineConfig,
 ) -> LinkHandle<MemStore> {
+    // Both ends know the passes, as the bridge and a satellite with orbit predictions do.
+    let engine = engine(side, config, store, channel.schedule());
+    LinkHandle::spawn(engine, channel.attach(side))
+}
+
+/// The engine of side `side` (0 ground, 1 satellite) with `config` on `store`, following
+/// `schedule`.
+pub fn engine(
+    side: usize,
+    config: EngineConfig,
+    store: &MemStore,
+    schedule: satcosign_link::schedule::Schedule,
+) -> Engine<MemStore> {
     let (me, peer) = if side == 0 {
         (GROUND, SAT)
     } else {
@@ -65,9 +78,50 @@ pub fn start_with(
     let cipher = Cipher::new(&me, &Identity::from_bytes(peer).public());
     let jitter = if side == 0 { 1.0 } else { 1.37 };
     let mut engine = Engine::new(config, cipher, store.clone(), jitter).expect("engine");
-    // Both ends know the passes, as the bridge and a satellite with orbit predictions do.
-    engine.set_schedule(channel.schedule());
-    LinkHandle::spawn(engine, channel.attach(side))
+    engine.set_schedule(schedule);
+    engine
+}
+
+/// The pass fixture (`fixtures/passes/`, made by Skyfield): the element set, the two
+/// stations, the span it covers, and the windows Skyfield found.
+pub struct PassFixture {
+    pub orbit: satcosign_link::orbit::Orbit,
+    pub stations: Vec<satcosign_link::orbit::Station>,
+    /// Its start, unix seconds.
+    pub start: f64,
+    pub days: u64,
+    pub windows: Vec<serde_json::Value>,
+}
+
+pub fn pass_fixture() -> PassFixture {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/passes/passes.json")).expect("fixture");
+    let tle: Vec<&str> = fixture["tle"]
+        .as_array()
+        .expect("tle")
+        .iter()
+        .map(|l| l.as_str().expect("line"))
+        .collect();
+    let orbit = satcosign_link::orbit::Orbit::from_tle(tle[0], tle[1]).expect("elements");
+    let stations = fixture["stations"]
+        .as_array()
+        .expect("stations")
+        .iter()
+        .map(|s| satcosign_link::orbit::Station {
+            name: s["name"].as_str().expect("name").to_owned(),
+            latitude_deg: s["latitude_deg"].as_f64().expect("lat"),
+            longitude_deg: s["longitude_deg"].as_f64().expect("lon"),
+            altitude_m: s["altitude_m"].as_f64().expect("alt"),
+            min_elevation_deg: s["min_elevation_deg"].as_f64().expect("min"),
+        })
+        .collect();
+    PassFixture {
+        orbit,
+        stations,
+        start: fixture["start_unix"].as_f64().expect("start"),
+        days: fixture["days"].as_u64().expect("days"),
+        windows: fixture["windows"].as_array().expect("windows").clone(),
+    }
 }
 
 /// Messages each side received, by payload, with how often.
