@@ -490,12 +490,13 @@ fn sub_point(orbit: &satcosign_link::orbit::Orbit, t: SystemTime) -> (f64, f64) 
     ((z / r).asin().to_degrees(), y.atan2(x).to_degrees())
 }
 
-/// Two ground stations, each with its own UDP radio: the link sends through the one that
-/// has the satellite in view (one right under it now) and not through the other (under
-/// the satellite's track only later); `satellite.info` and `/metrics` show each station's
-/// transport and counters.
+/// Two ground stations, each with its own radio (a KISS TNC over TCP, and UDP): the link
+/// sends through the one that has the satellite in view (the TNC's station, right under it
+/// now) and not through the other (under the satellite's track only later);
+/// `satellite.info` and `/metrics` show each station's transport and counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
+    use satcosign_link::transport::kiss::{Callsign, KissTransport};
     use satcosign_link::transport::stations::GroundStations;
     use satcosign_link::transport::udp::UdpTransport;
     use satcosign_link::transport::Transport as _;
@@ -512,22 +513,29 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
             .local_addr()
             .expect("addr")
     };
-    let (here_ground, here_sky, later_ground, later_sky) = (free(), free(), free(), free());
-    let station = |name: &str,
-                   lat: f64,
-                   lon: f64,
-                   ground: std::net::SocketAddr,
-                   sky: std::net::SocketAddr| {
-        StationConfig {
-            name: name.into(),
-            latitude_deg: lat,
-            longitude_deg: lon,
-            min_elevation_deg: 5.0,
-            transport: Some("udp".into()),
-            udp_bind: Some(ground.to_string()),
-            udp_peer: Some(sky.to_string()),
-            ..StationConfig::default()
-        }
+    let (later_ground, later_sky) = (free(), free());
+    // The overhead station's TNC: a KISS port over TCP, as Dire Wolf's 8001.
+    let tnc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("tnc");
+    let overhead = StationConfig {
+        name: "overhead".into(),
+        latitude_deg: here_lat,
+        longitude_deg: here_lon,
+        min_elevation_deg: 5.0,
+        transport: Some("kiss-tcp".into()),
+        kiss_tcp: Some(tnc.local_addr().expect("addr").to_string()),
+        ..StationConfig::default()
+    };
+    let downtrack = StationConfig {
+        name: "downtrack".into(),
+        latitude_deg: later_lat,
+        longitude_deg: later_lon,
+        min_elevation_deg: 5.0,
+        transport: Some("udp".into()),
+        udp_bind: Some(later_ground.to_string()),
+        udp_peer: Some(later_sky.to_string()),
+        ..StationConfig::default()
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config {
@@ -545,20 +553,25 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
     config.satellite.link_public_key = hex::encode(Identity::from_bytes([2; 32]).public());
     config.satellite.orbit = OrbitConfig {
         tle,
-        stations: vec![
-            station("overhead", here_lat, here_lon, here_ground, here_sky),
-            station("downtrack", later_lat, later_lon, later_ground, later_sky),
-        ],
+        stations: vec![overhead, downtrack],
         ..OrbitConfig::default()
     };
+    let bridge = satcosign_bridge::start(&config)
+        .await
+        .expect("bridge starts");
     // The satellite's side of both stations' radios: what each station puts on the air.
+    let (tnc_side, _) = tnc.accept().await.expect("the bridge connects to the TNC");
+    let (read, write) = tnc_side.into_split();
     let mut sky = GroundStations::new();
     sky.add(
         "overhead",
-        "udp",
-        UdpTransport::connect(here_sky, here_ground)
-            .await
-            .expect("udp"),
+        "kiss-tcp",
+        KissTransport::new(
+            read,
+            write,
+            Callsign::new("SAT", 0).expect("call"),
+            Callsign::new("GROUND", 0).expect("call"),
+        ),
     );
     sky.add(
         "downtrack",
@@ -568,9 +581,6 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
             .expect("udp"),
     );
     let heard = sky.view();
-    let bridge = satcosign_bridge::start(&config)
-        .await
-        .expect("bridge starts");
     // The link's pass begins with a beacon; it reaches the satellite over one station.
     tokio::time::timeout(Duration::from_secs(30), sky.recv())
         .await
@@ -583,7 +593,8 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
     })
     .await;
     let stations = info["orbit"]["stations"].as_array().expect("stations");
-    assert_eq!(stations[0]["radio"]["transport"], "udp", "{info}");
+    assert_eq!(stations[0]["radio"]["transport"], "kiss-tcp", "{info}");
+    assert_eq!(stations[1]["radio"]["transport"], "udp", "{info}");
     assert_eq!(stations[0]["radio"]["carrying"], true, "{info}");
     assert_eq!(stations[0]["radio"]["up"], true, "{info}");
     assert_eq!(
@@ -600,9 +611,9 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
         "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let sent = |station: &str| -> u64 {
+    let sent = |station: &str, transport: &str| -> u64 {
         let prefix = format!(
-            "satcosign_station_frames_sent_total{{station=\"{station}\",transport=\"udp\"}} "
+            "satcosign_station_frames_sent_total{{station=\"{station}\",transport=\"{transport}\"}} "
         );
         metrics
             .lines()
@@ -611,10 +622,11 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
             .parse()
             .expect("a count")
     };
-    assert!(sent("overhead") > 0, "{metrics}");
-    assert_eq!(sent("downtrack"), 0, "{metrics}");
+    assert!(sent("overhead", "kiss-tcp") > 0, "{metrics}");
+    assert_eq!(sent("downtrack", "udp"), 0, "{metrics}");
     assert!(
-        metrics.contains("satcosign_station_carrying{station=\"overhead\",transport=\"udp\"} 1"),
+        metrics
+            .contains("satcosign_station_carrying{station=\"overhead\",transport=\"kiss-tcp\"} 1"),
         "{metrics}"
     );
     bridge.stop().await;

@@ -224,3 +224,45 @@ fn with_loss_the_handover_still_delivers_once_and_only_in_passes() {
         }
     });
 }
+
+/// A station whose transport fails (its TNC connection closes) is taken out of service and
+/// says so; the other carries on, and a transmission with no pass known goes out over every
+/// working station.
+#[test]
+fn a_station_whose_transport_fails_is_taken_out_and_the_other_carries_on() {
+    use satcosign_link::transport::kiss::{Callsign, KissTransport};
+    use satcosign_link::transport::Transport as _;
+    runtime().block_on(async {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        let (read, write) = tokio::io::split(ours);
+        let call = |c: &str| Callsign::new(c, 0).expect("call");
+        let channel = SimChannel::new(SimConfig::default());
+        let mut stations = GroundStations::new();
+        stations.add(
+            "tnc",
+            "kiss-tcp",
+            KissTransport::new(read, write, call("GROUND"), call("SAT")),
+        );
+        stations.add("radio", "sim", channel.attach(0));
+        let view = stations.view();
+        let mut satellite = channel.attach(1);
+        // The TNC goes away.
+        drop(theirs);
+        satellite
+            .transmit(vec![b"hello".to_vec()])
+            .await
+            .expect("sent");
+        let heard = stations.recv().await.expect("the other station hears");
+        assert_eq!(heard, b"hello");
+        let stats = view.stats();
+        assert!(!stats[0].up && stats[1].up, "{stats:?}");
+        // No passes known: every working station calls, and only those.
+        stations
+            .transmit(vec![b"anyone?".to_vec()])
+            .await
+            .expect("sent over the working station");
+        assert_eq!(satellite.recv().await.expect("heard"), b"anyone?");
+        let stats = view.stats();
+        assert_eq!((stats[0].transmissions, stats[1].transmissions), (0, 1));
+    });
+}
