@@ -32,7 +32,7 @@
 //! - [`wallet_keys`]: the satellite key each wallet gets; [`key_page`]: the `/key` page;
 //! - [`nostr_relay`]: the Nostr relay, with [`nostr_message`] for what clients send;
 //!   [`nostr_cosigner`]: the satellite's Nostr identities (Electrum 4.6+ with no plugin);
-//!   [`nostr_keep`]: answers kept past Electrum's 24-hour window;
+//!   [`nostr_keep`]: answers kept past Electrum's 24-hour window; [`nostr_auth`]: NIP-42;
 //! - [`passes`]: the link's passes predicted from the orbit over the ground stations;
 //!   [`expected`]: when a request should reach the satellite;
 //! - [`upstream`]: the upstream Electrum server; [`watch`]: broadcast transactions on the
@@ -62,6 +62,7 @@ pub mod lifecycle;
 pub mod mail;
 pub mod mailbox;
 pub mod metrics;
+pub mod nostr_auth;
 pub mod nostr_cosigner;
 pub mod nostr_keep;
 pub mod nostr_message;

@@ -117,31 +117,18 @@ impl EventHook for NostrCosigner {
         }
     }
 
-    /// A kept answer sent to a subscription that asked for its recipient's messages by name
-    /// (`#p`, as Electrum's psbt_nostr does; a catch-all subscription does not count): the
-    /// wallet has it, and no fresh copy is made.
-    fn on_sent(&self, e: &Event, filters: &[nostr::Filter]) {
-        let id = e.id.to_bytes();
-        if !self
-            .kept
+    /// Kept answers are the events whose receipt counts ([`crate::nostr_keep`]).
+    fn wants_receipt(&self, e: &Event) -> bool {
+        self.kept
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&id)
-        {
-            return;
-        }
-        let p = nostr::SingleLetterTag::lowercase(nostr::Alphabet::P);
-        let Some(recipient) = e.tags.public_keys().next().map(PublicKey::to_hex) else {
-            return;
-        };
-        let named = filters.iter().any(|f| {
-            f.generic_tags
-                .get(&p)
-                .is_some_and(|wanted| wanted.contains(&recipient))
-        });
-        if !named {
-            return;
-        }
+            .contains_key(&e.id.to_bytes())
+    }
+
+    /// A kept answer reached a connection that proved its wallet's key: the wallet has it,
+    /// and no fresh copy is made.
+    fn received(&self, e: &Event) {
+        let id = e.id.to_bytes();
         let request = self
             .kept
             .write()

@@ -36,6 +36,12 @@ pub enum ClientMessage {
         /// The subscription id.
         sub: String,
     },
+    /// `["AUTH", <event>]`: NIP-42, the client proves a key (a kind-22242 event answering
+    /// the relay's challenge).
+    Auth {
+        /// The event, not yet verified.
+        event: Box<Event>,
+    },
 }
 
 /// Limits the decoder enforces.
@@ -100,6 +106,18 @@ pub fn decode(text: &str, limits: &DecodeLimits) -> Result<ClientMessage, Refusa
             }),
             _ => Err(Refusal::Notice(
                 "invalid: CLOSE takes one subscription id".into(),
+            )),
+        },
+        "AUTH" => match arr.get(1) {
+            Some(e) if arr.len() == 2 && e.to_string().len() <= limits.max_event_bytes => {
+                serde_json::from_value::<Event>(e.clone())
+                    .map(|event| ClientMessage::Auth {
+                        event: Box::new(event),
+                    })
+                    .map_err(|err| Refusal::Notice(format!("invalid: AUTH: not an event: {err}")))
+            }
+            _ => Err(Refusal::Notice(
+                "invalid: AUTH takes one signed event (NIP-42)".into(),
             )),
         },
         other => Err(Refusal::Notice(format!(

@@ -47,9 +47,13 @@ pub trait EventHook: Send + Sync {
     fn admit(&self, event: &Event) -> Result<(), Rejection>;
     /// Called once per new event, on the relay's runtime; must not block.
     fn on_event(&self, event: Arc<Event>);
-    /// Called when a stored or live event is sent to a subscription, with the subscription's
-    /// filters; must not block.
-    fn on_sent(&self, _event: &Event, _filters: &[Filter]) {}
+    /// Whether the hook wants to hear when `event` reaches its recipient (the key in its
+    /// first `p` tag) on a connection that proved that key (NIP-42); must not block.
+    fn wants_receipt(&self, _event: &Event) -> bool {
+        false
+    }
+    /// `event`, which the hook wanted a receipt for, reached its recipient; must not block.
+    fn received(&self, _event: &Event) {}
 }
 
 /// Why an event was not accepted: the `OK false` message, with NIP-01's prefix.
@@ -389,9 +393,40 @@ impl NostrRelay {
         }
     }
 
-    fn sent(&self, e: &Event, filters: &[Filter]) {
-        if let Some(hook) = self.hook.get() {
-            hook.on_sent(e, filters);
+    /// `e` went to `conn`: a receipt for the hook when `conn` proved the recipient's key, or
+    /// once it does.
+    fn sent(&self, conn: &mut Conn, e: &Arc<Event>) {
+        let Some(hook) = self.hook.get() else { return };
+        if !hook.wants_receipt(e) {
+            return;
+        }
+        match e.tags.public_keys().next() {
+            Some(to) if conn.authed.contains(to) => hook.received(e),
+            Some(_) if conn.unconfirmed.len() < MAX_UNCONFIRMED => {
+                conn.unconfirmed.push(e.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// NIP-42: `event` answers `conn`'s challenge; receipts for what it was sent before.
+    fn authenticate(&self, conn: &mut Conn, event: &Event) -> Value {
+        let id = event.id.to_hex();
+        match crate::nostr_auth::verify(event, &conn.challenge, now()) {
+            Ok(key) => {
+                conn.authed.insert(key);
+                if let Some(hook) = self.hook.get() {
+                    let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut conn.unconfirmed)
+                        .into_iter()
+                        .partition(|e| e.tags.public_keys().next() == Some(&key));
+                    conn.unconfirmed = rest;
+                    for e in mine {
+                        hook.received(&e);
+                    }
+                }
+                json!(["OK", id, true, ""])
+            }
+            Err(why) => json!(["OK", id, false, why]),
         }
     }
 
@@ -493,7 +528,7 @@ impl NostrRelay {
             "name": "satcosign bridge",
             "description": "The satcosign bridge's relay: direct messages to the satellite \
                 cosigner's Nostr identity enter its email-gated signing flow.",
-            "supported_nips": [1, 4, 11, 40],
+            "supported_nips": [1, 4, 11, 40, 42],
             "software": "https://example.invalid/satcosign",
             "version": env!("CARGO_PKG_VERSION"),
             "limitation": {
@@ -656,7 +691,15 @@ impl NostrRelay {
             subs: HashMap::new(),
             allowance: f64::from(self.config.messages_per_minute),
             last: Instant::now(),
+            challenge: crate::nostr_auth::challenge(),
+            authed: std::collections::HashSet::new(),
+            unconfirmed: Vec::new(),
         };
+        // NIP-42: the challenge goes first; a client may answer it at any time.
+        let auth = json!(["AUTH", conn.challenge]).to_string();
+        if ws.send(Message::text(auth)).await.is_err() {
+            return;
+        }
         let idle_for = Duration::from_secs(self.config.idle_timeout_secs);
         let idle = tokio::time::sleep(idle_for);
         tokio::pin!(idle);
@@ -687,7 +730,13 @@ impl NostrRelay {
                 },
                 _ = stopped.changed() => break,
                 ev = live.recv() => match ev {
-                    Ok(e) => conn.live_matches(&e, |filters| self.sent(&e, filters)),
+                    Ok(e) => {
+                        let out = conn.live_matches(&e);
+                        if !out.is_empty() {
+                            self.sent(&mut conn, &e);
+                        }
+                        out
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => vec![notice(&format!(
                         "error: {n} live events were dropped for this slow connection; REQ again"
                     ))],
@@ -745,13 +794,13 @@ impl NostrRelay {
                         ),
                     )];
                 }
-                let mut out: Vec<Value> = self
-                    .query(&filters)
-                    .into_iter()
-                    .map(|e| {
-                        self.sent(&e, &filters);
-                        json!(["EVENT", sub, e.as_ref()])
-                    })
+                let found = self.query(&filters);
+                for e in &found {
+                    self.sent(conn, e);
+                }
+                let mut out: Vec<Value> = found
+                    .iter()
+                    .map(|e| json!(["EVENT", sub, e.as_ref()]))
                     .collect();
                 out.push(json!(["EOSE", sub]));
                 conn.subs.insert(sub, filters);
@@ -761,6 +810,15 @@ impl NostrRelay {
                 conn.subs.remove(&sub);
                 Vec::new()
             }
+            ClientMessage::Auth { event } => {
+                if !conn.take(f64::from(self.config.messages_per_minute)) {
+                    return vec![ok(
+                        &event.id.to_hex(),
+                        Err(Rejection::RateLimited(self.rate_reason())),
+                    )];
+                }
+                vec![self.authenticate(conn, &event)]
+            }
         }
     }
 }
@@ -769,7 +827,15 @@ struct Conn {
     subs: HashMap<String, Vec<Filter>>,
     allowance: f64,
     last: Instant,
+    /// NIP-42: the challenge sent when the connection opened, and the keys proved since.
+    challenge: String,
+    authed: std::collections::HashSet<nostr::PublicKey>,
+    /// Events sent that the hook wants a receipt for, before their recipient proved its key.
+    unconfirmed: Vec<Arc<Event>>,
 }
+
+/// Most events a connection holds for receipts until it authenticates.
+const MAX_UNCONFIRMED: usize = 256;
 
 impl Conn {
     /// A token bucket of `per_minute` messages.
@@ -785,9 +851,7 @@ impl Conn {
         true
     }
 
-    /// The messages that pass `e` to this connection's matching subscriptions; `sent` is
-    /// told each one's filters.
-    fn live_matches(&self, e: &Event, mut sent: impl FnMut(&[Filter])) -> Vec<Value> {
+    fn live_matches(&self, e: &Event) -> Vec<Value> {
         self.subs
             .iter()
             .filter(|(_, filters)| {
@@ -795,10 +859,7 @@ impl Conn {
                     .iter()
                     .any(|f| f.match_event(e, MatchEventOptions::new()))
             })
-            .map(|(sub, filters)| {
-                sent(filters);
-                json!(["EVENT", sub, e])
-            })
+            .map(|(sub, _)| json!(["EVENT", sub, e]))
             .collect()
     }
 }

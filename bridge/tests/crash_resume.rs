@@ -188,6 +188,10 @@ async fn nostr(url: &str, message: Value, until: &str) -> Vec<Value> {
     {
         if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
             let v: Value = serde_json::from_str(&t).expect("json");
+            if v[0] == "AUTH" {
+                // NIP-42's challenge, sent when the connection opens.
+                continue;
+            }
             let done = v[0] == until;
             out.push(v);
             if done {

@@ -36,7 +36,73 @@ async fn publish(addr: std::net::SocketAddr, event: &nostr_sdk::Event) -> Value 
             .expect("open")
             .expect("frame");
         if let Message::Text(t) = m {
-            return serde_json::from_str(&t).expect("json");
+            let v: Value = serde_json::from_str(&t).expect("json");
+            if v[0] == "OK" {
+                return v;
+            }
+        }
+    }
+}
+
+/// A stranger who knows a wallet's Nostr key (it is in the tags of the wallet's messages)
+/// asks the relay for that key's messages, proving a key of its own (NIP-42) first; returns
+/// the events it was sent.
+async fn stranger_reads(
+    addr: std::net::SocketAddr,
+    recipient: &nostr_sdk::PublicKey,
+) -> Vec<Value> {
+    use nostr_sdk::prelude::{EventBuilder, Keys, Kind, Tag, TagKind};
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .expect("websocket");
+    let challenge = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            break serde_json::from_str::<Value>(&t).expect("json");
+        }
+    };
+    assert_eq!(
+        challenge[0], "AUTH",
+        "the relay's NIP-42 challenge comes first"
+    );
+    let stranger = Keys::generate();
+    let auth = EventBuilder::new(Kind::Custom(22242), "")
+        .tags([Tag::custom(
+            TagKind::Challenge,
+            [challenge[1].as_str().expect("challenge")],
+        )])
+        // On the bridge's clock, which this test moves ahead.
+        .custom_created_at(nostr_sdk::Timestamp::from(
+            satcosign_bridge::service::unix_now(),
+        ))
+        .sign_with_keys(&stranger)
+        .expect("sign");
+    ws.send(Message::text(json!(["AUTH", auth]).to_string()))
+        .await
+        .expect("send");
+    ws.send(Message::text(
+        json!(["REQ", "peek", {"kinds": [4], "#p": [recipient.to_hex()]}]).to_string(),
+    ))
+    .await
+    .expect("send");
+    let mut events = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).expect("json");
+        match v[0].as_str() {
+            Some("EVENT") => events.push(v[2].clone()),
+            Some("EOSE") => return events,
+            Some("OK") => assert_eq!(v[2], true, "the stranger proves its own key: {v}"),
+            _ => {}
         }
     }
 }
@@ -152,6 +218,16 @@ async fn a_late_answer_reaches_electrum_once_and_an_unfetched_one_outlasts_its_w
         assert_eq!(done["final_state"], "signed", "{done}");
     }
     let mut ahead = 30 * HOUR;
+    // A stranger asks for the second wallet's messages: it is sent the (encrypted) answer,
+    // and that must not count as the wallet having it.
+    let relay = flow.system.bridge.nostr.expect("relay");
+    let peeked = stranger_reads(relay, &away.user.public_key()).await;
+    assert!(
+        peeked
+            .iter()
+            .any(|e| e["pubkey"] == away.satellite.to_hex().as_str()),
+        "{peeked:?}"
+    );
 
     // Signed 30 hours after it was sent: the first wallet's Electrum, open now, shows it once.
     let first = cosigned(&electrum_opens(&flow, &prompt, ahead).await);

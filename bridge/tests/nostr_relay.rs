@@ -24,7 +24,7 @@ async fn send(ws: &mut Ws, v: &Value) {
     ws.send(Message::text(v.to_string())).await.expect("send");
 }
 
-/// The next JSON message (fails after 10 s).
+/// The next JSON message (fails after 10 s), past the relay's NIP-42 challenge.
 async fn next(ws: &mut Ws) -> Value {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -33,7 +33,10 @@ async fn next(ws: &mut Ws) -> Value {
             .expect("connection open")
             .expect("frame");
         if let Message::Text(t) = m {
-            return serde_json::from_str(&t).expect("relay sends JSON");
+            let v: Value = serde_json::from_str(&t).expect("relay sends JSON");
+            if v[0] != "AUTH" {
+                return v;
+            }
         }
     }
 }

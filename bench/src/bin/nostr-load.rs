@@ -101,6 +101,10 @@ async fn run(
                         anyhow::bail!("the server closed the connection");
                     };
                     let Message::Text(text) = m? else { continue };
+                    if text.starts_with("[\"AUTH\"") {
+                        // NIP-42's challenge, sent when the connection opens.
+                        continue;
+                    }
                     let done = match scenario {
                         Scenario::Echo => true,
                         Scenario::Publish => {
