@@ -249,3 +249,42 @@ mod fit_tests {
         assert!(raise_open_files() >= 1024);
     }
 }
+
+/// Each listener's connection cap, fitted under the open-file limit (raised to its hard
+/// limit first) with room left for the database, SMTP and the upstream server.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerCaps {
+    /// Electrum TCP and TLS together.
+    pub electrum: usize,
+    /// HTTP and WebSocket.
+    pub http: usize,
+    /// The Nostr relay.
+    pub nostr: usize,
+}
+
+impl ListenerCaps {
+    /// The caps for `config` on this machine.
+    pub fn fit(config: &crate::config::Config) -> ListenerCaps {
+        let files = raise_open_files();
+        let asked = [
+            config.electrum.max_connections,
+            config.http.max_connections as usize,
+            config.nostr.max_connections,
+        ];
+        let [electrum, http, nostr] = fit_caps(asked, files);
+        if [electrum, http, nostr] != asked {
+            tracing::warn!(
+                open_files = files,
+                electrum,
+                http,
+                nostr,
+                "connection caps lowered to fit under the open-file limit"
+            );
+        }
+        ListenerCaps {
+            electrum,
+            http,
+            nostr,
+        }
+    }
+}

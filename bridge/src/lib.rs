@@ -21,7 +21,8 @@
 //! - [`admission`]: connection caps with a share per peer; [`read_rate`]: a read rate per
 //!   peer across every listener;
 //! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
-//! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages;
+//! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages; [`key_files`]: the
+//!   bridge's own secret files (mailbox key, link identity);
 //! - [`state`]: wallet and request records; [`lifecycle`]: the one table of request
 //!   transitions; [`service`]: what the operations share, with
 //!   the operations in [`wallets`], [`intake`] and [`approval`]; [`allowance`]: rolling
@@ -34,6 +35,7 @@
 //!   [`nostr_cosigner`]: the satellite's Nostr identities (Electrum 4.6+ with no plugin);
 //!   [`nostr_keep`]: answers kept past Electrum's 24-hour window; [`nostr_auth`]: NIP-42;
 //! - [`passes`]: the link's passes predicted from the orbit over the ground stations;
+//!   [`ground_stations`]: each station's position and radio, as configured;
 //!   [`expected`]: when a request should reach the satellite;
 //! - [`upstream`]: the upstream Electrum server; [`watch`]: broadcast transactions on the
 //!   chain; `dev` and `demo` (the `dev` feature): the embedded system of `satcosign-dev`.
@@ -54,10 +56,13 @@ pub mod electrum_tcp;
 pub mod expected;
 pub mod follow;
 pub mod gate;
+pub mod ground_stations;
 pub mod health;
 pub mod http;
 pub mod intake;
+pub mod key_files;
 pub mod key_page;
+pub use key_files::link_identity;
 pub mod lifecycle;
 pub mod mail;
 pub mod mailbox;
@@ -97,7 +102,6 @@ use crate::dispatch::Dispatcher;
 use crate::mailbox::Mailbox;
 use crate::service::Service;
 use crate::store::{Store, StoreError};
-use bitcoin::secp256k1::SecretKey;
 use satcosign_cosigner::keys::AccountKey;
 
 /// Why the bridge could not start.
@@ -244,79 +248,6 @@ impl<T> SatelliteLink<T> {
     }
 }
 
-/// Reads the secret key in `path`, creating it (0600) on first start.
-fn mailbox_key(path: &std::path::Path) -> Result<SecretKey, StartError> {
-    let bad = |reason: String| StartError::Key {
-        path: path.display().to_string(),
-        reason,
-    };
-    if !path.exists() {
-        let key = ecies::random_secret_key();
-        satcosign_link::crypto::write_secret_file(path, &hex::encode(key.secret_bytes()))
-            .map_err(|e| bad(e.to_string()))?;
-        return Ok(key);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let mut raw = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut raw).map_err(|_| bad("not 64 hex characters".into()))?;
-    SecretKey::from_slice(&raw).map_err(|e| bad(e.to_string()))
-}
-
-/// The bridge's link identity: the configured file, or `link.key` in the data directory.
-pub fn link_identity(config: &Config) -> Result<satcosign_link::crypto::Identity, StartError> {
-    use satcosign_link::crypto::Identity;
-    let path = config
-        .satellite
-        .link_key_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("link.key"));
-    let result = if path.exists() {
-        Identity::load_file(&path)
-    } else {
-        std::fs::create_dir_all(&config.data_dir).ok();
-        Identity::create_file(&path)
-    };
-    result.map_err(|e| StartError::Key {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-/// Each listener's connection cap, fitted under the open-file limit (raised to its hard
-/// limit first) with room left for the database, SMTP and the upstream server.
-#[derive(Debug, Clone, Copy)]
-struct ListenerCaps {
-    electrum: usize,
-    http: usize,
-    nostr: usize,
-}
-
-impl ListenerCaps {
-    fn fit(config: &Config) -> ListenerCaps {
-        let files = admission::raise_open_files();
-        let asked = [
-            config.electrum.max_connections,
-            config.http.max_connections as usize,
-            config.nostr.max_connections,
-        ];
-        let [electrum, http, nostr] = admission::fit_caps(asked, files);
-        if [electrum, http, nostr] != asked {
-            tracing::warn!(
-                open_files = files,
-                electrum,
-                http,
-                nostr,
-                "connection caps lowered to fit under the open-file limit"
-            );
-        }
-        ListenerCaps {
-            electrum,
-            http,
-            nostr,
-        }
-    }
-}
-
 /// Starts the bridge described by `config` (its link from `[satellite]`) and returns once
 /// every listener is bound.
 pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
@@ -331,8 +262,8 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
                 "satellite.link_public_key is needed (printed by `satcosign-cosigner init`)".into(),
             )
         })?;
-    let identity = link_identity(config)?;
-    if let Some(stations) = ground_stations(config).await? {
+    let identity = key_files::link_identity(config)?;
+    if let Some(stations) = ground_stations::connect(config).await? {
         let view = stations.view();
         let mut link = SatelliteLink::new(stations, identity, peer);
         link.stations = Some(view);
@@ -370,61 +301,6 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
     }
 }
 
-/// Every ground station's own radio, when `[[satellite.orbit.stations]]` give them.
-async fn ground_stations(
-    config: &Config,
-) -> Result<Option<satcosign_link::transport::stations::GroundStations>, StartError> {
-    use satcosign_link::transport::{kiss, stations::GroundStations, udp::UdpTransport};
-    let radios = config
-        .satellite
-        .orbit
-        .radios()
-        .map_err(|e| StartError::Link(e.to_string()))?;
-    if radios.is_empty() || radios.iter().any(Option::is_none) {
-        return Ok(None);
-    }
-    let callsign = |call: &str| {
-        kiss::Callsign::new(call, 0).ok_or_else(|| StartError::Link("callsign".into()))
-    };
-    let mut stations = GroundStations::new();
-    for (station, radio) in config
-        .satellite
-        .orbit
-        .stations
-        .iter()
-        .zip(radios.into_iter().flatten())
-    {
-        let name = station.name.as_str();
-        let failed = |e: std::io::Error| {
-            StartError::Link(format!("ground station `{name}` ({}): {e}", radio.kind()))
-        };
-        match &radio {
-            passes::StationRadio::Udp { bind, peer } => {
-                let t = UdpTransport::connect(*bind, *peer).await.map_err(failed)?;
-                stations.add(name, radio.kind(), t);
-            }
-            passes::StationRadio::KissTcp(addr) => {
-                let t =
-                    kiss::KissTransport::connect_tcp(addr, callsign("GROUND")?, callsign("SAT")?)
-                        .await
-                        .map_err(failed)?;
-                stations.add(name, radio.kind(), t);
-            }
-            passes::StationRadio::KissSerial { path, baud } => {
-                let t = kiss::KissTransport::open_serial(
-                    path,
-                    *baud,
-                    callsign("GROUND")?,
-                    callsign("SAT")?,
-                )
-                .map_err(failed)?;
-                stations.add(name, radio.kind(), t);
-            }
-        }
-    }
-    Ok(Some(stations))
-}
-
 /// Starts the bridge with the given link (`None`: mailbox only, no signing service).
 pub async fn start_with<T: satcosign_link::transport::Transport>(
     config: &Config,
@@ -443,7 +319,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     let mut databases = vec![("bridge.redb", store.released().file(config.database_path()))];
     let mailbox = Mailbox::new(store.clone(), &config.mailbox);
     let mut tasks = vec![mailbox.spawn_sweeper()];
-    let caps = ListenerCaps::fit(config);
+    let caps = admission::ListenerCaps::fit(config);
     let nostr = match listeners.nostr {
         Some(_) => {
             let mut relay_config = config.nostr.clone();
@@ -489,7 +365,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
             },
             issuer,
             network: config.network.to_bitcoin(),
-            mailbox_key: mailbox_key(&config.data_dir.join("mailbox.key"))?,
+            mailbox_key: key_files::mailbox_key(&config.data_dir.join("mailbox.key"))?,
             gate: config.gate.clone(),
             public_url,
             default_policy: config.default_policy.clone(),
