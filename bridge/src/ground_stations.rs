@@ -204,11 +204,10 @@ pub async fn connect(
                 let t = UdpTransport::connect(*bind, *peer).await.map_err(failed)?;
                 stations.add(name, radio.kind(), t);
             }
+            // A TNC over TCP may be down when the bridge starts, or restart later: the
+            // station connects, and connects again, by itself.
             StationRadio::KissTcp(addr) => {
-                let t =
-                    kiss::KissTransport::connect_tcp(addr, callsign("GROUND")?, callsign("SAT")?)
-                        .await
-                        .map_err(failed)?;
+                let t = kiss::KissTcpStation::new(addr, callsign("GROUND")?, callsign("SAT")?);
                 stations.add(name, radio.kind(), t);
             }
             StationRadio::KissSerial { path, baud } => {

@@ -631,3 +631,79 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
     );
     bridge.stop().await;
 }
+
+/// A station's TNC that is down when the bridge starts, or restarts later, is connected
+/// again by itself; `satellite.info` says whether it is up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stations_tnc_down_at_start_or_restarted_is_connected_again() {
+    let tle = elements(1);
+    // A port where no TNC listens yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr");
+    let later = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("udp")
+        .local_addr()
+        .expect("addr");
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("udp")
+        .local_addr()
+        .expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        network: Network::Regtest,
+        ..Config::default()
+    };
+    config.electrum.tcp = String::new();
+    config.nostr.listen = String::new();
+    config.http.listen = "127.0.0.1:0".into();
+    config.satellite.account_key =
+        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
+            .expect("key")
+            .descriptor_key();
+    config.satellite.link_public_key = hex::encode(Identity::from_bytes([2; 32]).public());
+    config.satellite.orbit = OrbitConfig {
+        tle,
+        stations: vec![
+            StationConfig {
+                name: "turin".into(),
+                latitude_deg: 45.07,
+                longitude_deg: 7.69,
+                transport: Some("kiss-tcp".into()),
+                kiss_tcp: Some(port.to_string()),
+                ..StationConfig::default()
+            },
+            StationConfig {
+                name: "perth".into(),
+                latitude_deg: -31.95,
+                longitude_deg: 115.86,
+                transport: Some("udp".into()),
+                udp_bind: Some(later.to_string()),
+                udp_peer: Some(peer.to_string()),
+                ..StationConfig::default()
+            },
+        ],
+        ..OrbitConfig::default()
+    };
+    let bridge = satcosign_bridge::start(&config)
+        .await
+        .expect("the bridge starts without the TNC");
+    let up = |want: bool| move |i: &Value| i["orbit"]["stations"][0]["radio"]["up"] == want;
+    info_when(&bridge, up(false)).await;
+    for round in 0..2 {
+        // The TNC (re)starts: the station connects to it within its retry time.
+        let tnc = tokio::net::TcpListener::bind(port).await.expect("tnc");
+        let (connection, _) = tokio::time::timeout(Duration::from_secs(20), tnc.accept())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the station connects"))
+            .expect("accepted");
+        info_when(&bridge, up(true)).await;
+        // And goes away again.
+        drop(connection);
+        drop(tnc);
+        info_when(&bridge, up(false)).await;
+    }
+    bridge.stop().await;
+}

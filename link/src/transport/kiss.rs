@@ -234,6 +234,112 @@ impl<W: AsyncWrite + Unpin + Send + 'static> Transport for KissTransport<W> {
     }
 }
 
+/// A KISS TNC over TCP that is connected again whenever the connection drops (the TNC
+/// restarted, the network blinked), and that may be absent when the link starts: a ground
+/// station's radio. While it is disconnected, transmissions fail (and are counted as such)
+/// and nothing is heard; every [`RECONNECT_EVERY`] a new connection is tried. The link's
+/// own retransmission covers what was lost meanwhile.
+pub struct KissTcpStation {
+    addr: String,
+    me: Callsign,
+    peer: Callsign,
+    inner: Option<KissTransport<tokio::net::tcp::OwnedWriteHalf>>,
+    next_try: tokio::time::Instant,
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a disconnected [`KissTcpStation`] waits between connection attempts.
+pub const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl KissTcpStation {
+    /// A station whose TNC listens on `addr` (host:port); connects at first use.
+    pub fn new(addr: &str, me: Callsign, peer: Callsign) -> KissTcpStation {
+        KissTcpStation {
+            addr: addr.to_owned(),
+            me,
+            peer,
+            inner: None,
+            next_try: tokio::time::Instant::now(),
+            connected: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether the TNC is connected now, as a flag that stays current.
+    pub fn connected(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.connected.clone()
+    }
+
+    /// Connects if it is time to try; returns whether a connection is up.
+    async fn ensure(&mut self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.inner.is_some() {
+            return true;
+        }
+        if tokio::time::Instant::now() < self.next_try {
+            return false;
+        }
+        self.next_try = tokio::time::Instant::now() + RECONNECT_EVERY;
+        match KissTransport::connect_tcp(&self.addr, self.me.clone(), self.peer.clone()).await {
+            Ok(t) => {
+                tracing::info!(tnc = %self.addr, "connected to the TNC");
+                self.inner = Some(t);
+                self.connected.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(tnc = %self.addr, error = %e, "the TNC is not reachable yet");
+                false
+            }
+        }
+    }
+
+    fn lost(&mut self, e: &std::io::Error) {
+        tracing::warn!(tnc = %self.addr, error = %e, "lost the TNC; connecting again");
+        self.inner = None;
+        self.connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Transport for KissTcpStation {
+    async fn transmit(&mut self, frames: Vec<Vec<u8>>) -> std::io::Result<()> {
+        if !self.ensure().await {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("the TNC at {} is not connected", self.addr),
+            ));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        let result = inner.transmit(frames).await;
+        if let Err(e) = &result {
+            self.lost(e);
+        }
+        result
+    }
+
+    async fn recv(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            if !self.ensure().await {
+                tokio::time::sleep_until(self.next_try).await;
+                continue;
+            }
+            let Some(inner) = self.inner.as_mut() else {
+                continue;
+            };
+            match inner.recv().await {
+                Ok(frame) => return Ok(frame),
+                Err(e) => self.lost(&e),
+            }
+        }
+    }
+
+    fn connected_flag(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        Some(self.connected.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,4 +21,9 @@ pub trait Transport: Send + 'static {
     ) -> impl Future<Output = std::io::Result<()>> + Send;
     /// The next frame received. Must be cancel-safe.
     fn recv(&mut self) -> impl Future<Output = std::io::Result<Vec<u8>>> + Send;
+    /// For a radio reached over a connection that can drop and come back (a TNC over TCP):
+    /// a flag that says whether it is connected now. `None`: always there.
+    fn connected_flag(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        None
+    }
 }

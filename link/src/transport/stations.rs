@@ -61,6 +61,8 @@ pub struct StationCounters {
     pub transmit_errors: AtomicU64,
     /// Whether its transport works (false once it failed to receive).
     pub down: AtomicBool,
+    /// For a transport that reconnects: whether it is connected now.
+    pub connected: std::sync::OnceLock<Arc<AtomicBool>>,
 }
 
 /// A copy of one station's counters.
@@ -206,7 +208,8 @@ impl StationsView {
                 frames_heard: c.frames_heard.load(Ordering::Relaxed),
                 bytes_heard: c.bytes_heard.load(Ordering::Relaxed),
                 transmit_errors: c.transmit_errors.load(Ordering::Relaxed),
-                up: !c.down.load(Ordering::Relaxed),
+                up: !c.down.load(Ordering::Relaxed)
+                    && c.connected.get().is_none_or(|f| f.load(Ordering::Relaxed)),
                 carrying: carrying == Some(k),
             })
             .collect()
@@ -237,11 +240,15 @@ impl GroundStations {
     /// Adds a station named `name` whose radio is `transport` (of kind `kind`, for
     /// operators). Its index is the number of stations added before it.
     pub fn add<T: Transport>(&mut self, name: &str, kind: &str, transport: T) {
+        let counters = Arc::new(StationCounters::default());
+        if let Some(flag) = transport.connected_flag() {
+            let _ = counters.connected.set(flag);
+        }
         self.members.push(Member {
             name: name.to_owned(),
             kind: kind.to_owned(),
             radio: Box::new(transport),
-            counters: Arc::new(StationCounters::default()),
+            counters,
         });
     }
 
