@@ -231,6 +231,13 @@ pub fn register(
             let line2 = string_param(&values, 1, "line2")?;
             let token = string_param(&values, 2, "token")?;
             for (index, name, line, first) in [(0, "line1", &line1, "1 "), (1, "line2", &line2, "2 ")] {
+                if !(69..=80).contains(&line.len()) {
+                    return Err(RpcError::InvalidParam {
+                        index,
+                        name,
+                        reason: format!("an element line is 69 to 80 characters, not {}", line.len()),
+                    });
+                }
                 if !line.trim_start().starts_with(first) {
                     return Err(RpcError::InvalidParam {
                         index,
@@ -250,6 +257,13 @@ pub fn register(
             let values = positional(&params, "satellite.set_omm", 2, 2)?;
             let omm = string_param(&values, 0, "omm")?;
             let token = string_param(&values, 1, "token")?;
+            if omm.len() > MAX_OMM_BYTES {
+                return Err(RpcError::InvalidParam {
+                    index: 0,
+                    name: "omm",
+                    reason: format!("an OMM is at most {MAX_OMM_BYTES} bytes, not {}", omm.len()),
+                });
+            }
             if !matches!(omm.trim_start().chars().next(), Some('{' | '[')) {
                 return Err(RpcError::InvalidParam {
                     index: 0,
@@ -503,6 +517,9 @@ pub fn register(
     )?;
     Ok(())
 }
+
+/// The largest OMM `satellite.set_omm` takes (one object is under 1 KB).
+const MAX_OMM_BYTES: usize = 20_000;
 
 /// Loads an element set for `satellite.set_elements` and `satellite.set_omm`.
 async fn load_elements(
