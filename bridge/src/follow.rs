@@ -10,8 +10,8 @@ use serde_json::Value;
 use satcosign_cosigner::decision::RequestId;
 
 use crate::rpc_error::RpcError;
-use crate::rpc_signing::status_json;
 use crate::state::RequestRecord;
+use crate::views::status_json;
 use crate::watch::Watch;
 
 /// A request and its watch, if its transaction was broadcast.

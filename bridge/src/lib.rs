@@ -17,7 +17,7 @@
 //!   `/health` part by part; [`metrics`]: `/metrics`; [`status_page`]: the operator's
 //!   `/status` page;
 //! - [`push`]: Electrum-style server pushes; [`follow`]: what a request's subscribers are
-//!   sent;
+//!   sent; [`views`]: wallets and requests as clients see them;
 //! - [`admission`]: connection caps with a share per peer; [`read_rate`]: a read rate per
 //!   peer across every listener;
 //! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
@@ -86,6 +86,7 @@ pub mod status_page;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod views;
 pub mod wallet_keys;
 pub mod wallets;
 pub mod watch;
