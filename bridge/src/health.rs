@@ -111,9 +111,23 @@ pub fn report(sources: &HealthSources, now: u64) -> (Verdict, Value) {
             if stale && verdict == Verdict::Ok {
                 verdict = Verdict::Degraded;
             }
+            // Stations with their own radio whose transport is down (a TNC not connected):
+            // the link still works through the others, so the bridge is degraded, not down.
+            let down: Vec<String> = plan
+                .radios()
+                .map(|r| r.stats())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| !s.up)
+                .map(|s| s.name)
+                .collect();
+            if !down.is_empty() && verdict == Verdict::Ok {
+                verdict = Verdict::Degraded;
+            }
             json!({
                 "state": if stale { "stale" } else { "fresh" },
                 "elements_age_secs": plan.age(now).as_secs(),
+                "stations_down": down,
             })
         }
     };

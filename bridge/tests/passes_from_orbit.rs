@@ -692,6 +692,17 @@ async fn a_stations_tnc_down_at_start_or_restarted_is_connected_again() {
         .expect("the bridge starts without the TNC");
     let up = |want: bool| move |i: &Value| i["orbit"]["stations"][0]["radio"]["up"] == want;
     info_when(&bridge, up(false)).await;
+    // /health says the bridge is degraded and names the station.
+    let (status, body) = common::flow::http_raw(
+        bridge.http.expect("http"),
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"degraded\"") && body.contains("\"stations_down\":[\"turin\"]"),
+        "{body}"
+    );
     for round in 0..2 {
         // The TNC (re)starts: the station connects to it within its retry time.
         let tnc = tokio::net::TcpListener::bind(port).await.expect("tnc");
