@@ -611,31 +611,6 @@ async fn register_wallet(
     (w, r)
 }
 
-/// Sends `event` on `ws` and returns the relay's `OK`.
-async fn publish(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    event: &nostr_sdk::Event,
-) -> Value {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    ws.send(Message::text(json!(["EVENT", event]).to_string()))
-        .await
-        .expect("send");
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .expect("an answer")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).expect("json");
-            if v[0] == "OK" {
-                return v;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_keeps_only_wallets_messages_within_its_caps() {
     use nostr_sdk::prelude::{EventBuilder, Keys, Kind, Tag};
@@ -678,9 +653,9 @@ async fn the_relay_keeps_only_wallets_messages_within_its_caps() {
         let note = EventBuilder::text_note("B".repeat(100_000))
             .sign_with_keys(&a)
             .expect("sign");
-        let ok = publish(&mut ws, &note).await;
+        let ok = common::flow::publish_on(&mut ws, &note).await;
         assert!(ok[3].as_str().expect("why").starts_with("blocked:"), "{ok}");
-        let ok = publish(&mut ws, &dm(&a, &z, i)).await;
+        let ok = common::flow::publish_on(&mut ws, &dm(&a, &z, i)).await;
         assert!(ok[3].as_str().expect("why").starts_with("blocked:"), "{ok}");
         if i % 5 == 0 {
             good.still_served(&slot(6), &mine).await;
@@ -694,7 +669,7 @@ async fn the_relay_keeps_only_wallets_messages_within_its_caps() {
     let pairs = members.iter().flat_map(|(x, y)| [(x, y), (y, x)]);
     for (from, to) in pairs {
         for i in 0..15 {
-            let ok = publish(&mut ws, &dm(from, to, i)).await;
+            let ok = common::flow::publish_on(&mut ws, &dm(from, to, i)).await;
             if ok[2] == true {
                 stored += 1;
             } else {

@@ -21,29 +21,6 @@ use satcosign_bridge::dev::advance_clock;
 
 const HOUR: u64 = 3600;
 
-/// Sends one event to the relay; returns its OK message.
-async fn publish(addr: std::net::SocketAddr, event: &nostr_sdk::Event) -> Value {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
-        .await
-        .expect("websocket");
-    ws.send(Message::text(json!(["EVENT", event]).to_string()))
-        .await
-        .expect("send");
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an answer in time")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).expect("json");
-            if v[0] == "OK" {
-                return v;
-            }
-        }
-    }
-}
-
 /// A stranger who knows a wallet's Nostr key (it is in the tags of the wallet's messages)
 /// asks the relay for that key's messages, proving a key of its own (NIP-42) first; returns
 /// the events it was sent.
@@ -129,7 +106,8 @@ async fn send_by_nostr(flow: &Flow, salt: u32) -> Sent {
     );
     let before = flow.inbox.request_ids();
     let addr = flow.system.bridge.nostr.expect("relay");
-    assert_eq!(publish(addr, &dm).await[2], true);
+    let mut ws = common::flow::nostr_ws(addr).await;
+    assert_eq!(common::flow::publish_on(&mut ws, &dm).await[2], true);
     // The signing request it opened: the one new request whose email asks to sign.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let request = loop {

@@ -538,19 +538,7 @@ async fn the_link_sends_through_the_station_that_has_the_satellite_in_view() {
         ..StationConfig::default()
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        network: Network::Regtest,
-        ..Config::default()
-    };
-    config.electrum.tcp = String::new();
-    config.nostr.listen = String::new();
-    config.http.listen = "127.0.0.1:0".into();
-    config.satellite.account_key =
-        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
-            .expect("key")
-            .descriptor_key();
-    config.satellite.link_public_key = hex::encode(Identity::from_bytes([2; 32]).public());
+    let mut config = radio_config(&dir);
     config.satellite.orbit = OrbitConfig {
         tle,
         stations: vec![overhead, downtrack],
@@ -651,19 +639,7 @@ async fn a_stations_tnc_down_at_start_or_restarted_is_connected_again() {
         .local_addr()
         .expect("addr");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        network: Network::Regtest,
-        ..Config::default()
-    };
-    config.electrum.tcp = String::new();
-    config.nostr.listen = String::new();
-    config.http.listen = "127.0.0.1:0".into();
-    config.satellite.account_key =
-        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
-            .expect("key")
-            .descriptor_key();
-    config.satellite.link_public_key = hex::encode(Identity::from_bytes([2; 32]).public());
+    let mut config = radio_config(&dir);
     config.satellite.orbit = OrbitConfig {
         tle,
         stations: vec![
@@ -717,4 +693,23 @@ async fn a_stations_tnc_down_at_start_or_restarted_is_connected_again() {
         info_when(&bridge, up(false)).await;
     }
     bridge.stop().await;
+}
+
+/// A bridge's configuration for `satcosign_bridge::start` (its link from `[satellite]`),
+/// with the test satellite's keys and only the HTTP listener; the orbit is the caller's.
+fn radio_config(dir: &tempfile::TempDir) -> Config {
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        network: Network::Regtest,
+        ..Config::default()
+    };
+    config.electrum.tcp = String::new();
+    config.nostr.listen = String::new();
+    config.http.listen = "127.0.0.1:0".into();
+    config.satellite.account_key =
+        satcosign_cosigner::keys::CosignerKey::from_seed(&[7; 32], bitcoin::NetworkKind::Test)
+            .expect("key")
+            .descriptor_key();
+    config.satellite.link_public_key = hex::encode(Identity::from_bytes([2; 32]).public());
+    config
 }

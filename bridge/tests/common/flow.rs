@@ -513,3 +513,40 @@ pub fn nostr_dm(
         .expect("sign");
     (dm, user, satellite)
 }
+
+/// A WebSocket to the bridge's Nostr relay.
+pub type NostrWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to the relay at `addr`.
+pub async fn nostr_ws(addr: std::net::SocketAddr) -> NostrWs {
+    tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .expect("websocket")
+        .0
+}
+
+/// Sends `event` on `ws` and returns the relay's `OK` (past its NIP-42 challenge and any
+/// live event).
+pub async fn publish_on(ws: &mut NostrWs, event: &nostr_sdk::Event) -> serde_json::Value {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(
+        serde_json::json!(["EVENT", event]).to_string(),
+    ))
+    .await
+    .expect("send");
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("an answer")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+            if v[0] == "OK" {
+                return v;
+            }
+        }
+    }
+}
