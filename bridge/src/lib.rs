@@ -20,7 +20,8 @@
 //!   sent; [`views`]: wallets and requests as clients see them;
 //! - [`admission`]: connection caps with a share per peer; [`read_rate`]: a read rate per
 //!   peer across every listener;
-//! - [`mailbox`]: cosigner-pool semantics; [`store`]: redb with group commit;
+//! - [`mailbox`]: cosigner-pool semantics, over [`mailbox_rows`]: its backends, [`store`]
+//!   (redb with group commit, the default) and [`postgres`];
 //! - [`ecies`]: Electrum's BIE1 encryption of mailbox messages; [`key_files`]: the
 //!   bridge's own secret files (mailbox key, link identity);
 //! - [`state`]: wallet and request records; [`lifecycle`]: the one table of request
@@ -50,6 +51,8 @@ pub mod config;
 pub mod demo;
 #[cfg(feature = "dev")]
 pub mod dev;
+#[cfg(feature = "dev")]
+pub mod dev_postgres;
 pub mod dispatch;
 pub mod ecies;
 pub mod electrum_tcp;
@@ -66,6 +69,7 @@ pub use key_files::link_identity;
 pub mod lifecycle;
 pub mod mail;
 pub mod mailbox;
+pub mod mailbox_rows;
 pub mod metrics;
 pub mod nostr_auth;
 pub mod nostr_cosigner;
@@ -74,6 +78,7 @@ pub mod nostr_message;
 pub mod nostr_relay;
 pub mod notice;
 pub mod passes;
+pub mod postgres;
 pub mod push;
 pub mod read_rate;
 pub mod relay;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 
 use crate::config::MailboxConfig;
+use crate::mailbox_rows::MailboxRows;
 use crate::store::{PutOutcome, Store, StoreError};
 
 /// Client addresses whose put rate is remembered at once; past it, those with a full
@@ -118,7 +119,7 @@ pub fn now_ms() -> u64 {
 /// The mailbox service over the bridge's store.
 #[derive(Clone)]
 pub struct Mailbox {
-    store: Store,
+    rows: Arc<dyn MailboxRows>,
     ttl: Duration,
     max_message_bytes: usize,
     max_total_bytes: u64,
@@ -137,10 +138,16 @@ struct Allowance {
 }
 
 impl Mailbox {
-    /// A mailbox over `store` with the limits of `config` (checked at load).
+    /// A mailbox over the bridge's redb `store` with the limits of `config` (checked at
+    /// load).
     pub fn new(store: Store, config: &MailboxConfig) -> Mailbox {
+        Mailbox::with_rows(Arc::new(store), config)
+    }
+
+    /// A mailbox over any backend ([`MailboxRows`]: redb or PostgreSQL).
+    pub fn with_rows(rows: Arc<dyn MailboxRows>, config: &MailboxConfig) -> Mailbox {
         Mailbox {
-            store,
+            rows,
             ttl: Duration::from_secs(config.ttl_secs),
             max_message_bytes: config.max_message_bytes,
             max_total_bytes: config.max_total_bytes,
@@ -242,8 +249,8 @@ impl Mailbox {
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let expires = now_ms().saturating_add(ttl_ms);
         match self
-            .store
-            .mailbox_put(key.0, expires, message, self.max_total_bytes)
+            .rows
+            .put(key.0, expires, message, self.max_total_bytes)
             .await?
         {
             PutOutcome::Stored => {
@@ -267,7 +274,7 @@ impl Mailbox {
 
     /// The slot's message, or `None` when empty or expired.
     pub async fn get(&self, key: Keyhash) -> Result<Option<String>, MailboxError> {
-        let entry = self.store.mailbox_get(key.0).await?;
+        let entry = self.rows.get(key.0).await?;
         Ok(entry
             .filter(|e| e.expires_at_ms > now_ms())
             .map(|e| e.message))
@@ -275,21 +282,21 @@ impl Mailbox {
 
     /// Empties the slot; returns whether it held a live message.
     pub async fn delete(&self, key: Keyhash) -> Result<bool, MailboxError> {
-        let removed = self.store.mailbox_delete(key.0).await?;
+        let removed = self.rows.delete(key.0).await?;
         Ok(removed.is_some_and(|expiry| expiry > now_ms()))
     }
 
     /// Removes expired entries now and then, so the database does not grow without bound.
     /// Expired entries are never served even before they are swept.
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
-        let store = self.store.clone();
+        let rows = self.rows.clone();
         let every = (self.ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(300));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match store.mailbox_purge_expired(now_ms()).await {
+                match rows.purge_expired(now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "expired mailbox entries swept"),
                     Err(StoreError::WriterStopped) => break,
@@ -374,26 +381,20 @@ mod tests {
         mb.put(Keyhash([1; 32]), "aGk=".into())
             .await
             .expect("replace");
-        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 4);
+        assert_eq!(mb.rows.held_bytes().await.expect("bytes"), 4);
         mb.put(Keyhash([2; 32]), msg.clone())
             .await
             .expect("room now");
         assert!(mb.delete(Keyhash([2; 32])).await.expect("delete"));
-        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 4);
+        assert_eq!(mb.rows.held_bytes().await.expect("bytes"), 4);
         // The sweep frees what expired, found through the index.
-        mb.store
-            .mailbox_put([3; 32], 1, "AA==".into(), u64::MAX)
+        mb.rows
+            .put([3; 32], 1, "AA==".into(), u64::MAX)
             .await
             .expect("put");
-        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 8);
-        assert_eq!(
-            mb.store
-                .mailbox_purge_expired(now_ms())
-                .await
-                .expect("purge"),
-            1
-        );
-        assert_eq!(mb.store.mailbox_bytes().await.expect("bytes"), 4);
+        assert_eq!(mb.rows.held_bytes().await.expect("bytes"), 8);
+        assert_eq!(mb.rows.purge_expired(now_ms()).await.expect("purge"), 1);
+        assert_eq!(mb.rows.held_bytes().await.expect("bytes"), 4);
         assert_eq!(
             mb.get(Keyhash([1; 32])).await.expect("get").as_deref(),
             Some("aGk=")

@@ -1,0 +1,254 @@
+//! The bridge's state in PostgreSQL, for operators who run their ground on a database
+//! server they already run and back up. A pool of connections (`deadpool-postgres`) over
+//! `tokio-postgres`, on loopback or a Unix socket (no TLS of its own). The schema is
+//! versioned: [`MIGRATIONS`] run at connect, in order, each once, under an advisory lock so
+//! that bridges starting together on one database apply each exactly once.
+//!
+//! So far the mailbox lives here ([`MailboxRows`]); the rest of the state is still redb's.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::future::BoxFuture;
+use tokio_postgres::NoTls;
+
+use crate::mailbox_rows::MailboxRows;
+use crate::store::{MailboxEntry, PutOutcome, StoreError};
+
+/// The schema, one step per version (version = index + 1).
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the cosigner-pool mailbox, with its byte total for the quota.
+    "CREATE TABLE mailbox (
+         keyhash bytea PRIMARY KEY CHECK (octet_length(keyhash) = 32),
+         expires_at_ms bigint NOT NULL,
+         message text NOT NULL
+     );
+     CREATE INDEX mailbox_expiry ON mailbox (expires_at_ms);
+     CREATE TABLE mailbox_totals (id int PRIMARY KEY CHECK (id = 1), bytes bigint NOT NULL);
+     INSERT INTO mailbox_totals VALUES (1, 0);",
+];
+
+/// An arbitrary, fixed key for the migrations' advisory lock.
+const MIGRATION_LOCK: i64 = 0x5a7c_0516;
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(format!("postgres: {e}"))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A pool of connections to the bridge's database, its schema up to date.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects to `url` (a libpq connection string or `postgres://` URL) with at most
+    /// `pool_size` connections, and brings the schema up to date.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(db_err)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(db_err)?;
+        let store = PgStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The schema version in use.
+    pub async fn version(&self) -> Result<usize, StoreError> {
+        let client = self.pool.get().await.map_err(db_err)?;
+        let row = client
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(db_err)?;
+        Ok(usize::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(db_err)?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db_err)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version int PRIMARY KEY)")
+            .await
+            .map_err(db_err)?;
+        let done: i32 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        for (i, step) in MIGRATIONS.iter().enumerate() {
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            if version <= done {
+                continue;
+            }
+            tx.batch_execute(step)
+                .await
+                .map_err(|e| db_err(format!("migration {version}: {e}")))?;
+            tx.execute("INSERT INTO schema_version VALUES ($1)", &[&version])
+                .await
+                .map_err(db_err)?;
+            tracing::info!(version, "database schema migrated");
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn put_row(
+        &self,
+        key: [u8; 32],
+        expires_at_ms: u64,
+        message: String,
+        max_total_bytes: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let mut client = self.pool.get().await.map_err(db_err)?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        // The total's row lock orders puts: the quota is checked against what is committed.
+        let held = to_u64(
+            tx.query_one(
+                "SELECT bytes FROM mailbox_totals WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(db_err)?
+            .get(0),
+        );
+        let replaced = tx
+            .query_opt(
+                "SELECT octet_length(message) FROM mailbox WHERE keyhash = $1",
+                &[&key.as_slice()],
+            )
+            .await
+            .map_err(db_err)?
+            .map_or(0, |r| u64::try_from(r.get::<_, i32>(0)).unwrap_or(0));
+        let after = held - replaced.min(held) + message.len() as u64;
+        if after > max_total_bytes && after > held {
+            return Ok(PutOutcome::Full { held });
+        }
+        tx.execute(
+            "INSERT INTO mailbox (keyhash, expires_at_ms, message) VALUES ($1, $2, $3)
+             ON CONFLICT (keyhash) DO UPDATE
+             SET expires_at_ms = excluded.expires_at_ms, message = excluded.message",
+            &[&key.as_slice(), &to_i64(expires_at_ms), &message],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.execute(
+            "UPDATE mailbox_totals SET bytes = $1 WHERE id = 1",
+            &[&to_i64(after)],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn get_row(&self, key: [u8; 32]) -> Result<Option<MailboxEntry>, StoreError> {
+        let client = self.pool.get().await.map_err(db_err)?;
+        let row = client
+            .query_opt(
+                "SELECT expires_at_ms, message FROM mailbox WHERE keyhash = $1",
+                &[&key.as_slice()],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| MailboxEntry {
+            expires_at_ms: to_u64(r.get(0)),
+            message: r.get(1),
+        }))
+    }
+
+    /// Deletes the rows `condition` (with `param`) selects and lowers the total by their
+    /// bytes, in one transaction; returns the deleted rows' expiries.
+    async fn delete_where(
+        &self,
+        condition: &str,
+        param: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut client = self.pool.get().await.map_err(db_err)?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.execute("SELECT 1 FROM mailbox_totals WHERE id = 1 FOR UPDATE", &[])
+            .await
+            .map_err(db_err)?;
+        let rows = tx
+            .query(
+                &format!(
+                    "DELETE FROM mailbox WHERE {condition} \
+                     RETURNING expires_at_ms, octet_length(message)"
+                ),
+                &[param],
+            )
+            .await
+            .map_err(db_err)?;
+        let freed: i64 = rows.iter().map(|r| i64::from(r.get::<_, i32>(1))).sum();
+        if freed > 0 {
+            tx.execute(
+                "UPDATE mailbox_totals SET bytes = greatest(bytes - $1, 0) WHERE id = 1",
+                &[&freed],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(rows.iter().map(|r| to_u64(r.get(0))).collect())
+    }
+}
+
+impl MailboxRows for PgStore {
+    fn put(
+        &self,
+        key: [u8; 32],
+        expires_at_ms: u64,
+        message: String,
+        max_total_bytes: u64,
+    ) -> BoxFuture<'_, Result<PutOutcome, StoreError>> {
+        Box::pin(self.put_row(key, expires_at_ms, message, max_total_bytes))
+    }
+
+    fn get(&self, key: [u8; 32]) -> BoxFuture<'_, Result<Option<MailboxEntry>, StoreError>> {
+        Box::pin(self.get_row(key))
+    }
+
+    fn delete(&self, key: [u8; 32]) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let key = key.to_vec();
+            Ok(self
+                .delete_where("keyhash = $1", &key)
+                .await?
+                .into_iter()
+                .next())
+        })
+    }
+
+    fn purge_expired(&self, now_ms: u64) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let now = to_i64(now_ms);
+            Ok(self.delete_where("expires_at_ms <= $1", &now).await?.len())
+        })
+    }
+
+    fn held_bytes(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(db_err)?;
+            let row = client
+                .query_one("SELECT bytes FROM mailbox_totals WHERE id = 1", &[])
+                .await
+                .map_err(db_err)?;
+            Ok(to_u64(row.get(0)))
+        })
+    }
+}
