@@ -29,16 +29,23 @@ fn bin_dir() -> PathBuf {
     found.pop().expect("an initdb under /usr/lib/postgresql")
 }
 
-fn run(user: Option<&str>, program: &Path, args: &[&str]) {
-    let mut cmd = match user {
+/// `program` as `user` (through `runuser`), or as ourselves.
+fn command(user: Option<&str>, program: &Path) -> Command {
+    match user {
         Some(u) => {
             let mut c = Command::new("runuser");
             c.args(["-u", u, "--"]).arg(program);
             c
         }
         None => Command::new(program),
-    };
-    let out = cmd.args(args).output().expect("run a PostgreSQL program");
+    }
+}
+
+fn run(user: Option<&str>, program: &Path, args: &[&str]) {
+    let out = command(user, program)
+        .args(args)
+        .output()
+        .expect("run a PostgreSQL program");
     assert!(
         out.status.success(),
         "{} {args:?}: {}{}",
@@ -144,29 +151,15 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let _ = match self.user {
-            Some(u) => Command::new("runuser")
-                .args(["-u", u, "--"])
-                .arg(self.bin.join("pg_ctl"))
-                .args([
-                    "-D",
-                    &data.to_string_lossy(),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ])
-                .output(),
-            None => Command::new(self.bin.join("pg_ctl"))
-                .args([
-                    "-D",
-                    &data.to_string_lossy(),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ])
-                .output(),
-        };
+        let _ = command(self.user, &self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                &data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ])
+            .output();
     }
 }
