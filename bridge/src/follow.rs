@@ -41,13 +41,15 @@ pub(crate) async fn send_json(sink: &jsonrpsee::SubscriptionSink, value: &Value)
 pub const EXPECTED_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the expected time moved enough to tell a subscriber: a minute or more, another
-/// station, a pass that began, or a promise given or withdrawn.
+/// station, a pass that began, or a promise given or withdrawn. (While its pass is under
+/// way, `at` is "now" and moves with the clock: that is no news.)
 pub(crate) fn expected_moved(before: &Value, now: &Value) -> bool {
     match (before.is_null(), now.is_null()) {
         (true, true) => false,
         (false, false) => {
             let at = |v: &Value| v["at"].as_i64().unwrap_or(0);
-            (at(before) - at(now)).abs() >= 60
+            let under_way = before["in_view"] == true && now["in_view"] == true;
+            (!under_way && (at(before) - at(now)).abs() >= 60)
                 || before["station"] != now["station"]
                 || before["in_view"] != now["in_view"]
         }
@@ -125,5 +127,11 @@ mod tests {
         let mut begun = at(1000, "turin");
         begun["in_view"] = json!(true);
         assert!(expected_moved(&at(1000, "turin"), &begun));
+        let mut later = begun.clone();
+        later["at"] = json!(1000 + 300);
+        assert!(
+            !expected_moved(&begun, &later),
+            "a pass under way: 'now' moving is no news"
+        );
     }
 }

@@ -237,17 +237,8 @@ pub struct PassPlan {
 
 impl PassPlan {
     /// Predicts every station's passes from `now` over the horizon and keeps them; returns
-    /// the windows of all stations together (the link's schedule).
-    pub fn refresh(&self, now: SystemTime) -> Result<Vec<PassWindow>, OrbitError> {
-        Ok(self
-            .refresh_by_station(now)?
-            .into_iter()
-            .flatten()
-            .collect())
-    }
-
-    /// As [`Self::refresh`], each station's windows apart (in the order of the stations).
-    pub fn refresh_by_station(&self, now: SystemTime) -> Result<Vec<Vec<PassWindow>>, OrbitError> {
+    /// each station's windows (in the order of the stations).
+    pub fn refresh(&self, now: SystemTime) -> Result<Vec<Vec<PassWindow>>, OrbitError> {
         let passes = predict(&self.orbit(), &self.stations, now, self.horizon)?;
         let windows = passes
             .iter()
@@ -345,7 +336,8 @@ impl PassPlan {
     }
 
     /// `satellite.set_elements` and `satellite.set_omm`: checks the operator's `token`, and
-    /// that the element set (two lines, or an OMM in JSON) parses, is not from the future (a day's grace) and is newer than the one in use;
+    /// that the element set (two lines, or an OMM in JSON) parses, is not from the future
+    /// (a day's grace) and is newer than the one in use;
     /// then keeps it for the next start, uses it, and has the passes predicted again.
     /// Returns the new elements' time.
     pub fn load_elements(
@@ -463,8 +455,7 @@ where
             () = plan.changed.notified() => {}
         }
         let p = plan.clone();
-        let predicted =
-            tokio::task::spawn_blocking(move || p.refresh_by_station(SystemTime::now())).await;
+        let predicted = tokio::task::spawn_blocking(move || p.refresh(SystemTime::now())).await;
         match predicted {
             Ok(Ok(by_station)) => {
                 let count: usize = by_station.iter().map(Vec::len).sum();

@@ -106,7 +106,11 @@ def expected_text(expected):
 def expected_key(status):
     """The expected time as far as the user sees it, for change detection."""
     e = status.get("expected") or None
-    return (e.get("at", 0) // 60, e.get("station"), e.get("in_view")) if e else None
+    if not e:
+        return None
+    # While its pass is under way, "at" is now and moves with the clock: no news.
+    at = None if e.get("in_view") else e.get("at", 0) // 60
+    return (at, e.get("station"), e.get("in_view"))
 
 
 def effective_state(status):

@@ -113,9 +113,13 @@ class Stages(unittest.TestCase):
         self.assertEqual(stages.describe(sent),
                          "Sent to the satellite; its answer is expected with the next satellite "
                          f"pass, at {stages.when(at)}, in about 3 hours.")
-        moved = dict(status, expected=dict(status["expected"], at=at + 5400))
-        self.assertNotEqual(stages.expected_key(status), stages.expected_key(moved))
+        waiting = dict(status, expected=dict(status["expected"], in_view=False))
+        moved = dict(waiting, expected=dict(waiting["expected"], at=at + 5400))
+        self.assertNotEqual(stages.expected_key(waiting), stages.expected_key(moved))
         self.assertIsNone(stages.expected_key({"state": "signed", "expected": None}))
+        under_way = dict(status, expected=dict(status["expected"], in_view=True))
+        later = dict(under_way, expected=dict(under_way["expected"], at=at + 300))
+        self.assertEqual(stages.expected_key(under_way), stages.expected_key(later))
 
     def test_a_stale_status_never_takes_a_request_back(self):
         self.assertTrue(stages.is_stale({"state": "queued"}, {"state": "confirmed"}))

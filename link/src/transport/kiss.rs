@@ -264,11 +264,6 @@ impl KissTcpStation {
         }
     }
 
-    /// Whether the TNC is connected now, as a flag that stays current.
-    pub fn connected(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-        self.connected.clone()
-    }
-
     /// Connects if it is time to try; returns whether a connection is up.
     async fn ensure(&mut self) -> bool {
         use std::sync::atomic::Ordering;
@@ -279,7 +274,13 @@ impl KissTcpStation {
             return false;
         }
         self.next_try = tokio::time::Instant::now() + RECONNECT_EVERY;
-        match KissTransport::connect_tcp(&self.addr, self.me.clone(), self.peer.clone()).await {
+        // Bounded: a TNC host that drops packets must not hold the link's task for the
+        // operating system's two-minute connect timeout.
+        let connect = KissTransport::connect_tcp(&self.addr, self.me.clone(), self.peer.clone());
+        match tokio::time::timeout(RECONNECT_EVERY, connect)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
             Ok(t) => {
                 tracing::info!(tnc = %self.addr, "connected to the TNC");
                 self.inner = Some(t);
