@@ -244,6 +244,20 @@ fn a_station_whose_transport_fails_is_taken_out_and_the_other_carries_on() {
             KissTransport::new(read, write, call("GROUND"), call("SAT")),
         );
         stations.add("radio", "sim", channel.attach(0));
+        // A TNC over TCP that nobody runs: it cannot take a transmission.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr");
+        stations.add(
+            "absent",
+            "kiss-tcp",
+            satcosign_link::transport::kiss::KissTcpStation::new(
+                &closed.to_string(),
+                call("GROUND"),
+                call("SAT"),
+            ),
+        );
         let view = stations.view();
         let mut satellite = channel.attach(1);
         // The TNC goes away.
@@ -256,7 +270,8 @@ fn a_station_whose_transport_fails_is_taken_out_and_the_other_carries_on() {
         assert_eq!(heard, b"hello");
         let stats = view.stats();
         assert!(!stats[0].up && stats[1].up, "{stats:?}");
-        // No passes known: every working station calls, and only those.
+        // No passes known: every working station calls, and only those; one station that
+        // cannot take it does not make the transmission fail.
         stations
             .transmit(vec![b"anyone?".to_vec()])
             .await
@@ -264,5 +279,7 @@ fn a_station_whose_transport_fails_is_taken_out_and_the_other_carries_on() {
         assert_eq!(satellite.recv().await.expect("heard"), b"anyone?");
         let stats = view.stats();
         assert_eq!((stats[0].transmissions, stats[1].transmissions), (0, 1));
+        assert_eq!(stats[2].transmit_errors, 1, "{stats:?}");
+        assert!(!stats[2].up, "an absent TNC is not up");
     });
 }

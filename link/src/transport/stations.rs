@@ -304,27 +304,26 @@ impl Transport for GroundStations {
         match carrier.and_then(|k| self.members.get_mut(k)) {
             Some(member) => GroundStations::send_through(member, frames).await,
             None => {
-                // Nobody knows where the satellite is: every working station calls.
-                let mut last = Ok(());
-                let mut any = false;
+                // Nobody knows where the satellite is: every working station calls. The
+                // transmission went out if any station took it.
+                let mut error = None;
+                let mut sent = false;
                 for member in &mut self.members {
                     if member.counters.down.load(Ordering::Relaxed) {
                         continue;
                     }
-                    any = true;
                     match GroundStations::send_through(member, frames.clone()).await {
-                        Ok(()) => last = Ok(()),
-                        Err(e) if last.is_ok() => last = Err(e),
-                        Err(_) => {}
+                        Ok(()) => sent = true,
+                        Err(e) => error = error.or(Some(e)),
                     }
                 }
-                if any {
-                    last
-                } else {
-                    Err(std::io::Error::new(
+                match (sent, error) {
+                    (true, _) => Ok(()),
+                    (false, Some(e)) => Err(e),
+                    (false, None) => Err(std::io::Error::new(
                         std::io::ErrorKind::NotConnected,
                         "no ground station works",
-                    ))
+                    )),
                 }
             }
         }
