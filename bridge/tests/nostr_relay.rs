@@ -737,3 +737,64 @@ async fn a_stranger_with_all_the_bridge_publishes_reads_and_forges_nothing() {
     assert!(ok[3].as_str().expect("why").starts_with("blocked:"), "{ok}");
     flow.system.stop().await;
 }
+
+/// NIP-42: the relay's challenge comes first; an answer proves a key; a wrong or stale
+/// answer is refused with its reason; one connection proves at most 16 keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_proves_keys_names_what_is_wrong_and_is_bounded() {
+    use common::flow::{sky, Flow};
+    let flow = Flow::start(sky(0.0), |c| c.nostr.messages_per_minute = 1000).await;
+    let mut ws = connect(flow.system.bridge.nostr.expect("relay")).await;
+    let first = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            break serde_json::from_str::<Value>(&t).expect("json");
+        }
+    };
+    assert_eq!(first[0], "AUTH", "{first}");
+    let challenge = first[1].as_str().expect("challenge").to_owned();
+    let auth = |keys: &Keys, answer: &str, at: u64| {
+        EventBuilder::new(Kind::Custom(22242), "")
+            .tag(Tag::custom(TagKind::Challenge, [answer]))
+            .custom_created_at(Timestamp::from(at))
+            .sign_with_keys(keys)
+            .expect("sign")
+    };
+    let keys = Keys::generate();
+    send(&mut ws, &json!(["AUTH", auth(&keys, "not it", now())])).await;
+    let wrong = next(&mut ws).await;
+    assert_eq!(wrong[2], false, "{wrong}");
+    assert!(
+        wrong[3].as_str().expect("why").contains("challenge"),
+        "{wrong}"
+    );
+    send(
+        &mut ws,
+        &json!(["AUTH", auth(&keys, &challenge, now() - 3600)]),
+    )
+    .await;
+    let stale = next(&mut ws).await;
+    assert!(stale[3].as_str().expect("why").contains("time"), "{stale}");
+    for i in 0..20 {
+        send(
+            &mut ws,
+            &json!(["AUTH", auth(&Keys::generate(), &challenge, now())]),
+        )
+        .await;
+        let answer = next(&mut ws).await;
+        if i < 16 {
+            assert_eq!(answer[2], true, "key {i}: {answer}");
+        } else {
+            assert_eq!(answer[2], false, "key {i}: {answer}");
+            assert!(
+                answer[3].as_str().expect("why").starts_with("blocked:"),
+                "{answer}"
+            );
+        }
+    }
+    flow.system.stop().await;
+}

@@ -48,6 +48,12 @@ impl NostrRelay {
     fn authenticate(&self, conn: &mut Conn, event: &Event) -> Value {
         let id = event.id.to_hex();
         match crate::nostr_auth::verify(event, &conn.challenge, now()) {
+            Ok(key) if !conn.authed.contains(&key) && conn.authed.len() >= MAX_AUTHED => json!([
+                "OK",
+                id,
+                false,
+                format!("blocked: a connection proves at most {MAX_AUTHED} keys")
+            ]),
             Ok(key) => {
                 conn.authed.insert(key);
                 if let Some(hook) = self.hook.get() {
@@ -356,6 +362,8 @@ struct Conn {
 
 /// Most events a connection holds for receipts until it authenticates.
 const MAX_UNCONFIRMED: usize = 256;
+/// Most keys one connection may prove (a wallet's client proves one).
+const MAX_AUTHED: usize = 16;
 
 impl Conn {
     /// A token bucket of `per_minute` messages.
