@@ -7,7 +7,7 @@
 //! when it frees up. Runs inside the caller's write transaction, so the count and the
 //! action it allows commit together.
 
-use redb::{ReadableTable, Table};
+use crate::store::tables::{ReadableTable, Table};
 
 use crate::state::{db_err, from_bytes, to_bytes};
 use crate::store::StoreError;
@@ -36,7 +36,7 @@ pub struct UsedUp {
 
 /// Takes one use of every allowance at `now`, or none of them.
 pub fn take(
-    table: &mut Table<&[u8; 32], &[u8]>,
+    table: &mut Table<'_, &'static [u8; 32], &'static [u8]>,
     allowances: &[Allowance],
     now: u64,
 ) -> Result<Result<(), UsedUp>, StoreError> {
@@ -68,16 +68,25 @@ pub fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::TableDefinition;
+    use crate::store::tables::TableDefinition;
 
     const T: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("t");
 
-    #[test]
-    fn all_or_nothing_within_the_window() {
+    #[tokio::test]
+    async fn all_or_nothing_within_the_window() {
         let dir = tempfile::tempdir().expect("dir");
-        let db = redb::Database::create(dir.path().join("a.redb")).expect("db");
-        let txn = db.begin_write().expect("txn");
-        let mut t = txn.open_table(T).expect("table");
+        let store = crate::store::Store::open(&dir.path().join("a.redb")).expect("db");
+        store
+            .write(|txn| {
+                let mut t = txn.open_table(T)?;
+                all_or_nothing(&mut t);
+                Ok(())
+            })
+            .await
+            .expect("write");
+    }
+
+    fn all_or_nothing(t: &mut Table<'_, &'static [u8; 32], &'static [u8]>) {
         let one = |key: u8, max| Allowance {
             key: [key; 32],
             max,
@@ -85,9 +94,9 @@ mod tests {
             what: if key == 1 { "one" } else { "two" },
         };
         let both = [one(1, 2), one(2, 1)];
-        assert_eq!(take(&mut t, &both, 1000).expect("db"), Ok(()));
+        assert_eq!(take(t, &both, 1000).expect("db"), Ok(()));
         // The second is used up: nothing is taken from the first either.
-        let refused = take(&mut t, &both, 1010).expect("db");
+        let refused = take(t, &both, 1010).expect("db");
         assert_eq!(
             refused,
             Err(UsedUp {
@@ -95,9 +104,9 @@ mod tests {
                 frees_at: 1100
             })
         );
-        assert_eq!(take(&mut t, &[one(1, 2)], 1020).expect("db"), Ok(()));
-        assert!(take(&mut t, &[one(1, 2)], 1030).expect("db").is_err());
+        assert_eq!(take(t, &[one(1, 2)], 1020).expect("db"), Ok(()));
+        assert!(take(t, &[one(1, 2)], 1030).expect("db").is_err());
         // Out of the window, uses come back.
-        assert_eq!(take(&mut t, &both, 1100).expect("db"), Ok(()));
+        assert_eq!(take(t, &both, 1100).expect("db"), Ok(()));
     }
 }

@@ -86,7 +86,9 @@ impl Service {
                 (true, _) => Step::Confirmed,
             }))
         };
-        let change = move |txn: &redb::WriteTransaction, r: &mut RequestRecord, step: Step| {
+        let change = move |txn: &crate::store::WriteTransaction,
+                           r: &mut RequestRecord,
+                           step: Step| {
             match step {
                 Step::WrongCode => r.failed_attempts += 1,
                 Step::Voided => {

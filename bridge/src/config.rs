@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod check;
+mod store;
+
+pub use store::{Backend, StoreConfig};
 
 // One configuration error type and one network list for both daemons (the cosigner's).
 pub use satcosign_cosigner::config::{ConfigError, Network};
@@ -48,6 +51,8 @@ pub struct Config {
     pub nostr: NostrConfig,
     /// Limits shared by every listener.
     pub limits: LimitsConfig,
+    /// Where the bridge keeps its state: redb (default) or PostgreSQL.
+    pub store: StoreConfig,
 }
 
 /// Limits that span every listener (Electrum TCP and TLS, HTTP and WebSocket, the relay).
@@ -438,6 +443,7 @@ impl Default for Config {
             },
             nostr: NostrConfig::default(),
             limits: LimitsConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }

@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 
+use crate::store::tables::{ReadableTable, WriteTransaction};
 use bitcoin::bip32::Fingerprint;
 use bitcoin::psbt::Psbt;
-use redb::{ReadableTable, WriteTransaction};
 
 use satcosign_cosigner::decision::{check_policy, RequestId};
 use satcosign_cosigner::refusal::Refusal;

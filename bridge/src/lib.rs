@@ -307,6 +307,30 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
     }
 }
 
+/// Opens the engine `[store]` names, and what shutdown waits on to release it.
+async fn open_store(
+    config: &Config,
+) -> Result<(Store, Vec<(&'static str, store::Released)>), StartError> {
+    match (&config.store.backend, &config.store.url) {
+        (config::Backend::Postgres, Some(url)) => {
+            let store = Store::connect_postgres(url, config.store.pool_size).await?;
+            if let Some(pg) = store.postgres() {
+                pg.claim_sole_bridge().await?;
+            }
+            let released = store.released();
+            Ok((store, vec![("postgres", released)]))
+        }
+        _ => {
+            let db_path = config.database_path();
+            let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))??;
+            let released = store.released().file(config.database_path());
+            Ok((store, vec![("bridge.redb", released)]))
+        }
+    }
+}
+
 /// Starts the bridge with the given link (`None`: mailbox only, no signing service).
 pub async fn start_with<T: satcosign_link::transport::Transport>(
     config: &Config,
@@ -318,11 +342,7 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let db_path = config.database_path();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
-        .await
-        .map_err(|e| StoreError::Database(e.to_string()))??;
-    let mut databases = vec![("bridge.redb", store.released().file(config.database_path()))];
+    let (store, mut databases) = open_store(config).await?;
     let mailbox = Mailbox::new(store.clone(), &config.mailbox);
     let mut tasks = vec![mailbox.spawn_sweeper()];
     let caps = admission::ListenerCaps::fit(config);

@@ -10,7 +10,7 @@
 //! whether it is announced ([`Step::announced`]); `Service::advance`
 //! announces what [`advance`] committed.
 
-use redb::WriteTransaction;
+use crate::store::tables::WriteTransaction;
 
 use satcosign_cosigner::decision::RequestId;
 
@@ -349,7 +349,9 @@ mod tests {
                         let t = txn
                             .open_table(crate::state::REQUESTS)
                             .map_err(crate::state::db_err)?;
-                        let v = t.get(&id.0).map_err(crate::state::db_err)?.expect("kept");
+                        let v = crate::store::tables::ReadableTable::get(&t, &id.0)
+                            .map_err(crate::state::db_err)?
+                            .expect("kept");
                         crate::state::from_bytes::<RequestRecord>(v.value())
                     })
                     .await

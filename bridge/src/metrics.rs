@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use redb::ReadableTable;
+use crate::store::tables::ReadableTable;
 
 use crate::rpc::LinkStatusFn;
 use crate::service::Service;

@@ -23,9 +23,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 
+use crate::store::tables::{ReadableTable, TableDefinition};
 use nostr::nips::nip04;
 use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, PublicKey, Tag, Timestamp};
-use redb::{ReadableTable, TableDefinition};
 use tokio::sync::mpsc;
 
 use crate::mailbox::Keyhash;

@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
+use crate::store::tables::{ReadableTable, TableDefinition, WriteTransaction};
 use nostr::Event;
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::nostr_cosigner::NostrCosigner;
 use crate::nostr_relay::{NostrRelay, NOSTR_EVENTS};

@@ -18,9 +18,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use crate::store::tables::{ReadableTable, TableDefinition, WriteTransaction};
 use nostr::filter::MatchEventOptions;
 use nostr::{Event, Filter, JsonUtil, Timestamp};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 

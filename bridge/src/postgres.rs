@@ -4,14 +4,20 @@
 //! versioned: [`MIGRATIONS`] run at connect, in order, each once, under an advisory lock so
 //! that bridges starting together on one database apply each exactly once.
 //!
-//! So far the mailbox lives here ([`MailboxRows`]); the rest of the state is still redb's.
+//! The mailbox has relational rows of its own ([`MailboxRows`]); every other table of the
+//! bridge is rows of one `kv` table, one transaction per rule ([`crate::store::PgTxn`]).
+
+use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio_postgres::NoTls;
 
 use crate::mailbox_rows::MailboxRows;
-use crate::store::{MailboxEntry, PutOutcome, StoreError};
+use crate::store::{
+    lock, MailboxEntry, PgTxn, PutOutcome, ReadTransaction, StoreError, WriteTransaction,
+    WriterHealth,
+};
 
 /// The schema, one step per version (version = index + 1).
 pub const MIGRATIONS: &[&str] = &[
@@ -24,10 +30,19 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE INDEX mailbox_expiry ON mailbox (expires_at_ms);
      CREATE TABLE mailbox_totals (id int PRIMARY KEY CHECK (id = 1), bytes bigint NOT NULL);
      INSERT INTO mailbox_totals VALUES (1, 0);",
+    // 2: the bridge's other tables (see `store::tables`): keys in their sorted form.
+    "CREATE TABLE kv (
+         tbl text NOT NULL,
+         k bytea NOT NULL,
+         v bytea NOT NULL,
+         PRIMARY KEY (tbl, k)
+     );",
 ];
 
 /// An arbitrary, fixed key for the migrations' advisory lock.
 const MIGRATION_LOCK: i64 = 0x5a7c_0516;
+/// The advisory lock the one bridge on a database holds for its lifetime.
+const SOLE_BRIDGE_LOCK: i64 = 0x5a7c_0518;
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("postgres: {e}"))
@@ -45,6 +60,9 @@ fn to_u64(v: i64) -> u64 {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    health: Arc<Mutex<WriterHealth>>,
+    /// The connection holding [`SOLE_BRIDGE_LOCK`], once claimed.
+    sole: Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
 }
 
 impl PgStore {
@@ -63,9 +81,124 @@ impl PgStore {
             .max_size(pool_size.max(1))
             .build()
             .map_err(db_err)?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool,
+            health: Arc::new(Mutex::new(WriterHealth {
+                running: true,
+                ..WriterHealth::default()
+            })),
+            sole: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Makes this bridge the only one on the database, for as long as it runs.
+    ///
+    /// The state itself is safe to share, but the radio link's state and the side effects
+    /// (emails, broadcasts) are still driven by whichever bridge runs them, so a second
+    /// bridge on the same database is refused until leases hand those to one replica at a
+    /// time. The lock is the server's: it goes when this bridge's connection does, so a
+    /// bridge that was killed does not keep its successor out.
+    pub async fn claim_sole_bridge(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(db_err)?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_BRIDGE_LOCK])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        if !got {
+            return Err(StoreError::Database(
+                "postgres: another bridge is running on this database; one bridge per \
+                 database until replicas can share the radio link"
+                    .into(),
+            ));
+        }
+        // Kept out of the pool for the bridge's lifetime, so the lock stays held.
+        *self.sole.lock().await = Some(deadpool_postgres::Object::take(client));
+        Ok(())
+    }
+
+    /// A handle that is alive while any clone of this store is.
+    pub fn handle(&self) -> std::sync::Weak<Mutex<WriterHealth>> {
+        Arc::downgrade(&self.health)
+    }
+
+    /// Whether the last transaction reached the server, and the last failure.
+    pub fn writer_health(&self) -> WriterHealth {
+        lock(&self.health).clone()
+    }
+
+    /// Records how a transaction went: the server is reachable again after a success.
+    fn note<T>(&self, result: &Result<T, StoreError>) {
+        let mut h = lock(&self.health);
+        match result {
+            Ok(_) => {
+                h.running = true;
+                h.last_error = None;
+            }
+            Err(e @ StoreError::Database(message)) if message.starts_with("postgres") => {
+                h.running = false;
+                h.failed_batches += 1;
+                h.last_error = Some(e.to_string());
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Runs `job` in one write transaction (serialized with every other replica's writes)
+    /// and returns its result once committed; an `Err` from the job rolls it back.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let result = async {
+            let client = self.pool.get().await.map_err(db_err)?;
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let txn = WriteTransaction::postgres(PgTxn::begin_write(client, rt)?);
+                let result = job(&txn);
+                let txn = txn
+                    .into_postgres()
+                    .ok_or_else(|| db_err("not a postgres transaction"))?;
+                match result {
+                    Ok(value) => txn.commit().map(|()| value).map_err(StoreError::from),
+                    Err(e) => {
+                        txn.rollback()?;
+                        Err(e)
+                    }
+                }
+            })
+            .await
+            .map_err(db_err)?
+        }
+        .await;
+        self.note(&result);
+        result
+    }
+
+    /// Runs `f` on a snapshot of what is committed.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let result = async {
+            let client = self.pool.get().await.map_err(db_err)?;
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let txn = ReadTransaction::postgres(PgTxn::begin_read(client, rt)?);
+                let result = f(&txn);
+                if let Some(txn) = txn.into_postgres() {
+                    txn.commit()?;
+                }
+                result
+            })
+            .await
+            .map_err(db_err)?
+        }
+        .await;
+        self.note(&result);
+        result
     }
 
     /// The schema version in use.

@@ -18,9 +18,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use crate::store::tables::{ReadableTable, WriteTransaction};
 use bitcoin::bip32::Fingerprint;
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
-use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::broadcast;
 
 use satcosign_cosigner::decision::RequestId;
@@ -251,7 +251,7 @@ pub struct Service {
 /// Runs inside the write transaction that opens a request (e.g. to record where it came
 /// from), with the request's id.
 pub type OnOpen =
-    Box<dyn FnOnce(&redb::WriteTransaction, RequestId) -> Result<(), StoreError> + Send>;
+    Box<dyn FnOnce(&crate::store::WriteTransaction, RequestId) -> Result<(), StoreError> + Send>;
 
 /// A claim on one request: while held, no other task advances it.
 pub struct Claim<'a> {

@@ -5,7 +5,7 @@
 //! transaction (see [`crate::service`]), so after a crash each request resumes where it
 //! stood. Email tokens are stored only as SHA-256 hashes.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use crate::store::tables::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use satcosign_cosigner::decision::RequestId;
@@ -39,7 +39,7 @@ pub const INTAKE_CHECKS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::ne
 pub const ALL_REGISTRATIONS: [u8; 32] = [0; 32];
 
 /// Creates every table, so readers never meet a missing one.
-pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), crate::store::tables::TableError> {
     txn.open_table(WALLETS)?;
     txn.open_table(WALLET_BY_FINGERPRINT)?;
     txn.open_table(REQUESTS)?;

@@ -12,9 +12,9 @@
 //! fingerprint, depth or index), the issuer key is never published, and a key id is the
 //! key's own keyhash, which its holder can compute anyway.
 
+use crate::store::tables::{ReadableTable, TableDefinition, WriteTransaction};
 use bitcoin::bip32::Xpub;
 use nostr::{Keys, SecretKey};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -72,7 +72,7 @@ pub struct IssuedKey {
 }
 
 /// Creates the tables.
-pub fn create_tables(txn: &WriteTransaction) -> Result<(), redb::TableError> {
+pub fn create_tables(txn: &WriteTransaction) -> Result<(), crate::store::tables::TableError> {
     txn.open_table(ISSUED_KEYS)?;
     txn.open_table(ISSUED_INDEXES)?;
     txn.open_table(SATELLITE_IDENTITIES)?;

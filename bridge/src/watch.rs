@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::tables::{ReadableTable, TableDefinition, WriteTransaction};
 use bitcoin::{ScriptBuf, Txid};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

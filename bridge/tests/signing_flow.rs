@@ -15,6 +15,7 @@ use electrum_client::ElectrumApi as _;
 use serde_json::{json, Value};
 
 use common::flow::{electrum, sky, test_wallet, tx_at, verify_with_core, Flow};
+use common::stores::TestStore;
 
 #[test]
 fn ecies_interoperates_with_electrums_ecc_both_ways() {
@@ -34,9 +35,10 @@ fn ecies_interoperates_with_electrums_ecc_both_ways() {
     assert_eq!(hex::decode(plain).expect("hex"), message);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mailbox() {
-    let flow = Flow::start(sky(0.10), |_| {}).await;
+async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mailbox(
+    store: TestStore,
+) {
+    let flow = Flow::start_on(&store, sky(0.10), |_| {}).await;
     let info = flow.ok("satellite.info", vec![]).await;
     let issued = flow.ok("satellite.new_key", vec![]).await;
     let made: Value = serde_json::from_str(&electrum(&[
@@ -140,7 +142,7 @@ async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mail
         }
     }
     // No code is stored in clear: neither the text nor its bytes are in the database.
-    let db = std::fs::read(flow.config.data_dir.join("bridge.redb")).expect("db");
+    let db = store.stored_bytes(&flow.config).await;
     let plain = code.replace('-', "");
     for needle in [code.as_bytes(), plain.as_bytes()] {
         assert!(
@@ -151,9 +153,11 @@ async fn electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mail
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link() {
-    let flow = Flow::start(sky(0.0), |c| c.default_policy.max_per_tx_sat = 10_000).await;
+async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(store: TestStore) {
+    let flow = Flow::start_on(&store, sky(0.0), |c| {
+        c.default_policy.max_per_tx_sat = 10_000
+    })
+    .await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let psbt = w.typical_signed_psbt(1, 3);
@@ -175,8 +179,9 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
 /// A satellite that answers with a signature that does not verify (one byte of each
 /// flipped, the encoding still sound): the ground refuses the answer as `bad_answer`,
 /// broadcasts nothing, tells the owner, and counts it in `/metrics`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_satellite_answer_whose_signature_does_not_verify_is_refused_as_bad_answer() {
+async fn a_satellite_answer_whose_signature_does_not_verify_is_refused_as_bad_answer(
+    store: TestStore,
+) {
     use satcosign_cosigner::protocol::{CompactOutcome, Response};
     let flipped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = flipped.clone();
@@ -194,7 +199,7 @@ async fn a_satellite_answer_whose_signature_does_not_verify_is_refused_as_bad_an
         }
         Response::SignCompact(r).encode()
     });
-    let flow = Flow::start_misbehaving(sky(0.0), alter).await;
+    let flow = Flow::start_misbehaving(&store, sky(0.0), alter).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let psbt = w.typical_signed_psbt(1, 3);
@@ -230,9 +235,10 @@ async fn a_satellite_answer_whose_signature_does_not_verify_is_refused_as_bad_an
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approves() {
-    let flow = Flow::start(sky(0.0), |_| {}).await;
+async fn the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approves(
+    store: TestStore,
+) {
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let id = flow.submit(&wid, &w.typical_signed_psbt(1, 11)).await;
@@ -270,11 +276,12 @@ async fn the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approv
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_subscribe() {
+async fn a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_subscribe(
+    store: TestStore,
+) {
     use jsonrpsee::core::client::SubscriptionClientT;
     use jsonrpsee::rpc_params;
-    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let id = flow.submit(&wid, &w.typical_signed_psbt(1, 71)).await;
@@ -343,12 +350,13 @@ async fn a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_s
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it_stood() {
+async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it_stood(
+    store: TestStore,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
     let at = data_dir.clone();
-    let flow = Flow::start(sky(0.0), move |c| c.data_dir = at).await;
+    let flow = Flow::start_on(&store, sky(0.0), move |c| c.data_dir = at).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     // A subscriber left connected must not keep the system alive.
@@ -361,7 +369,7 @@ async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it
 
     // The same data directory opens again in this process: nothing holds its databases.
     let at = data_dir.clone();
-    let flow = Flow::start(sky(0.0), move |c| c.data_dir = at).await;
+    let flow = Flow::start_on(&store, sky(0.0), move |c| c.data_dir = at).await;
     assert_eq!(
         flow.ok("wallet.status", vec![json!(wid)]).await["state"],
         "active"
@@ -377,3 +385,12 @@ async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it
     flow.system.stop().await;
     drop(tcp);
 }
+
+crate::on_each_store!(
+    electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mailbox,
+    a_request_submitted_by_script_refused_by_policy_never_reaches_the_link,
+    a_satellite_answer_whose_signature_does_not_verify_is_refused_as_bad_answer,
+    the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approves,
+    a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_subscribe,
+    a_system_stopped_in_process_releases_its_data_and_starts_again_where_it_stood,
+);

@@ -7,6 +7,7 @@ use super::*;
 impl Config {
     /// Checks every value; called at load and again after command-line overrides.
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.store.check()?;
         let listeners = self.listeners()?;
         if listeners.electrum_tls.is_some()
             && (self.electrum.tls_cert.is_none() || self.electrum.tls_key.is_none())

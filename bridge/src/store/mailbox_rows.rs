@@ -2,7 +2,7 @@
 //! sweep reads, and the byte total the quota counts; each operation runs inside the writer's
 //! transaction ([`super::Store`]'s group commit) and keeps the three consistent.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use super::tables::{ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{db_err, StoreError};
 

@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 use satcosign_bridge::config::{Config, SmtpSecurity};
 use satcosign_bridge::dev::{DevSystem, Sky};
+
+use super::stores::TestStore;
 use satcosign_cosigner::decision::RequestId;
 
 /// Every email the SMTP server accepted, raw.
@@ -195,6 +197,8 @@ pub struct Flow {
     pub rpc: HttpClient,
     pub dir: tempfile::TempDir,
     pub config: Config,
+    /// The engine; last, so a PostgreSQL cluster outlives the system.
+    pub store: TestStore,
 }
 
 /// A sky that is always in view, with `loss`.
@@ -210,15 +214,25 @@ pub fn sky(loss: f64) -> Sky {
 
 impl Flow {
     pub async fn start(sky: Sky, edit: impl FnOnce(&mut Config)) -> Flow {
-        Flow::start_inner(sky, edit, None).await
+        Flow::start_inner(&TestStore::Redb, sky, edit, None).await
     }
 
-    /// As [`Self::start`], with a satellite that passes each answer through `alter`.
-    pub async fn start_misbehaving(sky: Sky, alter: satcosign_bridge::dev::AnswerFilter) -> Flow {
-        Flow::start_inner(sky, |_| {}, Some(alter)).await
+    /// As [`Self::start`], with the bridge's state on `store`.
+    pub async fn start_on(store: &TestStore, sky: Sky, edit: impl FnOnce(&mut Config)) -> Flow {
+        Flow::start_inner(store, sky, edit, None).await
+    }
+
+    /// As [`Self::start_on`], with a satellite that passes each answer through `alter`.
+    pub async fn start_misbehaving(
+        store: &TestStore,
+        sky: Sky,
+        alter: satcosign_bridge::dev::AnswerFilter,
+    ) -> Flow {
+        Flow::start_inner(store, sky, |_| {}, Some(alter)).await
     }
 
     async fn start_inner(
+        store: &TestStore,
         sky: Sky,
         edit: impl FnOnce(&mut Config),
         alter: Option<satcosign_bridge::dev::AnswerFilter>,
@@ -236,6 +250,7 @@ impl Flow {
         config.email.smtp_host = Some("127.0.0.1".into());
         config.email.smtp_port = Some(smtp_port);
         config.email.smtp_security = SmtpSecurity::Plain;
+        store.apply(&mut config);
         edit(&mut config);
         let system = match alter {
             Some(alter) => {
@@ -255,6 +270,7 @@ impl Flow {
             rpc,
             dir,
             config,
+            store: store.clone(),
         }
     }
 

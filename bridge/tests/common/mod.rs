@@ -211,3 +211,4 @@ pub mod flow;
 pub mod process;
 pub mod script;
 pub mod socks;
+pub mod stores;

@@ -1,0 +1,462 @@
+//! The bridge's tables, one API over either backend.
+//!
+//! Every record the bridge keeps (wallets, requests, tokens, rate limits, Nostr events,
+//! watches) lives in a named table of keys and values. The code that reads and changes
+//! them is written once, against this module: a transaction opens a table and gets,
+//! inserts, removes and walks its rows. Underneath, a table is either a typed redb table
+//! (the embedded default, whose files stay as they were) or the rows of that name in
+//! PostgreSQL's `kv` table, where a key is stored in an order-preserving form so that a
+//! walk and a range come back in the same order as redb's.
+//!
+//! The API mirrors redb's (`open_table`, `get`, `insert`, `remove`, `iter`, `range`, and
+//! guards with `value()`), so a rule reads the same whichever engine keeps it.
+
+use std::borrow::Borrow;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+
+use super::pg_txn::PgTxn;
+
+/// A failure reading or writing a table: the engine's message, naming the table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TableError(pub String);
+
+impl From<TableError> for super::StoreError {
+    fn from(e: TableError) -> Self {
+        super::StoreError::Database(e.0)
+    }
+}
+
+fn redb_err(table: &str, e: impl std::fmt::Display) -> TableError {
+    TableError(format!("table {table}: {e}"))
+}
+
+/// A column type: redb's encoding for values, plus what PostgreSQL needs for keys.
+pub trait Column: redb::Value + 'static {
+    /// Whether `bytes` (redb's encoding) is a valid value of this type; a row that is not
+    /// is reported as corrupt rather than decoded.
+    fn valid(bytes: &[u8]) -> bool;
+    /// redb's encoding turned into one whose byte order is the key order.
+    fn to_sorted(bytes: &[u8]) -> Vec<u8> {
+        bytes.to_vec()
+    }
+    /// The inverse of [`Column::to_sorted`].
+    fn from_sorted(bytes: &[u8]) -> Vec<u8> {
+        bytes.to_vec()
+    }
+}
+
+impl Column for &'static [u8] {
+    fn valid(_: &[u8]) -> bool {
+        true
+    }
+}
+
+impl<const N: usize> Column for &'static [u8; N] {
+    fn valid(bytes: &[u8]) -> bool {
+        bytes.len() == N
+    }
+}
+
+impl Column for &'static str {
+    fn valid(bytes: &[u8]) -> bool {
+        std::str::from_utf8(bytes).is_ok()
+    }
+}
+
+impl Column for () {
+    fn valid(bytes: &[u8]) -> bool {
+        bytes.is_empty()
+    }
+}
+
+macro_rules! integer_column {
+    ($t:ty) => {
+        impl Column for $t {
+            fn valid(bytes: &[u8]) -> bool {
+                bytes.len() == std::mem::size_of::<$t>()
+            }
+            // redb stores integers little-endian; big-endian sorts as the numbers do.
+            fn to_sorted(bytes: &[u8]) -> Vec<u8> {
+                bytes.iter().rev().copied().collect()
+            }
+            fn from_sorted(bytes: &[u8]) -> Vec<u8> {
+                bytes.iter().rev().copied().collect()
+            }
+        }
+    };
+}
+integer_column!(u32);
+integer_column!(u64);
+
+/// A table's name and types; `const`, like redb's.
+pub struct TableDefinition<K, V> {
+    name: &'static str,
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for TableDefinition<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K, V> Copy for TableDefinition<K, V> {}
+
+impl<K: Column + redb::Key, V: Column> TableDefinition<K, V> {
+    /// The table called `name`.
+    pub const fn new(name: &'static str) -> Self {
+        TableDefinition {
+            name,
+            types: PhantomData,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn redb(&self) -> redb::TableDefinition<'static, K, V> {
+        redb::TableDefinition::new(self.name)
+    }
+}
+
+/// A value read from a table (owned; `value()` decodes it).
+pub struct Guard<T> {
+    bytes: Vec<u8>,
+    of: PhantomData<fn() -> T>,
+}
+
+impl<T: Column> Guard<T> {
+    fn new(table: &str, bytes: Vec<u8>) -> Result<Guard<T>, TableError> {
+        if !T::valid(&bytes) {
+            return Err(TableError(format!(
+                "table {table}: a row does not decode (corrupt)"
+            )));
+        }
+        Ok(Guard {
+            bytes,
+            of: PhantomData,
+        })
+    }
+
+    fn of_redb(guard: &redb::AccessGuard<'_, T>) -> Guard<T> {
+        Guard {
+            bytes: T::as_bytes(&guard.value()).as_ref().to_vec(),
+            of: PhantomData,
+        }
+    }
+
+    /// The value.
+    pub fn value(&self) -> T::SelfType<'_> {
+        T::from_bytes(&self.bytes)
+    }
+}
+
+/// One row of a walk.
+pub type Row<K, V> = Result<(Guard<K>, Guard<V>), TableError>;
+/// The rows of a walk, in key order.
+pub type Rows<'t, K, V> = Box<dyn DoubleEndedIterator<Item = Row<K, V>> + 't>;
+
+/// Reads a table has, in a read or a write transaction.
+pub trait ReadableTable<K: Column + redb::Key, V: Column> {
+    /// The value at `key`.
+    fn get<'a>(&self, key: impl Borrow<K::SelfType<'a>>) -> Result<Option<Guard<V>>, TableError>;
+    /// Every row within `range`, in key order.
+    fn range<'a, KR>(&self, range: impl RangeBounds<KR> + 'a) -> Result<Rows<'_, K, V>, TableError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a;
+    /// Every row, in key order.
+    fn iter(&self) -> Result<Rows<'_, K, V>, TableError>;
+}
+
+/// A write transaction on either engine.
+pub struct WriteTransaction(WriteEngine);
+
+enum WriteEngine {
+    Redb(Box<redb::WriteTransaction>),
+    Postgres(Box<PgTxn>),
+}
+
+impl WriteTransaction {
+    pub(super) fn redb(txn: redb::WriteTransaction) -> WriteTransaction {
+        WriteTransaction(WriteEngine::Redb(Box::new(txn)))
+    }
+
+    pub(crate) fn postgres(txn: PgTxn) -> WriteTransaction {
+        WriteTransaction(WriteEngine::Postgres(Box::new(txn)))
+    }
+
+    pub(super) fn into_redb(self) -> Option<redb::WriteTransaction> {
+        match self.0 {
+            WriteEngine::Redb(txn) => Some(*txn),
+            WriteEngine::Postgres(_) => None,
+        }
+    }
+
+    pub(crate) fn into_postgres(self) -> Option<PgTxn> {
+        match self.0 {
+            WriteEngine::Postgres(txn) => Some(*txn),
+            WriteEngine::Redb(_) => None,
+        }
+    }
+
+    /// Opens table `def` for reading and writing (creating it if it does not exist).
+    pub fn open_table<K: Column + redb::Key, V: Column>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<Table<'_, K, V>, TableError> {
+        let engine = match &self.0 {
+            WriteEngine::Redb(txn) => TableEngine::Redb(
+                txn.open_table(def.redb())
+                    .map_err(|e| redb_err(def.name, e))?,
+            ),
+            WriteEngine::Postgres(txn) => TableEngine::Postgres(txn),
+        };
+        Ok(Table {
+            name: def.name,
+            engine,
+        })
+    }
+}
+
+/// A read transaction on either engine: a snapshot of what was committed.
+pub struct ReadTransaction(ReadEngine);
+
+enum ReadEngine {
+    Redb(redb::ReadTransaction),
+    Postgres(PgTxn),
+}
+
+impl ReadTransaction {
+    pub(super) fn redb(txn: redb::ReadTransaction) -> ReadTransaction {
+        ReadTransaction(ReadEngine::Redb(txn))
+    }
+
+    pub(crate) fn postgres(txn: PgTxn) -> ReadTransaction {
+        ReadTransaction(ReadEngine::Postgres(txn))
+    }
+
+    pub(crate) fn into_postgres(self) -> Option<PgTxn> {
+        match self.0 {
+            ReadEngine::Postgres(txn) => Some(txn),
+            ReadEngine::Redb(_) => None,
+        }
+    }
+
+    /// Opens table `def` for reading.
+    pub fn open_table<K: Column + redb::Key, V: Column>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<'_, K, V>, TableError> {
+        let engine = match &self.0 {
+            ReadEngine::Redb(txn) => ReadEngineTable::Redb(
+                txn.open_table(def.redb())
+                    .map_err(|e| redb_err(def.name, e))?,
+            ),
+            ReadEngine::Postgres(txn) => ReadEngineTable::Postgres(txn),
+        };
+        Ok(ReadOnlyTable {
+            name: def.name,
+            engine,
+        })
+    }
+}
+
+/// A table open in a write transaction.
+pub struct Table<'t, K: Column + redb::Key, V: Column> {
+    name: &'static str,
+    engine: TableEngine<'t, K, V>,
+}
+
+enum TableEngine<'t, K: Column + redb::Key, V: Column> {
+    Redb(redb::Table<'t, K, V>),
+    Postgres(&'t PgTxn),
+}
+
+/// A table open in a read transaction.
+pub struct ReadOnlyTable<'t, K: Column + redb::Key, V: Column> {
+    name: &'static str,
+    engine: ReadEngineTable<'t, K, V>,
+}
+
+enum ReadEngineTable<'t, K: Column + redb::Key, V: Column> {
+    Redb(redb::ReadOnlyTable<K, V>),
+    Postgres(&'t PgTxn),
+}
+
+/// A redb walk as owned rows.
+fn redb_rows<'t, K: Column + redb::Key, V: Column>(
+    name: &'static str,
+    range: redb::Range<'t, K, V>,
+) -> Rows<'t, K, V> {
+    Box::new(range.map(move |row| {
+        let (k, v) = row.map_err(|e| redb_err(name, e))?;
+        Ok((Guard::of_redb(&k), Guard::of_redb(&v)))
+    }))
+}
+
+fn sorted_key<K: Column>(key: &K::SelfType<'_>) -> Vec<u8> {
+    K::to_sorted(K::as_bytes(key).as_ref())
+}
+
+fn sorted_bound<'a, K: Column, KR: Borrow<K::SelfType<'a>>>(b: Bound<&KR>) -> Bound<Vec<u8>> {
+    match b {
+        Bound::Included(k) => Bound::Included(sorted_key::<K>(k.borrow())),
+        Bound::Excluded(k) => Bound::Excluded(sorted_key::<K>(k.borrow())),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn pg_get<K: Column, V: Column>(
+    txn: &PgTxn,
+    name: &'static str,
+    key: &K::SelfType<'_>,
+) -> Result<Option<Guard<V>>, TableError> {
+    txn.get(name, &sorted_key::<K>(key))?
+        .map(|v| Guard::new(name, v))
+        .transpose()
+}
+
+fn pg_rows<'t, K: Column, V: Column>(
+    txn: &PgTxn,
+    name: &'static str,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+) -> Result<Rows<'t, K, V>, TableError> {
+    let rows = txn.scan(name, lower, upper)?;
+    Ok(Box::new(rows.into_iter().map(move |(k, v)| {
+        Ok((Guard::new(name, K::from_sorted(&k))?, Guard::new(name, v)?))
+    })))
+}
+
+impl<K: Column + redb::Key, V: Column> ReadableTable<K, V> for Table<'_, K, V> {
+    fn get<'a>(&self, key: impl Borrow<K::SelfType<'a>>) -> Result<Option<Guard<V>>, TableError> {
+        match &self.engine {
+            TableEngine::Redb(t) => {
+                use redb::ReadableTable as _;
+                Ok(t.get(key)
+                    .map_err(|e| redb_err(self.name, e))?
+                    .map(|g| Guard::of_redb(&g)))
+            }
+            TableEngine::Postgres(txn) => pg_get::<K, V>(txn, self.name, key.borrow()),
+        }
+    }
+
+    fn range<'a, KR>(&self, range: impl RangeBounds<KR> + 'a) -> Result<Rows<'_, K, V>, TableError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+    {
+        match &self.engine {
+            TableEngine::Redb(t) => {
+                use redb::ReadableTable as _;
+                let rows = t.range(range).map_err(|e| redb_err(self.name, e))?;
+                Ok(redb_rows(self.name, rows))
+            }
+            TableEngine::Postgres(txn) => pg_rows(
+                txn,
+                self.name,
+                sorted_bound::<K, KR>(range.start_bound()),
+                sorted_bound::<K, KR>(range.end_bound()),
+            ),
+        }
+    }
+
+    fn iter(&self) -> Result<Rows<'_, K, V>, TableError> {
+        match &self.engine {
+            TableEngine::Redb(t) => {
+                use redb::ReadableTable as _;
+                let rows = t.iter().map_err(|e| redb_err(self.name, e))?;
+                Ok(redb_rows(self.name, rows))
+            }
+            TableEngine::Postgres(txn) => {
+                pg_rows(txn, self.name, Bound::Unbounded, Bound::Unbounded)
+            }
+        }
+    }
+}
+
+impl<K: Column + redb::Key, V: Column> ReadableTable<K, V> for ReadOnlyTable<'_, K, V> {
+    fn get<'a>(&self, key: impl Borrow<K::SelfType<'a>>) -> Result<Option<Guard<V>>, TableError> {
+        match &self.engine {
+            ReadEngineTable::Redb(t) => Ok(t
+                .get(key)
+                .map_err(|e| redb_err(self.name, e))?
+                .map(|g| Guard::of_redb(&g))),
+            ReadEngineTable::Postgres(txn) => pg_get::<K, V>(txn, self.name, key.borrow()),
+        }
+    }
+
+    fn range<'a, KR>(&self, range: impl RangeBounds<KR> + 'a) -> Result<Rows<'_, K, V>, TableError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+    {
+        match &self.engine {
+            ReadEngineTable::Redb(t) => {
+                let rows = t.range(range).map_err(|e| redb_err(self.name, e))?;
+                Ok(redb_rows(self.name, rows))
+            }
+            ReadEngineTable::Postgres(txn) => pg_rows(
+                txn,
+                self.name,
+                sorted_bound::<K, KR>(range.start_bound()),
+                sorted_bound::<K, KR>(range.end_bound()),
+            ),
+        }
+    }
+
+    fn iter(&self) -> Result<Rows<'_, K, V>, TableError> {
+        match &self.engine {
+            ReadEngineTable::Redb(t) => {
+                use redb::ReadableTable as _;
+                let rows = t.iter().map_err(|e| redb_err(self.name, e))?;
+                Ok(redb_rows(self.name, rows))
+            }
+            ReadEngineTable::Postgres(txn) => {
+                pg_rows(txn, self.name, Bound::Unbounded, Bound::Unbounded)
+            }
+        }
+    }
+}
+
+impl<K: Column + redb::Key, V: Column> Table<'_, K, V> {
+    /// Sets `key` to `value`; returns the value it replaced.
+    pub fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<Option<Guard<V>>, TableError> {
+        match &mut self.engine {
+            TableEngine::Redb(t) => Ok(t
+                .insert(key, value)
+                .map_err(|e| redb_err(self.name, e))?
+                .map(|g| Guard::of_redb(&g))),
+            TableEngine::Postgres(txn) => txn
+                .put(
+                    self.name,
+                    &sorted_key::<K>(key.borrow()),
+                    V::as_bytes(value.borrow()).as_ref(),
+                )?
+                .map(|v| Guard::new(self.name, v))
+                .transpose(),
+        }
+    }
+
+    /// Removes `key`; returns the value it held.
+    pub fn remove<'k>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<Option<Guard<V>>, TableError> {
+        match &mut self.engine {
+            TableEngine::Redb(t) => Ok(t
+                .remove(key)
+                .map_err(|e| redb_err(self.name, e))?
+                .map(|g| Guard::of_redb(&g))),
+            TableEngine::Postgres(txn) => txn
+                .delete(self.name, &sorted_key::<K>(key.borrow()))?
+                .map(|v| Guard::new(self.name, v))
+                .transpose(),
+        }
+    }
+}
