@@ -112,17 +112,31 @@ impl Postgres {
             .local_addr()
             .expect("addr")
             .port();
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100",
-            dir.path().display()
-        );
-        let log = dir.path().join("server.log");
-        run(
+        let pg = Postgres {
+            dir,
+            bin,
+            port,
             user,
-            &bin.join("pg_ctl"),
+        };
+        pg.resume();
+        pg
+    }
+
+    /// Starts the server again after [`Postgres::stop`], on the same port and data; returns
+    /// once it accepts connections.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        run(
+            self.user,
+            &self.bin.join("pg_ctl"),
             &[
                 "-D",
-                &data_s,
+                &self.dir.path().join("data").to_string_lossy(),
                 "-o",
                 &options,
                 "-l",
@@ -131,12 +145,23 @@ impl Postgres {
                 "start",
             ],
         );
-        Postgres {
-            dir,
-            bin,
-            port,
-            user,
-        }
+    }
+
+    /// Stops the server (every connection is cut, nothing committed is lost); returns once
+    /// it is down.
+    pub fn stop(&self) {
+        run(
+            self.user,
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                &self.dir.path().join("data").to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
     }
 
     /// A connection string for the cluster's `postgres` database.

@@ -1,7 +1,8 @@
 //! `GET /health`: what a supervisor or an operator needs to know, part by part.
 //!
 //! Three parts can fail on their own while the HTTP port still answers: the database
-//! writer (a commit that fails), the link task (its store or transport gave up), and the
+//! writer (a commit that fails, or a PostgreSQL server that does not answer: it is asked at
+//! every `/health`), the link task (its store or transport gave up), and the
 //! upstream Electrum server (unreachable); and the satellite's elements can grow stale.
 //! Each is reported with its state. The answer is `503` when the bridge cannot do its work
 //! (the writer or the link is down: a restart is what helps), and `200` with
@@ -56,10 +57,13 @@ impl Verdict {
 pub fn report(sources: &HealthSources, now: u64) -> (Verdict, Value) {
     let mut verdict = Verdict::Ok;
     let writer = sources.store.writer_health();
-    let writer_state = match (writer.running, &writer.last_error) {
-        (false, _) => "stopped",
-        (true, Some(_)) => "failing",
-        (true, None) => "ok",
+    let engine = sources.store.engine_name();
+    let writer_state = match (engine, writer.running, &writer.last_error) {
+        // PostgreSQL down: every request waits (its steps retry) until it is back.
+        ("postgres", false, _) => "unreachable",
+        (_, false, _) => "stopped",
+        (_, true, Some(_)) => "failing",
+        (_, true, None) => "ok",
     };
     if writer_state != "ok" {
         verdict = Verdict::Failing;
@@ -135,6 +139,7 @@ pub fn report(sources: &HealthSources, now: u64) -> (Verdict, Value) {
         "status": verdict.as_str(),
         "server_version": crate::rpc::SERVER_VERSION,
         "writer": {
+            "engine": engine,
             "state": writer_state,
             "failed_batches": writer.failed_batches,
             "last_error": writer.last_error,

@@ -342,8 +342,15 @@ where
         if req.uri().path() == "/health" {
             let method = req.method();
             if method == http::Method::GET || method == http::Method::HEAD {
-                let resp = health_response(self.health.as_ref(), method == http::Method::HEAD);
-                return Box::pin(async move { Ok(resp) });
+                let head = method == http::Method::HEAD;
+                let sources = self.health.clone();
+                return Box::pin(async move {
+                    // A database server is asked now: no write may have tried it lately.
+                    if let Some(pg) = sources.as_ref().and_then(|s| s.store.postgres()) {
+                        pg.probe().await;
+                    }
+                    Ok(health_response(sources.as_ref(), head))
+                });
             }
         }
         Box::pin(self.inner.call(req))

@@ -119,6 +119,28 @@ impl PgStore {
         Ok(())
     }
 
+    /// Asks the server whether it answers (within 2 s), and records the answer for
+    /// `/health`. A bridge whose lock connection was cut (the server restarted) claims the
+    /// database again.
+    pub async fn probe(&self) {
+        let attempt = async {
+            let client = self.pool.get().await.map_err(db_err)?;
+            client.simple_query("SELECT 1").await.map_err(db_err)?;
+            drop(client);
+            let mut sole = self.sole.lock().await;
+            if sole.as_ref().is_some_and(|c| c.is_closed()) {
+                *sole = None;
+                drop(sole);
+                self.claim_sole_bridge().await?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let result = tokio::time::timeout(std::time::Duration::from_secs(2), attempt)
+            .await
+            .unwrap_or_else(|_| Err(db_err("no answer within 2 s")));
+        self.note(&result);
+    }
+
     /// A handle that is alive while any clone of this store is.
     pub fn handle(&self) -> std::sync::Weak<Mutex<WriterHealth>> {
         Arc::downgrade(&self.health)

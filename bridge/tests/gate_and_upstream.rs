@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::stores::TestStore;
+
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -18,10 +20,11 @@ fn b64(psbt: &Psbt) -> String {
     base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes_nothing() {
+async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes_nothing(
+    store: TestStore,
+) {
     // A resubmission right after the first email is within the resend interval here.
-    let flow = Flow::start(sky(0.0), |c| c.gate.resend_interval_secs = 0).await;
+    let flow = Flow::start_on(&store, sky(0.0), |c| c.gate.resend_interval_secs = 0).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let p1 = w.typical_signed_psbt(1, 21);
@@ -148,9 +151,8 @@ async fn codes_are_single_use_bound_to_their_request_and_content_and_get_changes
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resubmitting_changed_psbts_mails_the_owner_no_more_than_max_emails() {
-    let flow = Flow::start(sky(0.0), |c| c.gate.resend_interval_secs = 0).await;
+async fn resubmitting_changed_psbts_mails_the_owner_no_more_than_max_emails(store: TestStore) {
+    let flow = Flow::start_on(&store, sky(0.0), |c| c.gate.resend_interval_secs = 0).await;
     let w = test_wallet(&flow).await;
     let (wid, _) = flow.register_as(&w.descriptor, "owner@example.org").await;
     let p = w.typical_signed_psbt(1, 31);
@@ -212,9 +214,8 @@ async fn resubmitting_changed_psbts_mails_the_owner_no_more_than_max_emails() {
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_code_is_refused_and_the_request_expires() {
-    let flow = Flow::start(sky(0.0), |c| c.gate.token_ttl_secs = 3).await;
+async fn an_expired_code_is_refused_and_the_request_expires(store: TestStore) {
+    let flow = Flow::start_on(&store, sky(0.0), |c| c.gate.token_ttl_secs = 3).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let id = flow.submit(&wid, &w.typical_signed_psbt(1, 31)).await;
@@ -232,6 +233,7 @@ async fn an_expired_code_is_refused_and_the_request_expires() {
 /// A system with an upstream chain, and a test wallet on a satellite key it issued whose
 /// funding `prepare` puts on that chain; `poll_secs` 1.
 async fn with_upstream(
+    store: &TestStore,
     prepare: impl FnOnce(&satcosign_cosigner::testkit::TestWallet) -> Vec<Transaction>,
 ) -> (
     Flow,
@@ -243,7 +245,7 @@ async fn with_upstream(
     let data_dir = dir.path().join("data");
     let upstream = ChainServer::start(Vec::new()).await;
     let url = upstream.url.clone();
-    let flow = Flow::start(sky(0.0), move |c| {
+    let flow = Flow::start_on(store, sky(0.0), move |c| {
         c.data_dir = data_dir;
         c.upstream.url = url;
         c.upstream.poll_secs = 1;
@@ -263,10 +265,11 @@ fn funding_of(psbt: &Psbt) -> Vec<Transaction> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_upstream_fills_previous_transactions_broadcasts_once_and_watches_to_depth() {
+async fn the_upstream_fills_previous_transactions_broadcasts_once_and_watches_to_depth(
+    store: TestStore,
+) {
     let mut psbt = None;
-    let (flow, w, upstream, _dir) = with_upstream(|w| {
+    let (flow, w, upstream, _dir) = with_upstream(&store, |w| {
         let p = w.typical_signed_psbt(1, 41);
         let funding = funding_of(&p);
         psbt = Some(p);
@@ -367,10 +370,11 @@ async fn the_upstream_fills_previous_transactions_broadcasts_once_and_watches_to
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_email_goes() {
+async fn an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_email_goes(
+    store: TestStore,
+) {
     let mut psbts = None;
-    let (flow, w, upstream, _dir) = with_upstream(|w| {
+    let (flow, w, upstream, _dir) = with_upstream(&store, |w| {
         let p = w.typical_signed_psbt(1, 52);
         let q = w.typical_signed_psbt(1, 53);
         let funding = [funding_of(&p), funding_of(&q)].concat();
@@ -451,9 +455,10 @@ async fn an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_e
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_waits_for_email() {
-    let flow = Flow::start(sky(0.0), |_| {}).await;
+async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_waits_for_email(
+    store: TestStore,
+) {
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
 
@@ -596,10 +601,9 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_allowlist_given_as_addresses_limits_where_payments_go() {
+async fn an_allowlist_given_as_addresses_limits_where_payments_go(store: TestStore) {
     use satcosign_cosigner::testkit::{foreign_script, SpendSpec};
-    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
     let w = test_wallet(&flow).await;
     let wid = flow.register(&w.descriptor).await;
     let allowed = bitcoin::Address::from_script(&foreign_script(7), bitcoin::Network::Regtest)
@@ -689,10 +693,9 @@ async fn registration(flow: &Flow, tag: &str) -> Vec<Value> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registrations_are_limited_per_email_address_and_in_all() {
+async fn registrations_are_limited_per_email_address_and_in_all(store: TestStore) {
     use satcosign_bridge::rpc_error::RATE_LIMITED;
-    let flow = Flow::start(sky(0.0), |c| {
+    let flow = Flow::start_on(&store, sky(0.0), |c| {
         c.gate.max_registrations_per_email_per_day = 2;
         c.gate.max_registrations_per_hour = 3;
     })
@@ -744,11 +747,10 @@ async fn registrations_are_limited_per_email_address_and_in_all() {
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_client_address_gets_only_its_share_of_the_registrations() {
+async fn one_client_address_gets_only_its_share_of_the_registrations(store: TestStore) {
     use satcosign_bridge::rpc_error::RATE_LIMITED;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let flow = Flow::start(sky(0.0), |c| {
+    let flow = Flow::start_on(&store, sky(0.0), |c| {
         c.gate.max_registrations_per_hour = 10;
         c.gate.max_registrations_per_client_per_hour = 2;
     })
@@ -812,9 +814,10 @@ async fn health_until(flow: &Flow, done: impl Fn(&Value) -> bool) -> (u16, Value
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_reports_the_writer_the_link_and_the_upstream_server_each_with_its_state() {
-    let (flow, _w, _upstream, _dir) = with_upstream(|_| Vec::new()).await;
+async fn health_reports_the_writer_the_link_and_the_upstream_server_each_with_its_state(
+    store: TestStore,
+) {
+    let (flow, _w, _upstream, _dir) = with_upstream(&store, |_| Vec::new()).await;
     let (code, body) = health_until(&flow, |b| b["upstream"]["state"] == "connected").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], "ok", "{body}");
@@ -829,7 +832,7 @@ async fn health_reports_the_writer_the_link_and_the_upstream_server_each_with_it
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("tcp://{}", dead.local_addr().expect("addr"));
     drop(dead);
-    let flow = Flow::start(sky(0.0), move |c| {
+    let flow = Flow::start_on(&store, sky(0.0), move |c| {
         c.upstream.url = url;
         c.upstream.poll_secs = 1;
     })
@@ -847,3 +850,16 @@ async fn health_reports_the_writer_the_link_and_the_upstream_server_each_with_it
     assert_eq!(body["link"]["state"], "running", "{body}");
     flow.system.stop().await;
 }
+
+crate::on_each_store!(
+    codes_are_single_use_bound_to_their_request_and_content_and_get_changes_nothing,
+    resubmitting_changed_psbts_mails_the_owner_no_more_than_max_emails,
+    an_expired_code_is_refused_and_the_request_expires,
+    the_upstream_fills_previous_transactions_broadcasts_once_and_watches_to_depth,
+    an_input_already_spent_is_refused_at_submit_naming_the_spender_and_no_email_goes,
+    email_changes_are_confirmed_at_the_old_address_and_policy_loosening_waits_for_email,
+    an_allowlist_given_as_addresses_limits_where_payments_go,
+    registrations_are_limited_per_email_address_and_in_all,
+    one_client_address_gets_only_its_share_of_the_registrations,
+    health_reports_the_writer_the_link_and_the_upstream_server_each_with_its_state,
+);

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::stores::TestStore;
+
 use std::collections::HashSet;
 
 use bitcoin::hashes::Hash as _;
@@ -37,9 +39,8 @@ fn spellings(xpub: &bitcoin::bip32::Xpub) -> Vec<String> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_customers_share_no_key_and_nothing_one_fetches_names_the_others() {
-    let flow = Flow::start(sky(0.0), |_| {}).await;
+async fn two_customers_share_no_key_and_nothing_one_fetches_names_the_others(store: TestStore) {
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
     let http = flow.http_addr();
 
     // A asks by JSON-RPC; B presses the page's button (the GET alone issues nothing).
@@ -146,10 +147,11 @@ async fn two_customers_share_no_key_and_nothing_one_fetches_names_the_others() {
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registration_refuses_keys_not_issued_issued_for_another_wallet_or_reused() {
+async fn registration_refuses_keys_not_issued_issued_for_another_wallet_or_reused(
+    store: TestStore,
+) {
     use satcosign_cosigner::testkit::key;
-    let flow = Flow::start(sky(0.0), |_| {}).await;
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
     let wallet = |tag: &str, satellite: &str| {
         format!(
             "wsh(sortedmulti(2,{}/<0;1>/*,{}/<0;1>/*,{satellite}/<0;1>/*))",
@@ -243,9 +245,8 @@ async fn registration_refuses_keys_not_issued_issued_for_another_wallet_or_reuse
     flow.system.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_are_issued_over_electrum_tcp_within_a_per_client_limit() {
-    let flow = Flow::start(sky(0.0), |c| {
+async fn keys_are_issued_over_electrum_tcp_within_a_per_client_limit(store: TestStore) {
+    let flow = Flow::start_on(&store, sky(0.0), |c| {
         c.gate.max_keys_per_client_per_hour = 3;
         c.gate.max_keys_per_hour = 5;
     })
@@ -305,3 +306,9 @@ async fn keys_are_issued_over_electrum_tcp_within_a_per_client_limit() {
     );
     flow.system.stop().await;
 }
+
+crate::on_each_store!(
+    two_customers_share_no_key_and_nothing_one_fetches_names_the_others,
+    registration_refuses_keys_not_issued_issued_for_another_wallet_or_reused,
+    keys_are_issued_over_electrum_tcp_within_a_per_client_limit,
+);
