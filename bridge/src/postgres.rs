@@ -13,6 +13,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio_postgres::NoTls;
 
+mod mailbox_puts;
+
 use crate::mailbox_rows::MailboxRows;
 use crate::store::{
     lock, MailboxEntry, PgTxn, PutOutcome, ReadTransaction, StoreError, WriteTransaction,
@@ -44,15 +46,15 @@ const MIGRATION_LOCK: i64 = 0x5a7c_0516;
 /// The advisory lock the one bridge on a database holds for its lifetime.
 const SOLE_BRIDGE_LOCK: i64 = 0x5a7c_0518;
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("postgres: {e}"))
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -60,6 +62,7 @@ fn to_u64(v: i64) -> u64 {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    puts: mailbox_puts::PutQueue,
     health: Arc<Mutex<WriterHealth>>,
     /// The connection holding [`SOLE_BRIDGE_LOCK`], once claimed.
     sole: Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
@@ -82,6 +85,7 @@ impl PgStore {
             .build()
             .map_err(db_err)?;
         let store = PgStore {
+            puts: mailbox_puts::PutQueue::start(pool.clone()),
             pool,
             health: Arc::new(Mutex::new(WriterHealth {
                 running: true,
@@ -263,55 +267,6 @@ impl PgStore {
         tx.commit().await.map_err(db_err)
     }
 
-    async fn put_row(
-        &self,
-        key: [u8; 32],
-        expires_at_ms: u64,
-        message: String,
-        max_total_bytes: u64,
-    ) -> Result<PutOutcome, StoreError> {
-        let mut client = self.pool.get().await.map_err(db_err)?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        // The total's row lock orders puts: the quota is checked against what is committed.
-        let held = to_u64(
-            tx.query_one(
-                "SELECT bytes FROM mailbox_totals WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(db_err)?
-            .get(0),
-        );
-        let replaced = tx
-            .query_opt(
-                "SELECT octet_length(message) FROM mailbox WHERE keyhash = $1",
-                &[&key.as_slice()],
-            )
-            .await
-            .map_err(db_err)?
-            .map_or(0, |r| u64::try_from(r.get::<_, i32>(0)).unwrap_or(0));
-        let after = held - replaced.min(held) + message.len() as u64;
-        if after > max_total_bytes && after > held {
-            return Ok(PutOutcome::Full { held });
-        }
-        tx.execute(
-            "INSERT INTO mailbox (keyhash, expires_at_ms, message) VALUES ($1, $2, $3)
-             ON CONFLICT (keyhash) DO UPDATE
-             SET expires_at_ms = excluded.expires_at_ms, message = excluded.message",
-            &[&key.as_slice(), &to_i64(expires_at_ms), &message],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.execute(
-            "UPDATE mailbox_totals SET bytes = $1 WHERE id = 1",
-            &[&to_i64(after)],
-        )
-        .await
-        .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(PutOutcome::Stored)
-    }
-
     async fn get_row(&self, key: [u8; 32]) -> Result<Option<MailboxEntry>, StoreError> {
         let client = self.pool.get().await.map_err(db_err)?;
         let row = client
@@ -371,7 +326,7 @@ impl MailboxRows for PgStore {
         message: String,
         max_total_bytes: u64,
     ) -> BoxFuture<'_, Result<PutOutcome, StoreError>> {
-        Box::pin(self.put_row(key, expires_at_ms, message, max_total_bytes))
+        Box::pin(self.puts.put(key, expires_at_ms, message, max_total_bytes))
     }
 
     fn get(&self, key: [u8; 32]) -> BoxFuture<'_, Result<Option<MailboxEntry>, StoreError>> {

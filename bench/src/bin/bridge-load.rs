@@ -3,7 +3,8 @@
 //! Opens N concurrent connections, each sending one request and waiting for its answer
 //! (closed loop), and reports requests/s and p50/p99 latency for `server.ping`,
 //! `cosigner.put` (durable) and `cosigner.get`, and, in the same run and with the same
-//! client, for a minimal tokio newline echo server as the baseline.
+//! client, for a minimal tokio newline echo server as the baseline. The bridge runs twice,
+//! side by side: on redb (the default) and on PostgreSQL (a private cluster).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -143,12 +144,17 @@ fn main() -> anyhow::Result<()> {
         .build()?;
 
     let dir = tempfile::tempdir()?;
-    let (echo, bridge) = server_rt.block_on(async {
-        let echo = echo_server().await?;
+    let pg_dir = tempfile::tempdir()?;
+    let pg = satcosign_bridge::dev_postgres::Postgres::start();
+    let start_bridge = |data_dir: std::path::PathBuf, pg_url: Option<String>| async move {
         let mut config = satcosign_bridge::config::Config {
-            data_dir: dir.path().join("data"),
+            data_dir,
             ..Default::default()
         };
+        if let Some(url) = pg_url {
+            config.store.backend = satcosign_bridge::config::Backend::Postgres;
+            config.store.url = Some(url);
+        }
         config.electrum.tcp = "127.0.0.1:0".into();
         config.http.listen = String::new();
         config.nostr.listen = String::new();
@@ -160,18 +166,26 @@ fn main() -> anyhow::Result<()> {
         config.limits.read_bytes_per_second_per_peer = 1 << 40;
         config.limits.read_burst_bytes_per_peer = 1 << 40;
         config.mailbox.max_total_bytes = 1 << 40;
-        let bridge = satcosign_bridge::start(&config).await?;
-        anyhow::Ok((echo, bridge))
+        anyhow::Ok(satcosign_bridge::start(&config).await?)
+    };
+    let (echo, bridge, pg_bridge) = server_rt.block_on(async {
+        let echo = echo_server().await?;
+        let bridge = start_bridge(dir.path().join("data"), None).await?;
+        let pg_bridge = start_bridge(pg_dir.path().join("data"), Some(pg.url())).await?;
+        anyhow::Ok((echo, bridge, pg_bridge))
     })?;
     let bridge_addr = bridge.electrum_tcp.expect("tcp listener configured");
+    let pg_addr = pg_bridge.electrum_tcp.expect("tcp listener configured");
     let message =
         base64::engine::general_purpose::STANDARD.encode(vec![0x5au8; args.message_bytes]);
 
-    let scenarios: [(&str, SocketAddr, MakeLine); 4] = [
+    let scenarios: [(&str, SocketAddr, MakeLine); 6] = [
         ("echo server (baseline)", echo, ping_line),
         ("bridge server.ping", bridge_addr, ping_line),
-        ("bridge cosigner.put (durable)", bridge_addr, put_line),
-        ("bridge cosigner.get", bridge_addr, get_line),
+        ("redb: cosigner.put (durable)", bridge_addr, put_line),
+        ("redb: cosigner.get", bridge_addr, get_line),
+        ("postgres: cosigner.put (durable)", pg_addr, put_line),
+        ("postgres: cosigner.get", pg_addr, get_line),
     ];
     let mut rows = Vec::new();
     let mut rates = Vec::new();
@@ -201,10 +215,16 @@ fn main() -> anyhow::Result<()> {
         )
     );
     println!(
-        "server.ping / echo baseline: {:.2} (goal >= 0.50); durable puts/s: {:.0} (goal >= 5000)",
+        "server.ping / echo baseline: {:.2} (goal >= 0.50); durable puts/s: redb {:.0}, \
+         postgres {:.0} (goal >= 5000 each)",
         rates[1] / rates[0],
-        rates[2]
+        rates[2],
+        rates[4]
     );
-    server_rt.block_on(bridge.stop());
+    server_rt.block_on(async {
+        bridge.stop().await;
+        pg_bridge.stop().await;
+    });
+    drop(pg);
     Ok(())
 }

@@ -5,6 +5,9 @@
 //! no time waiting for a pass or for the user is counted), and the air bytes per request
 //! (both directions, frames, acknowledgements and resends included) against the raw PSBT's
 //! size, the baseline a link that carried PSBTs as they are would start from.
+//!
+//! `--store postgres` runs the same load twice, on redb (the baseline) and on PostgreSQL (a
+//! private cluster), and prints them side by side.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +39,18 @@ struct Args {
     /// Frame loss on the link.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// `redb` alone, or `postgres` too (side by side with redb).
+    #[arg(long, default_value = "redb", value_parser = ["redb", "postgres"])]
+    store: String,
+}
+
+/// One engine's headline figures.
+struct Headline {
+    engine: &'static str,
+    per_sec: f64,
+    submit_ms: f64,
+    confirm_ms: f64,
+    total_ms: f64,
 }
 
 /// Keeps each emailed code in memory, as a user who reads mail at once.
@@ -106,6 +121,52 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let mut headlines = vec![measure(&args, None).await?];
+    if args.store == "postgres" {
+        let pg =
+            tokio::task::spawn_blocking(satcosign_bridge::dev_postgres::Postgres::start).await?;
+        headlines.push(measure(&args, Some(&pg)).await?);
+    }
+    if headlines.len() > 1 {
+        let base = headlines[0].per_sec;
+        let rows: Vec<Vec<String>> = headlines
+            .iter()
+            .map(|h| {
+                vec![
+                    h.engine.to_owned(),
+                    format!("{:.1}", h.per_sec),
+                    format!("{:.2}", h.per_sec / base),
+                    format!("{:.1}", h.submit_ms),
+                    format!("{:.1}", h.confirm_ms),
+                    format!("{:.1}", h.total_ms),
+                ]
+            })
+            .collect();
+        println!("\nthe same load on each engine (p50 latencies)");
+        println!(
+            "{}",
+            table(
+                &[
+                    "engine",
+                    "requests/s",
+                    "x redb",
+                    "submit ms",
+                    "confirm ms",
+                    "whole request ms"
+                ],
+                &rows
+            )
+        );
+    }
+    Ok(())
+}
+
+/// Runs the load on redb, or on the PostgreSQL cluster `pg`; prints its tables.
+#[allow(clippy::print_stdout)] // a benchmark prints its table
+async fn measure(
+    args: &Args,
+    pg: Option<&satcosign_bridge::dev_postgres::Postgres>,
+) -> anyhow::Result<Headline> {
     let dir = tempfile::tempdir()?;
     let mut config = Config {
         data_dir: dir.path().join("data"),
@@ -117,6 +178,14 @@ async fn main() -> anyhow::Result<()> {
     config.nostr.listen = String::new();
     config.gate.max_requests_per_hour = u32::MAX;
     config.default_policy = satcosign_cosigner::testkit::generous_policy();
+    let engine = match pg {
+        Some(pg) => {
+            config.store.backend = satcosign_bridge::config::Backend::Postgres;
+            config.store.url = Some(pg.url());
+            "postgres"
+        }
+        None => "redb",
+    };
     let sky = Sky {
         pass_up: Duration::from_secs(1 << 30),
         pass_period: Duration::from_secs(1 << 30),
@@ -287,8 +356,16 @@ async fn main() -> anyhow::Result<()> {
         ]
     })
     .collect();
+    let p50 = |s: &mut Samples| f64::from(s.quantile(0.5)) / 1000.0;
+    let headline = Headline {
+        engine,
+        per_sec: results.len() as f64 / elapsed.as_secs_f64(),
+        submit_ms: p50(&mut st.submit),
+        confirm_ms: p50(&mut st.confirm),
+        total_ms: p50(&mut st.total),
+    };
     println!(
-        "flow-load: {} requests, {} in flight, link {} bit/s, loss {}",
+        "flow-load on {engine}: {} requests, {} in flight, link {} bit/s, loss {}",
         args.requests, args.concurrency, args.bitrate, args.loss
     );
     println!(
@@ -326,5 +403,5 @@ async fn main() -> anyhow::Result<()> {
     // The system's databases close once nothing here holds its service.
     drop(service);
     system.stop().await;
-    Ok(())
+    Ok(headline)
 }
