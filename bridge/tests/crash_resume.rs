@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use common::flow::parse_id;
 use common::process::{dev_cosigner, dev_wallet, issue_dev_wallet, mailed_code, BridgeProcess};
+use common::stores::TestStore;
 
 /// `satcosign-bridge dev` on `dir`, frozen at `hold_at` if given, with `extra` arguments.
 fn start_with(dir: &Path, hold_at: Option<&str>, extra: &[&str]) -> BridgeProcess {
@@ -41,7 +42,12 @@ async fn code(dir: &Path, id: &str) -> String {
 
 /// A data directory with the test wallet registered and active.
 async fn registered(dir: &Path) -> String {
-    let b = start(dir, None);
+    registered_with(dir, &[]).await
+}
+
+/// As [`registered`], with `extra` arguments for the bridge.
+async fn registered_with(dir: &Path, extra: &[&str]) -> String {
+    let b = start_with(dir, None, extra);
     let w = issue_dev_wallet(&b, dir).await;
     let r = b
         .call(
@@ -57,15 +63,36 @@ async fn registered(dir: &Path) -> String {
     r["wallet_id"].as_str().expect("wallet").to_owned()
 }
 
-async fn crash_at(state: &'static str) {
+async fn crash_at(state: &'static str, store: &TestStore) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = tmp.path().join("data");
-    let wid = registered(&dir).await;
+    // On PostgreSQL, a database of this case's own, named in a config file.
+    let config = tmp.path().join("bridge.toml");
+    let extra: Vec<&str> = match store {
+        TestStore::Redb => Vec::new(),
+        TestStore::Postgres(_) => {
+            let url = store.fresh_database(&format!("crash_{state}")).await;
+            std::fs::write(
+                &config,
+                format!(
+                    "network = \"regtest\"\n[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+                ),
+            )
+            .expect("config");
+            vec!["--config", config.to_str().expect("utf-8")]
+        }
+    };
+    let wid = registered_with(&dir, &extra).await;
+    assert_eq!(
+        dir.join("bridge.redb").exists(),
+        matches!(store, TestStore::Redb),
+        "the bridge's state is where the store says"
+    );
     let w = dev_wallet(&dir);
     let psbt = w.typical_signed_psbt(1, 7);
     let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
 
-    let b = start(&dir, Some(state));
+    let b = start_with(&dir, Some(state), &extra);
     let http = b.http.clone();
     // Calls that hold (the bridge freezes inside them) run in the background.
     let submit = tokio::spawn({
@@ -113,7 +140,7 @@ async fn crash_at(state: &'static str) {
     b.kill();
     submit.abort();
 
-    let b = start(&dir, None);
+    let b = start_with(&dir, None, &extra);
     if matches!(state, "received" | "awaiting_email") {
         let s = b.wait_state(&id, "awaiting_email").await;
         assert_eq!(s["kind"], "sign");
@@ -142,8 +169,7 @@ async fn crash_at(state: &'static str) {
     assert_eq!(signed, 1, "{state}: signed once");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_at_any_state_resumes_the_request_which_completes_once() {
+async fn a_kill_at_any_state_resumes_the_request_which_completes_once(store: TestStore) {
     for state in [
         "received",
         "awaiting_email",
@@ -152,9 +178,11 @@ async fn a_kill_at_any_state_resumes_the_request_which_completes_once() {
         "sent",
         "signed",
     ] {
-        crash_at(state).await;
+        crash_at(state, &store).await;
     }
 }
+
+crate::on_each_store!(a_kill_at_any_state_resumes_the_request_which_completes_once);
 
 /// The signing requests whose emails are in the mail folder.
 fn signing_emails(dir: &Path) -> Vec<String> {

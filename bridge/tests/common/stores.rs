@@ -34,6 +34,25 @@ impl TestStore {
         }
     }
 
+    /// A connection string for a new, empty database `name` on this cluster (redb: none).
+    pub async fn fresh_database(&self, name: &str) -> String {
+        let TestStore::Postgres(pg) = self else {
+            panic!("a redb store has no databases");
+        };
+        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let conn = tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        drop(client);
+        let _ = conn.await;
+        pg.url()
+            .replace("dbname=postgres", &format!("dbname={name}"))
+    }
+
     /// Every byte the engine keeps for the bridge in `config`: the redb file, or every
     /// row of the PostgreSQL tables, for tests that look for what must never be stored.
     pub async fn stored_bytes(&self, config: &Config) -> Vec<u8> {
