@@ -404,18 +404,28 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
                 config.upstream.clone(),
             )));
         }
-        let link_db = config.data_dir.join("link.redb");
-        let link_db_path = link_db.clone();
-        let link_store = Arc::new(
-            tokio::task::spawn_blocking(move || satcosign_link::store::RedbStore::open(&link_db))
-                .await
-                .map_err(|e| StartError::Link(e.to_string()))?
-                .map_err(|e| StartError::Link(e.to_string()))?,
-        );
-        databases.push((
-            "link.redb",
-            store::Released::of(Arc::downgrade(&link_store)).file(link_db_path),
-        ));
+        // The link's state lives with the bridge's: on PostgreSQL, the bridge that holds the
+        // database next carries the link on where this one stopped.
+        let link_store = match store.postgres() {
+            Some(_) => store::LinkState::Shared(store::LinkRows::new(store.clone())),
+            None => {
+                let link_db = config.data_dir.join("link.redb");
+                let link_db_path = link_db.clone();
+                let file = Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        satcosign_link::store::RedbStore::open(&link_db)
+                    })
+                    .await
+                    .map_err(|e| StartError::Link(e.to_string()))?
+                    .map_err(|e| StartError::Link(e.to_string()))?,
+                );
+                databases.push((
+                    "link.redb",
+                    store::Released::of(Arc::downgrade(&file)).file(link_db_path),
+                ));
+                store::LinkState::File(file)
+            }
+        };
         let cipher = satcosign_link::crypto::Cipher::new(&link.identity, &link.peer);
         let engine_config = satcosign_link::engine::EngineConfig {
             mtu: config.satellite.mtu,

@@ -13,11 +13,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+mod link_rows;
 mod mailbox_rows;
 mod pg_txn;
 mod redb_engine;
 pub mod tables;
 
+pub use link_rows::{LinkRows, LinkState};
 pub use mailbox_rows::{MailboxEntry, PutOutcome};
 pub(crate) use pg_txn::PgTxn;
 pub use tables::{ReadTransaction, WriteTransaction};
