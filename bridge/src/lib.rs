@@ -259,8 +259,11 @@ impl<T> SatelliteLink<T> {
 pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
     use satcosign_link::transport::{kiss, udp::UdpTransport};
     config.check()?;
+    // A standby waits here, before it binds the radio's transport, until it holds the
+    // database.
+    let opened = Some(open_store(config).await?);
     if config.satellite.account_key.is_empty() {
-        return start_with::<UdpTransport>(config, None).await;
+        return start_on::<UdpTransport>(config, None, opened).await;
     }
     let peer =
         satcosign_link::crypto::parse_public(&config.satellite.link_public_key).map_err(|_| {
@@ -273,7 +276,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
         let view = stations.view();
         let mut link = SatelliteLink::new(stations, identity, peer);
         link.stations = Some(view);
-        return start_with(config, Some(link)).await;
+        return start_on(config, Some(link), opened).await;
     }
     match config.satellite.transport.as_str() {
         "kiss-tcp" => {
@@ -289,7 +292,7 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
                         config.satellite.kiss_tcp
                     ))
                 })?;
-            start_with(config, Some(SatelliteLink::new(t, identity, peer))).await
+            start_on(config, Some(SatelliteLink::new(t, identity, peer)), opened).await
         }
         _ => {
             let parse = |key: &str, v: &str| {
@@ -302,20 +305,26 @@ pub async fn start(config: &Config) -> Result<RunningBridge, StartError> {
             )
             .await
             .map_err(|e| StartError::Link(format!("udp: {e}")))?;
-            start_with(config, Some(SatelliteLink::new(t, identity, peer))).await
+            start_on(config, Some(SatelliteLink::new(t, identity, peer)), opened).await
         }
     }
 }
 
-/// Opens the engine `[store]` names, and what shutdown waits on to release it.
-async fn open_store(
-    config: &Config,
-) -> Result<(Store, Vec<(&'static str, store::Released)>), StartError> {
+/// The bridge's store, and what shutdown waits on to release it.
+type Opened = (Store, Vec<(&'static str, store::Released)>);
+
+/// Opens the engine `[store]` names (creating the data folder); on PostgreSQL, waits until
+/// this bridge holds the database.
+async fn open_store(config: &Config) -> Result<Opened, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     match (&config.store.backend, &config.store.url) {
         (config::Backend::Postgres, Some(url)) => {
             let store = Store::connect_postgres(url, config.store.pool_size).await?;
             if let Some(pg) = store.postgres() {
-                pg.claim_sole_bridge().await?;
+                pg.hold_database().await?;
             }
             let released = store.released();
             Ok((store, vec![("postgres", released)]))
@@ -336,13 +345,21 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     config: &Config,
     link: Option<SatelliteLink<T>>,
 ) -> Result<RunningBridge, StartError> {
+    start_on(config, link, None).await
+}
+
+/// As [`start_with`], on the store already `opened` (else opens it).
+async fn start_on<T: satcosign_link::transport::Transport>(
+    config: &Config,
+    link: Option<SatelliteLink<T>>,
+    opened: Option<Opened>,
+) -> Result<RunningBridge, StartError> {
     config.check()?;
     let listeners = config.listeners()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let (store, mut databases) = open_store(config).await?;
+    let (store, mut databases) = match opened {
+        Some(opened) => opened,
+        None => open_store(config).await?,
+    };
     let mailbox = Mailbox::new(store.clone(), &config.mailbox);
     let mut tasks = vec![mailbox.spawn_sweeper()];
     let caps = admission::ListenerCaps::fit(config);

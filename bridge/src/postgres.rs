@@ -97,46 +97,65 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Makes this bridge the only one on the database, for as long as it runs.
+    /// Makes this bridge the only one on the database, for as long as it runs; refused if
+    /// another bridge holds it.
     ///
-    /// The state itself is safe to share, but the radio link's state and the side effects
-    /// (emails, broadcasts) are still driven by whichever bridge runs them, so a second
-    /// bridge on the same database is refused until leases hand those to one replica at a
-    /// time. The lock is the server's: it goes when this bridge's connection does, so a
-    /// bridge that was killed does not keep its successor out.
+    /// Bridges on one database take turns: the one holding it drives the radio link and
+    /// every side effect (emails, broadcasts), with the link's state in the database. The
+    /// lock is the server's: it goes when the holder's connection does, so a bridge that
+    /// was killed does not keep its successor out.
     pub async fn claim_sole_bridge(&self) -> Result<(), StoreError> {
+        if self.try_claim().await? {
+            Ok(())
+        } else {
+            Err(StoreError::Database(
+                "postgres: another bridge is running on this database".into(),
+            ))
+        }
+    }
+
+    /// Takes the lock if it is free; `false` if another bridge holds it.
+    async fn try_claim(&self) -> Result<bool, StoreError> {
         let client = self.pool.get().await.map_err(db_err)?;
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_BRIDGE_LOCK])
             .await
             .map_err(db_err)?
             .get(0);
-        if !got {
-            return Err(StoreError::Database(
-                "postgres: another bridge is running on this database; one bridge per \
-                 database until replicas can share the radio link"
-                    .into(),
-            ));
+        if got {
+            // Kept out of the pool for the bridge's lifetime, so the lock stays held.
+            *self.sole.lock().await = Some(deadpool_postgres::Object::take(client));
         }
-        // Kept out of the pool for the bridge's lifetime, so the lock stays held.
-        *self.sole.lock().await = Some(deadpool_postgres::Object::take(client));
+        Ok(got)
+    }
+
+    /// Makes this bridge the one on the database, waiting (a standby) while another holds
+    /// it: it takes over as soon as that bridge is gone, killed or stopped. Then watches
+    /// the lock: if its connection is cut and another bridge has taken the database
+    /// meanwhile, this process stops (exit code 75) rather than drive the link beside it.
+    pub async fn hold_database(&self) -> Result<(), StoreError> {
+        if !self.try_claim().await? {
+            tracing::warn!(
+                "another bridge holds this database: standing by, to take over when it is gone"
+            );
+            let client = deadpool_postgres::Object::take(self.pool.get().await.map_err(db_err)?);
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&SOLE_BRIDGE_LOCK])
+                .await
+                .map_err(db_err)?;
+            *self.sole.lock().await = Some(client);
+            tracing::info!("took over the database");
+        }
+        tokio::spawn(watch_lock(Arc::downgrade(&self.sole), self.pool.clone()));
         Ok(())
     }
 
     /// Asks the server whether it answers (within 2 s), and records the answer for
-    /// `/health`. A bridge whose lock connection was cut (the server restarted) claims the
-    /// database again.
+    /// `/health`.
     pub async fn probe(&self) {
         let attempt = async {
             let client = self.pool.get().await.map_err(db_err)?;
             client.simple_query("SELECT 1").await.map_err(db_err)?;
-            drop(client);
-            let mut sole = self.sole.lock().await;
-            if sole.as_ref().is_some_and(|c| c.is_closed()) {
-                *sole = None;
-                drop(sole);
-                self.claim_sole_bridge().await?;
-            }
             Ok::<(), StoreError>(())
         };
         let result = tokio::time::timeout(std::time::Duration::from_secs(2), attempt)
@@ -360,5 +379,42 @@ impl MailboxRows for PgStore {
                 .map_err(db_err)?;
             Ok(to_u64(row.get(0)))
         })
+    }
+}
+
+/// Every second, checks that the lock's connection is alive; when it was cut (the server
+/// restarted), claims the lock again. Ends with the store.
+async fn watch_lock(
+    sole: std::sync::Weak<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
+    pool: Pool,
+) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(sole) = sole.upgrade() else { return };
+        let mut held = sole.lock().await;
+        if held.as_ref().is_some_and(|c| !c.is_closed()) {
+            continue;
+        }
+        *held = None;
+        let Ok(client) = pool.get().await else {
+            continue; // the server is still down: nobody can take the lock meanwhile
+        };
+        match client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_BRIDGE_LOCK])
+            .await
+        {
+            Ok(row) if row.get::<_, bool>(0) => {
+                *held = Some(deadpool_postgres::Object::take(client));
+                tracing::info!("the database's lock is held again after its connection was cut");
+            }
+            Ok(_) => {
+                tracing::error!(
+                    "another bridge took this database while its lock's connection was cut: \
+                     stopping, so that only one bridge drives the link"
+                );
+                std::process::exit(75);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim the database's lock again yet"),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! - Two stores on one PostgreSQL database never lose an update to each other, and the
 //!   schema is migrated once however many start together.
 //! - The mailbox behaves the same, and two stores never take it past its quota.
-//! - A second bridge on a database in use is refused, and takes over once the first is gone.
+//! - A second bridge on a database in use stands by, and takes over once the first is gone.
 
 use std::sync::Arc;
 
@@ -151,20 +151,28 @@ async fn two_stores_on_one_database_never_lose_an_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_bridge_on_a_database_in_use_is_refused_until_the_first_is_gone() {
+async fn a_second_bridge_on_a_database_in_use_stands_by_and_takes_over_when_the_first_is_gone() {
     let pg = tokio::task::spawn_blocking(satcosign_bridge::dev_postgres::Postgres::start)
         .await
         .expect("postgres");
     let first = Store::connect_postgres(&pg.url(), 2).await.expect("first");
-    let pg_first = first.postgres().expect("postgres engine");
-    pg_first
-        .claim_sole_bridge()
-        .await
-        .expect("the first claims it");
-    let second = Store::connect_postgres(&pg.url(), 2).await.expect("second");
-    let refused = second
+    first
         .postgres()
         .expect("postgres engine")
+        .hold_database()
+        .await
+        .expect("the first holds it");
+    // The second stands by.
+    let second = Store::connect_postgres(&pg.url(), 2).await.expect("second");
+    let standby = tokio::spawn({
+        let second = second.clone();
+        async move { second.postgres().expect("pg").hold_database().await }
+    });
+    // Meanwhile the database is still the first's: a third is refused outright.
+    let third = Store::connect_postgres(&pg.url(), 2).await.expect("third");
+    let refused = third
+        .postgres()
+        .expect("pg")
         .claim_sole_bridge()
         .await
         .expect_err("refused");
@@ -172,19 +180,20 @@ async fn a_second_bridge_on_a_database_in_use_is_refused_until_the_first_is_gone
         refused.to_string().contains("another bridge is running"),
         "{refused}"
     );
+    assert!(
+        !standby.is_finished(),
+        "the standby waits while the first holds it"
+    );
+    drop(third);
     let released = first.released();
     drop(first);
     assert!(released.wait(std::time::Duration::from_secs(10)).await);
-    // The first bridge's connection is closed: its lock went with it.
-    let mut claimed = second.postgres().expect("pg").claim_sole_bridge().await;
-    for _ in 0..100 {
-        if claimed.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        claimed = second.postgres().expect("pg").claim_sole_bridge().await;
-    }
-    claimed.expect("the second takes over");
+    // The first's connection is closed: the standby takes over.
+    tokio::time::timeout(std::time::Duration::from_secs(30), standby)
+        .await
+        .expect("the standby took over in time")
+        .expect("task")
+        .expect("holds it");
 }
 
 /// A mailbox of `max_total_bytes` over `rows`.

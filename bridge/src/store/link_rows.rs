@@ -50,9 +50,10 @@ impl LinkRows {
     }
 
     fn meta(&self, key: &'static str) -> Result<u64, LinkStoreError> {
-        self.wait(self.store.read(move |txn| {
-            Ok(txn.open_table(META)?.get(key)?.map_or(0, |g| g.value()))
-        }))
+        self.wait(
+            self.store
+                .read(move |txn| Ok(txn.open_table(META)?.get(key)?.map_or(0, |g| g.value()))),
+        )
     }
 }
 
