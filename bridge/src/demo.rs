@@ -73,8 +73,22 @@ pub fn find_code(raw_email: &str, id: &RequestId) -> Option<String> {
 
 /// Reads the newest code for `id` from the `.eml` files in `dir`.
 pub fn code_from_mail_dir(dir: &std::path::Path, id: &RequestId) -> Option<String> {
-    let mut found: Vec<(SystemTime, String)> = std::fs::read_dir(dir)
-        .ok()?
+    let mut found = mailed_codes(dir, id);
+    found.sort();
+    found.pop().map(|(_, c)| c)
+}
+
+/// Every code emailed for request `id` into `dir`, one per email (a code sent twice
+/// appears twice).
+pub fn codes_in_mail_dir(dir: &std::path::Path, id: &RequestId) -> Vec<String> {
+    mailed_codes(dir, id).into_iter().map(|(_, c)| c).collect()
+}
+
+fn mailed_codes(dir: &std::path::Path, id: &RequestId) -> Vec<(SystemTime, String)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
         .filter_map(|e| {
@@ -82,9 +96,7 @@ pub fn code_from_mail_dir(dir: &std::path::Path, id: &RequestId) -> Option<Strin
             let code = find_code(&text, id)?;
             Some((e.metadata().ok()?.modified().ok()?, code))
         })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, c)| c)
+        .collect()
 }
 
 async fn wait_for_code(sys: &DevSystem, id: &RequestId) -> Result<String, DemoError> {

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -17,73 +16,7 @@ use serde_json::json;
 
 use common::flow::assert_final_tx;
 use common::process::{mailed_code, BridgeProcess};
-
-/// The cosigner's binary, built beside the bridge's by `cargo test --workspace`.
-fn cosigner_bin() -> PathBuf {
-    let bridge = PathBuf::from(env!("CARGO_BIN_EXE_satcosign-bridge"));
-    let path = bridge.with_file_name("satcosign-cosigner");
-    if !path.exists() {
-        // Run on its own (`cargo test -p satcosign-bridge`), the other binary may be missing.
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "satcosign-cosigner",
-                "--bin",
-                "satcosign-cosigner",
-            ])
-            .status()
-            .expect("cargo");
-        assert!(status.success(), "building satcosign-cosigner");
-    }
-    path
-}
-
-fn cosigner(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(cosigner_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("cosigner binary");
-    assert!(
-        out.status.success(),
-        "satcosign-cosigner {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).expect("utf-8");
-    out
-}
-
-/// Two free UDP ports on loopback.
-fn udp_ports() -> (u16, u16) {
-    let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    (
-        a.local_addr().expect("addr").port(),
-        b.local_addr().expect("addr").port(),
-    )
-}
-
-struct Process(Child);
-
-impl Process {
-    fn kill(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill");
-        self.0.wait().expect("reaped");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::satellite::{provision, signatures, start_satellite, udp_ports};
 
 /// The ground: `satcosign-bridge run` with a config file naming the satellite; returns it
 /// and the link key it printed for the satellite's `--bridge-key`.
@@ -108,45 +41,13 @@ async fn confirm_from_mail(ground: &BridgeProcess, mail: &Path, id: &str) {
         .await;
 }
 
-/// The satellite: `satcosign-cosigner serve` over UDP, answering the bridge's link key.
-fn start_satellite(dir: &Path, ground_key: &str, ports: (u16, u16)) -> Process {
-    Process(
-        Command::new(cosigner_bin())
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["serve", "--bridge-key", ground_key])
-            .args(["--udp-bind", &format!("127.0.0.1:{}", ports.1)])
-            .args(["--udp-peer", &format!("127.0.0.1:{}", ports.0)])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cosigner binary"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_and_cosigner_processes_sign_over_udp_through_outages_and_kills_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (ground_dir, sat_dir) = (tmp.path().join("ground"), tmp.path().join("satellite"));
 
     // The satellite is provisioned first; its printout is what the operator copies.
-    let init = String::from_utf8(cosigner(&sat_dir, &["init"]).stdout).expect("utf-8");
-    let sat_link_key = init
-        .lines()
-        .find_map(|l| l.split_once("(give it to the bridge): ").map(|(_, k)| k))
-        .expect("init prints the link key")
-        .trim()
-        .to_owned();
-    let testnet = init
-        .split("testnet/signet/regtest:")
-        .nth(1)
-        .expect("test keys");
-    let account_key = testnet
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("issuer key: "))
-        .expect("init prints the issuer key")
-        .to_owned();
+    let (sat_link_key, account_key) = provision(&sat_dir);
 
     let ports = udp_ports();
     let config = tmp.path().join("bridge.toml");
@@ -237,11 +138,7 @@ udp_peer = "127.0.0.1:{sat_port}"
     drop(_satellite);
 
     // The satellite's own audit log: one registration, one signature, for this request.
-    let audit = String::from_utf8(cosigner(&sat_dir, &["audit"]).stdout).expect("utf-8");
-    let signed: Vec<&str> = audit
-        .lines()
-        .filter(|l| l.contains(" sign ") && l.contains(" signed"))
-        .collect();
-    assert_eq!(signed.len(), 1, "signed once: {audit}");
-    assert!(signed[0].contains(&format!("request={id}")), "{audit}");
+    let signed = signatures(&sat_dir);
+    assert_eq!(signed.len(), 1, "signed once: {signed:?}");
+    assert!(signed[0].contains(&format!("request={id}")), "{signed:?}");
 }

@@ -209,6 +209,7 @@ pub mod browser;
 pub mod chain;
 pub mod flow;
 pub mod process;
+pub mod satellite;
 pub mod script;
 pub mod socks;
 pub mod stores;

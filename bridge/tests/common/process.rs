@@ -31,7 +31,24 @@ impl BridgeProcess {
     /// Runs `bin` (`satcosign-bridge` or `satcosign-dev`) with `args` and `env`; returns
     /// once it is ready.
     fn spawn_bin(bin: &str, args: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
-        let mut child = Command::new(bin)
+        Starting::spawn_bin(bin, args, env).ready()
+    }
+
+    /// Starts the production bridge binary and returns at once: a standby, which becomes
+    /// ready only when it holds its database.
+    pub fn standby(args: &[&str]) -> Starting {
+        Starting::spawn_bin(env!("CARGO_BIN_EXE_satcosign-bridge"), args, &[])
+    }
+}
+
+/// A bridge process that has not said `ready` yet.
+pub struct Starting {
+    child: Option<Child>,
+}
+
+impl Starting {
+    fn spawn_bin(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Starting {
+        let child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -39,6 +56,12 @@ impl BridgeProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("bridge binary");
+        Starting { child: Some(child) }
+    }
+
+    /// Reads its output until it says `ready`.
+    pub fn ready(mut self) -> BridgeProcess {
+        let mut child = self.child.take().expect("not yet ready");
         let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         let printed: Vec<String> = stdout
             .lines()
@@ -66,7 +89,19 @@ impl BridgeProcess {
             .to_owned();
         p
     }
+}
 
+impl Drop for Starting {
+    /// A standby that never took over is not left running.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl BridgeProcess {
     /// `satcosign-dev dev` on data folder `dir`, every listener on a free loopback port,
     /// the satellite always in view; `global` goes before the command (`--config …`).
     pub fn dev(dir: &Path, global: &[&str], env: &[(&str, &str)]) -> BridgeProcess {
