@@ -43,6 +43,10 @@ pub const MIGRATIONS: &[&str] = &[
 
 /// An arbitrary, fixed key for the migrations' advisory lock.
 const MIGRATION_LOCK: i64 = 0x5a7c_0516;
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a call waits for a free connection of the pool.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The advisory lock the one bridge on a database holds for its lifetime.
 const SOLE_BRIDGE_LOCK: i64 = 0x5a7c_0518;
 
@@ -80,8 +84,13 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // A server that does not answer (down, or a network that drops packets) fails a
+        // call in seconds with a clear error, rather than holding it until TCP gives up.
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(POOL_WAIT))
             .build()
             .map_err(db_err)?;
         let store = PgStore {

@@ -162,3 +162,29 @@ fn genesis_hashes_are_the_real_ones() {
         "000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943"
     );
 }
+
+#[test]
+fn the_store_section_is_checked_and_never_echoes_a_password() {
+    let err = |text: &str| Config::from_toml(text).expect_err(text).to_string();
+    let e = err("[store]\nbackend = \"postgres\"\n");
+    assert!(e.contains("store.url") && e.contains("needs"), "{e}");
+    let e = err("[store]\nurl = \"host=db\"\n");
+    assert!(e.contains("store.url") && e.contains("only for"), "{e}");
+    let e = err("[store]\nbackend = \"mysql\"\n");
+    assert!(e.contains("backend"), "{e}");
+    let e = err("[store]\nbackend = \"postgres\"\nurl = \"host=db\"\npool_size = 0\n");
+    assert!(e.contains("store.pool_size"), "{e}");
+    let e = err("[store]\nbackend = \"postgres\"\nurl = \"postgres://u:s3cret@db:notaport/x\"\n");
+    assert!(e.contains("store.url"), "{e}");
+    assert!(!e.contains("s3cret"), "the password is not echoed: {e}");
+    let e = err("[store]\nbackend = \"postgres\"\nurl = \"dbname=x\"\n");
+    assert!(e.contains("no host"), "{e}");
+    let e = err("[store]\nlease = 3\n");
+    assert!(e.contains("lease"), "{e}");
+    let ok = Config::from_toml(
+        "[store]\nbackend = \"postgres\"\nurl = \"host=/run/postgresql dbname=s\"\n",
+    )
+    .expect("valid");
+    assert_eq!(ok.store.backend, crate::config::Backend::Postgres);
+    assert_eq!(ok.store.pool_size, 16);
+}
