@@ -16,21 +16,17 @@ use serde_json::json;
 
 use common::flow::assert_final_tx;
 use common::process::{mailed_code, BridgeProcess};
-use common::satellite::{provision, signatures, start_satellite, udp_ports};
+use common::satellite::{
+    ground_config, printed_link_key, provision, register_wallet, signatures, start_satellite,
+    udp_ports,
+};
 
 /// The ground: `satcosign-bridge run` with a config file naming the satellite; returns it
 /// and the link key it printed for the satellite's `--bridge-key`.
 fn start_ground(config: &Path) -> (BridgeProcess, String) {
     let config = config.to_str().expect("utf-8 path");
     let ground = BridgeProcess::spawn(&["--config", config, "run"], &[]);
-    let key = ground
-        .printed
-        .iter()
-        .find_map(|l| {
-            l.split_once("--bridge-key): ")
-                .map(|(_, k)| k.trim().to_owned())
-        })
-        .expect("the bridge printed its link key");
+    let key = printed_link_key(&ground);
     (ground, key)
 }
 
@@ -53,26 +49,7 @@ async fn bridge_and_cosigner_processes_sign_over_udp_through_outages_and_kills_o
     let config = tmp.path().join("bridge.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"network = "testnet"
-data_dir = "{data}"
-[electrum]
-tcp = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[nostr]
-listen = ""
-[satellite]
-account_key = "{account_key}"
-link_public_key = "{sat_link_key}"
-transport = "udp"
-udp_bind = "127.0.0.1:{ground_port}"
-udp_peer = "127.0.0.1:{sat_port}"
-"#,
-            data = ground_dir.display(),
-            ground_port = ports.0,
-            sat_port = ports.1,
-        ),
+        ground_config(&ground_dir, (&sat_link_key, &account_key), ports, ""),
     )
     .expect("config");
     let mail = ground_dir.join("mail");
@@ -89,24 +66,7 @@ udp_peer = "127.0.0.1:{sat_port}"
     );
 
     // The user's wallet holds a satellite key the bridge issued for it.
-    let issued = ground.call("satellite.new_key", vec![]).await;
-    let key: satcosign_cosigner::keys::AccountKey = issued["descriptor_key"]
-        .as_str()
-        .expect("descriptor_key")
-        .parse()
-        .expect("parses");
-    let w = satcosign_cosigner::testkit::TestWallet::with_satellite(key);
-    let reg = ground
-        .call(
-            "wallet.register",
-            vec![json!(w.descriptor), json!("ann@example.org"), json!("Ann")],
-        )
-        .await;
-    let reg_id = reg["request_id"].as_str().expect("id").to_owned();
-    let wid = reg["wallet_id"].as_str().expect("wallet").to_owned();
-    confirm_from_mail(&ground, &mail, &reg_id).await;
-    let done = ground.wait_state(&reg_id, "delivered").await;
-    assert_eq!(done["final_state"], "signed", "registration: {done}");
+    let (w, wid, _) = register_wallet(&ground, &mail).await;
     let status = ground.call("wallet.status", vec![json!(wid)]).await;
     assert_eq!(status["state"], "active", "{status}");
 

@@ -17,7 +17,10 @@ use base64::Engine as _;
 use serde_json::json;
 
 use common::process::{mailed_code, BridgeProcess, Starting};
-use common::satellite::{provision, signatures, start_satellite, udp_ports};
+use common::satellite::{
+    ground_config, printed_link_key, provision, register_wallet, signatures, start_satellite,
+    udp_ports,
+};
 use common::stores::TestStore;
 
 const KILLS: usize = 50;
@@ -71,66 +74,22 @@ async fn the_holder_killed_fifty_times_loses_no_request_and_nothing_is_signed_tw
     // link key and the mailbox key are the deployment's, not one machine's).
     std::fs::write(
         &config,
-        format!(
-            r#"network = "testnet"
-data_dir = "{data}"
-[electrum]
-tcp = "127.0.0.1:0"
-[http]
-listen = "127.0.0.1:0"
-[nostr]
-listen = ""
-[satellite]
-account_key = "{account_key}"
-link_public_key = "{sat_link_key}"
-transport = "udp"
-udp_bind = "127.0.0.1:{ground_port}"
-udp_peer = "127.0.0.1:{sat_port}"
-[store]
-backend = "postgres"
-url = "{url}"
-pool_size = 4
-"#,
-            data = ground_dir.display(),
-            ground_port = ports.0,
-            sat_port = ports.1,
+        ground_config(
+            &ground_dir,
+            (&sat_link_key, &account_key),
+            ports,
+            &format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n"),
         ),
     )
     .expect("config");
     let mail = ground_dir.join("mail");
 
     let mut holder = took_over(standby(&config)).await;
-    let ground_key = holder
-        .printed
-        .iter()
-        .find_map(|l| {
-            l.split_once("--bridge-key): ")
-                .map(|(_, k)| k.trim().to_owned())
-        })
-        .expect("the bridge printed its link key");
+    let ground_key = printed_link_key(&holder);
     let satellite = start_satellite(&sat_dir, &ground_key, ports);
     let mut next = standby(&config);
 
-    let issued = holder.call("satellite.new_key", vec![]).await;
-    let key: satcosign_cosigner::keys::AccountKey = issued["descriptor_key"]
-        .as_str()
-        .expect("descriptor_key")
-        .parse()
-        .expect("parses");
-    let w = satcosign_cosigner::testkit::TestWallet::with_satellite(key);
-    let reg = holder
-        .call(
-            "wallet.register",
-            vec![json!(w.descriptor), json!("ann@example.org"), json!("Ann")],
-        )
-        .await;
-    let reg_id = reg["request_id"].as_str().expect("id").to_owned();
-    let wid = reg["wallet_id"].as_str().expect("wallet").to_owned();
-    let code = mailed_code(&mail, &reg_id).await;
-    holder
-        .call("request.confirm", vec![json!(reg_id), json!(code)])
-        .await;
-    holder.wait_state(&reg_id, "delivered").await;
+    let (w, wid, reg_id) = register_wallet(&holder, &mail).await;
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

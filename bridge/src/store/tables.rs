@@ -208,16 +208,16 @@ impl WriteTransaction {
         def: TableDefinition<K, V>,
     ) -> Result<Table<'_, K, V>, TableError> {
         let engine = match &self.0 {
-            WriteEngine::Redb(txn) => TableEngine::Redb(
+            WriteEngine::Redb(txn) => Engine::RedbWrite(
                 txn.open_table(def.redb())
                     .map_err(|e| redb_err(def.name, e))?,
             ),
-            WriteEngine::Postgres(txn) => TableEngine::Postgres(txn),
+            WriteEngine::Postgres(txn) => Engine::Postgres(txn),
         };
-        Ok(Table {
+        Ok(Table(Open {
             name: def.name,
             engine,
-        })
+        }))
     }
 }
 
@@ -251,38 +251,34 @@ impl ReadTransaction {
         def: TableDefinition<K, V>,
     ) -> Result<ReadOnlyTable<'_, K, V>, TableError> {
         let engine = match &self.0 {
-            ReadEngine::Redb(txn) => ReadEngineTable::Redb(
+            ReadEngine::Redb(txn) => Engine::RedbRead(
                 txn.open_table(def.redb())
                     .map_err(|e| redb_err(def.name, e))?,
             ),
-            ReadEngine::Postgres(txn) => ReadEngineTable::Postgres(txn),
+            ReadEngine::Postgres(txn) => Engine::Postgres(txn),
         };
-        Ok(ReadOnlyTable {
+        Ok(ReadOnlyTable(Open {
             name: def.name,
             engine,
-        })
+        }))
     }
 }
 
 /// A table open in a write transaction.
-pub struct Table<'t, K: Column + redb::Key, V: Column> {
-    name: &'static str,
-    engine: TableEngine<'t, K, V>,
-}
-
-enum TableEngine<'t, K: Column + redb::Key, V: Column> {
-    Redb(redb::Table<'t, K, V>),
-    Postgres(&'t PgTxn),
-}
+pub struct Table<'t, K: Column + redb::Key, V: Column>(Open<'t, K, V>);
 
 /// A table open in a read transaction.
-pub struct ReadOnlyTable<'t, K: Column + redb::Key, V: Column> {
+pub struct ReadOnlyTable<'t, K: Column + redb::Key, V: Column>(Open<'t, K, V>);
+
+/// An open table of either engine, read or write.
+struct Open<'t, K: Column + redb::Key, V: Column> {
     name: &'static str,
-    engine: ReadEngineTable<'t, K, V>,
+    engine: Engine<'t, K, V>,
 }
 
-enum ReadEngineTable<'t, K: Column + redb::Key, V: Column> {
-    Redb(redb::ReadOnlyTable<K, V>),
+enum Engine<'t, K: Column + redb::Key, V: Column> {
+    RedbWrite(redb::Table<'t, K, V>),
+    RedbRead(redb::ReadOnlyTable<K, V>),
     Postgres(&'t PgTxn),
 }
 
@@ -331,16 +327,27 @@ fn pg_rows<'t, K: Column, V: Column>(
     })))
 }
 
-impl<K: Column + redb::Key, V: Column> ReadableTable<K, V> for Table<'_, K, V> {
+fn redb_get<'a, K, V, T>(
+    name: &'static str,
+    t: &T,
+    key: impl Borrow<K::SelfType<'a>>,
+) -> Result<Option<Guard<V>>, TableError>
+where
+    K: Column + redb::Key,
+    V: Column,
+    T: redb::ReadableTable<K, V>,
+{
+    Ok(t.get(key)
+        .map_err(|e| redb_err(name, e))?
+        .map(|g| Guard::of_redb(&g)))
+}
+
+impl<K: Column + redb::Key, V: Column> ReadableTable<K, V> for Open<'_, K, V> {
     fn get<'a>(&self, key: impl Borrow<K::SelfType<'a>>) -> Result<Option<Guard<V>>, TableError> {
         match &self.engine {
-            TableEngine::Redb(t) => {
-                use redb::ReadableTable as _;
-                Ok(t.get(key)
-                    .map_err(|e| redb_err(self.name, e))?
-                    .map(|g| Guard::of_redb(&g)))
-            }
-            TableEngine::Postgres(txn) => pg_get::<K, V>(txn, self.name, key.borrow()),
+            Engine::RedbWrite(t) => redb_get(self.name, t, key),
+            Engine::RedbRead(t) => redb_get(self.name, t, key),
+            Engine::Postgres(txn) => pg_get::<K, V>(txn, self.name, key.borrow()),
         }
     }
 
@@ -348,77 +355,67 @@ impl<K: Column + redb::Key, V: Column> ReadableTable<K, V> for Table<'_, K, V> {
     where
         KR: Borrow<K::SelfType<'a>> + 'a,
     {
-        match &self.engine {
-            TableEngine::Redb(t) => {
-                use redb::ReadableTable as _;
-                let rows = t.range(range).map_err(|e| redb_err(self.name, e))?;
-                Ok(redb_rows(self.name, rows))
+        use redb::ReadableTable as _;
+        let rows = match &self.engine {
+            Engine::RedbWrite(t) => t.range(range),
+            Engine::RedbRead(t) => t.range(range),
+            Engine::Postgres(txn) => {
+                return pg_rows(
+                    txn,
+                    self.name,
+                    sorted_bound::<K, KR>(range.start_bound()),
+                    sorted_bound::<K, KR>(range.end_bound()),
+                )
             }
-            TableEngine::Postgres(txn) => pg_rows(
-                txn,
-                self.name,
-                sorted_bound::<K, KR>(range.start_bound()),
-                sorted_bound::<K, KR>(range.end_bound()),
-            ),
-        }
+        };
+        Ok(redb_rows(
+            self.name,
+            rows.map_err(|e| redb_err(self.name, e))?,
+        ))
     }
 
     fn iter(&self) -> Result<Rows<'_, K, V>, TableError> {
-        match &self.engine {
-            TableEngine::Redb(t) => {
-                use redb::ReadableTable as _;
-                let rows = t.iter().map_err(|e| redb_err(self.name, e))?;
-                Ok(redb_rows(self.name, rows))
+        use redb::ReadableTable as _;
+        let rows = match &self.engine {
+            Engine::RedbWrite(t) => t.iter(),
+            Engine::RedbRead(t) => t.iter(),
+            Engine::Postgres(txn) => {
+                return pg_rows(txn, self.name, Bound::Unbounded, Bound::Unbounded)
             }
-            TableEngine::Postgres(txn) => {
-                pg_rows(txn, self.name, Bound::Unbounded, Bound::Unbounded)
-            }
-        }
+        };
+        Ok(redb_rows(
+            self.name,
+            rows.map_err(|e| redb_err(self.name, e))?,
+        ))
     }
 }
 
-impl<K: Column + redb::Key, V: Column> ReadableTable<K, V> for ReadOnlyTable<'_, K, V> {
-    fn get<'a>(&self, key: impl Borrow<K::SelfType<'a>>) -> Result<Option<Guard<V>>, TableError> {
-        match &self.engine {
-            ReadEngineTable::Redb(t) => Ok(t
-                .get(key)
-                .map_err(|e| redb_err(self.name, e))?
-                .map(|g| Guard::of_redb(&g))),
-            ReadEngineTable::Postgres(txn) => pg_get::<K, V>(txn, self.name, key.borrow()),
-        }
-    }
-
-    fn range<'a, KR>(&self, range: impl RangeBounds<KR> + 'a) -> Result<Rows<'_, K, V>, TableError>
-    where
-        KR: Borrow<K::SelfType<'a>> + 'a,
-    {
-        match &self.engine {
-            ReadEngineTable::Redb(t) => {
-                let rows = t.range(range).map_err(|e| redb_err(self.name, e))?;
-                Ok(redb_rows(self.name, rows))
+macro_rules! readable {
+    ($t:ident) => {
+        impl<K: Column + redb::Key, V: Column> ReadableTable<K, V> for $t<'_, K, V> {
+            fn get<'a>(
+                &self,
+                key: impl Borrow<K::SelfType<'a>>,
+            ) -> Result<Option<Guard<V>>, TableError> {
+                self.0.get(key)
             }
-            ReadEngineTable::Postgres(txn) => pg_rows(
-                txn,
-                self.name,
-                sorted_bound::<K, KR>(range.start_bound()),
-                sorted_bound::<K, KR>(range.end_bound()),
-            ),
-        }
-    }
-
-    fn iter(&self) -> Result<Rows<'_, K, V>, TableError> {
-        match &self.engine {
-            ReadEngineTable::Redb(t) => {
-                use redb::ReadableTable as _;
-                let rows = t.iter().map_err(|e| redb_err(self.name, e))?;
-                Ok(redb_rows(self.name, rows))
+            fn range<'a, KR>(
+                &self,
+                range: impl RangeBounds<KR> + 'a,
+            ) -> Result<Rows<'_, K, V>, TableError>
+            where
+                KR: Borrow<K::SelfType<'a>> + 'a,
+            {
+                self.0.range(range)
             }
-            ReadEngineTable::Postgres(txn) => {
-                pg_rows(txn, self.name, Bound::Unbounded, Bound::Unbounded)
+            fn iter(&self) -> Result<Rows<'_, K, V>, TableError> {
+                self.0.iter()
             }
         }
-    }
+    };
 }
+readable!(Table);
+readable!(ReadOnlyTable);
 
 impl<K: Column + redb::Key, V: Column> Table<'_, K, V> {
     /// Sets `key` to `value`; returns the value it replaced.
@@ -427,19 +424,21 @@ impl<K: Column + redb::Key, V: Column> Table<'_, K, V> {
         key: impl Borrow<K::SelfType<'k>>,
         value: impl Borrow<V::SelfType<'v>>,
     ) -> Result<Option<Guard<V>>, TableError> {
-        match &mut self.engine {
-            TableEngine::Redb(t) => Ok(t
+        let name = self.0.name;
+        match &mut self.0.engine {
+            Engine::RedbWrite(t) => Ok(t
                 .insert(key, value)
-                .map_err(|e| redb_err(self.name, e))?
+                .map_err(|e| redb_err(name, e))?
                 .map(|g| Guard::of_redb(&g))),
-            TableEngine::Postgres(txn) => txn
+            Engine::Postgres(txn) => txn
                 .put(
-                    self.name,
+                    name,
                     &sorted_key::<K>(key.borrow()),
                     V::as_bytes(value.borrow()).as_ref(),
                 )?
-                .map(|v| Guard::new(self.name, v))
+                .map(|v| Guard::new(name, v))
                 .transpose(),
+            Engine::RedbRead(_) => Err(TableError(format!("table {name}: opened to read"))),
         }
     }
 
@@ -448,15 +447,17 @@ impl<K: Column + redb::Key, V: Column> Table<'_, K, V> {
         &mut self,
         key: impl Borrow<K::SelfType<'k>>,
     ) -> Result<Option<Guard<V>>, TableError> {
-        match &mut self.engine {
-            TableEngine::Redb(t) => Ok(t
+        let name = self.0.name;
+        match &mut self.0.engine {
+            Engine::RedbWrite(t) => Ok(t
                 .remove(key)
-                .map_err(|e| redb_err(self.name, e))?
+                .map_err(|e| redb_err(name, e))?
                 .map(|g| Guard::of_redb(&g))),
-            TableEngine::Postgres(txn) => txn
-                .delete(self.name, &sorted_key::<K>(key.borrow()))?
-                .map(|v| Guard::new(self.name, v))
+            Engine::Postgres(txn) => txn
+                .delete(name, &sorted_key::<K>(key.borrow()))?
+                .map(|v| Guard::new(name, v))
                 .transpose(),
+            Engine::RedbRead(_) => Err(TableError(format!("table {name}: opened to read"))),
         }
     }
 }

@@ -274,6 +274,17 @@ impl Flow {
         }
     }
 
+    /// How many times the satellite was asked to sign (its audit, whatever the outcome).
+    pub fn sign_attempts(&self) -> usize {
+        self.system
+            .cosigner
+            .audit_log()
+            .expect("audit")
+            .into_iter()
+            .filter(|e| e.action == "sign")
+            .count()
+    }
+
     pub async fn call(
         &self,
         method: &str,

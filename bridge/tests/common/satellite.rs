@@ -119,3 +119,82 @@ pub fn signatures(dir: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The ground's `bridge.toml` for a satellite provisioned with [`provision`] and reached
+/// over UDP on `ports` (ground, satellite); `extra` is appended (more sections).
+pub fn ground_config(
+    ground_dir: &Path,
+    (sat_link_key, account_key): (&str, &str),
+    ports: (u16, u16),
+    extra: &str,
+) -> String {
+    format!(
+        r#"network = "testnet"
+data_dir = "{data}"
+[electrum]
+tcp = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
+[nostr]
+listen = ""
+[satellite]
+account_key = "{account_key}"
+link_public_key = "{sat_link_key}"
+transport = "udp"
+udp_bind = "127.0.0.1:{ground_port}"
+udp_peer = "127.0.0.1:{sat_port}"
+{extra}"#,
+        data = ground_dir.display(),
+        ground_port = ports.0,
+        sat_port = ports.1,
+    )
+}
+
+/// A wallet on a satellite key `ground` issues, registered for Ann and confirmed from the
+/// mail in `mail`: the wallet, its id, and the registration's request id.
+pub async fn register_wallet(
+    ground: &super::process::BridgeProcess,
+    mail: &Path,
+) -> (satcosign_cosigner::testkit::TestWallet, String, String) {
+    let issued = ground.call("satellite.new_key", vec![]).await;
+    let key: satcosign_cosigner::keys::AccountKey = issued["descriptor_key"]
+        .as_str()
+        .expect("descriptor_key")
+        .parse()
+        .expect("parses");
+    let w = satcosign_cosigner::testkit::TestWallet::with_satellite(key);
+    let reg = ground
+        .call(
+            "wallet.register",
+            vec![
+                serde_json::json!(w.descriptor),
+                serde_json::json!("ann@example.org"),
+                serde_json::json!("Ann"),
+            ],
+        )
+        .await;
+    let reg_id = reg["request_id"].as_str().expect("id").to_owned();
+    let wid = reg["wallet_id"].as_str().expect("wallet").to_owned();
+    let code = super::process::mailed_code(mail, &reg_id).await;
+    ground
+        .call(
+            "request.confirm",
+            vec![serde_json::json!(reg_id), serde_json::json!(code)],
+        )
+        .await;
+    let done = ground.wait_state(&reg_id, "delivered").await;
+    assert_eq!(done["final_state"], "signed", "registration: {done}");
+    (w, wid, reg_id)
+}
+
+/// The link key a ground bridge printed for the satellite's `--bridge-key`.
+pub fn printed_link_key(ground: &super::process::BridgeProcess) -> String {
+    ground
+        .printed
+        .iter()
+        .find_map(|l| {
+            l.split_once("--bridge-key): ")
+                .map(|(_, k)| k.trim().to_owned())
+        })
+        .expect("the bridge printed its link key")
+}
