@@ -17,6 +17,7 @@ mod link_rows;
 mod mailbox_rows;
 mod pg_txn;
 mod redb_engine;
+mod table_error;
 pub mod tables;
 
 pub use link_rows::{LinkRows, LinkState};

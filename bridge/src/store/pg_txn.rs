@@ -15,7 +15,7 @@ use std::ops::Bound;
 use deadpool_postgres::Object;
 use tokio::runtime::Handle;
 
-use super::tables::TableError;
+use super::table_error::TableError;
 
 /// The advisory lock every write transaction holds (an arbitrary, fixed number).
 pub(crate) const WRITE_LOCK: i64 = 0x5a7c_0517;

@@ -17,16 +17,7 @@ use std::ops::{Bound, RangeBounds};
 
 use super::pg_txn::PgTxn;
 
-/// A failure reading or writing a table: the engine's message, naming the table.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TableError(pub String);
-
-impl From<TableError> for super::StoreError {
-    fn from(e: TableError) -> Self {
-        super::StoreError::Database(e.0)
-    }
-}
+pub use super::table_error::TableError;
 
 fn redb_err(table: &str, e: impl std::fmt::Display) -> TableError {
     TableError(format!("table {table}: {e}"))
