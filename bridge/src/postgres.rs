@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use tokio_postgres::NoTls;
 
 mod mailbox_puts;
+mod writer;
 
 use crate::mailbox_rows::MailboxRows;
 use crate::store::{
@@ -67,6 +68,7 @@ pub(crate) fn to_u64(v: i64) -> u64 {
 pub struct PgStore {
     pool: Pool,
     puts: mailbox_puts::PutQueue,
+    writer: writer::Writer,
     health: Arc<Mutex<WriterHealth>>,
     /// The connection holding [`SOLE_BRIDGE_LOCK`], once claimed.
     sole: Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
@@ -95,6 +97,7 @@ impl PgStore {
             .map_err(db_err)?;
         let store = PgStore {
             puts: mailbox_puts::PutQueue::start(pool.clone()),
+            writer: writer::Writer::start(pool.clone(), tokio::runtime::Handle::current())?,
             pool,
             health: Arc::new(Mutex::new(WriterHealth {
                 running: true,
@@ -200,33 +203,14 @@ impl PgStore {
         }
     }
 
-    /// Runs `job` in one write transaction (serialized with every other replica's writes)
-    /// and returns its result once committed; an `Err` from the job rolls it back.
+    /// Runs `job` in a write transaction (group-committed with others queued, serialized
+    /// with every other bridge's writes) and returns its result once committed; an `Err`
+    /// from the job undoes its writes alone.
     pub async fn write<T: Send + 'static>(
         &self,
         job: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let result = async {
-            let client = self.pool.get().await.map_err(db_err)?;
-            let rt = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
-                let txn = WriteTransaction::postgres(PgTxn::begin_write(client, rt)?);
-                let result = job(&txn);
-                let txn = txn
-                    .into_postgres()
-                    .ok_or_else(|| db_err("not a postgres transaction"))?;
-                match result {
-                    Ok(value) => txn.commit().map(|()| value).map_err(StoreError::from),
-                    Err(e) => {
-                        txn.rollback()?;
-                        Err(e)
-                    }
-                }
-            })
-            .await
-            .map_err(db_err)?
-        }
-        .await;
+        let result = self.writer.write(job).await;
         self.note(&result);
         result
     }

@@ -1,6 +1,7 @@
 //! The bridge's storage on both of its engines, the same tests for each: redb (the embedded
 //! default) and PostgreSQL (a private cluster the test starts, `dev_postgres`).
-//! - The tables behave the same: order, replacement, removal, a failed rule undone whole.
+//! - The tables behave the same: order, replacement, removal, a failed rule undone whole
+//!   and alone.
 //! - Two stores on one PostgreSQL database never lose an update to each other, and the
 //!   schema is migrated once however many start together.
 //! - The mailbox behaves the same, and two stores never take it past its quota.
@@ -94,6 +95,40 @@ async fn table_semantics(store: &Store) {
     );
 }
 
+/// Forty rules at once, every fourth failing after it wrote: each failure is undone alone
+/// and every other rule stands (on PostgreSQL they share transactions, one savepoint each).
+async fn failures_stay_alone(store: &Store) {
+    const FAILING: TableDefinition<u32, &[u8]> = TableDefinition::new("test_failing");
+    let mut jobs = Vec::new();
+    for n in 0u32..40 {
+        let store = store.clone();
+        jobs.push(tokio::spawn(async move {
+            store
+                .write(move |txn| {
+                    txn.open_table(FAILING)?.insert(n, b"x".as_slice())?;
+                    if n % 4 == 0 {
+                        return Err(StoreError::Database(format!("rule {n} refuses")));
+                    }
+                    Ok(n)
+                })
+                .await
+        }));
+    }
+    for (n, job) in jobs.into_iter().enumerate() {
+        let result = job.await.expect("task");
+        if n % 4 == 0 {
+            assert!(result.expect_err("fails").to_string().contains("refuses"));
+        } else {
+            assert_eq!(result.expect("stands"), n as u32);
+        }
+    }
+    let kept = store
+        .read(|txn| all_keys(txn.open_table(FAILING)?.iter()?))
+        .await
+        .expect("read");
+    assert_eq!(kept, (0..40).filter(|n| n % 4 != 0).collect::<Vec<u32>>());
+}
+
 /// Adds one to the counter, `n` times, each in its own transaction, all at once.
 async fn count(store: &Store, n: usize) {
     let mut jobs = Vec::new();
@@ -120,6 +155,7 @@ async fn the_tables_behave_the_same_on_redb_and_postgresql() {
     let dir = tempfile::tempdir().expect("tempdir");
     let redb = Store::open(&dir.path().join("t.redb")).expect("redb");
     table_semantics(&redb).await;
+    failures_stay_alone(&redb).await;
 
     let pg = tokio::task::spawn_blocking(satcosign_bridge::dev_postgres::Postgres::start)
         .await

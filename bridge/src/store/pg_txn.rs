@@ -61,7 +61,7 @@ impl PgTxn {
         Ok(txn)
     }
 
-    fn batch(&self, sql: &str) -> Result<(), TableError> {
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), TableError> {
         self.rt
             .block_on(self.client.batch_execute(sql))
             .map_err(|e| pg_err("-", e))

@@ -193,6 +193,28 @@ impl WriteTransaction {
         }
     }
 
+    fn pg(&self) -> Result<&PgTxn, TableError> {
+        match &self.0 {
+            WriteEngine::Postgres(txn) => Ok(txn),
+            WriteEngine::Redb(_) => Err(TableError("savepoints are PostgreSQL's".into())),
+        }
+    }
+
+    /// Marks a point the next [`Self::rollback_to_savepoint`] returns to (PostgreSQL).
+    pub(crate) fn savepoint(&self) -> Result<(), TableError> {
+        self.pg()?.batch("SAVEPOINT rule")
+    }
+
+    /// Keeps what was done since the savepoint (PostgreSQL).
+    pub(crate) fn release_savepoint(&self) -> Result<(), TableError> {
+        self.pg()?.batch("RELEASE SAVEPOINT rule")
+    }
+
+    /// Undoes what was done since the savepoint (PostgreSQL).
+    pub(crate) fn rollback_to_savepoint(&self) -> Result<(), TableError> {
+        self.pg()?.batch("ROLLBACK TO SAVEPOINT rule")
+    }
+
     /// Opens table `def` for reading and writing (creating it if it does not exist).
     pub fn open_table<K: Column + redb::Key, V: Column>(
         &self,
