@@ -4,8 +4,11 @@
 //! versioned: [`MIGRATIONS`] run at connect, in order, each once, under an advisory lock so
 //! that bridges starting together on one database apply each exactly once.
 //!
-//! The mailbox has relational rows of its own ([`MailboxRows`]); every other table of the
-//! bridge is rows of one `kv` table, one transaction per rule ([`crate::store::PgTxn`]).
+//! The mailbox has relational rows of its own ([`MailboxRows`]), its puts batched against
+//! the quota (`mailbox_puts`); every other table of the bridge, the radio link's included,
+//! is rows of one `kv` table, written by rules group-committed in savepoints (`writer`,
+//! over [`crate::store::PgTxn`]). One bridge holds the database at a time; another stands
+//! by and takes over when it is gone ([`PgStore::hold_database`]).
 
 use std::sync::{Arc, Mutex};
 

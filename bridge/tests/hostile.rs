@@ -731,7 +731,11 @@ async fn the_mailbox_holds_its_quota_and_each_peer_its_put_rate() {
     // can: each is held to 20 puts a minute, and all of them to the 20 MB quota.
     let big = message(700_000, 1);
     let (mut stored, mut rate_limited, mut full) = (0, 0, 0);
+    // Each peer's 30 puts go past its 20 tokens; the bucket refills one put every 3 s, so
+    // a slow disk earns a peer a few more: those are counted, not assumed away.
+    let mut must_be_refused = 0;
     for host in 2..10u8 {
+        let burst = std::time::Instant::now();
         let (r, w) = from_address(host, tcp).await.expect("connect").into_split();
         let mut attacker = Client {
             reader: BufReader::new(r),
@@ -756,11 +760,13 @@ async fn the_mailbox_holds_its_quota_and_each_peer_its_put_rate() {
                 _ => panic!("{v}"),
             }
         }
+        let refilled = (burst.elapsed().as_secs_f64() / 3.0).floor() as usize;
+        must_be_refused += 10usize.saturating_sub(refilled);
         good.still_served(&slot(7), &mine).await;
     }
     assert!(
-        rate_limited >= 8 * 10,
-        "{rate_limited} refused by the put rate"
+        rate_limited >= must_be_refused && must_be_refused > 0,
+        "{rate_limited} refused by the put rate, at least {must_be_refused} expected"
     );
     assert!(full > 0, "the quota was reached ({stored} stored)");
     assert!(

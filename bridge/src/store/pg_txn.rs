@@ -1,8 +1,9 @@
 //! One PostgreSQL transaction over the bridge's tables, driven from a blocking thread.
 //!
 //! The bridge's rules run as synchronous closures inside a transaction (that is how redb
-//! works), so the PostgreSQL side runs them the same way: on tokio's blocking pool, each
-//! statement waits on the async client through the runtime's handle.
+//! works), so the PostgreSQL side runs them the same way, off the async workers (writes on
+//! the writer thread, reads on tokio's blocking pool): each statement waits on the async
+//! client through the runtime's handle.
 //!
 //! Isolation. A write transaction first takes one transaction-scoped advisory lock, so the
 //! bridge's writes are serialized across every replica on the database, as redb's single
@@ -64,7 +65,7 @@ impl PgTxn {
     pub(crate) fn batch(&self, sql: &str) -> Result<(), TableError> {
         self.rt
             .block_on(self.client.batch_execute(sql))
-            .map_err(|e| pg_err("-", e))
+            .map_err(|e| TableError(format!("postgres: {e}")))
     }
 
     /// Commits; durable when it returns.
