@@ -7,10 +7,12 @@
 //! The mailbox has relational rows of its own ([`MailboxRows`]), its puts batched against
 //! the quota (`mailbox_puts`); every other table of the bridge, the radio link's included,
 //! is rows of one `kv` table, written by rules group-committed in savepoints (`writer`,
-//! over [`crate::store::PgTxn`]). One bridge holds the database at a time; another stands
-//! by and takes over when it is gone ([`PgStore::hold_database`]).
+//! over [`crate::store::PgTxn`]). Every replica on the database serves clients; the one
+//! holding the ground lease ([`PgStore::take_ground`]) drives the radio link, and replicas
+//! hear each other's changes by `LISTEN`/`NOTIFY` ([`crate::peers`]).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
@@ -51,8 +53,8 @@ const MIGRATION_LOCK: i64 = 0x5a7c_0516;
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a call waits for a free connection of the pool.
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-/// The advisory lock the one bridge on a database holds for its lifetime.
-const SOLE_BRIDGE_LOCK: i64 = 0x5a7c_0518;
+/// The advisory lock of the ground lease (see [`crate::ground`]).
+const GROUND_LOCK: i64 = 0x5a7c_0518;
 
 pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("postgres: {e}"))
@@ -73,8 +75,10 @@ pub struct PgStore {
     puts: mailbox_puts::PutQueue,
     writer: writer::Writer,
     health: Arc<Mutex<WriterHealth>>,
-    /// The connection holding [`SOLE_BRIDGE_LOCK`], once claimed.
-    sole: Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
+    /// The connection holding [`GROUND_LOCK`], while this replica holds the lease.
+    ground: Arc<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
+    /// Where the server is, for connections outside the pool (`LISTEN`).
+    config: Arc<tokio_postgres::Config>,
 }
 
 impl PgStore {
@@ -83,7 +87,7 @@ impl PgStore {
     pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config = url.parse().map_err(db_err)?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -106,63 +110,95 @@ impl PgStore {
                 running: true,
                 ..WriterHealth::default()
             })),
-            sole: Arc::default(),
+            ground: Arc::default(),
+            config: Arc::new(config),
         };
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Makes this bridge the only one on the database, for as long as it runs; refused if
-    /// another bridge holds it.
+    /// Takes the ground lease if no replica holds it: its fencing token, or `None`.
     ///
-    /// Bridges on one database take turns: the one holding it drives the radio link and
-    /// every side effect (emails, broadcasts), with the link's state in the database. The
-    /// lock is the server's: it goes when the holder's connection does, so a bridge that
-    /// was killed does not keep its successor out.
-    pub async fn claim_sole_bridge(&self) -> Result<(), StoreError> {
-        if self.try_claim().await? {
-            Ok(())
-        } else {
-            Err(StoreError::Database(
-                "postgres: another bridge is running on this database".into(),
-            ))
-        }
-    }
-
-    /// Takes the lock if it is free; `false` if another bridge holds it.
-    async fn try_claim(&self) -> Result<bool, StoreError> {
-        let client = self.pool.get().await.map_err(db_err)?;
+    /// The lease is a session lock of the server's, on a connection of its own kept out of
+    /// the pool: it goes when that connection does, so a replica that was killed does not
+    /// keep its successor out, and the server drops a replica it cannot reach within
+    /// `lease` (the connection's TCP timeouts are set to it).
+    pub async fn try_take_ground(&self, lease: Duration) -> Result<Option<u64>, StoreError> {
+        let client = self.lease_connection(lease).await?;
         let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_BRIDGE_LOCK])
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&GROUND_LOCK])
             .await
             .map_err(db_err)?
             .get(0);
-        if got {
-            // Kept out of the pool for the bridge's lifetime, so the lock stays held.
-            *self.sole.lock().await = Some(deadpool_postgres::Object::take(client));
+        if !got {
+            return Ok(None);
         }
-        Ok(got)
+        self.took_ground(client).await.map(Some)
     }
 
-    /// Makes this bridge the one on the database, waiting (a standby) while another holds
-    /// it: it takes over as soon as that bridge is gone, killed or stopped. Then watches
-    /// the lock: if its connection is cut and another bridge has taken the database
-    /// meanwhile, this process stops (exit code 75) rather than drive the link beside it.
-    pub async fn hold_database(&self) -> Result<(), StoreError> {
-        if !self.try_claim().await? {
-            tracing::warn!(
-                "another bridge holds this database: standing by, to take over when it is gone"
-            );
-            let client = deadpool_postgres::Object::take(self.pool.get().await.map_err(db_err)?);
-            client
-                .execute("SELECT pg_advisory_lock($1)", &[&SOLE_BRIDGE_LOCK])
-                .await
-                .map_err(db_err)?;
-            *self.sole.lock().await = Some(client);
-            tracing::info!("took over the database");
+    /// Waits while another replica holds the ground lease, takes it, and returns its
+    /// fencing token.
+    pub async fn take_ground(&self, lease: Duration) -> Result<u64, StoreError> {
+        let client = self.lease_connection(lease).await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&GROUND_LOCK])
+            .await
+            .map_err(db_err)?;
+        self.took_ground(client).await
+    }
+
+    /// A connection of its own for the lease's lock, which the server drops within `lease`
+    /// once it stops hearing from this replica.
+    async fn lease_connection(
+        &self,
+        lease: Duration,
+    ) -> Result<deadpool_postgres::ClientWrapper, StoreError> {
+        let client = deadpool_postgres::Object::take(self.pool.get().await.map_err(db_err)?);
+        let secs = lease.as_secs().max(2);
+        client
+            .batch_execute(&format!(
+                "SET tcp_user_timeout = {ms}; SET tcp_keepalives_idle = {idle}; \
+                 SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = {count};",
+                ms = lease.as_millis(),
+                idle = secs / 2,
+                count = secs / 2,
+            ))
+            .await
+            .map_err(db_err)?;
+        Ok(client)
+    }
+
+    /// Raises the fencing token now that `client` holds the lock, and keeps the lock.
+    async fn took_ground(
+        &self,
+        client: deadpool_postgres::ClientWrapper,
+    ) -> Result<u64, StoreError> {
+        let token = self.write(crate::store::fence::raise).await?;
+        *self.ground.lock().await = Some(client);
+        Ok(token)
+    }
+
+    /// Returns once this replica can no longer be sure it holds the ground lease: the lock's
+    /// connection was cut, or did not answer within half the lease (so it stops driving
+    /// before the server could hand the lease to another).
+    pub async fn ground_lost(&self, lease: Duration) {
+        loop {
+            tokio::time::sleep(lease / 4).await;
+            let held = self.ground.lock().await;
+            let Some(client) = held.as_ref() else { return };
+            if client.is_closed() {
+                return;
+            }
+            match tokio::time::timeout(lease / 2, client.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
         }
-        tokio::spawn(watch_lock(Arc::downgrade(&self.sole), self.pool.clone()));
-        Ok(())
+    }
+
+    /// Lets the ground lease go (its connection is closed).
+    pub async fn release_ground(&self) {
+        self.ground.lock().await.take();
     }
 
     /// Asks the server whether it answers (within 2 s), and records the answer for
@@ -177,6 +213,16 @@ impl PgStore {
             .await
             .unwrap_or_else(|_| Err(db_err("no answer within 2 s")));
         self.note(&result);
+    }
+
+    /// Where the server is, for a connection of its own.
+    pub fn connection_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// A connection from the pool.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(db_err)
     }
 
     /// A handle that is alive while any clone of this store is.
@@ -375,42 +421,5 @@ impl MailboxRows for PgStore {
                 .map_err(db_err)?;
             Ok(to_u64(row.get(0)))
         })
-    }
-}
-
-/// Every second, checks that the lock's connection is alive; when it was cut (the server
-/// restarted), claims the lock again. Ends with the store.
-async fn watch_lock(
-    sole: std::sync::Weak<tokio::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>>,
-    pool: Pool,
-) {
-    loop {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let Some(sole) = sole.upgrade() else { return };
-        let mut held = sole.lock().await;
-        if held.as_ref().is_some_and(|c| !c.is_closed()) {
-            continue;
-        }
-        *held = None;
-        let Ok(client) = pool.get().await else {
-            continue; // the server is still down: nobody can take the lock meanwhile
-        };
-        match client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_BRIDGE_LOCK])
-            .await
-        {
-            Ok(row) if row.get::<_, bool>(0) => {
-                *held = Some(deadpool_postgres::Object::take(client));
-                tracing::info!("the database's lock is held again after its connection was cut");
-            }
-            Ok(_) => {
-                tracing::error!(
-                    "another bridge took this database while its lock's connection was cut: \
-                     stopping, so that only one bridge drives the link"
-                );
-                std::process::exit(75);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot claim the database's lock again yet"),
-        }
     }
 }

@@ -13,6 +13,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod fence;
 mod link_rows;
 mod mailbox_rows;
 mod pg_txn;
@@ -46,6 +47,17 @@ pub enum StoreError {
     /// The writer thread is gone (the bridge is shutting down).
     #[error("database writer has stopped")]
     WriterStopped,
+    /// A write of the link's state from a replica that no longer holds the ground lease.
+    #[error(
+        "this replica's ground lease (token {held}) is no longer the latest (token {current}): \
+         another replica drives the link now, so this one may not write its state"
+    )]
+    Fenced {
+        /// The token this replica held (0: none).
+        held: u64,
+        /// The latest token.
+        current: u64,
+    },
 }
 
 pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {

@@ -187,49 +187,69 @@ async fn two_stores_on_one_database_never_lose_an_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_bridge_on_a_database_in_use_stands_by_and_takes_over_when_the_first_is_gone() {
+async fn one_replica_holds_the_ground_lease_another_takes_it_over_and_the_first_can_no_longer_write_the_link(
+) {
+    use satcosign_bridge::store::fence::Fence;
+    use satcosign_bridge::store::LinkRows;
+    use satcosign_link::store::LinkStore as _;
+    let lease = std::time::Duration::from_secs(4);
     let pg = tokio::task::spawn_blocking(satcosign_bridge::dev_postgres::Postgres::start)
         .await
         .expect("postgres");
     let first = Store::connect_postgres(&pg.url(), 2).await.expect("first");
-    first
+    let first_token = first
         .postgres()
         .expect("postgres engine")
-        .hold_database()
+        .take_ground(lease)
         .await
-        .expect("the first holds it");
-    // The second stands by.
+        .expect("the first takes the lease");
+    let first_fence = Arc::new(Fence::default());
+    first_fence.set(Some(first_token));
+    let first_link = LinkRows::new(first.clone(), first_fence);
+    let queued = first_link
+        .enqueue(b"hello")
+        .expect("the holder writes the link");
+    // The second waits for the lease.
     let second = Store::connect_postgres(&pg.url(), 2).await.expect("second");
     let standby = tokio::spawn({
         let second = second.clone();
-        async move { second.postgres().expect("pg").hold_database().await }
+        async move { second.postgres().expect("pg").take_ground(lease).await }
     });
-    // Meanwhile the database is still the first's: a third is refused outright.
+    // Meanwhile the lease is the first's: a third that only tries is refused.
     let third = Store::connect_postgres(&pg.url(), 2).await.expect("third");
-    let refused = third
-        .postgres()
-        .expect("pg")
-        .claim_sole_bridge()
-        .await
-        .expect_err("refused");
-    assert!(
-        refused.to_string().contains("another bridge is running"),
-        "{refused}"
-    );
+    let tried = third.postgres().expect("pg").try_take_ground(lease).await;
+    assert_eq!(tried.expect("asked"), None, "the lease is held");
     assert!(
         !standby.is_finished(),
         "the standby waits while the first holds it"
     );
-    drop(third);
-    let released = first.released();
-    drop(first);
-    assert!(released.wait(std::time::Duration::from_secs(10)).await);
-    // The first's connection is closed: the standby takes over.
-    tokio::time::timeout(std::time::Duration::from_secs(30), standby)
+    // The first's lease goes (as when its connection is cut) and it has not noticed.
+    first.postgres().expect("pg").release_ground().await;
+    let second_token = tokio::time::timeout(std::time::Duration::from_secs(30), standby)
         .await
         .expect("the standby took over in time")
         .expect("task")
         .expect("holds it");
+    assert!(
+        second_token > first_token,
+        "{second_token} after {first_token}"
+    );
+    let refused = first_link
+        .enqueue(b"late")
+        .expect_err("a replica that lost the lease cannot write the link");
+    assert!(
+        refused.to_string().contains("no longer the latest"),
+        "{refused}"
+    );
+    let second_fence = Arc::new(Fence::default());
+    second_fence.set(Some(second_token));
+    let second_link = LinkRows::new(second.clone(), second_fence);
+    // The new holder carries on the first's outbox, without the refused message.
+    let outbox = second_link.outbox().expect("outbox");
+    assert_eq!(outbox, vec![(queued, b"hello".to_vec())]);
+    second_link
+        .acknowledged(queued)
+        .expect("the holder writes the link");
 }
 
 /// A mailbox of `max_total_bytes` over `rows`.

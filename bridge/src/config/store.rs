@@ -27,6 +27,12 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// With `postgres`: most connections the bridge opens, 1 to 256. Default 16.
     pub pool_size: usize,
+    /// With `postgres`: the ground lease, in seconds (2 to 300, default 10). Every replica
+    /// serves clients; the one holding the lease drives the radio link and the side
+    /// effects. A holder that cannot reach the database stops driving within half of it;
+    /// the server frees the lease of a holder it cannot reach within it, and another
+    /// replica takes over.
+    pub lease_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -35,6 +41,7 @@ impl Default for StoreConfig {
             backend: Backend::Redb,
             url: None,
             pool_size: 16,
+            lease_secs: 10,
         }
     }
 }
@@ -69,6 +76,12 @@ impl StoreConfig {
                     return Err(invalid(
                         "store.pool_size",
                         format!("{} is outside 1..=256", self.pool_size),
+                    ));
+                }
+                if !(2..=300).contains(&self.lease_secs) {
+                    return Err(invalid(
+                        "store.lease_secs",
+                        format!("{} is outside 2..=300 seconds", self.lease_secs),
                     ));
                 }
                 Ok(())

@@ -181,10 +181,16 @@ fn the_store_section_is_checked_and_never_echoes_a_password() {
     assert!(e.contains("no host"), "{e}");
     let e = err("[store]\nlease = 3\n");
     assert!(e.contains("lease"), "{e}");
+    let e = err("[store]\nbackend = \"postgres\"\nurl = \"host=db\"\nlease_secs = 1\n");
+    assert!(
+        e.contains("store.lease_secs") && e.contains("2..=300"),
+        "{e}"
+    );
     let ok = Config::from_toml(
         "[store]\nbackend = \"postgres\"\nurl = \"host=/run/postgresql dbname=s\"\n",
     )
     .expect("valid");
     assert_eq!(ok.store.backend, crate::config::Backend::Postgres);
     assert_eq!(ok.store.pool_size, 16);
+    assert_eq!(ok.store.lease_secs, 10);
 }

@@ -7,8 +7,11 @@
 
 use satcosign_link::store::{LinkStore, StoreError as LinkStoreError};
 
+use std::sync::Arc;
+
+use super::fence::{check, Fence};
 use super::tables::{ReadableTable, TableDefinition};
-use super::{Store, StoreError};
+use super::{Store, StoreError, WriteTransaction};
 
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("link_outbox");
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("link_inbox");
@@ -19,16 +22,29 @@ fn link_err(e: StoreError) -> LinkStoreError {
     LinkStoreError(e.to_string())
 }
 
-/// The link's state in the bridge's [`Store`].
+/// The link's state in the bridge's [`Store`], written only under the ground lease.
 #[derive(Clone)]
 pub struct LinkRows {
     store: Store,
+    fence: Arc<Fence>,
 }
 
 impl LinkRows {
-    /// The link's rows in `store`.
-    pub fn new(store: Store) -> LinkRows {
-        LinkRows { store }
+    /// The link's rows in `store`, each write checked against the token in `fence`.
+    pub fn new(store: Store, fence: Arc<Fence>) -> LinkRows {
+        LinkRows { store, fence }
+    }
+
+    /// Runs `job` in a write transaction, if this replica still holds the lease.
+    fn write<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, LinkStoreError> {
+        let held = self.fence.token();
+        self.wait(self.store.write(move |txn| {
+            check(txn, held)?;
+            job(txn)
+        }))
     }
 
     /// Waits for `f` on this thread, letting the runtime's other tasks move to another
@@ -60,13 +76,13 @@ impl LinkRows {
 impl LinkStore for LinkRows {
     fn enqueue(&self, payload: &[u8]) -> Result<u64, LinkStoreError> {
         let payload = payload.to_vec();
-        self.wait(self.store.write(move |txn| {
+        self.write(move |txn| {
             let mut meta = txn.open_table(META)?;
             let id = meta.get("next_id")?.map_or(0, |g| g.value()) + 1;
             meta.insert("next_id", id)?;
             txn.open_table(OUTBOX)?.insert(id, payload.as_slice())?;
             Ok(id)
-        }))
+        })
     }
 
     fn outbox(&self) -> Result<Vec<(u64, Vec<u8>)>, LinkStoreError> {
@@ -89,19 +105,19 @@ impl LinkStore for LinkRows {
     }
 
     fn acknowledged(&self, id: u64) -> Result<(), LinkStoreError> {
-        self.wait(self.store.write(move |txn| {
+        self.write(move |txn| {
             txn.open_table(OUTBOX)?.remove(id)?;
             Ok(())
-        }))
+        })
     }
 
     fn reserve_counters(&self, n: u64) -> Result<u64, LinkStoreError> {
-        self.wait(self.store.write(move |txn| {
+        self.write(move |txn| {
             let mut meta = txn.open_table(META)?;
             let used = meta.get("counters")?.map_or(0, |g| g.value());
             meta.insert("counters", used + n)?;
             Ok(used + 1)
-        }))
+        })
     }
 
     fn is_delivered(&self, id: u64) -> Result<bool, LinkStoreError> {
@@ -113,7 +129,7 @@ impl LinkStore for LinkRows {
 
     fn deliver(&self, id: u64, payload: &[u8], rx_high: u64) -> Result<bool, LinkStoreError> {
         let payload = payload.to_vec();
-        self.wait(self.store.write(move |txn| {
+        self.write(move |txn| {
             let mut meta = txn.open_table(META)?;
             let high = meta.get("rx_high")?.map_or(0, |g| g.value());
             meta.insert("rx_high", high.max(rx_high))?;
@@ -122,7 +138,7 @@ impl LinkStore for LinkRows {
             }
             txn.open_table(INBOX)?.insert(id, payload.as_slice())?;
             Ok(true)
-        }))
+        })
     }
 
     fn rx_high(&self) -> Result<u64, LinkStoreError> {
@@ -138,10 +154,10 @@ impl LinkStore for LinkRows {
     }
 
     fn inbox_remove(&self, id: u64) -> Result<(), LinkStoreError> {
-        self.wait(self.store.write(move |txn| {
+        self.write(move |txn| {
             txn.open_table(INBOX)?.remove(id)?;
             Ok(())
-        }))
+        })
     }
 }
 
