@@ -15,10 +15,11 @@ use satcosign_link::crypto::Identity;
 use satcosign_link::engine::{Engine, EngineConfig};
 use satcosign_link::link::LinkHandle;
 use satcosign_link::store::RedbStore;
-use satcosign_link::transport::sim::{Loss, Passes, SimChannel, SimConfig};
+use satcosign_link::transport::sim::{Loss, Passes, SimChannel, SimConfig, SimTransport};
 
 use crate::config::Config;
-use crate::{start_with, RunningBridge, SatelliteLink, StartError};
+use crate::ground::LinkFactory;
+use crate::{start_on, Linked, RunningBridge, SatelliteLink, StartError};
 
 /// The simulated sky.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +60,10 @@ pub struct DevSystem {
     pub mail_dir: std::path::PathBuf,
     /// The simulated channel (its air statistics).
     pub channel: SimChannel,
+    /// Builds the ground's side of the link.
+    link: LinkFactory<SimTransport>,
+    /// The bridge's configuration, as started.
+    config: Config,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The satellite side's link store, released at stop.
     sat_store: crate::store::Released,
@@ -66,6 +71,32 @@ pub struct DevSystem {
 }
 
 impl DevSystem {
+    /// Starts another replica of the bridge on the same PostgreSQL database, keys and
+    /// satellite, with `edit` applied to the configuration (its listeners are on free
+    /// ports). It serves at once, and drives the link when it takes the ground lease.
+    pub async fn replica(
+        &self,
+        edit: impl FnOnce(&mut Config),
+    ) -> Result<RunningBridge, StartError> {
+        let mut config = self.config.clone();
+        config.electrum.tcp = "127.0.0.1:0".into();
+        config.http.listen = "127.0.0.1:0".into();
+        if !config.nostr.listen.is_empty() {
+            config.nostr.listen = "127.0.0.1:0".into();
+        }
+        edit(&mut config);
+        start_on(
+            &config,
+            Some(Linked {
+                build: self.link.clone(),
+                mailer: None,
+                own_schedule: true,
+            }),
+            None,
+        )
+        .await
+    }
+
     /// Stops the bridge and the cosigner.
     pub async fn stop(self) {
         for t in &self.tasks {
@@ -269,16 +300,31 @@ async fn start_dev_full(
         .dir
         .clone()
         .unwrap_or_else(|| config.data_dir.join("mail"));
-    let bridge = start_with(
+    // The ground's side: attached each time the bridge takes the ground (a restart of its
+    // radio), by whichever replica holds it.
+    let link: LinkFactory<SimTransport> = {
+        let (channel, peer, config) = (channel.clone(), cosigner_identity.public(), config.clone());
+        Arc::new(move || {
+            let link = crate::link_identity(&config).map(|identity| SatelliteLink {
+                transport: channel.attach(0),
+                identity,
+                peer,
+                schedule: schedule.clone(),
+                mailer: None,
+                stations: None,
+            });
+            Box::pin(async move { link })
+        })
+    };
+    drop(bridge_identity);
+    let bridge = start_on(
         &config,
-        Some(SatelliteLink {
-            transport: channel.attach(0),
-            identity: bridge_identity,
-            peer: cosigner_identity.public(),
-            schedule,
+        Some(Linked {
+            build: link.clone(),
             mailer,
-            stations: None,
+            own_schedule: true,
         }),
+        None,
     )
     .await?;
     Ok(DevSystem {
@@ -287,6 +333,8 @@ async fn start_dev_full(
         cosigner_key_seed: seed,
         mail_dir,
         channel,
+        link,
+        config,
         tasks: vec![serve],
         sat_store: sat_store_released,
         cosigner_dir: cdir,

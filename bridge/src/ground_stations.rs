@@ -170,6 +170,17 @@ impl StationConfig {
     }
 }
 
+/// Whether each of `[[satellite.orbit.stations]]` has its own radio (else they share
+/// `[satellite]`'s one transport).
+pub fn own_radios(config: &Config) -> Result<bool, StartError> {
+    let radios = config
+        .satellite
+        .orbit
+        .radios()
+        .map_err(|e| StartError::Link(e.to_string()))?;
+    Ok(!radios.is_empty() && radios.iter().all(Option::is_some))
+}
+
 /// Connects every ground station's own radio, when `[[satellite.orbit.stations]]` give them
 /// (`None` when the stations share `[satellite]`'s one transport).
 pub async fn connect(

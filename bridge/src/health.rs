@@ -24,6 +24,9 @@ pub struct HealthSources {
     pub store: Store,
     /// The satellite link's status, when the bridge has one.
     pub link: Option<LinkStatusFn>,
+    /// Whether this bridge drives the ground (a standby replica's link is not running, and
+    /// that is no failure).
+    pub ground: Option<std::sync::Arc<crate::ground::Ground>>,
     /// The upstream Electrum server, when configured.
     pub upstream: Option<Arc<dyn Upstream>>,
     /// The passes predicted from the orbit, when configured.
@@ -68,8 +71,11 @@ pub fn report(sources: &HealthSources, now: u64) -> (Verdict, Value) {
     if writer_state != "ok" {
         verdict = Verdict::Failing;
     }
+    let standby = sources.ground.as_ref().is_some_and(|g| !g.holds());
     let link = match &sources.link {
         None => json!({"state": "absent"}),
+        // Another replica drives the link; this one serves clients.
+        Some(_) if standby => json!({"state": "standby"}),
         Some(status) => {
             let s = status();
             if !s.running {

@@ -30,7 +30,9 @@
 //!   limits kept in the database;
 //! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
 //! - [`relay`]: drives requests over the link and delivers outcomes; [`answer`]: checks
-//!   the satellite's signatures before they are merged;
+//!   the satellite's signatures before they are merged; [`ground`]: the link and the
+//!   relay, driven by one replica at a time under a lease; [`peers`]: what replicas on one
+//!   PostgreSQL tell each other;
 //! - [`wallet_keys`]: the satellite key each wallet gets; [`key_page`]: the `/key` page;
 //! - [`nostr_relay`]: the Nostr relay, with [`nostr_message`] for what clients send;
 //!   [`nostr_cosigner`]: the satellite's Nostr identities (Electrum 4.6+ with no plugin);
@@ -59,6 +61,7 @@ pub mod electrum_tcp;
 pub mod expected;
 pub mod follow;
 pub mod gate;
+pub mod ground;
 pub mod ground_stations;
 pub mod health;
 pub mod http;
@@ -78,10 +81,11 @@ pub mod nostr_message;
 pub mod nostr_relay;
 pub mod notice;
 pub mod passes;
+pub mod peers;
 pub mod postgres;
 pub mod push;
 pub mod radio;
-pub use radio::{start, SatelliteLink};
+pub use radio::{start, Linked, SatelliteLink};
 pub mod read_rate;
 pub mod relay;
 pub mod rpc;
@@ -184,6 +188,8 @@ pub struct RunningBridge {
     pub service: Option<Arc<Service>>,
     /// The radio link's status, when a satellite is configured.
     pub link_status: Option<rpc::LinkStatusFn>,
+    /// Whether this bridge drives the ground (on PostgreSQL, while it holds the lease).
+    pub ground: Option<Arc<ground::Ground>>,
     tasks: Vec<JoinHandle<()>>,
     http_handle: Option<jsonrpsee::server::ServerHandle>,
     /// The databases, released once every task holding them has ended.
@@ -207,6 +213,7 @@ impl RunningBridge {
         }
         drop(self.service);
         drop(self.link_status);
+        drop(self.ground);
         for (what, db) in self.databases {
             if !db.wait(Duration::from_secs(10)).await {
                 tracing::warn!(database = what, "still held 10 s after stop");
@@ -224,8 +231,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 /// The bridge's store, and what shutdown waits on to release it.
 pub(crate) type Opened = (Store, Vec<(&'static str, store::Released)>);
 
-/// Opens the engine `[store]` names (creating the data folder); on PostgreSQL, waits until
-/// this bridge holds the database.
+/// Opens the engine `[store]` names (creating the data folder).
 pub(crate) async fn open_store(config: &Config) -> Result<Opened, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.display().to_string(),
@@ -234,9 +240,6 @@ pub(crate) async fn open_store(config: &Config) -> Result<Opened, StartError> {
     match (&config.store.backend, &config.store.url) {
         (config::Backend::Postgres, Some(url)) => {
             let store = Store::connect_postgres(url, config.store.pool_size).await?;
-            if let Some(pg) = store.postgres() {
-                pg.hold_database().await?;
-            }
             let released = store.released();
             Ok((store, vec![("postgres", released)]))
         }
@@ -256,13 +259,13 @@ pub async fn start_with<T: satcosign_link::transport::Transport>(
     config: &Config,
     link: Option<SatelliteLink<T>>,
 ) -> Result<RunningBridge, StartError> {
-    start_on(config, link, None).await
+    start_on(config, link.map(Linked::once), None).await
 }
 
 /// As [`start_with`], on the store already `opened` (else opens it).
 pub(crate) async fn start_on<T: satcosign_link::transport::Transport>(
     config: &Config,
-    link: Option<SatelliteLink<T>>,
+    link: Option<Linked<T>>,
     opened: Option<Opened>,
 ) -> Result<RunningBridge, StartError> {
     config.check()?;
@@ -286,7 +289,7 @@ pub(crate) async fn start_on<T: satcosign_link::transport::Transport>(
     };
 
     let mut service = None;
-    let mut link_status: Option<rpc::LinkStatusFn> = None;
+    let mut ground = None;
     let mut pass_plan = config
         .satellite
         .orbit
@@ -323,79 +326,60 @@ pub(crate) async fn start_on<T: satcosign_link::transport::Transport>(
             gate: config.gate.clone(),
             public_url,
             default_policy: config.default_policy.clone(),
-            upstream: upstream.clone(),
+            upstream,
         }));
-        if let Some(upstream) = upstream {
-            tasks.push(tokio::spawn(watch::run(
-                svc.clone(),
-                upstream,
-                config.upstream.clone(),
-            )));
-        }
-        // The link's state lives with the bridge's: on PostgreSQL, the bridge that holds the
-        // database next carries the link on where this one stopped.
-        let link_store = match store.postgres() {
-            Some(_) => store::LinkState::Shared(store::LinkRows::new(store.clone())),
-            None => {
-                let link_db = config.data_dir.join("link.redb");
-                let link_db_path = link_db.clone();
-                let file = Arc::new(
-                    tokio::task::spawn_blocking(move || {
-                        satcosign_link::store::RedbStore::open(&link_db)
-                    })
-                    .await
-                    .map_err(|e| StartError::Link(e.to_string()))?
-                    .map_err(|e| StartError::Link(e.to_string()))?,
-                );
-                databases.push((
-                    "link.redb",
-                    store::Released::of(Arc::downgrade(&file)).file(link_db_path),
-                ));
-                store::LinkState::File(file)
-            }
-        };
-        let cipher = satcosign_link::crypto::Cipher::new(&link.identity, &link.peer);
-        let engine_config = satcosign_link::engine::EngineConfig {
-            mtu: config.satellite.mtu,
-            bitrate: config.satellite.bitrate,
-            expected_loss: config.satellite.expected_loss,
-            ..Default::default()
-        };
-        let mut engine =
-            satcosign_link::engine::Engine::new(engine_config, cipher, link_store.clone(), 1.0)
-                .map_err(|e| StartError::Link(e.to_string()))?;
-        let link_schedule_given = link.schedule != satcosign_link::schedule::Schedule::Always;
-        engine.set_schedule(link.schedule);
-        let handle = Arc::new(satcosign_link::link::LinkHandle::spawn(
-            engine,
-            link.transport,
-        ));
-        let status_handle = handle.clone();
-        link_status = Some(Arc::new(move || status_handle.status()));
         // Passes from the orbit, unless the caller gave the schedule (dev's simulated sky).
-        if link_schedule_given {
+        if link.own_schedule {
             pass_plan = None;
         }
-        if let Some(plan) = &pass_plan {
-            if let Some(view) = link.stations {
-                plan.attach_radios(view);
-            }
-            tasks.push(tokio::spawn(passes::run(plan.clone(), handle.clone())));
-        }
+        let held = Arc::new(ground::Ground::default());
         let _ = svc.sky.set(expected::Sky {
-            link: link_status.clone().expect("set just above"),
+            link: held.status_fn(),
             passes: pass_plan.clone(),
             bitrate: config.satellite.bitrate,
             expected_loss: config.satellite.expected_loss,
         });
-        // The satellite's Nostr identity answers deliveries: hook it before the relay
-        // resumes any.
+        // The satellite's Nostr identity takes requests on every replica, and answers
+        // deliveries: hook it before the ground resumes any.
         if let Some(nostr) = &nostr {
             nostr_cosigner::NostrCosigner::start(&svc, nostr.clone()).await?;
         }
-        let relay = relay::Relay::new(svc.clone(), handle, link_store);
-        tasks.push(tokio::spawn(relay.run()));
+        let duties = ground::Duties {
+            config: config.clone(),
+            service: svc.clone(),
+            link: link.build,
+            passes: pass_plan.clone(),
+            ground: held.clone(),
+        };
+        match store.postgres() {
+            Some(pg) => tasks.push(tokio::spawn(
+                duties.drive(pg.clone(), Duration::from_secs(config.store.lease_secs)),
+            )),
+            None => {
+                let mut driving = duties.start(None).await?;
+                if let Some(file) = driving.released.take() {
+                    databases.push(("link.redb", file));
+                }
+                tasks.extend(driving.into_tasks());
+            }
+        }
+        ground = Some(held);
         service = Some(svc);
+    }
+    let link_status = ground.as_ref().map(ground::Ground::status_fn);
+    // Replicas on one PostgreSQL hear each other's changes.
+    if let Some(pg) = store.postgres() {
+        let (told, listening) = peers::Peers::start(pg, {
+            let (service, nostr) = (service.clone(), nostr.clone());
+            move |heard| peers::apply(heard, service.as_ref(), nostr.as_ref())
+        });
+        tasks.extend(listening);
+        if let Some(svc) = &service {
+            let _ = svc.peers.set(told.clone());
+        }
+        if let Some(relay) = &nostr {
+            relay.tell_peers(told);
+        }
     }
 
     let module = rpc::build_module(rpc::ApiContext {
@@ -436,6 +420,7 @@ pub(crate) async fn start_on<T: satcosign_link::transport::Transport>(
         nostr: None,
         service: service.clone(),
         link_status: link_status.clone(),
+        ground: ground.clone(),
         tasks: Vec::new(),
         http_handle: None,
         databases: Vec::new(),
@@ -495,6 +480,7 @@ pub(crate) async fn start_on<T: satcosign_link::transport::Transport>(
             health::HealthSources {
                 store: store.clone(),
                 link: link_status,
+                ground: ground.clone(),
                 upstream: service.as_ref().and_then(|s| s.upstream.clone()),
                 passes: pass_plan.clone(),
             },

@@ -50,6 +50,17 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("ready");
         }
+        // On PostgreSQL a replica serves clients at once, and says when it takes the
+        // ground (the link and the relay) from the replica that held it.
+        if let Some(ground) = running.ground.clone() {
+            tokio::spawn(async move {
+                ground.taken().await;
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("driving the ground");
+                }
+            });
+        }
     })
     .await?;
     Ok(())

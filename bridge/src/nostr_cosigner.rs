@@ -156,20 +156,7 @@ impl NostrCosigner {
             })
             .await?;
         let (queue, mut rx) = mpsc::unbounded_channel();
-        let satellites = service
-            .store
-            .read(|txn| {
-                let t = txn.open_table(SATELLITE_IDENTITIES).map_err(db_err)?;
-                let mut out = HashMap::new();
-                for row in t.iter().map_err(db_err)? {
-                    let (k, v) = row.map_err(db_err)?;
-                    if let Ok(p) = PublicKey::from_slice(k.value()) {
-                        out.insert(p, Keyhash(*v.value()));
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
+        let satellites = satellite_identities(service).await?;
         service
             .store
             .write(|txn| {
@@ -262,6 +249,27 @@ impl NostrCosigner {
         }
     }
 
+    /// Serves the keys and wallets another replica issued and registered since this one
+    /// started (it was told by [`crate::peers`]).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let Some(service) = self.service.upgrade() else {
+            return Ok(());
+        };
+        let satellites = satellite_identities(&service).await?;
+        self.satellites
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(satellites);
+        let wallets = service
+            .wallets()
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        for (_, wallet) in &wallets {
+            self.serve_members(wallet);
+        }
+        Ok(())
+    }
+
     /// Serves a registered wallet's members (its keys other than the satellite's).
     pub fn serve_members(&self, wallet: &satcosign_cosigner::wallet::Wallet) {
         let mut members = self.members.write().unwrap_or_else(|p| p.into_inner());
@@ -270,6 +278,14 @@ impl NostrCosigner {
                 members.insert(k.public_key());
             }
         }
+    }
+
+    /// Whether `author` is a member of a registered wallet (its messages are taken).
+    pub fn serves_member(&self, author: &PublicKey) -> bool {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(author)
     }
 
     /// How many satellite identities are served.
@@ -594,4 +610,24 @@ impl std::fmt::Debug for NostrCosigner {
             .field("identities", &self.identities())
             .finish()
     }
+}
+
+/// Every issued key's Nostr identities, with its key's keyhash.
+async fn satellite_identities(
+    service: &Service,
+) -> Result<HashMap<PublicKey, Keyhash>, StoreError> {
+    service
+        .store
+        .read(|txn| {
+            let t = txn.open_table(SATELLITE_IDENTITIES).map_err(db_err)?;
+            let mut out = HashMap::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                if let Ok(p) = PublicKey::from_slice(k.value()) {
+                    out.insert(p, Keyhash(*v.value()));
+                }
+            }
+            Ok(out)
+        })
+        .await
 }

@@ -168,6 +168,8 @@ pub struct NostrRelay {
     stopped: tokio::sync::watch::Sender<bool>,
     /// Connections open, in all and per peer.
     admission: Arc<crate::admission::Admission>,
+    /// The other replicas on the database (PostgreSQL), told of every event stored.
+    peers: OnceLock<Arc<crate::peers::Peers>>,
 }
 
 /// Tells open connections to close when the serving task is dropped (the bridge stops).
@@ -218,6 +220,7 @@ impl NostrRelay {
                 config.max_connections_per_peer,
                 ("nostr_connections", "nostr_connections_per_peer"),
             ),
+            peers: OnceLock::new(),
             config,
         }))
     }
@@ -320,6 +323,7 @@ impl NostrRelay {
                 }
                 i.insert(e.clone());
             }
+            self.tell(crate::peers::Heard::NostrStored(id));
         }
         let _ = self.live.send(e.clone());
         if let Some(hook) = self.hook.get() {
@@ -372,8 +376,16 @@ impl NostrRelay {
     /// After the commit of [`Self::store_in`]: indexes the event and passes it to live
     /// subscriptions.
     pub fn published(&self, e: Event) {
-        let e = Arc::new(e);
+        self.tell(crate::peers::Heard::NostrStored(e.id.to_bytes()));
+        self.show(Arc::new(e));
+    }
+
+    /// Indexes `e` (in place of the events it replaces) and passes it to live subscriptions.
+    fn show(&self, e: Arc<Event>) {
         if let Ok(mut i) = self.index.write() {
+            for r in i.replaced_by(&e) {
+                i.remove(&r);
+            }
             i.insert(e.clone());
         }
         let _ = self.live.send(e);
@@ -381,9 +393,56 @@ impl NostrRelay {
 
     /// Forgets an event of the bridge's own deleted inside a transaction (after its commit).
     pub fn forget(&self, id: &[u8; 32]) {
+        self.tell(crate::peers::Heard::NostrGone(*id));
+        self.unindex(id);
+    }
+
+    fn unindex(&self, id: &[u8; 32]) {
         if let Ok(mut i) = self.index.write() {
             i.remove(id);
         }
+    }
+
+    /// Tells the other replicas on the database of every event this relay stores.
+    pub fn tell_peers(&self, peers: Arc<crate::peers::Peers>) {
+        let _ = self.peers.set(peers);
+    }
+
+    fn tell(&self, heard: crate::peers::Heard) {
+        if let Some(peers) = self.peers.get() {
+            peers.tell(heard);
+        }
+    }
+
+    /// Another replica stored event `id`: reads it, then shows it here as if stored here
+    /// (the hook does not see it: the replica that took it did).
+    pub async fn mirror(&self, id: [u8; 32]) {
+        if self.contains(&id) {
+            return;
+        }
+        let read = self
+            .store
+            .read(move |txn| {
+                let t = txn.open_table(NOSTR_EVENTS).map_err(db_err)?;
+                Ok(t.get(&id).map_err(db_err)?.map(|v| v.value().to_vec()))
+            })
+            .await;
+        match read {
+            Ok(Some(json)) => match std::str::from_utf8(&json).map(Event::from_json) {
+                Ok(Ok(e)) => self.show(Arc::new(e)),
+                _ => tracing::warn!("skipping an unreadable stored Nostr event"),
+            },
+            // Deleted again meanwhile.
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a Nostr event another replica stored")
+            }
+        }
+    }
+
+    /// Another replica deleted event `id`.
+    pub fn mirror_gone(&self, id: &[u8; 32]) {
+        self.unindex(id);
     }
 
     /// Stored events matching any of `filters`, newest first, each filter's `limit` capped.

@@ -246,6 +246,8 @@ pub struct Service {
     pub sky: std::sync::OnceLock<crate::expected::Sky>,
     /// Events counted for `/metrics`.
     pub counters: crate::metrics::Counters,
+    /// The other replicas on the database (PostgreSQL), told of every change.
+    pub peers: std::sync::OnceLock<Arc<crate::peers::Peers>>,
 }
 
 /// Runs inside the write transaction that opens a request (e.g. to record where it came
@@ -321,6 +323,7 @@ impl Service {
             nostr: std::sync::OnceLock::new(),
             sky: std::sync::OnceLock::new(),
             counters: crate::metrics::Counters::default(),
+            peers: std::sync::OnceLock::new(),
         }
     }
 
@@ -374,10 +377,28 @@ impl Service {
     /// Tells subscribers that request `id` changed without changing state (its
     /// transaction's place on the chain).
     pub(crate) fn changed(&self, id: RequestId) {
-        let _ = self.events.send(Event {
+        self.announce(Event {
             id,
             state: State::Delivered,
         });
+    }
+
+    /// Tells this replica's subscribers (the relay is one) and the other replicas'.
+    fn announce(&self, event: Event) {
+        self.tell_peers(crate::peers::Heard::Request(event.id, event.state));
+        let _ = self.events.send(event);
+    }
+
+    /// Tells the other replicas on the database (PostgreSQL) of a change, after its commit.
+    pub(crate) fn tell_peers(&self, heard: crate::peers::Heard) {
+        if let Some(peers) = self.peers.get() {
+            peers.tell(heard);
+        }
+    }
+
+    /// Tells this replica's subscribers of a change another replica made.
+    pub(crate) fn heard(&self, event: Event) {
+        let _ = self.events.send(event);
     }
 
     /// Called after every committed transition: tells subscribers (the relay is one), and
@@ -385,7 +406,7 @@ impl Service {
     pub(crate) async fn transitioned(&self, id: RequestId, state: State) {
         tracing::info!(request = %id, state = state.as_str(), "request state");
         self.counters.transition(state);
-        let _ = self.events.send(Event { id, state });
+        self.announce(Event { id, state });
         if self.hold_at == Some(state) {
             eprintln!("test-hold: {} {id}", state.as_str());
             std::future::pending::<()>().await;

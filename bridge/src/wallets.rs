@@ -56,6 +56,7 @@ impl Service {
         if let Some(n) = self.nostr.get() {
             n.serve_key(&key);
         }
+        self.tell_peers(crate::peers::Heard::Identities);
         Ok(key)
     }
 
@@ -189,6 +190,7 @@ impl Service {
         if let Some(n) = self.nostr.get() {
             n.serve_members(&wallet);
         }
+        self.tell_peers(crate::peers::Heard::Identities);
         self.transitioned(request_id, State::Received).await;
         Ok((wallet_id, request_id))
     }

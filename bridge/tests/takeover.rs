@@ -41,11 +41,15 @@ fn standby(config: &Path) -> Starting {
     BridgeProcess::standby(&args)
 }
 
-/// The standby, once it holds the database and listens.
+/// The standby, once it drives the ground.
 async fn took_over(standby: Starting) -> BridgeProcess {
-    tokio::task::spawn_blocking(move || standby.ready())
-        .await
-        .expect("the standby took over")
+    tokio::task::spawn_blocking(move || {
+        let replica = standby.ready();
+        replica.driving();
+        replica
+    })
+    .await
+    .expect("the standby took over")
 }
 
 /// A small deterministic generator for the kill moments (the seed is printed).

@@ -20,6 +20,8 @@ pub struct BridgeProcess {
     /// Its JSON-RPC URL (`http://…`).
     pub http: String,
     stderr: mpsc::Receiver<String>,
+    /// What it prints after `ready`.
+    stdout: mpsc::Receiver<String>,
 }
 
 impl BridgeProcess {
@@ -34,8 +36,9 @@ impl BridgeProcess {
         Starting::spawn_bin(bin, args, env).ready()
     }
 
-    /// Starts the production bridge binary and returns at once: a standby, which becomes
-    /// ready only when it holds its database.
+    /// Starts the production bridge binary and returns at once: a replica on PostgreSQL,
+    /// [`Starting::ready`] once it serves, [`BridgeProcess::driving`] once it holds the
+    /// ground lease.
     pub fn standby(args: &[&str]) -> Starting {
         Starting::spawn_bin(env!("CARGO_BIN_EXE_satcosign-bridge"), args, &[])
     }
@@ -63,11 +66,16 @@ impl Starting {
     pub fn ready(mut self) -> BridgeProcess {
         let mut child = self.child.take().expect("not yet ready");
         let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let printed: Vec<String> = stdout
-            .lines()
-            .map_while(Result::ok)
-            .take_while(|l| l != "ready")
-            .collect();
+        let mut lines = stdout.lines().map_while(Result::ok);
+        let printed: Vec<String> = lines.by_ref().take_while(|l| l != "ready").collect();
+        let (out, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines {
+                if out.send(line).is_err() {
+                    return;
+                }
+            }
+        });
         let (tx, rx) = mpsc::channel();
         let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
         std::thread::spawn(move || {
@@ -82,6 +90,7 @@ impl Starting {
             printed,
             http: String::new(),
             stderr: rx,
+            stdout,
         };
         p.http = p
             .printed_after("http: ")
@@ -185,6 +194,20 @@ impl BridgeProcess {
             }
             assert!(Instant::now() < deadline, "{id} never reached {state}: {s}");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (up to 120 s) until the bridge says it drives the ground (a replica on
+    /// PostgreSQL that took the lease).
+    pub fn driving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if line == "driving the ground" => return,
+                Ok(_) => {}
+                Err(e) => panic!("the bridge never took the ground: {e}"),
+            }
         }
     }
 
