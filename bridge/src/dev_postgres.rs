@@ -164,6 +164,29 @@ impl Postgres {
         );
     }
 
+    /// Creates the empty database `name` (letters, digits and `_`) on the cluster; returns
+    /// its connection string.
+    pub async fn database(&self, name: &str) -> Result<String, crate::store::StoreError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(crate::store::StoreError::Database(format!(
+                "database name `{name}`: letters, digits and _ only"
+            )));
+        }
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .map_err(crate::postgres::db_err)?;
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(crate::postgres::db_err)?;
+        drop(client);
+        let _ = connection.await;
+        Ok(self
+            .url()
+            .replace("dbname=postgres", &format!("dbname={name}")))
+    }
+
     /// A connection string for the cluster's `postgres` database.
     pub fn url(&self) -> String {
         format!(

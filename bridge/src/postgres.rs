@@ -330,11 +330,13 @@ impl PgStore {
 
     async fn get_row(&self, key: [u8; 32]) -> Result<Option<MailboxEntry>, StoreError> {
         let client = self.pool.get().await.map_err(db_err)?;
+        // Prepared once per connection: a read is then one round trip, with no planning.
+        let select = client
+            .prepare_cached("SELECT expires_at_ms, message FROM mailbox WHERE keyhash = $1")
+            .await
+            .map_err(db_err)?;
         let row = client
-            .query_opt(
-                "SELECT expires_at_ms, message FROM mailbox WHERE keyhash = $1",
-                &[&key.as_slice()],
-            )
+            .query_opt(&select, &[&key.as_slice()])
             .await
             .map_err(db_err)?;
         Ok(row.map(|r| MailboxEntry {

@@ -4,7 +4,9 @@
 //! (closed loop), and reports requests/s and p50/p99 latency for `server.ping`,
 //! `cosigner.put` (durable) and `cosigner.get`, and, in the same run and with the same
 //! client, for a minimal tokio newline echo server as the baseline. The bridge runs twice,
-//! side by side: on redb (the default) and on PostgreSQL (a private cluster).
+//! side by side: on redb (the default) and on PostgreSQL (a private cluster). Then reads
+//! go to one replica and to two on the same database, each replica a runtime of one worker
+//! thread (a machine of one core).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -83,8 +85,9 @@ fn get_line(conn: usize, i: u64, _: &str) -> String {
     )
 }
 
+/// Runs `make`'s requests from every connection; connection `i` goes to `addrs[i % len]`.
 async fn run_scenario(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     args: &Args,
     make: MakeLine,
     message: &str,
@@ -94,6 +97,7 @@ async fn run_scenario(
     let mut tasks = Vec::new();
     for conn in 0..args.connections {
         let message = message.to_owned();
+        let addr = addrs[conn % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let sock = TcpStream::connect(addr).await?;
             sock.set_nodelay(true)?;
@@ -174,18 +178,37 @@ fn main() -> anyhow::Result<()> {
         let pg_bridge = start_bridge(pg_dir.path().join("data"), Some(pg.url())).await?;
         anyhow::Ok((echo, bridge, pg_bridge))
     })?;
-    let bridge_addr = bridge.electrum_tcp.expect("tcp listener configured");
-    let pg_addr = pg_bridge.electrum_tcp.expect("tcp listener configured");
+    // Replicas as machines of one core each, on the same database: each has a runtime of
+    // one worker thread.
+    let one_core = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name(name)
+            .build()
+    };
+    let (replica_rt, second_rt) = (one_core("replica-a")?, one_core("replica-b")?);
+    let replica_a = replica_rt.block_on(start_bridge(pg_dir.path().join("a"), Some(pg.url())))?;
+    let replica_b = second_rt.block_on(start_bridge(pg_dir.path().join("b"), Some(pg.url())))?;
+    let bridge_addr = [bridge.electrum_tcp.expect("tcp listener configured")];
+    let pg_addr = [pg_bridge.electrum_tcp.expect("tcp listener configured")];
+    let one = [replica_a.electrum_tcp.expect("tcp listener configured")];
+    let two = [
+        one[0],
+        replica_b.electrum_tcp.expect("tcp listener configured"),
+    ];
     let message =
         base64::engine::general_purpose::STANDARD.encode(vec![0x5au8; args.message_bytes]);
 
-    let scenarios: [(&str, SocketAddr, MakeLine); 6] = [
-        ("echo server (baseline)", echo, ping_line),
-        ("bridge server.ping", bridge_addr, ping_line),
-        ("redb: cosigner.put (durable)", bridge_addr, put_line),
-        ("redb: cosigner.get", bridge_addr, get_line),
-        ("postgres: cosigner.put (durable)", pg_addr, put_line),
-        ("postgres: cosigner.get", pg_addr, get_line),
+    let scenarios: [(&str, &[SocketAddr], MakeLine); 8] = [
+        ("echo server (baseline)", &[echo], ping_line),
+        ("bridge server.ping", &bridge_addr, ping_line),
+        ("redb: cosigner.put (durable)", &bridge_addr, put_line),
+        ("redb: cosigner.get", &bridge_addr, get_line),
+        ("postgres: cosigner.put (durable)", &pg_addr, put_line),
+        ("postgres: cosigner.get", &pg_addr, get_line),
+        ("postgres: get, 1 one-core replica", &one, get_line),
+        ("postgres: get, 2 one-core replicas", &two, get_line),
     ];
     let mut rows = Vec::new();
     let mut rates = Vec::new();
@@ -216,15 +239,19 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "server.ping / echo baseline: {:.2} (goal >= 0.50); durable puts/s: redb {:.0}, \
-         postgres {:.0} (goal >= 5000 each)",
+         postgres {:.0} (goal >= 5000 each); postgres reads, 2 replicas / 1: {:.2} \
+         (goal >= 1.6)",
         rates[1] / rates[0],
         rates[2],
-        rates[4]
+        rates[4],
+        rates[7] / rates[6]
     );
     server_rt.block_on(async {
         bridge.stop().await;
         pg_bridge.stop().await;
     });
+    replica_rt.block_on(replica_a.stop());
+    second_rt.block_on(replica_b.stop());
     drop(pg);
     Ok(())
 }

@@ -121,11 +121,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut headlines = vec![measure(&args, None).await?];
+    let mut headlines = vec![measure(&args, None, 1).await?];
     if args.store == "postgres" {
         let pg =
             tokio::task::spawn_blocking(satcosign_bridge::dev_postgres::Postgres::start).await?;
-        headlines.push(measure(&args, Some(&pg)).await?);
+        headlines.push(measure(&args, Some(&pg), 1).await?);
+        headlines.push(measure(&args, Some(&pg), 2).await?);
     }
     if headlines.len() > 1 {
         let base = headlines[0].per_sec;
@@ -161,11 +162,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the load on redb, or on the PostgreSQL cluster `pg`; prints its tables.
+/// Runs the load on redb, or on the PostgreSQL cluster `pg` through `replicas` replicas
+/// (requests and confirmations spread over them); prints its tables.
 #[allow(clippy::print_stdout)] // a benchmark prints its table
 async fn measure(
     args: &Args,
     pg: Option<&satcosign_bridge::dev_postgres::Postgres>,
+    replicas: usize,
 ) -> anyhow::Result<Headline> {
     let dir = tempfile::tempdir()?;
     let mut config = Config {
@@ -178,13 +181,18 @@ async fn measure(
     config.nostr.listen = String::new();
     config.gate.max_requests_per_hour = u32::MAX;
     config.default_policy = satcosign_cosigner::testkit::generous_policy();
-    let engine = match pg {
-        Some(pg) => {
+    let engine = match (pg, replicas) {
+        (Some(pg), n) => {
             config.store.backend = satcosign_bridge::config::Backend::Postgres;
-            config.store.url = Some(pg.url());
-            "postgres"
+            // A database of its own for each run.
+            config.store.url = Some(pg.database(&format!("flow_{n}")).await?);
+            if n > 1 {
+                "postgres, 2 replicas"
+            } else {
+                "postgres"
+            }
         }
-        None => "redb",
+        (None, _) => "redb",
     };
     let sky = Sky {
         pass_up: Duration::from_secs(1 << 30),
@@ -196,6 +204,16 @@ async fn measure(
     let codes = Codes::default();
     let system = start_dev_with(config, sky, Some(Box::new(codes.clone()))).await?;
     let service = system.bridge.service.clone().context("service")?;
+    // The first drives the ground; the others serve clients beside it.
+    let mut others = Vec::new();
+    for _ in 1..replicas {
+        others.push(system.replica(|_| {}).await?);
+    }
+    let services: Arc<Vec<Arc<satcosign_bridge::service::Service>>> = Arc::new(
+        std::iter::once(service.clone())
+            .chain(others.iter().filter_map(|r| r.service.clone()))
+            .collect(),
+    );
     let key = service.new_key(None).await?;
     let wallet = Arc::new(satcosign_cosigner::testkit::TestWallet::with_satellite(key));
 
@@ -252,7 +270,7 @@ async fn measure(
     wait(reg).await;
 
     let one = |salt: u32| {
-        let service = service.clone();
+        let service = services[salt as usize % services.len()].clone();
         let codes = codes.clone();
         let wallet = wallet.clone();
         let wait = wait.clone();
@@ -401,7 +419,10 @@ async fn measure(
     );
     println!("goal: one request's air bytes at most 60% of the raw PSBT");
     // The system's databases close once nothing here holds its service.
-    drop(service);
+    drop((service, services));
+    for replica in others {
+        replica.stop().await;
+    }
     system.stop().await;
     Ok(headline)
 }

@@ -39,18 +39,7 @@ impl TestStore {
         let TestStore::Postgres(pg) = self else {
             panic!("a redb store has no databases");
         };
-        let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-        let conn = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        drop(client);
-        let _ = conn.await;
-        pg.url()
-            .replace("dbname=postgres", &format!("dbname={name}"))
+        pg.database(name).await.expect("create database")
     }
 
     /// Every byte the engine keeps for the bridge in `config`: the redb file, or every
