@@ -12,12 +12,12 @@
 //! hear each other's changes by `LISTEN`/`NOTIFY` ([`crate::peers`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use tokio_postgres::NoTls;
 
+mod lease;
 mod mailbox_puts;
 mod writer;
 
@@ -53,8 +53,6 @@ const MIGRATION_LOCK: i64 = 0x5a7c_0516;
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a call waits for a free connection of the pool.
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-/// The advisory lock of the ground lease (see [`crate::ground`]).
-const GROUND_LOCK: i64 = 0x5a7c_0518;
 
 pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(format!("postgres: {e}"))
@@ -115,90 +113,6 @@ impl PgStore {
         };
         store.migrate().await?;
         Ok(store)
-    }
-
-    /// Takes the ground lease if no replica holds it: its fencing token, or `None`.
-    ///
-    /// The lease is a session lock of the server's, on a connection of its own kept out of
-    /// the pool: it goes when that connection does, so a replica that was killed does not
-    /// keep its successor out, and the server drops a replica it cannot reach within
-    /// `lease` (the connection's TCP timeouts are set to it).
-    pub async fn try_take_ground(&self, lease: Duration) -> Result<Option<u64>, StoreError> {
-        let client = self.lease_connection(lease).await?;
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&GROUND_LOCK])
-            .await
-            .map_err(db_err)?
-            .get(0);
-        if !got {
-            return Ok(None);
-        }
-        self.took_ground(client).await.map(Some)
-    }
-
-    /// Waits while another replica holds the ground lease, takes it, and returns its
-    /// fencing token.
-    pub async fn take_ground(&self, lease: Duration) -> Result<u64, StoreError> {
-        let client = self.lease_connection(lease).await?;
-        client
-            .execute("SELECT pg_advisory_lock($1)", &[&GROUND_LOCK])
-            .await
-            .map_err(db_err)?;
-        self.took_ground(client).await
-    }
-
-    /// A connection of its own for the lease's lock, which the server drops within `lease`
-    /// once it stops hearing from this replica.
-    async fn lease_connection(
-        &self,
-        lease: Duration,
-    ) -> Result<deadpool_postgres::ClientWrapper, StoreError> {
-        let client = deadpool_postgres::Object::take(self.pool.get().await.map_err(db_err)?);
-        let secs = lease.as_secs().max(2);
-        client
-            .batch_execute(&format!(
-                "SET tcp_user_timeout = {ms}; SET tcp_keepalives_idle = {idle}; \
-                 SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = {count};",
-                ms = lease.as_millis(),
-                idle = secs / 2,
-                count = secs / 2,
-            ))
-            .await
-            .map_err(db_err)?;
-        Ok(client)
-    }
-
-    /// Raises the fencing token now that `client` holds the lock, and keeps the lock.
-    async fn took_ground(
-        &self,
-        client: deadpool_postgres::ClientWrapper,
-    ) -> Result<u64, StoreError> {
-        let token = self.write(crate::store::fence::raise).await?;
-        *self.ground.lock().await = Some(client);
-        Ok(token)
-    }
-
-    /// Returns once this replica can no longer be sure it holds the ground lease: the lock's
-    /// connection was cut, or did not answer within half the lease (so it stops driving
-    /// before the server could hand the lease to another).
-    pub async fn ground_lost(&self, lease: Duration) {
-        loop {
-            tokio::time::sleep(lease / 4).await;
-            let held = self.ground.lock().await;
-            let Some(client) = held.as_ref() else { return };
-            if client.is_closed() {
-                return;
-            }
-            match tokio::time::timeout(lease / 2, client.simple_query("SELECT 1")).await {
-                Ok(Ok(_)) => {}
-                _ => return,
-            }
-        }
-    }
-
-    /// Lets the ground lease go (its connection is closed).
-    pub async fn release_ground(&self) {
-        self.ground.lock().await.take();
     }
 
     /// Asks the server whether it answers (within 2 s), and records the answer for

@@ -355,3 +355,48 @@ async fn two_bridges_on_one_database_never_overfill_the_mailbox() {
     }
     assert_eq!(seen, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_goes_silent_for_a_whole_lease_is_ended_and_its_lease_taken_over() {
+    use satcosign_bridge::store::fence::Fence;
+    use satcosign_bridge::store::LinkRows;
+    use satcosign_link::store::LinkStore as _;
+    let lease = std::time::Duration::from_secs(2);
+    let pg = tokio::task::spawn_blocking(satcosign_bridge::dev_postgres::Postgres::start)
+        .await
+        .expect("postgres");
+    // The first takes the lease, then shows no sign of life (a frozen process: its kernel
+    // still keeps the connection open).
+    let frozen = Store::connect_postgres(&pg.url(), 2).await.expect("first");
+    let token = frozen
+        .postgres()
+        .expect("pg")
+        .take_ground(lease)
+        .await
+        .expect("the first takes the lease");
+    let fence = Arc::new(Fence::default());
+    fence.set(Some(token));
+    let frozen_link = LinkRows::new(frozen.clone(), fence);
+    // The second waits, sees the holder silent for a whole lease, and takes over.
+    let second = Store::connect_postgres(&pg.url(), 2).await.expect("second");
+    let taken = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        second.postgres().expect("pg").take_ground(lease),
+    )
+    .await
+    .expect("taken over")
+    .expect("holds it");
+    assert_eq!(taken, token + 1);
+    // The first, waking, finds its lease gone at its next look, and cannot write the link.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        frozen.postgres().expect("pg").ground_lost(lease),
+    )
+    .await
+    .expect("the first notices");
+    let refused = frozen_link.enqueue(b"late").expect_err("fenced");
+    assert!(
+        refused.to_string().contains("no longer the latest"),
+        "{refused}"
+    );
+}

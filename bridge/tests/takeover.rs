@@ -82,7 +82,9 @@ async fn the_holder_killed_fifty_times_loses_no_request_and_nothing_is_signed_tw
             &ground_dir,
             (&sat_link_key, &account_key),
             ports,
-            &format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n"),
+            &format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\nlease_secs = 2\n"
+            ),
         ),
     )
     .expect("config");
