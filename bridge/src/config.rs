@@ -416,6 +416,9 @@ pub struct MailboxConfig {
     /// this many, then this rate); at least twice `max_message_bytes`, so one largest
     /// message in base64 always fits. Default 4000000.
     pub put_bytes_per_minute_per_peer: u64,
+    /// The bridge's mailbox key (requests are encrypted to it); created (0600) if missing.
+    /// Replicas on one PostgreSQL database share one. Default `<data_dir>/mailbox.key`.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -488,6 +491,7 @@ impl Default for MailboxConfig {
             max_total_bytes: 256 << 20,
             puts_per_minute_per_peer: 60,
             put_bytes_per_minute_per_peer: 4_000_000,
+            key_file: None,
         }
     }
 }

@@ -7,6 +7,16 @@ use bitcoin::secp256k1::SecretKey;
 use crate::config::Config;
 use crate::{ecies, StartError};
 
+/// The bridge's mailbox key: the configured file, or `mailbox.key` in the data directory.
+pub fn mailbox_key_of(config: &Config) -> Result<SecretKey, StartError> {
+    let path = config
+        .mailbox
+        .key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("mailbox.key"));
+    mailbox_key(&path)
+}
+
 /// Reads the secret key in `path`, creating it (0600) on first start.
 pub fn mailbox_key(path: &std::path::Path) -> Result<SecretKey, StartError> {
     let bad = |reason: String| StartError::Key {

@@ -322,7 +322,7 @@ pub(crate) async fn start_on<T: satcosign_link::transport::Transport>(
             },
             issuer,
             network: config.network.to_bitcoin(),
-            mailbox_key: key_files::mailbox_key(&config.data_dir.join("mailbox.key"))?,
+            mailbox_key: key_files::mailbox_key_of(config)?,
             gate: config.gate.clone(),
             public_url,
             default_policy: config.default_policy.clone(),

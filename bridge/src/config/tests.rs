@@ -193,4 +193,10 @@ fn the_store_section_is_checked_and_never_echoes_a_password() {
     assert_eq!(ok.store.backend, crate::config::Backend::Postgres);
     assert_eq!(ok.store.pool_size, 16);
     assert_eq!(ok.store.lease_secs, 10);
+    let shared =
+        Config::from_toml("[mailbox]\nkey_file = \"/etc/satcosign/mailbox.key\"\n").expect("valid");
+    assert_eq!(
+        shared.mailbox.key_file.as_deref(),
+        Some(std::path::Path::new("/etc/satcosign/mailbox.key"))
+    );
 }
