@@ -33,7 +33,7 @@ use crate::nostr_relay::{EventHook, NostrRelay, Rejection};
 use crate::service::{Service, ServiceError};
 use crate::state::{Action, Outcome, RequestRecord, State};
 use crate::store::StoreError;
-use crate::wallet_keys::{nostr_identities, SATELLITE_IDENTITIES};
+use crate::wallet_keys::nostr_identities;
 use satcosign_cosigner::decision::RequestId;
 use satcosign_cosigner::wallet::WalletId;
 
@@ -156,7 +156,7 @@ impl NostrCosigner {
             })
             .await?;
         let (queue, mut rx) = mpsc::unbounded_channel();
-        let satellites = satellite_identities(service).await?;
+        let satellites = crate::wallet_keys::satellite_identities(&service.store).await?;
         service
             .store
             .write(|txn| {
@@ -255,7 +255,7 @@ impl NostrCosigner {
         let Some(service) = self.service.upgrade() else {
             return Ok(());
         };
-        let satellites = satellite_identities(&service).await?;
+        let satellites = crate::wallet_keys::satellite_identities(&service.store).await?;
         self.satellites
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -410,11 +410,18 @@ impl NostrCosigner {
                 .map_err(db_err)?
                 .insert(&request.0, origin.as_slice())
                 .map_err(db_err)?;
-            txn.open_table(NOSTR_HANDLED)
+            let earlier = txn
+                .open_table(NOSTR_HANDLED)
                 .map_err(db_err)?
                 .insert(&event_id, &request.0)
                 .map_err(db_err)?;
-            Ok(())
+            // Another replica (or an earlier start) took this message meanwhile: one request.
+            match earlier {
+                Some(_) => Err(StoreError::Database(
+                    "this Nostr message already became a request".into(),
+                )),
+                None => Ok(()),
+            }
         });
         match service
             .submit_psbt_with(Some(wallet_id), &psbt, None, Some(on_open))
@@ -610,24 +617,4 @@ impl std::fmt::Debug for NostrCosigner {
             .field("identities", &self.identities())
             .finish()
     }
-}
-
-/// Every issued key's Nostr identities, with its key's keyhash.
-async fn satellite_identities(
-    service: &Service,
-) -> Result<HashMap<PublicKey, Keyhash>, StoreError> {
-    service
-        .store
-        .read(|txn| {
-            let t = txn.open_table(SATELLITE_IDENTITIES).map_err(db_err)?;
-            let mut out = HashMap::new();
-            for row in t.iter().map_err(db_err)? {
-                let (k, v) = row.map_err(db_err)?;
-                if let Ok(p) = PublicKey::from_slice(k.value()) {
-                    out.insert(p, Keyhash(*v.value()));
-                }
-            }
-            Ok(out)
-        })
-        .await
 }

@@ -240,3 +240,22 @@ pub fn bind(
         .map_err(db_err)?;
     Ok(Ok(()))
 }
+
+/// Every issued key's Nostr identities, with its key's keyhash.
+pub async fn satellite_identities(
+    store: &crate::store::Store,
+) -> Result<std::collections::HashMap<nostr::PublicKey, crate::mailbox::Keyhash>, StoreError> {
+    store
+        .read(|txn| {
+            let t = txn.open_table(SATELLITE_IDENTITIES).map_err(db_err)?;
+            let mut out = std::collections::HashMap::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                if let Ok(p) = nostr::PublicKey::from_slice(k.value()) {
+                    out.insert(p, crate::mailbox::Keyhash(*v.value()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+}
