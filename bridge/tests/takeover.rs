@@ -3,9 +3,9 @@
 //! 50 times, while signing requests flow; each time the standby takes over where it
 //! stopped, and the killed one comes back as the next standby.
 //!
-//! Every request completes once, signed; no code is emailed twice; and the satellite's own
-//! audit shows exactly one signature per request: nothing was signed twice across the
-//! takeovers.
+//! Every request completes once, signed and broadcast once; no code is emailed twice; and
+//! the satellite's own audit shows exactly one signature per request: nothing was signed
+//! twice across the takeovers.
 
 mod common;
 
@@ -73,6 +73,8 @@ async fn the_holder_killed_fifty_times_loses_no_request_and_nothing_is_signed_tw
     let (sat_link_key, account_key) = provision(&sat_dir);
     let url = store.fresh_database("takeover").await;
     let ports = udp_ports();
+    // The upstream Electrum server the holder broadcasts through.
+    let chain = common::chain::ChainServer::start(Vec::new()).await;
     let config = tmp.path().join("bridge.toml");
     // Both bridges read this file: the same database, radio address and key files (the
     // link key and the mailbox key are the deployment's, not one machine's).
@@ -83,7 +85,9 @@ async fn the_holder_killed_fifty_times_loses_no_request_and_nothing_is_signed_tw
             (&sat_link_key, &account_key),
             ports,
             &format!(
-                "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\nlease_secs = 2\n"
+                "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 4\nlease_secs = 2\n\
+                 [upstream]\nurl = \"{}\"\npoll_secs = 1\n",
+                chain.url
             ),
         ),
     )
@@ -96,6 +100,16 @@ async fn the_holder_killed_fifty_times_loses_no_request_and_nothing_is_signed_tw
     let mut next = standby(&config);
 
     let (w, wid, reg_id) = register_wallet(&holder, &mail).await;
+    // Every request's coins are on the chain.
+    let psbts: Vec<bitcoin::Psbt> = (0..KILLS / REQUEST_EVERY)
+        .map(|n| w.typical_signed_psbt(1, 100 + n as u32))
+        .collect();
+    chain.confirm(
+        psbts
+            .iter()
+            .flat_map(|p| p.inputs.iter().filter_map(|i| i.non_witness_utxo.clone()))
+            .collect(),
+    );
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -105,7 +119,7 @@ async fn the_holder_killed_fifty_times_loses_no_request_and_nothing_is_signed_tw
     let mut requests: Vec<String> = Vec::new();
     for kill in 0..KILLS {
         if kill % REQUEST_EVERY == 0 {
-            let psbt = w.typical_signed_psbt(1, 100 + kill as u32);
+            let psbt = &psbts[kill / REQUEST_EVERY];
             let b64 = base64::engine::general_purpose::STANDARD.encode(psbt.serialize());
             let sub = holder
                 .call("request.submit", vec![json!(wid), json!(b64)])
@@ -124,9 +138,27 @@ async fn the_holder_killed_fifty_times_loses_no_request_and_nothing_is_signed_tw
         next = standby(&config);
     }
 
+    let mut txids = Vec::new();
     for id in &requests {
         let done = holder.wait_state(id, "delivered").await;
         assert_eq!(done["final_state"], "signed", "{id}: {done}");
+        let txid = done["outcome"]["signed"]["broadcast"]["txid"].clone();
+        assert!(txid.is_string(), "{id} was broadcast: {done}");
+        txids.push(txid);
+    }
+    // Each transaction reached the server once: a holder killed between its broadcast and
+    // its record left the next one to find it there, not to send it again.
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for tx in chain.broadcasts() {
+        *sent.entry(tx.compute_txid().to_string()).or_default() += 1;
+    }
+    for txid in &txids {
+        let txid = txid.as_str().expect("a txid");
+        assert_eq!(
+            sent.get(txid).copied(),
+            Some(1),
+            "{txid} broadcast once: {sent:?}"
+        );
     }
     // One signature per request, none twice: the satellite's audit, read once it has
     // stopped.
