@@ -138,7 +138,16 @@ impl From<crate::service::ServiceError> for RpcError {
                 WRONG_STATE,
                 Some(json!({"request_id": id.to_string(), "state": state})),
             ),
-            E::Refused(r) => (REFUSED, Some(json!({"reason": r.code()}))),
+            E::Refused(r) => {
+                let violations = r.violations();
+                let data = if violations.is_empty() {
+                    json!({"reason": r.code()})
+                } else {
+                    // Every rule of the policy the PSBT breaks, each with its figures.
+                    json!({"reason": r.code(), "violations": violations})
+                };
+                (REFUSED, Some(data))
+            }
             E::InputSpent {
                 index,
                 outpoint,

@@ -167,6 +167,58 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
         .await;
     assert_eq!(code, satcosign_bridge::rpc_error::REFUSED);
     assert_eq!(data["reason"], "over_tx_limit", "{msg}");
+    assert_eq!(data["violations"][0]["rule"], "over_tx_limit", "{data}");
+    assert_eq!(data["violations"][0]["limit"], 10_000, "{data}");
+    assert!(
+        data["violations"][0]["would_be"].as_u64() > Some(10_000),
+        "{data}"
+    );
+    // Several rules broken at once: every one is listed, with its figures.
+    let strict = satcosign_cosigner::policy::Policy {
+        max_per_tx_sat: 10_000,
+        max_per_period_sat: 10_000,
+        max_fee_sat: 1,
+        ..flow.config.default_policy.clone()
+    };
+    let w2 = test_wallet(&flow).await;
+    let r = flow
+        .ok(
+            "wallet.register",
+            vec![
+                json!(w2.descriptor),
+                json!("alice@example.org"),
+                json!("strict"),
+                serde_json::to_value(&strict).expect("policy"),
+            ],
+        )
+        .await;
+    let rid = r["request_id"].as_str().expect("id").to_owned();
+    let reg_code = flow.inbox.code(&rid).await;
+    flow.ok("request.confirm", vec![json!(rid), json!(reg_code)])
+        .await;
+    flow.wait_state(&rid, "delivered", 120).await;
+    let wid2 = (r["wallet_id"].as_str().expect("wallet").to_owned(), w2);
+    let psbt2 = wid2.1.typical_signed_psbt(1, 4);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt2.serialize());
+    let (code, msg, data) = flow
+        .err("request.submit", vec![json!(wid2.0), json!(b64)])
+        .await;
+    assert_eq!(code, satcosign_bridge::rpc_error::REFUSED);
+    assert_eq!(data["reason"], "policy_violations", "{msg}");
+    let rules: Vec<&str> = data["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .filter_map(|v| v["rule"].as_str())
+        .collect();
+    assert_eq!(
+        rules,
+        ["fee_too_high", "over_tx_limit", "over_period_limit"],
+        "{data}"
+    );
+    for rule in rules {
+        assert!(msg.contains(rule), "{rule} in {msg}");
+    }
     // A PSBT that is not one.
     let (code, msg, data) = flow
         .err("request.submit", vec![json!(wid), json!("cHNidP8BAA==")])

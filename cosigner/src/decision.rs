@@ -277,6 +277,8 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
 /// Checks a spend against a policy: fees, per-transaction and rolling-period limits (over
 /// `ledger`, leaving out the request `supersedes` replaces) and the allowlist. The bridge
 /// calls it too, with the ledger it knows (none), to refuse early what the cosigner would.
+/// A spend that breaks one rule is refused with that rule's refusal; one that breaks
+/// several, with [`Refusal::PolicyViolations`] listing every one.
 pub fn check_policy(
     spend: &Spend,
     policy: &Policy,
@@ -284,22 +286,41 @@ pub fn check_policy(
     now: u64,
     supersedes: Option<RequestId>,
 ) -> Result<(), Refusal> {
+    let mut broken = policy_violations(spend, policy, ledger, now, supersedes);
+    match broken.len() {
+        0 => Ok(()),
+        1 => Err(broken.remove(0)),
+        _ => Err(Refusal::PolicyViolations { violations: broken }),
+    }
+}
+
+/// Every rule of `policy` the spend breaks, each as its own refusal with its figures, in
+/// the policy's order: fee, fee rate, per transaction, per period, then each output the
+/// allowlist does not name.
+pub fn policy_violations(
+    spend: &Spend,
+    policy: &Policy,
+    ledger: &[LedgerEntry],
+    now: u64,
+    supersedes: Option<RequestId>,
+) -> Vec<Refusal> {
+    let mut broken = Vec::new();
     if spend.fee_sat > policy.max_fee_sat {
-        return Err(Refusal::FeeTooHigh {
+        broken.push(Refusal::FeeTooHigh {
             fee_sat: spend.fee_sat,
             max_sat: policy.max_fee_sat,
         });
     }
     let rate = spend.fee_rate_sat_vb();
     if rate > policy.max_fee_rate_sat_vb {
-        return Err(Refusal::FeeRateTooHigh {
+        broken.push(Refusal::FeeRateTooHigh {
             rate_sat_vb: rate,
             max_sat_vb: policy.max_fee_rate_sat_vb,
         });
     }
     let amount = spend.leaving_sat();
     if amount > policy.max_per_tx_sat {
-        return Err(Refusal::OverTxLimit {
+        broken.push(Refusal::OverTxLimit {
             amount_sat: amount,
             max_sat: policy.max_per_tx_sat,
         });
@@ -311,7 +332,7 @@ pub fn check_policy(
         .map(|e| e.amount_sat)
         .sum();
     if already.saturating_add(amount) > policy.max_per_period_sat {
-        return Err(Refusal::OverPeriodLimit {
+        broken.push(Refusal::OverPeriodLimit {
             already_sat: already,
             amount_sat: amount,
             max_sat: policy.max_per_period_sat,
@@ -324,9 +345,9 @@ pub fn check_policy(
                     .iter()
                     .any(|a| a.as_slice() == out.script_pubkey.as_bytes())
             {
-                return Err(Refusal::DestinationNotAllowed { output: j });
+                broken.push(Refusal::DestinationNotAllowed { output: j });
             }
         }
     }
-    Ok(())
+    broken
 }

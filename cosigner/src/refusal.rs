@@ -163,6 +163,38 @@ pub enum Refusal {
         /// What failed.
         reason: String,
     },
+    /// The spend breaks several rules of the wallet's policy: every one, each with its
+    /// figures (a spend that breaks one rule is refused with that rule's own variant).
+    #[error("the spend breaks {} rules of the wallet's policy: {}", .violations.len(), list(.violations))]
+    PolicyViolations {
+        /// Each rule broken, in the policy's order (fee, fee rate, per transaction, per
+        /// period, allowlist).
+        violations: Vec<Refusal>,
+    },
+}
+
+fn list(violations: &[Refusal]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} ({v})", v.code()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One broken rule's figures, for people and scripts: the limit, what was already used of
+/// it, and what this spend would make it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The rule (the refusal's code).
+    pub rule: &'static str,
+    /// The limit (sat, or sat/vB for the fee rate).
+    pub limit: Option<u64>,
+    /// Already used within the period (the rolling limit).
+    pub used: Option<u64>,
+    /// What this spend would make it.
+    pub would_be: Option<u64>,
+    /// The output concerned (the allowlist).
+    pub output: Option<usize>,
 }
 
 impl Refusal {
@@ -190,6 +222,48 @@ impl Refusal {
             Refusal::ApprovalDelay { .. } => "approval_delay",
             Refusal::OutpointAlreadySigned { .. } => "outpoint_already_signed",
             Refusal::Internal { .. } => "internal",
+            Refusal::PolicyViolations { .. } => "policy_violations",
+        }
+    }
+
+    /// Every policy rule this refusal reports broken, with its figures; empty for a refusal
+    /// that is not about the policy's limits.
+    pub fn violations(&self) -> Vec<Violation> {
+        let rule = self.code();
+        let v = |limit, used, would_be, output| Violation {
+            rule,
+            limit,
+            used,
+            would_be,
+            output,
+        };
+        match self {
+            Refusal::FeeTooHigh { fee_sat, max_sat } => {
+                vec![v(Some(*max_sat), None, Some(*fee_sat), None)]
+            }
+            Refusal::FeeRateTooHigh {
+                rate_sat_vb,
+                max_sat_vb,
+            } => vec![v(Some(*max_sat_vb), None, Some(*rate_sat_vb), None)],
+            Refusal::OverTxLimit {
+                amount_sat,
+                max_sat,
+            } => vec![v(Some(*max_sat), None, Some(*amount_sat), None)],
+            Refusal::OverPeriodLimit {
+                already_sat,
+                amount_sat,
+                max_sat,
+            } => vec![v(
+                Some(*max_sat),
+                Some(*already_sat),
+                Some(already_sat.saturating_add(*amount_sat)),
+                None,
+            )],
+            Refusal::DestinationNotAllowed { output } => vec![v(None, None, None, Some(*output))],
+            Refusal::PolicyViolations { violations } => {
+                violations.iter().flat_map(Refusal::violations).collect()
+            }
+            _ => Vec::new(),
         }
     }
 }

@@ -94,9 +94,17 @@ proptest! {
                     prop_assert_eq!(last.amount_sat, leaving, "change ({}) must not be debited", s.change);
                 }
                 SignOutcome::Refused(r) => {
-                    let expected = if leaving > MAX_TX { "over_tx_limit" } else { "over_period_limit" };
-                    prop_assert_eq!(r.code(), expected, "{}", r);
-                    prop_assert!(leaving > MAX_TX || in_window + leaving > MAX_PERIOD, "refused a spend within limits: {}", r);
+                    // Every limit broken is named, and only those.
+                    let mut expected = Vec::new();
+                    if leaving > MAX_TX {
+                        expected.push("over_tx_limit");
+                    }
+                    if in_window + leaving > MAX_PERIOD {
+                        expected.push("over_period_limit");
+                    }
+                    let named: Vec<&str> = r.violations().iter().map(|v| v.rule).collect();
+                    prop_assert_eq!(named, expected.clone(), "{}", r);
+                    prop_assert!(!expected.is_empty(), "refused a spend within limits: {}", r);
                 }
             }
             let window: u64 = c.ledger(&id, now.saturating_sub(PERIOD)).expect("ledger").iter().map(|e| e.amount_sat).sum();

@@ -1,5 +1,5 @@
 //! One crafted PSBT per rule: each is refused with its own reason code, and nothing is
-//! signed or debited.
+//! signed or debited; one that breaks several rules is refused with every one listed.
 
 mod common;
 
@@ -367,9 +367,12 @@ fn a_payment_to_oneself_is_not_spending_but_the_claim_is_checked() {
             .sum();
     assert_eq!(debited, 10_000, "only the fee counts against the limits");
 
-    // 0.5 BTC to a stranger is over the limit.
+    // 0.5 BTC to a stranger is over the limits, per transaction and per period both.
     let stranger = k.signed_by_user(&spec(foreign_script(3), 1));
-    k.expect_refused(&k.tw.request(&stranger, 2, NOW), "over_tx_limit");
+    k.expect_refused(&k.tw.request(&stranger, 2, NOW), "policy_violations");
+    let refusal = common::refusal(common::sign(&k.c, &k.tw.request(&stranger, 2, NOW), NOW));
+    let rules: Vec<&str> = refusal.violations().iter().map(|v| v.rule).collect();
+    assert_eq!(rules, ["over_tx_limit", "over_period_limit"], "{refusal}");
 
     // A stranger's address claimed as the wallet's own (its key paths point at index 12,
     // whose script is another) is caught, not believed.
@@ -436,4 +439,67 @@ fn the_decision_never_signs_with_another_wallets_key() {
         decide_with(&testkit::satellite_wallet_key()),
         Decision::Sign(_)
     ));
+}
+
+#[test]
+fn a_spend_breaking_several_rules_is_refused_with_every_one_and_its_figures() {
+    let k = setup(Policy {
+        max_fee_sat: 999,        // fee 1,000
+        max_fee_rate_sat_vb: 5,  // ~1,000 sat over ~180 vB
+        max_per_tx_sat: 400_999, // payment 400,000 + fee 1,000 = 401,000
+        max_per_period_sat: 400_999,
+        allowlist: Some(vec![foreign_script(2).to_bytes()]),
+        ..testkit::generous_policy()
+    });
+    let psbt = k.signed_by_user(&spec()); // pays foreign_script(1)
+    let refusal = common::refusal(common::sign(&k.c, &k.tw.request(&psbt, 1, NOW), NOW));
+    assert_eq!(refusal.code(), "policy_violations", "{refusal}");
+    let broken = refusal.violations();
+    let rules: Vec<&str> = broken.iter().map(|v| v.rule).collect();
+    assert_eq!(
+        rules,
+        [
+            "fee_too_high",
+            "fee_rate_too_high",
+            "over_tx_limit",
+            "over_period_limit",
+            "destination_not_allowed"
+        ],
+        "{refusal}"
+    );
+    assert_eq!(
+        (broken[0].limit, broken[0].would_be),
+        (Some(999), Some(1_000))
+    );
+    assert_eq!(broken[1].limit, Some(5));
+    assert!(broken[1].would_be.is_some_and(|r| r > 5), "{:?}", broken[1]);
+    assert_eq!(
+        (broken[2].limit, broken[2].would_be),
+        (Some(400_999), Some(401_000))
+    );
+    assert_eq!(
+        (broken[3].limit, broken[3].used, broken[3].would_be),
+        (Some(400_999), Some(0), Some(401_000))
+    );
+    assert_eq!(broken[4].output, Some(0));
+    // The message names every rule too, for the email and the plugin.
+    let text = refusal.to_string();
+    for rule in rules {
+        assert!(text.contains(rule), "{rule} in {text}");
+    }
+    // Nothing was signed or debited.
+    assert!(k.c.ledger(&k.wallet_id, 0).expect("ledger").is_empty());
+}
+
+#[test]
+fn a_spend_just_inside_every_limit_is_signed() {
+    let k = setup(Policy {
+        max_fee_sat: 1_000,
+        max_per_tx_sat: 401_000,
+        max_per_period_sat: 401_000,
+        allowlist: Some(vec![foreign_script(1).to_bytes()]),
+        ..testkit::generous_policy()
+    });
+    let psbt = k.signed_by_user(&spec());
+    common::signed_psbt(common::sign(&k.c, &k.tw.request(&psbt, 1, NOW), NOW));
 }
