@@ -202,6 +202,23 @@ impl Service {
             .await
     }
 
+    /// Refuses a transaction with no inputs or outputs, or more than the gate co-signs.
+    pub(crate) fn check_shape(&self, psbt: &Psbt) -> Result<(), ServiceError> {
+        if psbt.inputs.is_empty() || psbt.outputs.is_empty() {
+            return Err(ServiceError::BadPsbt(
+                "the transaction has no inputs or no outputs".into(),
+            ));
+        }
+        let (inputs, outputs) = (psbt.inputs.len(), psbt.outputs.len());
+        if inputs > self.gate.max_psbt_inputs || outputs > self.gate.max_psbt_outputs {
+            return Err(ServiceError::BadPsbt(format!(
+                "{inputs} inputs and {outputs} outputs; at most {} inputs and {} outputs are co-signed",
+                self.gate.max_psbt_inputs, self.gate.max_psbt_outputs
+            )));
+        }
+        Ok(())
+    }
+
     /// As [`Self::submit_psbt`], running `on_open` in the transaction that opens the request.
     ///
     /// Cheap checks come first: the PSBT's size, the wallet's state and its hourly limit
@@ -225,18 +242,7 @@ impl Service {
             None => None,
         };
         let mut psbt = Self::parse_psbt(bytes)?;
-        if psbt.inputs.is_empty() || psbt.outputs.is_empty() {
-            return Err(ServiceError::BadPsbt(
-                "the transaction has no inputs or no outputs".into(),
-            ));
-        }
-        let (inputs, outputs) = (psbt.inputs.len(), psbt.outputs.len());
-        if inputs > self.gate.max_psbt_inputs || outputs > self.gate.max_psbt_outputs {
-            return Err(ServiceError::BadPsbt(format!(
-                "{inputs} inputs and {outputs} outputs; at most {} inputs and {} outputs are co-signed",
-                self.gate.max_psbt_inputs, self.gate.max_psbt_outputs
-            )));
-        }
+        self.check_shape(&psbt)?;
         let candidates = match named {
             Some(record) => vec![record],
             None => {

@@ -26,7 +26,8 @@
 //!   bridge's own secret files (mailbox key, link identity);
 //! - [`state`]: wallet and request records; [`lifecycle`]: the one table of request
 //!   transitions; [`service`]: what the operations share, with
-//!   the operations in [`wallets`], [`intake`] and [`approval`]; [`allowance`]: rolling
+//!   the operations in [`wallets`], [`intake`] (with [`dry_run`], `request.check`) and
+//!   [`approval`]; [`allowance`]: rolling
 //!   limits kept in the database;
 //! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
 //! - [`relay`]: drives requests over the link and delivers outcomes; [`answer`]: checks
@@ -56,6 +57,7 @@ pub mod dev;
 #[cfg(feature = "dev")]
 pub mod dev_postgres;
 pub mod dispatch;
+pub mod dry_run;
 pub mod ecies;
 pub mod electrum_tcp;
 pub mod expected;

@@ -281,6 +281,15 @@ pub fn register(
         },
     )?;
     module.register_async_method(
+        "request.check",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "request.check", 2, 2)?;
+            let wid = wallet_id(&values, 0)?;
+            let psbt = string_param(&values, 1, "psbt")?;
+            Ok::<_, RpcError>(ctx.service()?.check_psbt(wid, psbt.as_bytes()).await?)
+        },
+    )?;
+    module.register_async_method(
         "request.status",
         |params, ctx: Arc<ApiContext>, _| async move {
             let values = positional(&params, "request.status", 1, 1)?;

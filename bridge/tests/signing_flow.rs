@@ -173,6 +173,11 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
         data["violations"][0]["would_be"].as_u64() > Some(10_000),
         "{data}"
     );
+    // The dry run says the same.
+    let dry = flow.ok("request.check", vec![json!(wid), json!(b64)]).await;
+    assert_eq!(dry["would_sign"], false, "{dry}");
+    assert_eq!(dry["refusal"]["code"], data["reason"], "{dry}");
+    assert_eq!(dry["violations"], data["violations"], "{dry}");
     // Several rules broken at once: every one is listed, with its figures.
     let strict = satcosign_cosigner::policy::Policy {
         max_per_tx_sat: 10_000,
@@ -180,28 +185,11 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
         max_fee_sat: 1,
         ..flow.config.default_policy.clone()
     };
-    let w2 = test_wallet(&flow).await;
-    let r = flow
-        .ok(
-            "wallet.register",
-            vec![
-                json!(w2.descriptor),
-                json!("alice@example.org"),
-                json!("strict"),
-                serde_json::to_value(&strict).expect("policy"),
-            ],
-        )
-        .await;
-    let rid = r["request_id"].as_str().expect("id").to_owned();
-    let reg_code = flow.inbox.code(&rid).await;
-    flow.ok("request.confirm", vec![json!(rid), json!(reg_code)])
-        .await;
-    flow.wait_state(&rid, "delivered", 120).await;
-    let wid2 = (r["wallet_id"].as_str().expect("wallet").to_owned(), w2);
-    let psbt2 = wid2.1.typical_signed_psbt(1, 4);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(psbt2.serialize());
+    let (wid2, w2) = register_with_policy(&flow, &strict).await;
+    let psbt2 = w2.typical_signed_psbt(1, 4);
+    let b64_2 = base64::engine::general_purpose::STANDARD.encode(psbt2.serialize());
     let (code, msg, data) = flow
-        .err("request.submit", vec![json!(wid2.0), json!(b64)])
+        .err("request.submit", vec![json!(wid2), json!(b64_2)])
         .await;
     assert_eq!(code, satcosign_bridge::rpc_error::REFUSED);
     assert_eq!(data["reason"], "policy_violations", "{msg}");
@@ -219,6 +207,54 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
     for rule in rules {
         assert!(msg.contains(rule), "{rule} in {msg}");
     }
+    let dry = flow
+        .ok("request.check", vec![json!(wid2), json!(b64_2)])
+        .await;
+    assert_eq!(dry["refusal"]["code"], "policy_violations", "{dry}");
+    assert_eq!(dry["violations"], data["violations"], "{dry}");
+    // Within every limit: the dry run says it would sign, and shows what the email would.
+    let (wid3, w3) =
+        register_with_policy(&flow, &satcosign_cosigner::testkit::generous_policy()).await;
+    let psbt3 = w3.typical_signed_psbt(1, 5);
+    let b64_3 = base64::engine::general_purpose::STANDARD.encode(psbt3.serialize());
+    let dry = flow
+        .ok("request.check", vec![json!(wid3), json!(b64_3)])
+        .await;
+    assert_eq!(dry["would_sign"], true, "{dry}");
+    assert_eq!(dry["violations"], json!([]), "{dry}");
+    assert_eq!(
+        dry["txid"],
+        json!(psbt3.unsigned_tx.compute_txid().to_string())
+    );
+    let rows = dry["email"]["rows"].as_array().expect("rows");
+    let fee = rows
+        .iter()
+        .find(|r| r[0] == "Fee")
+        .expect("the email shows the fee");
+    assert!(
+        fee[1]
+            .as_str()
+            .is_some_and(|f| f.starts_with(&format!("{} sat", dry["summary"]["fee_sat"]))),
+        "{dry}"
+    );
+    assert!(dry["email"]["headline"]
+        .as_str()
+        .is_some_and(|h| h.starts_with("Send ")));
+    // Nothing was emailed of it; submitted for real, its email shows the same.
+    let txid = psbt3.unsigned_tx.compute_txid().to_string();
+    let mentions = || {
+        flow.inbox
+            .all()
+            .iter()
+            .filter(|m| satcosign_bridge::demo::decode_quoted_printable(m).contains(&txid))
+            .count()
+    };
+    assert_eq!(mentions(), 0, "a dry run emails nothing");
+    let id = flow.submit(&wid3, &psbt3).await;
+    flow.inbox.code(&id).await;
+    assert_eq!(mentions(), 1, "the submit's email names the transaction");
+    let status = flow.status(&id).await;
+    assert_eq!(status["summary"], dry["summary"], "{status}");
     // A PSBT that is not one.
     let (code, msg, data) = flow
         .err("request.submit", vec![json!(wid), json!("cHNidP8BAA==")])
@@ -226,6 +262,32 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
     assert_eq!(code, satcosign_bridge::rpc_error::INVALID_PARAMS, "{msg}");
     assert_eq!(data["param"], "psbt");
     flow.system.stop().await;
+}
+
+/// A new wallet registered with `policy` and confirmed: its id, and the wallet.
+async fn register_with_policy(
+    flow: &Flow,
+    policy: &satcosign_cosigner::policy::Policy,
+) -> (String, satcosign_cosigner::testkit::TestWallet) {
+    let w = test_wallet(flow).await;
+    let r = flow
+        .ok(
+            "wallet.register",
+            vec![
+                json!(w.descriptor),
+                json!("alice@example.org"),
+                json!("policy test"),
+                serde_json::to_value(policy).expect("policy"),
+            ],
+        )
+        .await;
+    let rid = r["request_id"].as_str().expect("id").to_owned();
+    let code = flow.inbox.code(&rid).await;
+    flow.ok("request.confirm", vec![json!(rid), json!(code)])
+        .await;
+    let done = flow.wait_state(&rid, "delivered", 120).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    (r["wallet_id"].as_str().expect("wallet").to_owned(), w)
 }
 
 /// A satellite that answers with a signature that does not verify (one byte of each
