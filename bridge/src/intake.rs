@@ -292,6 +292,9 @@ impl Service {
             });
         };
         let refused = check_policy(&spend, &record.policy, &[], now, replaces).err();
+        if let Some(refusal) = &refused {
+            self.note_refused_spend(record.id, refusal).await;
+        }
         if let (Some(refusal), None) = (&refused, &on_open) {
             return Err(ServiceError::Refused(refusal.clone()));
         }

@@ -29,6 +29,7 @@
 //!   the operations in [`wallets`], [`intake`] (with [`dry_run`], `request.check`) and
 //!   [`approval`]; [`allowance`]: rolling
 //!   limits kept in the database;
+//! - [`last_violation`]: each wallet's last refused spend, read back;
 //! - [`gate`]: confirmation codes; [`notice`]: what emails and pages say; [`mail`]: sending;
 //! - [`relay`]: drives requests over the link and delivers outcomes; [`answer`]: checks
 //!   the satellite's signatures before they are merged; [`ground`]: the link and the
@@ -70,6 +71,7 @@ pub mod http;
 pub mod intake;
 pub mod key_files;
 pub mod key_page;
+pub mod last_violation;
 pub use key_files::link_identity;
 pub mod lifecycle;
 pub mod mail;

@@ -232,6 +232,14 @@ pub fn register(
         },
     )?;
     module.register_async_method(
+        "wallet.last_violation",
+        |params, ctx: Arc<ApiContext>, _| async move {
+            let values = positional(&params, "wallet.last_violation", 1, 1)?;
+            let id = wallet_id(&values, 0)?;
+            Ok::<_, RpcError>(ctx.service()?.last_violation(id).await?)
+        },
+    )?;
+    module.register_async_method(
         "wallet.update_email",
         |params, ctx: Arc<ApiContext>, _| async move {
             let values = positional(&params, "wallet.update_email", 2, 2)?;

@@ -48,6 +48,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), crate::store::tables:
     txn.open_table(PENDING_POLICIES)?;
     txn.open_table(INTAKE_CHECKS)?;
     txn.open_table(crate::watch::WATCHES)?;
+    txn.open_table(crate::last_violation::LAST_VIOLATIONS)?;
     crate::wallet_keys::create_tables(txn)?;
     Ok(())
 }

@@ -173,6 +173,11 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
         data["violations"][0]["would_be"].as_u64() > Some(10_000),
         "{data}"
     );
+    // The wallet reads it back as its last violation.
+    let last = flow.ok("wallet.last_violation", vec![json!(wid)]).await;
+    assert_eq!(last["by"], "bridge", "{last}");
+    assert_eq!(last["code"], "over_tx_limit", "{last}");
+    assert_eq!(last["violations"], data["violations"], "{last}");
     // The dry run says the same.
     let dry = flow.ok("request.check", vec![json!(wid), json!(b64)]).await;
     assert_eq!(dry["would_sign"], false, "{dry}");
@@ -261,6 +266,58 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
         .await;
     assert_eq!(code, satcosign_bridge::rpc_error::INVALID_PARAMS, "{msg}");
     assert_eq!(data["param"], "psbt");
+    flow.system.stop().await;
+}
+
+/// The rolling period holds what the satellite signed, which the bridge does not see: the
+/// second spend passes the bridge's early check and the satellite refuses it, with its
+/// figures, which the wallet reads back as its last violation.
+async fn the_satellites_refusal_is_the_wallets_last_violation_with_its_figures(store: TestStore) {
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
+    // Each typical spend sends 50,000 sat and 700 sat of fee: 50,700 leave the wallet.
+    let policy = satcosign_cosigner::policy::Policy {
+        max_per_tx_sat: 60_000,
+        max_per_period_sat: 80_000,
+        ..satcosign_cosigner::testkit::generous_policy()
+    };
+    let (wid, w) = register_with_policy(&flow, &policy).await;
+    assert_eq!(
+        flow.ok("wallet.last_violation", vec![json!(wid)]).await,
+        Value::Null,
+        "none yet"
+    );
+    for (salt, signed) in [(1, true), (2, false)] {
+        let psbt = w.typical_signed_psbt(1, salt);
+        let id = flow.submit(&wid, &psbt).await;
+        let code = flow.inbox.code(&id).await;
+        flow.ok("request.confirm", vec![json!(id), json!(code)])
+            .await;
+        let done = flow.wait_state(&id, "delivered", 120).await;
+        if signed {
+            assert_eq!(done["final_state"], "signed", "{done}");
+            continue;
+        }
+        assert_eq!(done["final_state"], "refused", "{done}");
+        assert_eq!(
+            done["outcome"]["refused"]["code"], "over_period_limit",
+            "{done}"
+        );
+        let last = flow.ok("wallet.last_violation", vec![json!(wid)]).await;
+        assert_eq!(last["by"], "satellite", "{last}");
+        assert_eq!(last["request_id"], json!(id), "{last}");
+        assert_eq!(last["code"], "over_period_limit", "{last}");
+        assert_eq!(
+            last["violations"],
+            json!([{"rule": "over_period_limit", "limit": 80_000, "used": 50_700,
+                    "would_be": 101_400, "output": null}]),
+            "{last}"
+        );
+    }
+    // An unknown wallet is refused as wallet.status refuses it.
+    let (code, _, _) = flow
+        .err("wallet.last_violation", vec![json!("00".repeat(16))])
+        .await;
+    assert_eq!(code, satcosign_bridge::rpc_error::NOT_FOUND);
     flow.system.stop().await;
 }
 
@@ -503,6 +560,7 @@ async fn a_system_stopped_in_process_releases_its_data_and_starts_again_where_it
 crate::on_each_store!(
     electrums_psbt_is_cosigned_over_a_lossy_link_and_comes_back_to_its_mailbox,
     a_request_submitted_by_script_refused_by_policy_never_reaches_the_link,
+    the_satellites_refusal_is_the_wallets_last_violation_with_its_figures,
     a_satellite_answer_whose_signature_does_not_verify_is_refused_as_bad_answer,
     the_emailed_link_opens_a_page_where_clicking_confirm_in_chromium_approves,
     a_websocket_client_watches_a_request_to_its_end_and_tcp_is_pointed_to_subscribe,

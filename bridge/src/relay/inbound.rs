@@ -88,6 +88,18 @@ where
             Response::PolicyUpdated(PolicyOutcome::Changed(c)) => Some(c.clone()),
             _ => None,
         };
+        // A spend the satellite refused is the wallet's last violation.
+        let satellite_refusal = match &response {
+            Response::Sign(s) => match &s.outcome {
+                SignOutcome::Refused(refusal) => Some(refusal.clone()),
+                SignOutcome::Signed { .. } => None,
+            },
+            Response::SignCompact(s) => match &s.outcome {
+                CompactOutcome::Refused(refusal) => Some(refusal.clone()),
+                CompactOutcome::Signed(_) => None,
+            },
+            _ => None,
+        };
         let checks = self.service.intake_checks(&r, &wallet).await?;
         let outcome = self.outcome_of(&r, checks.as_ref(), response);
         let step = match outcome {
@@ -125,6 +137,17 @@ where
                         }
                         save_wallet(txn, &w)?;
                     }
+                }
+                if let Some(refusal) = &satellite_refusal {
+                    let now = crate::service::unix_now();
+                    crate::last_violation::record(
+                        txn,
+                        r.wallet_id,
+                        Some(r.id),
+                        "satellite",
+                        refusal,
+                        now,
+                    )?;
                 }
                 r.outcome = Some(outcome);
                 Ok(())
