@@ -202,32 +202,14 @@ fn signing_emails(dir: &Path) -> Vec<String> {
 /// One Nostr exchange on a fresh WebSocket: sends `message`, returns the answers up to
 /// `until` (an OK, or the EOSE of a REQ).
 async fn nostr(url: &str, message: Value, until: &str) -> Vec<Value> {
-    use futures::{SinkExt as _, StreamExt as _};
+    use futures::SinkExt as _;
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("relay");
     ws.send(tokio_tungstenite::tungstenite::Message::text(
         message.to_string(),
     ))
     .await
     .expect("send");
-    let mut out = Vec::new();
-    while let Some(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("an answer")
-    {
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).expect("json");
-            if v[0] == "AUTH" {
-                // NIP-42's challenge, sent when the connection opens.
-                continue;
-            }
-            let done = v[0] == until;
-            out.push(v);
-            if done {
-                break;
-            }
-        }
-    }
-    out
+    common::flow::nostr_until(&mut ws, until).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

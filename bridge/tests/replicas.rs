@@ -175,30 +175,6 @@ async fn a_subscriber_on_b_hears_every_change_made_on_a() {
     a.system.stop().await;
 }
 
-/// Reads `ws` until a message of kind `until` (past NIP-42's challenge); returns them all.
-async fn nostr_until(ws: &mut common::flow::NostrWs, until: &str) -> Vec<Value> {
-    use futures::StreamExt as _;
-    let mut out = Vec::new();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
-            .await
-            .expect("an answer within 120 s")
-            .expect("open")
-            .expect("frame");
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).expect("json");
-            if v[0] == "AUTH" {
-                continue;
-            }
-            let done = v[0] == until;
-            out.push(v);
-            if done {
-                return out;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn electrum_on_bs_nostr_relay_gets_the_answer_that_a_published() {
     use futures::SinkExt as _;
@@ -235,7 +211,7 @@ async fn electrum_on_bs_nostr_relay_gets_the_answer_that_a_published() {
         ))
         .await
         .expect("send");
-    let stored = nostr_until(&mut waiting, "EOSE").await;
+    let stored = common::flow::nostr_until(&mut waiting, "EOSE").await;
     assert_eq!(stored.len(), 1, "no answer yet: {stored:?}");
     let mut sending = common::flow::nostr_ws(relay_b).await;
     let ok = common::flow::publish_on(&mut sending, &dm).await;
@@ -254,7 +230,7 @@ async fn electrum_on_bs_nostr_relay_gets_the_answer_that_a_published() {
     assert_eq!(done["final_state"], "signed", "{done}");
 
     // A published the answer; Electrum, connected to B only, receives it.
-    let live = nostr_until(&mut waiting, "EVENT").await;
+    let live = common::flow::nostr_until(&mut waiting, "EVENT").await;
     let answer = live.last().expect("an event");
     assert_eq!(answer[1], "answers", "{answer}");
     assert_eq!(answer[2]["pubkey"], json!(satellite.to_hex()), "{answer}");
@@ -267,7 +243,7 @@ async fn electrum_on_bs_nostr_relay_gets_the_answer_that_a_published() {
         ))
         .await
         .expect("send");
-    let again = nostr_until(&mut later, "EOSE").await;
+    let again = common::flow::nostr_until(&mut later, "EOSE").await;
     assert_eq!(
         again.iter().filter(|m| m[0] == "EVENT").count(),
         1,

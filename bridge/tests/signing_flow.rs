@@ -327,24 +327,7 @@ async fn register_with_policy(
     policy: &satcosign_cosigner::policy::Policy,
 ) -> (String, satcosign_cosigner::testkit::TestWallet) {
     let w = test_wallet(flow).await;
-    let r = flow
-        .ok(
-            "wallet.register",
-            vec![
-                json!(w.descriptor),
-                json!("alice@example.org"),
-                json!("policy test"),
-                serde_json::to_value(policy).expect("policy"),
-            ],
-        )
-        .await;
-    let rid = r["request_id"].as_str().expect("id").to_owned();
-    let code = flow.inbox.code(&rid).await;
-    flow.ok("request.confirm", vec![json!(rid), json!(code)])
-        .await;
-    let done = flow.wait_state(&rid, "delivered", 120).await;
-    assert_eq!(done["final_state"], "signed", "{done}");
-    (r["wallet_id"].as_str().expect("wallet").to_owned(), w)
+    (flow.register_with_policy(&w.descriptor, policy).await, w)
 }
 
 /// A satellite that answers with a signature that does not verify (one byte of each

@@ -362,12 +362,31 @@ impl Flow {
     /// Registers `descriptor` for `email` and confirms it by the emailed code; returns the
     /// wallet id and the registration's request id.
     pub async fn register_as(&self, descriptor: &str, email: &str) -> (String, String) {
-        let r = self
-            .ok(
-                "wallet.register",
-                vec![json!(descriptor), json!(email), json!("Alice's savings")],
-            )
-            .await;
+        self.register_full(descriptor, email, None).await
+    }
+
+    /// Registers `descriptor` with `policy` and confirms it; returns the wallet id.
+    pub async fn register_with_policy(
+        &self,
+        descriptor: &str,
+        policy: &satcosign_cosigner::policy::Policy,
+    ) -> String {
+        self.register_full(descriptor, "alice@example.org", Some(policy))
+            .await
+            .0
+    }
+
+    async fn register_full(
+        &self,
+        descriptor: &str,
+        email: &str,
+        policy: Option<&satcosign_cosigner::policy::Policy>,
+    ) -> (String, String) {
+        let mut params = vec![json!(descriptor), json!(email), json!("Alice's savings")];
+        if let Some(p) = policy {
+            params.push(serde_json::to_value(p).expect("policy"));
+        }
+        let r = self.ok("wallet.register", params).await;
         let rid = r["request_id"].as_str().expect("id").to_owned();
         let code = self.inbox.code(&rid).await;
         self.ok("request.confirm", vec![json!(rid), json!(code)])
@@ -551,6 +570,31 @@ pub async fn nostr_ws(addr: std::net::SocketAddr) -> NostrWs {
         .await
         .expect("websocket")
         .0
+}
+
+/// Reads `ws` until a message of kind `until` (past NIP-42's challenge); returns them all.
+pub async fn nostr_until(ws: &mut NostrWs, until: &str) -> Vec<serde_json::Value> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), ws.next())
+            .await
+            .expect("an answer within 120 s")
+            .expect("open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+            if v[0] == "AUTH" {
+                // NIP-42's challenge, sent when the connection opens.
+                continue;
+            }
+            let done = v[0] == until;
+            out.push(v);
+            if done {
+                return out;
+            }
+        }
+    }
 }
 
 /// Sends `event` on `ws` and returns the relay's `OK` (past its NIP-42 challenge and any
