@@ -56,11 +56,6 @@ impl Ground {
         *self.held.borrow()
     }
 
-    /// The lease's fencing token, while this bridge holds it on PostgreSQL.
-    pub fn token(&self) -> Option<u64> {
-        self.fence.token()
-    }
-
     /// Waits until this bridge drives the ground.
     pub async fn taken(&self) {
         let mut held = self.held.subscribe();
@@ -83,13 +78,10 @@ impl Ground {
 
     fn set(&self, token: Option<u64>, link: Option<LinkStatusFn>) {
         self.fence.set(token);
+        let driving = link.is_some();
         *self.link.write().unwrap_or_else(|p| p.into_inner()) = link;
-        self.held.send_replace(link_is_set(&self.link));
+        self.held.send_replace(driving);
     }
-}
-
-fn link_is_set(link: &RwLock<Option<LinkStatusFn>>) -> bool {
-    link.read().unwrap_or_else(|p| p.into_inner()).is_some()
 }
 
 /// What the ground is made of, kept to start it again after a lease is lost and retaken.

@@ -203,14 +203,20 @@ async fn electrum_on_bs_nostr_relay_gets_the_answer_that_a_published() {
 
     // Electrum 4.6+ pointed at B: it waits for the satellite's answer, and sends the PSBT.
     let relay_b = b.nostr.expect("nostr");
-    let mut waiting = common::flow::nostr_ws(relay_b).await;
-    waiting
-        .send(tokio_tungstenite::tungstenite::Message::text(
-            json!(["REQ", "answers", {"kinds": [4], "authors": [satellite.to_hex()], "#p": [user.public_key().to_hex()]}])
-                .to_string(),
-        ))
-        .await
-        .expect("send");
+    // A subscription to the satellite's answers to this user, on a new socket to B.
+    let answers = |sub: &'static str| {
+        let filter = json!({"kinds": [4], "authors": [satellite.to_hex()], "#p": [user.public_key().to_hex()]});
+        async move {
+            let mut ws = common::flow::nostr_ws(relay_b).await;
+            ws.send(tokio_tungstenite::tungstenite::Message::text(
+                json!(["REQ", sub, filter]).to_string(),
+            ))
+            .await
+            .expect("send");
+            ws
+        }
+    };
+    let mut waiting = answers("answers").await;
     let stored = common::flow::nostr_until(&mut waiting, "EOSE").await;
     assert_eq!(stored.len(), 1, "no answer yet: {stored:?}");
     let mut sending = common::flow::nostr_ws(relay_b).await;
@@ -235,14 +241,7 @@ async fn electrum_on_bs_nostr_relay_gets_the_answer_that_a_published() {
     assert_eq!(answer[1], "answers", "{answer}");
     assert_eq!(answer[2]["pubkey"], json!(satellite.to_hex()), "{answer}");
     // And a reader arriving later finds it stored on B, once.
-    let mut later = common::flow::nostr_ws(relay_b).await;
-    later
-        .send(tokio_tungstenite::tungstenite::Message::text(
-            json!(["REQ", "again", {"kinds": [4], "authors": [satellite.to_hex()], "#p": [user.public_key().to_hex()]}])
-                .to_string(),
-        ))
-        .await
-        .expect("send");
+    let mut later = answers("again").await;
     let again = common::flow::nostr_until(&mut later, "EOSE").await;
     assert_eq!(
         again.iter().filter(|m| m[0] == "EVENT").count(),
