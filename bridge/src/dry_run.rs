@@ -11,7 +11,7 @@
 
 use serde_json::{json, Value};
 
-use satcosign_cosigner::decision::{check_policy, policy_violations, RequestId};
+use satcosign_cosigner::decision::{check_policy, policy_violations, History, RequestId};
 use satcosign_cosigner::spend::analyze;
 use satcosign_cosigner::wallet::WalletId;
 
@@ -41,8 +41,8 @@ impl Service {
         // A PSBT that is not this wallet's (or is malformed) is refused as a submit is.
         let spend = analyze(&self.secp, &wallet, &psbt).map_err(ServiceError::Refused)?;
         let now = unix_now();
-        let broken = policy_violations(&spend, &record.policy, &[], now, None);
-        let refusal = check_policy(&spend, &record.policy, &[], now, None).err();
+        let broken = policy_violations(&spend, &record.policy, History::none(), now, None);
+        let refusal = check_policy(&spend, &record.policy, History::none(), now, None).err();
         let violations: Vec<_> = broken.iter().flat_map(|r| r.violations()).collect();
         let summary = summarize(&spend, self.network);
         let shown = new_request(

@@ -12,7 +12,7 @@ use crate::store::tables::{ReadableTable, WriteTransaction};
 use bitcoin::bip32::Fingerprint;
 use bitcoin::psbt::Psbt;
 
-use satcosign_cosigner::decision::{check_policy, RequestId};
+use satcosign_cosigner::decision::{check_policy, History, RequestId};
 use satcosign_cosigner::refusal::Refusal;
 use satcosign_cosigner::spend::{analyze, Spend};
 use satcosign_cosigner::wallet::WalletId;
@@ -291,7 +291,7 @@ impl Service {
                 (Some(id), None) => ServiceError::UnknownWallet(id),
             });
         };
-        let refused = check_policy(&spend, &record.policy, &[], now, replaces).err();
+        let refused = check_policy(&spend, &record.policy, History::none(), now, replaces).err();
         if let Some(refusal) = &refused {
             self.note_refused_spend(record.id, refusal).await;
         }

@@ -16,7 +16,7 @@ use bitcoin::Network;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::air::{self, CompactSign};
-use crate::decision::{self, Decision, DecisionInput, LedgerEntry, OutpointRecord, Rules};
+use crate::decision::{self, Decision, DecisionInput, History, OutpointRecord, Rules};
 use crate::keys::CosignerKey;
 use crate::policy::PolicyChange;
 use crate::protocol::{
@@ -146,6 +146,7 @@ impl Cosigner {
                 outcome: self.sign(s, now),
             })),
             Request::SignCompact(c) => Ok(Response::SignCompact(self.sign_compact(c, now))),
+            Request::Cancel(c) => self.cancel(c, now).map(Response::Cancel),
         };
         result.unwrap_or_else(|e| {
             tracing::error!(error = %e, "request failed");
@@ -155,7 +156,7 @@ impl Cosigner {
         })
     }
 
-    fn begin(&self) -> Result<WriteTransaction, StateError> {
+    pub(crate) fn begin(&self) -> Result<WriteTransaction, StateError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_two_phase_commit(true);
         Ok(txn)
@@ -449,11 +450,17 @@ impl Cosigner {
         };
         let policy = record.as_ref().map(|r| r.policy.effective(now).clone());
         let ledger = match &policy {
-            Some(p) => {
-                state::ledger_since(&txn, &req.wallet_id, now.saturating_sub(p.period_secs))?
-            }
+            Some(p) => state::ledger_since(
+                &txn,
+                &req.wallet_id,
+                now.saturating_sub(p.period_secs.max(p.min_secs_between_signatures)),
+            )?,
             None => Vec::new(),
         };
+        let no_entries = Default::default();
+        let allowlist_since = record
+            .as_ref()
+            .map_or(&no_entries, |r| &r.policy.allowlist_since);
         // Look up the outpoints this PSBT spends (if it decodes; the decision reports otherwise).
         let mut signed_outpoints = BTreeMap::new();
         if let Ok(psbt) = decision::decode_psbt(&req.psbt) {
@@ -471,7 +478,12 @@ impl Cosigner {
         let input = DecisionInput {
             key: wallet.as_ref().map_or(&self.key, |(_, k)| k),
             wallet: wallet.as_ref().map(|(w, _)| &**w).zip(policy.as_ref()),
-            ledger: &ledger,
+            history: History {
+                ledger: &ledger,
+                allowlist_since,
+            },
+            hold: state::hold(&txn, &req.request_id)?,
+            cancelled: state::cancelled(&txn, &req.request_id)?,
             signed_outpoints: &signed_outpoints,
             request: req,
             now,
@@ -479,6 +491,17 @@ impl Cosigner {
         };
         match decision::decide(&input, &self.secp) {
             Decision::Refuse(refusal) => self.finish_refusal(txn, req, now, refusal),
+            Decision::Hold(hold) => {
+                txn.open_table(state::HOLDS)
+                    .map_err(db_err)?
+                    .insert(&req.request_id.0, to_bytes(&hold).as_slice())
+                    .map_err(db_err)?;
+                let refusal = Refusal::Held {
+                    started_at: hold.started_at,
+                    releases_at: hold.releases_at,
+                };
+                self.finish_refusal(txn, req, now, refusal)
+            }
             Decision::AlreadySigned { txid } => {
                 use bitcoin::hashes::Hash as _;
                 let stored: Option<SignedRecord> = {
@@ -520,25 +543,13 @@ impl Cosigner {
                 let psbt_bytes = signed.psbt.serialize();
                 let txid = signed.spend.txid;
                 {
-                    let mut ledger_t = txn.open_table(state::LEDGER).map_err(db_err)?;
                     if let Some(old) = signed.supersedes {
                         // The replaced transaction can no longer confirm alongside this one.
-                        let stale: Vec<[u8; 40]> = ledger
-                            .iter()
-                            .filter(|e| e.request_id == old)
-                            .map(|e| state::ledger_key(&req.wallet_id, e.at, &e.request_id))
-                            .collect();
-                        for k in &stale {
-                            ledger_t.remove(k).map_err(db_err)?;
+                        for e in ledger.iter().filter(|e| e.request_id == old) {
+                            state::undo_debit(&txn, &req.wallet_id, e)?;
                         }
                     }
-                    let d: &LedgerEntry = &signed.debit;
-                    ledger_t
-                        .insert(
-                            &state::ledger_key(&req.wallet_id, d.at, &d.request_id),
-                            d.amount_sat,
-                        )
-                        .map_err(db_err)?;
+                    state::debit(&txn, &req.wallet_id, &signed.debit)?;
                     let mut outs = txn.open_table(OUTPOINTS).map_err(db_err)?;
                     let rec = OutpointRecord {
                         txid,
@@ -598,7 +609,11 @@ impl Cosigner {
     }
 
     /// The wallet's ledger entries after `since` (for operators and tests).
-    pub fn ledger(&self, wallet: &WalletId, since: u64) -> Result<Vec<LedgerEntry>, StateError> {
+    pub fn ledger(
+        &self,
+        wallet: &WalletId,
+        since: u64,
+    ) -> Result<Vec<decision::LedgerEntry>, StateError> {
         let txn = self.begin()?;
         let entries = state::ledger_since(&txn, wallet, since)?;
         txn.abort().map_err(db_err)?;

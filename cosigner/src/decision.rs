@@ -9,7 +9,13 @@
 //!   `witness_utxo`; only SIGHASH_ALL;
 //! - the satellite never signs first: every input already has another valid signature;
 //! - fee, fee rate, per-transaction and per-period limits and the allowlist hold, with
-//!   change never counted as spent;
+//!   change never counted as spent; an allowlisted destination added under a delay is paid
+//!   only once its delay passed;
+//! - velocity: no two signatures of a wallet closer than its minimum gap, and no more of
+//!   them in a period than its maximum; the change per period stays under its cap;
+//! - a locked wallet signs nothing; a cancelled request is never signed;
+//! - a spend over the hold threshold is signed only once its hold, started on the
+//!   satellite's clock when it first arrived, has run out;
 //! - the approval names this request and this transaction, is fresh, and its delay passed;
 //! - no outpoint is signed in two different transactions, except an explicit replacement of
 //!   the request that signed it; an identical retry returns the stored signatures;
@@ -75,6 +81,39 @@ pub struct LedgerEntry {
     pub amount_sat: u64,
     /// The request that signed it.
     pub request_id: RequestId,
+    /// What went back to the wallet as change, sat.
+    pub change_sat: u64,
+}
+
+/// A large spend's hold, as the satellite recorded it when the request first arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// When it began, on the satellite's clock (unix seconds).
+    pub started_at: u64,
+    /// When it ends (unix seconds).
+    pub releases_at: u64,
+}
+
+/// What the satellite recorded of a wallet that the policy's rules of history read.
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    /// The wallet's ledger entries (at least those within the policy's period and its
+    /// minimum gap between signatures).
+    pub ledger: &'a [LedgerEntry],
+    /// When each allowlist destination added under a delay may first be paid.
+    pub allowlist_since: &'a BTreeMap<Vec<u8>, u64>,
+}
+
+static NO_ENTRIES: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+
+impl History<'static> {
+    /// No history: what the bridge knows when it checks a spend before the satellite does.
+    pub fn none() -> History<'static> {
+        History {
+            ledger: &[],
+            allowlist_since: &NO_ENTRIES,
+        }
+    }
 }
 
 /// Which transaction an outpoint was signed in.
@@ -103,8 +142,12 @@ pub struct DecisionInput<'a> {
     pub key: &'a CosignerKey,
     /// The wallet named by the request, if registered, with its policy in force now.
     pub wallet: Option<(&'a Wallet, &'a Policy)>,
-    /// The wallet's ledger entries (at least those within the policy's period).
-    pub ledger: &'a [LedgerEntry],
+    /// The wallet's history.
+    pub history: History<'a>,
+    /// This request's hold, if one began.
+    pub hold: Option<Hold>,
+    /// Whether the user cancelled this request.
+    pub cancelled: bool,
     /// Records of the request's outpoints that were signed before.
     pub signed_outpoints: &'a BTreeMap<OutPoint, OutpointRecord>,
     /// The request.
@@ -138,6 +181,8 @@ pub enum Decision {
         /// Its id.
         txid: Txid,
     },
+    /// Hold: record the hold, then answer [`Refusal::Held`].
+    Hold(Hold),
     /// Refuse.
     Refuse(Refusal),
 }
@@ -172,6 +217,9 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
             reason: format!("the key given is not wallet {}'s", wallet.id),
         });
     }
+    if input.cancelled {
+        return Err(Refusal::Cancelled);
+    }
     let mut psbt = decode_psbt(&req.psbt)?;
     let txid = psbt.unsigned_tx.compute_txid();
 
@@ -195,6 +243,9 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
     }
     if all_signed_here {
         return Ok(Decision::AlreadySigned { txid });
+    }
+    if policy.locked {
+        return Err(Refusal::Locked);
     }
 
     let approval = &req.approval;
@@ -227,7 +278,24 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
     }
 
     let spend = analyze(secp, wallet, &psbt)?;
-    check_policy(&spend, policy, input.ledger, input.now, supersedes)?;
+    check_policy(&spend, policy, input.history, input.now, supersedes)?;
+    if policy.hold_over_sat.is_some_and(|over| spend.leaving_sat() > over) {
+        match input.hold {
+            None => {
+                return Ok(Decision::Hold(Hold {
+                    started_at: input.now,
+                    releases_at: input.now.saturating_add(policy.hold_secs),
+                }))
+            }
+            Some(h) if input.now < h.releases_at => {
+                return Err(Refusal::Held {
+                    started_at: h.started_at,
+                    releases_at: h.releases_at,
+                })
+            }
+            Some(_) => {}
+        }
+    }
 
     // Sign every input; the sighashes were computed (and the others' signatures verified)
     // in `analyze`.
@@ -265,6 +333,7 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
         at: input.now,
         amount_sat: spend.leaving_sat(),
         request_id: req.request_id,
+        change_sat: spend.change_sat,
     };
     Ok(Decision::Sign(Box::new(Signed {
         psbt,
@@ -274,19 +343,20 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
     })))
 }
 
-/// Checks a spend against a policy: fees, per-transaction and rolling-period limits (over
-/// `ledger`, leaving out the request `supersedes` replaces) and the allowlist. The bridge
-/// calls it too, with the ledger it knows (none), to refuse early what the cosigner would.
+/// Checks a spend against a policy: lockdown, fees, per-transaction and rolling-period
+/// limits, velocity and the change cap (over `history`'s ledger, leaving out the request
+/// `supersedes` replaces) and the allowlist. The bridge calls it too, with the history it
+/// knows ([`History::none`]), to refuse early what the cosigner would.
 /// A spend that breaks one rule is refused with that rule's refusal; one that breaks
 /// several, with [`Refusal::PolicyViolations`] listing every one.
 pub fn check_policy(
     spend: &Spend,
     policy: &Policy,
-    ledger: &[LedgerEntry],
+    history: History<'_>,
     now: u64,
     supersedes: Option<RequestId>,
 ) -> Result<(), Refusal> {
-    let mut broken = policy_violations(spend, policy, ledger, now, supersedes);
+    let mut broken = policy_violations(spend, policy, history, now, supersedes);
     match broken.len() {
         0 => Ok(()),
         1 => Err(broken.remove(0)),
@@ -295,15 +365,19 @@ pub fn check_policy(
 }
 
 /// Every rule of `policy` the spend breaks, each as its own refusal with its figures, in
-/// the policy's order: fee, fee rate, per transaction, per period, then each output the
-/// allowlist does not name.
+/// the policy's order: fee, fee rate, per transaction, per period, time since the last
+/// signature, signatures per period, change per period, then each output the allowlist
+/// does not name (or names only from a later time). A locked wallet breaks only that.
 pub fn policy_violations(
     spend: &Spend,
     policy: &Policy,
-    ledger: &[LedgerEntry],
+    history: History<'_>,
     now: u64,
     supersedes: Option<RequestId>,
 ) -> Vec<Refusal> {
+    if policy.locked {
+        return vec![Refusal::Locked];
+    }
     let mut broken = Vec::new();
     if spend.fee_sat > policy.max_fee_sat {
         broken.push(Refusal::FeeTooHigh {
@@ -326,11 +400,14 @@ pub fn policy_violations(
         });
     }
     let window_start = now.saturating_sub(policy.period_secs);
-    let already: u64 = ledger
-        .iter()
-        .filter(|e| e.at > window_start && Some(e.request_id) != supersedes)
-        .map(|e| e.amount_sat)
-        .sum();
+    let others = || {
+        history
+            .ledger
+            .iter()
+            .filter(|e| Some(e.request_id) != supersedes)
+    };
+    let in_period = || others().filter(|e| e.at > window_start);
+    let already: u64 = in_period().map(|e| e.amount_sat).sum();
     if already.saturating_add(amount) > policy.max_per_period_sat {
         broken.push(Refusal::OverPeriodLimit {
             already_sat: already,
@@ -338,14 +415,53 @@ pub fn policy_violations(
             max_sat: policy.max_per_period_sat,
         });
     }
+    if policy.min_secs_between_signatures > 0 {
+        if let Some(last) = others().map(|e| e.at).max() {
+            let gap_secs = now.saturating_sub(last);
+            if gap_secs < policy.min_secs_between_signatures {
+                broken.push(Refusal::TooSoon {
+                    last_signed_at: last,
+                    gap_secs,
+                    min_secs: policy.min_secs_between_signatures,
+                });
+            }
+        }
+    }
+    if let Some(max) = policy.max_signatures_per_period {
+        let already = in_period().count() as u64;
+        if already >= u64::from(max) {
+            broken.push(Refusal::TooManySignatures {
+                already,
+                max: u64::from(max),
+            });
+        }
+    }
+    if let Some(max_sat) = policy.max_change_per_period_sat {
+        let already_sat: u64 = in_period().map(|e| e.change_sat).sum();
+        if already_sat.saturating_add(spend.change_sat) > max_sat {
+            broken.push(Refusal::OverChangeLimit {
+                already_sat,
+                change_sat: spend.change_sat,
+                max_sat,
+            });
+        }
+    }
     if let Some(allow) = &policy.allowlist {
         for (j, out) in spend.outputs.iter().enumerate() {
-            if !out.own
-                && !allow
-                    .iter()
-                    .any(|a| a.as_slice() == out.script_pubkey.as_bytes())
-            {
+            if out.own {
+                continue;
+            }
+            let script = out.script_pubkey.as_bytes();
+            if !allow.iter().any(|a| a.as_slice() == script) {
                 broken.push(Refusal::DestinationNotAllowed { output: j });
+                continue;
+            }
+            let allowed_from = history.allowlist_since.get(script).copied().unwrap_or(0);
+            if now < allowed_from {
+                broken.push(Refusal::DestinationNotYetAllowed {
+                    output: j,
+                    allowed_from,
+                });
             }
         }
     }

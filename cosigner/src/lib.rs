@@ -11,6 +11,7 @@
 //! - [`protocol`]: messages between bridge and cosigner (shared with the bridge);
 //! - [`air`]: the compact form of signing requests and answers for the radio;
 //! - [`state`]: redb tables; [`daemon`]: the request handler that makes decisions durable;
+//! - [`cancel`]: a user's cancel of a request, recorded so it is never signed;
 //! - [`link_service`]: answers requests arriving over the radio link;
 //! - [`config`]: the daemon's TOML configuration.
 //!
@@ -19,6 +20,8 @@
 //! and the checks it repeats on the ground, and carries nothing that signs.
 
 pub mod air;
+#[cfg(feature = "daemon")]
+pub mod cancel;
 pub mod config;
 #[cfg(feature = "daemon")]
 pub mod daemon;

@@ -5,11 +5,22 @@
 //! delay, during which the user is told and can react. A change that only tightens applies
 //! at once.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+/// Longest delay a policy may set (a hold, an allowlist addition, between signatures): a
+/// year. Longer is a typo, or a wallet frozen by accident; lockdown is the way to freeze.
+pub const MAX_DELAY_SECS: u64 = 366 * 86_400;
+
 /// The limits one wallet's spends must respect.
+///
+/// In JSON and TOML it is a table of the fields below; the rules added after the first
+/// seven may be left out (they are then off). In binary encodings (the link, the
+/// databases) it is a layout version (a varint, [`Binary`]) and then every field in order,
+/// so a later layout can be read beside this one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Policy {
     /// Most that may leave the wallet in one transaction (outputs that are not change, plus fee), sat.
     pub max_per_tx_sat: u64,
@@ -28,6 +39,63 @@ pub struct Policy {
     pub allowlist: Option<Vec<Vec<u8>>>,
     /// Seconds that must pass between the user's approval and the signature.
     pub min_approval_delay_secs: u64,
+    /// Velocity: the fewest seconds between two signatures for the wallet (0: any).
+    #[serde(default)]
+    pub min_secs_between_signatures: u64,
+    /// Velocity: the most signatures within a rolling `period_secs` (none: no limit).
+    #[serde(default)]
+    pub max_signatures_per_period: Option<u32>,
+    /// Most value the cosigner may classify as change within a rolling `period_secs`, sat
+    /// (none: no cap). A second line behind change verification: were it ever fooled, what
+    /// hides as change is still bounded.
+    #[serde(default)]
+    pub max_change_per_period_sat: Option<u64>,
+    /// Seconds a destination added to the allowlist waits before it may be paid (removal
+    /// is at once). With 0, adding a destination is a loosening like any other, and waits
+    /// for the cosigner's loosening delay together with the whole policy.
+    #[serde(default)]
+    pub allowlist_add_delay_secs: u64,
+    /// A spend of more than this leaving the wallet (sat) is held on the satellite for
+    /// `hold_secs` after it first reaches it, and may be cancelled meanwhile (none: no hold).
+    #[serde(default)]
+    pub hold_over_sat: Option<u64>,
+    /// How long a large spend is held, seconds, on the satellite's clock.
+    #[serde(default)]
+    pub hold_secs: u64,
+    /// Emergency lockdown: nothing is signed for the wallet. Locking is a tightening and
+    /// applies at once; unlocking is a loosening and waits for the delay.
+    #[serde(default)]
+    pub locked: bool,
+}
+
+/// The binary layouts of a [`Policy`], by version. Append a layout for a new field; never
+/// change one.
+#[derive(Serialize, Deserialize)]
+enum Binary {
+    /// Every field, in the order of [`Policy`].
+    V1(#[serde(with = "Policy")] Policy),
+}
+
+impl Serialize for Policy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            Policy::serialize(self, s)
+        } else {
+            Binary::V1(self.clone()).serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Policy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
+        if d.is_human_readable() {
+            Policy::deserialize(d)
+        } else {
+            match Binary::deserialize(d)? {
+                Binary::V1(p) => Ok(p),
+            }
+        }
+    }
 }
 
 /// An allowlist entry as people write it: an address (any network's: the script is the
@@ -106,6 +174,34 @@ impl Policy {
         if self.max_per_period_sat > 21_000_000 * 100_000_000 {
             return invalid("max_per_period_sat", "exceeds the bitcoin supply");
         }
+        for (field, secs) in [
+            ("min_secs_between_signatures", self.min_secs_between_signatures),
+            ("allowlist_add_delay_secs", self.allowlist_add_delay_secs),
+            ("hold_secs", self.hold_secs),
+            ("min_approval_delay_secs", self.min_approval_delay_secs),
+        ] {
+            if secs > MAX_DELAY_SECS {
+                return Err(PolicyError::Invalid {
+                    field,
+                    reason: format!(
+                        "{secs} s is over a year ({MAX_DELAY_SECS} s); to stop signing, lock the wallet"
+                    ),
+                });
+            }
+        }
+        if self.max_signatures_per_period == Some(0) {
+            return invalid(
+                "max_signatures_per_period",
+                "0 would refuse every spend; to stop signing, lock the wallet",
+            );
+        }
+        match (self.hold_over_sat, self.hold_secs) {
+            (Some(_), 0) => return invalid("hold_secs", "a hold needs at least 1 second"),
+            (None, secs) if secs > 0 => {
+                return invalid("hold_over_sat", "hold_secs is set but no amount to hold over")
+            }
+            _ => {}
+        }
         if let Some(list) = &self.allowlist {
             if list.is_empty() {
                 return invalid(
@@ -138,6 +234,50 @@ impl Policy {
             && self.max_fee_rate_sat_vb <= old.max_fee_rate_sat_vb
             && self.min_approval_delay_secs >= old.min_approval_delay_secs
             && allowlist_tighter
+            && self.is_tightening_of_guards(old)
+    }
+
+    /// The rules added after the first layout: velocity, change cap, allowlist delay,
+    /// hold and lockdown, each at least as strict as in `old`.
+    fn is_tightening_of_guards(&self, old: &Policy) -> bool {
+        // An optional limit: none is no limit, so any limit is tighter than none.
+        fn at_most<T: PartialOrd>(new: Option<T>, old: Option<T>) -> bool {
+            match (new, old) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(n), Some(o)) => n <= o,
+            }
+        }
+        let hold_tighter = match (self.hold_over_sat, old.hold_over_sat) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(n), Some(o)) => n <= o && self.hold_secs >= old.hold_secs,
+        };
+        self.min_secs_between_signatures >= old.min_secs_between_signatures
+            && at_most(self.max_signatures_per_period, old.max_signatures_per_period)
+            && at_most(self.max_change_per_period_sat, old.max_change_per_period_sat)
+            && self.allowlist_add_delay_secs >= old.allowlist_add_delay_secs
+            && hold_tighter
+            && self.locked >= old.locked
+    }
+
+    /// The allowlist entries of `self` that `old` does not hold (none when either has no
+    /// allowlist: adding a whole allowlist tightens, dropping one loosens).
+    pub fn allowlist_additions(&self, old: &Policy) -> Vec<Vec<u8>> {
+        match (&self.allowlist, &old.allowlist) {
+            (Some(new), Some(old)) => new.iter().filter(|s| !old.contains(s)).cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `self` with the allowlist entries of `extra` added: the policy whose tightening
+    /// check ignores destinations that wait for their own delay.
+    fn with_entries(&self, extra: &[Vec<u8>]) -> Policy {
+        let mut p = self.clone();
+        if let Some(list) = &mut p.allowlist {
+            list.extend(extra.iter().cloned());
+        }
+        p
     }
 }
 
@@ -148,6 +288,9 @@ pub struct PolicyState {
     pub current: Policy,
     /// A looser policy and the time (unix seconds) it takes effect.
     pub pending: Option<(Policy, u64)>,
+    /// Allowlist destinations added under `allowlist_add_delay_secs`, with the time (unix
+    /// seconds) from which they may be paid.
+    pub allowlist_since: BTreeMap<Vec<u8>, u64>,
 }
 
 /// What an update did.
@@ -168,7 +311,13 @@ impl PolicyState {
         PolicyState {
             current: policy,
             pending: None,
+            allowlist_since: BTreeMap::new(),
         }
+    }
+
+    /// When allowlisted destination `script` may first be paid (0: it always could).
+    pub fn allowed_from(&self, script: &[u8]) -> u64 {
+        self.allowlist_since.get(script).copied().unwrap_or(0)
     }
 
     /// The policy in force at `now` (a pending loosening whose time has come applies).
@@ -180,10 +329,25 @@ impl PolicyState {
     }
 
     /// Applies an update requested at `now`, with `loosen_delay` seconds for loosening.
+    ///
+    /// When the policy in force sets `allowlist_add_delay_secs`, destinations added to its
+    /// allowlist do not count as loosening: the rest applies as if they were not there, and
+    /// each waits that delay (the policy in force's, not the new one's) from now.
     pub fn update(&mut self, new: Policy, now: u64, loosen_delay: u64) -> PolicyChange {
         let in_force = self.effective(now).clone();
-        if new.is_tightening_of(&in_force) {
+        let added = match in_force.allowlist_add_delay_secs {
+            0 => Vec::new(),
+            _ => new.allowlist_additions(&in_force),
+        };
+        if new.is_tightening_of(&in_force.with_entries(&added)) {
             // Tightening also cancels any loosening still waiting.
+            let from = now.saturating_add(in_force.allowlist_add_delay_secs);
+            for script in added {
+                self.allowlist_since.insert(script, from);
+            }
+            if let Some(list) = &new.allowlist {
+                self.allowlist_since.retain(|s, _| list.contains(s));
+            }
             self.current = new;
             self.pending = None;
             PolicyChange::Applied
@@ -209,6 +373,13 @@ mod tests {
             max_fee_rate_sat_vb: 200,
             allowlist: None,
             min_approval_delay_secs: 0,
+            min_secs_between_signatures: 0,
+            max_signatures_per_period: None,
+            max_change_per_period_sat: None,
+            allowlist_add_delay_secs: 0,
+            hold_over_sat: None,
+            hold_secs: 0,
+            locked: false,
         }
     }
 
@@ -230,9 +401,10 @@ mod tests {
             shown["allowlist"],
             serde_json::json!([p2wpkh, p2wpkh, p2wpkh])
         );
-        // Binary: the script bytes, exactly as before this text form existed.
+        // Binary: the layout's version, then every field in order, the allowlist as bytes.
         #[derive(Serialize)]
         struct Plain {
+            layout: u8,
             a: u64,
             b: u64,
             c: u64,
@@ -240,8 +412,10 @@ mod tests {
             e: u64,
             allowlist: Option<Vec<Vec<u8>>>,
             f: u64,
+            guards: (u64, Option<u32>, Option<u64>, u64, Option<u64>, u64, bool),
         }
         let plain = Plain {
+            layout: 0,
             a: 1,
             b: 1,
             c: 1,
@@ -249,6 +423,7 @@ mod tests {
             e: 1,
             allowlist: p.allowlist.clone(),
             f: 0,
+            guards: (0, None, None, 0, None, 0, false),
         };
         let bytes = postcard::to_stdvec(&p).expect("postcard");
         assert_eq!(bytes, postcard::to_stdvec(&plain).expect("postcard"));

@@ -15,7 +15,7 @@ use crate::refusal::Refusal;
 use crate::wallet::WalletId;
 
 /// Version byte that starts every encoded message.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Largest encoded message accepted (a PSBT of hundreds of inputs fits easily).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -32,6 +32,28 @@ pub enum Request {
     Sign(SignRequest),
     /// Cosign, in the compact form of [`crate::air`] (the bridge's usual choice).
     SignCompact(CompactSign),
+    /// The user cancelled a signing request (a held one, usually): never sign it.
+    Cancel(Cancel),
+}
+
+/// Cancel a signing request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// The request.
+    pub request_id: RequestId,
+}
+
+/// Outcome of a [`Cancel`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelOutcome {
+    /// Recorded: the request is never signed.
+    Cancelled,
+    /// Too late: the satellite signed it before the cancel arrived.
+    AlreadySigned,
+    /// The wallet is not registered with this cosigner.
+    UnknownWallet,
 }
 
 /// What the cosigner answers.
@@ -52,6 +74,8 @@ pub enum Response {
     },
     /// Outcome of a compact signing request.
     SignCompact(CompactSignResponse),
+    /// Outcome of a cancel.
+    Cancel(CancelOutcome),
 }
 
 /// Outcome of a [`CompactSign`].
@@ -256,14 +280,14 @@ mod tests {
     /// Golden vectors: the byte layout documented in `schemas/cosigner-messages.md`.
     #[test]
     fn encoding_is_the_documented_layout() {
-        assert_eq!(Request::Hello.encode(), [2, 0]);
+        assert_eq!(Request::Hello.encode(), [3, 0]);
         let refused = Response::Sign(SignResponse {
             request_id: RequestId([0xaa; 16]),
             outcome: SignOutcome::Refused(Refusal::UnknownWallet {
                 wallet_id: WalletId([0xbb; 16]),
             }),
         });
-        let mut expected = vec![2, 3];
+        let mut expected = vec![3, 3];
         expected.extend([0xaa; 16]);
         expected.extend([1, 0]);
         expected.extend([0xbb; 16]);
@@ -280,7 +304,7 @@ mod tests {
             },
             replaces: None,
         });
-        let mut expected = vec![2, 3];
+        let mut expected = vec![3, 3];
         expected.extend([1; 16]);
         expected.extend([2; 16]);
         expected.extend([2, 0x70, 0x73]);

@@ -171,6 +171,57 @@ pub enum Refusal {
         /// period, allowlist).
         violations: Vec<Refusal>,
     },
+    /// Velocity: the wallet's last signature is too recent.
+    #[error("the last signature for this wallet was {gap_secs} s ago, at {last_signed_at}; the policy waits {min_secs} s between signatures")]
+    TooSoon {
+        /// When the wallet's last signature was made (unix seconds).
+        last_signed_at: u64,
+        /// Seconds since then.
+        gap_secs: u64,
+        /// The seconds the policy wants between two signatures.
+        min_secs: u64,
+    },
+    /// Velocity: the period's number of signatures is used up.
+    #[error("{already} signatures in this period already; the policy allows {max}")]
+    TooManySignatures {
+        /// Signatures already made within the period.
+        already: u64,
+        /// The most allowed.
+        max: u64,
+    },
+    /// The value classified as change within the period would pass its cap.
+    #[error("{already_sat} sat went to change in this period; {change_sat} more would pass the cap of {max_sat} sat")]
+    OverChangeLimit {
+        /// Change within the period already.
+        already_sat: u64,
+        /// This transaction's change.
+        change_sat: u64,
+        /// The cap.
+        max_sat: u64,
+    },
+    /// An output pays a destination added to the allowlist whose delay has not passed.
+    #[error("output {output} pays a destination added to the allowlist that may be paid only from {allowed_from}")]
+    DestinationNotYetAllowed {
+        /// Output index.
+        output: usize,
+        /// When the destination may first be paid (unix seconds).
+        allowed_from: u64,
+    },
+    /// A large spend is held on the satellite; it is signed when asked again after release,
+    /// unless cancelled meanwhile.
+    #[error("held on the satellite since {started_at}; it may be signed from {releases_at} unless cancelled")]
+    Held {
+        /// When the hold began, on the satellite's clock (unix seconds).
+        started_at: u64,
+        /// When it ends (unix seconds).
+        releases_at: u64,
+    },
+    /// The user cancelled this request; it is never signed.
+    #[error("the request was cancelled by the user")]
+    Cancelled,
+    /// The wallet is locked down: nothing is signed until an unlock takes effect.
+    #[error("the wallet is locked down; nothing is signed until it is unlocked")]
+    Locked,
 }
 
 fn list(violations: &[Refusal]) -> String {
@@ -195,6 +246,8 @@ pub struct Violation {
     pub would_be: Option<u64>,
     /// The output concerned (the allowlist).
     pub output: Option<usize>,
+    /// When the rule would let it through (unix seconds), for rules of time.
+    pub ready_at: Option<u64>,
 }
 
 impl Refusal {
@@ -223,6 +276,13 @@ impl Refusal {
             Refusal::OutpointAlreadySigned { .. } => "outpoint_already_signed",
             Refusal::Internal { .. } => "internal",
             Refusal::PolicyViolations { .. } => "policy_violations",
+            Refusal::TooSoon { .. } => "too_soon",
+            Refusal::TooManySignatures { .. } => "too_many_signatures",
+            Refusal::OverChangeLimit { .. } => "over_change_limit",
+            Refusal::DestinationNotYetAllowed { .. } => "destination_not_yet_allowed",
+            Refusal::Held { .. } => "held",
+            Refusal::Cancelled => "cancelled",
+            Refusal::Locked => "locked",
         }
     }
 
@@ -236,6 +296,7 @@ impl Refusal {
             used,
             would_be,
             output,
+            ready_at: None,
         };
         match self {
             Refusal::FeeTooHigh { fee_sat, max_sat } => {
@@ -263,6 +324,39 @@ impl Refusal {
             Refusal::PolicyViolations { violations } => {
                 violations.iter().flat_map(Refusal::violations).collect()
             }
+            Refusal::TooSoon {
+                last_signed_at,
+                gap_secs,
+                min_secs,
+            } => vec![Violation {
+                ready_at: Some(last_signed_at.saturating_add(*min_secs)),
+                // The gap this signature would leave after the last one.
+                ..v(Some(*min_secs), None, Some(*gap_secs), None)
+            }],
+            Refusal::TooManySignatures { already, max } => vec![v(
+                Some(*max),
+                Some(*already),
+                Some(already.saturating_add(1)),
+                None,
+            )],
+            Refusal::OverChangeLimit {
+                already_sat,
+                change_sat,
+                max_sat,
+            } => vec![v(
+                Some(*max_sat),
+                Some(*already_sat),
+                Some(already_sat.saturating_add(*change_sat)),
+                None,
+            )],
+            Refusal::DestinationNotYetAllowed {
+                output,
+                allowed_from,
+            } => vec![Violation {
+                ready_at: Some(*allowed_from),
+                ..v(None, None, None, Some(*output))
+            }],
+            Refusal::Locked => vec![v(None, None, None, None)],
             _ => Vec::new(),
         }
     }

@@ -6,7 +6,7 @@
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use crate::decision::{LedgerEntry, RequestId};
+use crate::decision::{Hold, LedgerEntry, RequestId};
 use crate::policy::PolicyState;
 use crate::wallet::WalletId;
 
@@ -23,6 +23,19 @@ pub(crate) const KEY_INDEXES: TableDefinition<u32, &[u8; 16]> = TableDefinition:
 /// a registered wallet key's public key (33 bytes) -> its index: no wallet may hold
 /// another wallet's satellite key among its members.
 pub(crate) const WALLET_KEYS: TableDefinition<&[u8; 33], u32> = TableDefinition::new("wallet_keys");
+/// Same key as [`LEDGER`] -> what that signature sent back to the wallet as change, sat.
+pub(crate) const LEDGER_CHANGE: TableDefinition<&[u8; 40], u64> =
+    TableDefinition::new("ledger_change");
+/// request id -> its [`Hold`], from the first time a large spend reached the satellite.
+pub(crate) const HOLDS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("holds");
+/// request id -> when the user's cancel reached the satellite (unix seconds).
+pub(crate) const CANCELLED: TableDefinition<&[u8; 16], u64> = TableDefinition::new("cancelled");
+/// `format` -> the layout of this database's records ([`FORMAT`]).
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The record layout this build writes: 2 has versioned policies with their guards (velocity,
+/// change cap, allowlist delays, holds, lockdown). A database of another layout is refused
+/// at open, never misread.
+pub const FORMAT: u64 = 2;
 /// sequence -> [`AuditEntry`].
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -73,6 +86,14 @@ pub enum StateError {
     /// redb failed.
     #[error("database: {0}")]
     Database(String),
+    /// The database was written in another record layout.
+    #[error("the database's records are in layout {found}; this build reads layout {expected}: keep the old build for it, or start a new database and register the wallets again")]
+    Format {
+        /// The layout found (1: before layouts were recorded).
+        found: u64,
+        /// The layout this build reads.
+        expected: u64,
+    },
     /// A stored record does not decode (corruption or a version mismatch).
     #[error("stored record in {table} does not decode: {reason}")]
     Corrupt {
@@ -124,6 +145,7 @@ pub(crate) fn ledger_since(
     since: u64,
 ) -> Result<Vec<LedgerEntry>, StateError> {
     let table = txn.open_table(LEDGER).map_err(db_err)?;
+    let change = txn.open_table(LEDGER_CHANGE).map_err(db_err)?;
     let start = ledger_key(wallet, since.saturating_add(1), &RequestId([0; 16]));
     let end = ledger_key(wallet, u64::MAX, &RequestId([0xff; 16]));
     let mut out = Vec::new();
@@ -134,10 +156,15 @@ pub(crate) fn ledger_since(
         at.copy_from_slice(&k[16..24]);
         let mut req = [0u8; 16];
         req.copy_from_slice(&k[24..]);
+        let change_sat = change
+            .get(k)
+            .map_err(db_err)?
+            .map_or(0, |c| c.value());
         out.push(LedgerEntry {
             at: u64::from_be_bytes(at),
             amount_sat: v.value(),
             request_id: RequestId(req),
+            change_sat,
         });
     }
     Ok(out)
@@ -156,8 +183,81 @@ pub(crate) fn audit(txn: &WriteTransaction, entry: &AuditEntry) -> Result<(), St
     Ok(())
 }
 
-/// Creates every table so readers never meet a missing one.
+/// Records one signature's debit in the ledger.
+pub(crate) fn debit(
+    txn: &WriteTransaction,
+    wallet: &WalletId,
+    entry: &LedgerEntry,
+) -> Result<(), StateError> {
+    let key = ledger_key(wallet, entry.at, &entry.request_id);
+    let mut ledger = txn.open_table(LEDGER).map_err(db_err)?;
+    ledger.insert(&key, entry.amount_sat).map_err(db_err)?;
+    let mut change = txn.open_table(LEDGER_CHANGE).map_err(db_err)?;
+    change.insert(&key, entry.change_sat).map_err(db_err)?;
+    Ok(())
+}
+
+/// Removes a debit (its transaction was replaced).
+pub(crate) fn undo_debit(
+    txn: &WriteTransaction,
+    wallet: &WalletId,
+    entry: &LedgerEntry,
+) -> Result<(), StateError> {
+    let key = ledger_key(wallet, entry.at, &entry.request_id);
+    txn.open_table(LEDGER)
+        .map_err(db_err)?
+        .remove(&key)
+        .map_err(db_err)?;
+    txn.open_table(LEDGER_CHANGE)
+        .map_err(db_err)?
+        .remove(&key)
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Request `id`'s hold, if one began.
+pub(crate) fn hold(txn: &WriteTransaction, id: &RequestId) -> Result<Option<Hold>, StateError> {
+    let table = txn.open_table(HOLDS).map_err(db_err)?;
+    let v = table.get(&id.0).map_err(db_err)?;
+    v.map(|v| from_bytes("holds", v.value())).transpose()
+}
+
+/// Whether the user cancelled request `id`.
+pub(crate) fn cancelled(txn: &WriteTransaction, id: &RequestId) -> Result<bool, StateError> {
+    let table = txn.open_table(CANCELLED).map_err(db_err)?;
+    let v = table.get(&id.0).map_err(db_err)?;
+    Ok(v.is_some())
+}
+
+/// Creates every table so readers never meet a missing one, and checks the database's
+/// record layout (recording it in a new database).
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StateError> {
+    {
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let found = meta.get("format").map_err(db_err)?.map(|v| v.value());
+        match found {
+            Some(FORMAT) => {}
+            Some(found) => {
+                return Err(StateError::Format {
+                    found,
+                    expected: FORMAT,
+                })
+            }
+            None => {
+                let wallets = txn.open_table(WALLETS).map_err(db_err)?;
+                if wallets.first().map_err(db_err)?.is_some() {
+                    return Err(StateError::Format {
+                        found: 1,
+                        expected: FORMAT,
+                    });
+                }
+                meta.insert("format", FORMAT).map_err(db_err)?;
+            }
+        }
+    }
+    txn.open_table(LEDGER_CHANGE).map_err(db_err)?;
+    txn.open_table(HOLDS).map_err(db_err)?;
+    txn.open_table(CANCELLED).map_err(db_err)?;
     txn.open_table(WALLETS).map_err(db_err)?;
     txn.open_table(LEDGER).map_err(db_err)?;
     txn.open_table(OUTPOINTS).map_err(db_err)?;

@@ -60,6 +60,13 @@ pub fn generous_policy() -> Policy {
         max_fee_rate_sat_vb: 10_000,
         allowlist: None,
         min_approval_delay_secs: 0,
+        min_secs_between_signatures: 0,
+        max_signatures_per_period: None,
+        max_change_per_period_sat: None,
+        allowlist_add_delay_secs: 0,
+        hold_over_sat: None,
+        hold_secs: 0,
+        locked: false,
     }
 }
 

@@ -412,7 +412,9 @@ fn the_decision_never_signs_with_another_wallets_key() {
             &DecisionInput {
                 key,
                 wallet: Some((&tw.wallet, &policy)),
-                ledger: &[],
+                history: satcosign_cosigner::decision::History::none(),
+                hold: None,
+                cancelled: false,
                 signed_outpoints: &none,
                 request: &req,
                 now: NOW,

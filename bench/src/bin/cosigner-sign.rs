@@ -101,7 +101,9 @@ fn main() -> anyhow::Result<()> {
             let input = DecisionInput {
                 key: &satellite_key,
                 wallet: Some((&tw.wallet, &policy)),
-                ledger: &[],
+                history: satcosign_cosigner::decision::History::none(),
+                hold: None,
+                cancelled: false,
                 signed_outpoints: &none,
                 request: &req,
                 now: NOW,
