@@ -260,8 +260,10 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
         });
     }
     let max_age = input.rules.approval_max_age_secs;
-    if approval.approved_at > input.now.saturating_add(input.rules.clock_skew_secs)
-        || input.now.saturating_sub(approval.approved_at) > max_age
+    // A held spend's approval was judged when its hold began; the hold is why it aged.
+    let judged_at = input.hold.map_or(input.now, |h| h.started_at);
+    if approval.approved_at > judged_at.saturating_add(input.rules.clock_skew_secs)
+        || judged_at.saturating_sub(approval.approved_at) > max_age
     {
         return Err(Refusal::StaleApproval {
             approved_at: approval.approved_at,
@@ -279,7 +281,10 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
 
     let spend = analyze(secp, wallet, &psbt)?;
     check_policy(&spend, policy, input.history, input.now, supersedes)?;
-    if policy.hold_over_sat.is_some_and(|over| spend.leaving_sat() > over) {
+    if policy
+        .hold_over_sat
+        .is_some_and(|over| spend.leaving_sat() > over)
+    {
         match input.hold {
             None => {
                 return Ok(Decision::Hold(Hold {

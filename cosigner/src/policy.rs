@@ -175,7 +175,10 @@ impl Policy {
             return invalid("max_per_period_sat", "exceeds the bitcoin supply");
         }
         for (field, secs) in [
-            ("min_secs_between_signatures", self.min_secs_between_signatures),
+            (
+                "min_secs_between_signatures",
+                self.min_secs_between_signatures,
+            ),
             ("allowlist_add_delay_secs", self.allowlist_add_delay_secs),
             ("hold_secs", self.hold_secs),
             ("min_approval_delay_secs", self.min_approval_delay_secs),
@@ -198,7 +201,10 @@ impl Policy {
         match (self.hold_over_sat, self.hold_secs) {
             (Some(_), 0) => return invalid("hold_secs", "a hold needs at least 1 second"),
             (None, secs) if secs > 0 => {
-                return invalid("hold_over_sat", "hold_secs is set but no amount to hold over")
+                return invalid(
+                    "hold_over_sat",
+                    "hold_secs is set but no amount to hold over",
+                )
             }
             _ => {}
         }
@@ -254,8 +260,14 @@ impl Policy {
             (Some(n), Some(o)) => n <= o && self.hold_secs >= old.hold_secs,
         };
         self.min_secs_between_signatures >= old.min_secs_between_signatures
-            && at_most(self.max_signatures_per_period, old.max_signatures_per_period)
-            && at_most(self.max_change_per_period_sat, old.max_change_per_period_sat)
+            && at_most(
+                self.max_signatures_per_period,
+                old.max_signatures_per_period,
+            )
+            && at_most(
+                self.max_change_per_period_sat,
+                old.max_change_per_period_sat,
+            )
             && self.allowlist_add_delay_secs >= old.allowlist_add_delay_secs
             && hold_tighter
             && self.locked >= old.locked

@@ -156,10 +156,7 @@ pub(crate) fn ledger_since(
         at.copy_from_slice(&k[16..24]);
         let mut req = [0u8; 16];
         req.copy_from_slice(&k[24..]);
-        let change_sat = change
-            .get(k)
-            .map_err(db_err)?
-            .map_or(0, |c| c.value());
+        let change_sat = change.get(k).map_err(db_err)?.map_or(0, |c| c.value());
         out.push(LedgerEntry {
             at: u64::from_be_bytes(at),
             amount_sat: v.value(),
