@@ -130,9 +130,17 @@ fn check(c: &Cosigner, made: &[(SignRequest, u64, u64)]) -> Result<(), TestCaseE
                 let (_, leaving) = by_id[&id];
                 if leaving > HOLD_OVER {
                     let began = held_at.get(&id);
-                    prop_assert!(began.is_some(), "{id} of {leaving} sat signed without a hold");
+                    prop_assert!(
+                        began.is_some(),
+                        "{id} of {leaving} sat signed without a hold"
+                    );
                     let began = *began.unwrap_or(&0);
-                    prop_assert!(e.at >= began + HOLD, "{id} signed at {} before its release at {}", e.at, began + HOLD);
+                    prop_assert!(
+                        e.at >= began + HOLD,
+                        "{id} signed at {} before its release at {}",
+                        e.at,
+                        began + HOLD
+                    );
                 }
                 signed.push((e.at, id));
             }
@@ -147,12 +155,23 @@ fn check(c: &Cosigner, made: &[(SignRequest, u64, u64)]) -> Result<(), TestCaseE
     }
     for (k, (at, id)) in signed.iter().enumerate() {
         if let Some((before, _)) = k.checked_sub(1).map(|p| signed[p]) {
-            prop_assert!(*at >= before + MIN_GAP, "{id} signed {} s after the last signature", at.saturating_sub(before));
+            prop_assert!(
+                *at >= before + MIN_GAP,
+                "{id} signed {} s after the last signature",
+                at.saturating_sub(before)
+            );
         }
         let window = signed[..=k].iter().filter(|(t, _)| *t + PERIOD > *at);
-        let (count, change) = window.fold((0u64, 0u64), |(n, sum), (_, w)| (n + 1, sum + by_id[w].0));
-        prop_assert!(count <= MAX_SIGS, "{count} signatures within one period, up to {at}");
-        prop_assert!(change <= CHANGE_CAP, "{change} sat of change within one period, up to {at}");
+        let (count, change) =
+            window.fold((0u64, 0u64), |(n, sum), (_, w)| (n + 1, sum + by_id[w].0));
+        prop_assert!(
+            count <= MAX_SIGS,
+            "{count} signatures within one period, up to {at}"
+        );
+        prop_assert!(
+            change <= CHANGE_CAP,
+            "{change} sat of change within one period, up to {at}"
+        );
     }
     Ok(())
 }

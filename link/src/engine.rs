@@ -347,6 +347,22 @@ impl<S: LinkStore> Engine<S> {
         );
     }
 
+    /// Takes back queued message `id` if no fragment of it was ever transmitted, so the
+    /// peer cannot have it; returns whether it was taken back (false: it went, wholly or in
+    /// part, or is no longer queued).
+    pub fn withdraw(&mut self, id: u64) -> Result<bool, StoreError> {
+        let untouched = self
+            .out
+            .get(&id)
+            .is_some_and(|m| !m.ever_sent.iter().any(|s| *s));
+        if untouched {
+            // Out of the persisted outbox first: a crash after it cannot send it again.
+            self.store.acknowledged(id)?;
+            self.out.remove(&id);
+        }
+        Ok(untouched)
+    }
+
     /// Queues a message durably; it goes at the next chance.
     pub fn send(&mut self, payload: &[u8]) -> Result<u64, SendError> {
         if payload.is_empty() || payload.len() > self.cfg.max_message {

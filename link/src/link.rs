@@ -72,6 +72,7 @@ struct Published {
 
 enum Cmd {
     Send(Vec<u8>, oneshot::Sender<Result<u64, SendError>>),
+    Withdraw(u64, oneshot::Sender<Result<bool, StoreError>>),
 }
 
 /// `t` on the wall clock, for showing to people.
@@ -240,6 +241,17 @@ impl<S: LinkStore + Clone> LinkHandle<S> {
         Ok(rx.await.map_err(|_| LinkError::Stopped)??)
     }
 
+    /// Takes back queued message `id` if none of it was ever transmitted (see
+    /// [`Engine::withdraw`]); returns whether it was taken back.
+    pub async fn withdraw(&self, id: u64) -> Result<bool, LinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Withdraw(id, tx))
+            .await
+            .map_err(|_| LinkError::Stopped)?;
+        Ok(rx.await.map_err(|_| LinkError::Stopped)??)
+    }
+
     /// The next delivered message (waiting for one). Call [`Self::ack`] once it is handled.
     pub async fn recv(&self) -> Result<(u64, Vec<u8>), LinkError> {
         loop {
@@ -343,6 +355,11 @@ fn apply<S: LinkStore>(engine: &mut Engine<S>, cmd: Cmd, status: &watch::Sender<
     match cmd {
         Cmd::Send(payload, reply) => {
             let result = engine.send(&payload);
+            publish(engine, status);
+            let _ = reply.send(result);
+        }
+        Cmd::Withdraw(id, reply) => {
+            let result = engine.withdraw(id);
             publish(engine, status);
             let _ = reply.send(result);
         }
