@@ -295,6 +295,18 @@ where
                 Ok(html_response(status, page, head))
             });
         }
+        if let (Some(service), true) = (
+            &self.service,
+            req.uri().path().starts_with(crate::cancel_page::PREFIX),
+        ) {
+            let service = service.clone();
+            return Box::pin(async move {
+                let head = req.method() == http::Method::HEAD;
+                let (status, page) =
+                    crate::cancel_page::route(service, req.method(), req.uri().path()).await;
+                Ok(html_response(status, page, head))
+            });
+        }
         if req.uri().path().starts_with("/confirm/") {
             if let Some(service) = self.service.clone() {
                 return Box::pin(async move { Ok(confirm_route(service, req).await) });

@@ -36,6 +36,7 @@
 //!   relay, driven by one replica at a time under a lease; [`peers`]: what replicas on one
 //!   PostgreSQL tell each other;
 //! - [`wallet_keys`]: the satellite key each wallet gets; [`key_page`]: the `/key` page;
+//!   [`cancel_page`]: the `/cancel/<id>` page a hold email links to;
 //! - [`nostr_relay`]: the Nostr relay, with [`nostr_message`] for what clients send;
 //!   [`nostr_cosigner`]: the satellite's Nostr identities (Electrum 4.6+ with no plugin);
 //!   [`nostr_keep`]: answers kept past Electrum's 24-hour window; [`nostr_auth`]: NIP-42;
@@ -49,6 +50,7 @@ pub mod admission;
 pub mod allowance;
 pub mod answer;
 pub mod approval;
+pub mod cancel_page;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "dev")]

@@ -50,6 +50,11 @@ pub enum Step {
     Signed,
     /// The cosigner refused.
     Refused,
+    /// The satellite holds a large spend until its release: the request waits, confirmed,
+    /// to be asked again then (or cancelled meanwhile).
+    Held,
+    /// The wallet was locked down before the request reached the satellite.
+    Locked,
     /// The broadcast's result was recorded: not a change of state, not announced.
     Broadcast,
     /// The outcome reached the owner.
@@ -57,7 +62,7 @@ pub enum Step {
 }
 
 /// Every step, for tests and documentation.
-pub const ALL_STEPS: [Step; 16] = [
+pub const ALL_STEPS: [Step; 18] = [
     Step::Emailed,
     Step::Resubmitted,
     Step::WrongCode,
@@ -72,6 +77,8 @@ pub const ALL_STEPS: [Step; 16] = [
     Step::Acknowledged,
     Step::Signed,
     Step::Refused,
+    Step::Held,
+    Step::Locked,
     Step::Broadcast,
     Step::Delivered,
 ];
@@ -95,6 +102,8 @@ pub fn next(from: State, step: Step) -> Option<State> {
         (E::Acknowledged, S::Queued) => S::Sent,
         (E::Signed, S::Confirmed | S::Queued | S::Sent) => S::Signed,
         (E::Refused, S::Confirmed | S::Queued | S::Sent) => S::Refused,
+        (E::Held, S::Confirmed | S::Queued | S::Sent) => S::Confirmed,
+        (E::Locked, S::Received | S::AwaitingEmail | S::Confirmed | S::Queued) => S::Refused,
         (E::Broadcast, S::Signed) => S::Signed,
         (E::Delivered, S::Signed | S::Refused | S::Expired | S::Cancelled) => S::Delivered,
         _ => return None,
@@ -117,7 +126,10 @@ impl Step {
             Step::Cancelled => "cancelling",
             Step::Expired => "expiring",
             Step::RefusedOnGround | Step::Queued => "queueing for the satellite",
-            Step::Acknowledged | Step::Signed | Step::Refused => "recording the satellite's answer",
+            Step::Acknowledged | Step::Signed | Step::Refused | Step::Held => {
+                "recording the satellite's answer"
+            }
+            Step::Locked => "locking down",
             Step::Broadcast => "recording the broadcast",
             Step::Delivered => "delivering",
         }
@@ -301,6 +313,16 @@ mod tests {
             (
                 Step::Refused,
                 &[S::Confirmed, S::Queued, S::Sent],
+                S::Refused,
+            ),
+            (
+                Step::Held,
+                &[S::Confirmed, S::Queued, S::Sent],
+                S::Confirmed,
+            ),
+            (
+                Step::Locked,
+                &[S::Received, S::AwaitingEmail, S::Confirmed, S::Queued],
                 S::Refused,
             ),
             (Step::Broadcast, &[S::Signed], S::Signed),

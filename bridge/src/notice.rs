@@ -67,6 +67,12 @@ pub fn headline(wallet: &WalletRecord, req: &RequestRecord) -> String {
         Action::UpdateEmail { .. } => {
             format!("Change the email address of wallet \"{}\"", wallet.label)
         }
+        Action::SetPolicy { policy } if policy.locked && !wallet.policy.locked => {
+            format!("Lock down wallet \"{}\": sign nothing", wallet.label)
+        }
+        Action::SetPolicy { policy } if !policy.locked && wallet.policy.locked => {
+            format!("Unlock wallet \"{}\"", wallet.label)
+        }
         Action::SetPolicy { policy } if policy.is_tightening_of(&wallet.policy) => {
             format!("Tighten the limits of wallet \"{}\"", wallet.label)
         }
@@ -163,72 +169,107 @@ pub fn summary(
     rows
 }
 
-/// Every field of a policy change, old and new; unchanged fields are left out, and an
-/// allowlist's entries are listed as added and removed.
+/// Every rule of a policy change, old and new: a changed rule reads "new (now old)", an
+/// unchanged one "value (unchanged)", changed rules first; an allowlist's entries are
+/// listed as added and removed.
 pub fn policy_changes(
     old: &satcosign_cosigner::policy::Policy,
     new: &satcosign_cosigner::policy::Policy,
     network: bitcoin::Network,
 ) -> Vec<(String, String)> {
-    let mut rows = Vec::new();
-    let mut field = |name: &str, before: String, after: String| {
+    let mut changed = Vec::new();
+    let mut same = Vec::new();
+    for (name, before, after) in rule_values(old, new) {
         if before != after {
-            rows.push((name.to_owned(), format!("{after} (now {before})")));
+            changed.push((name.to_owned(), format!("{after} (now {before})")));
+        } else {
+            same.push((name.to_owned(), format!("{after} (unchanged)")));
         }
-    };
-    field(
-        "Limit per transaction",
-        btc(old.max_per_tx_sat),
-        btc(new.max_per_tx_sat),
-    );
-    field(
-        "Limit per period",
-        btc(old.max_per_period_sat),
-        btc(new.max_per_period_sat),
-    );
-    let hours = |s: u64| format!("{} hours", s as f64 / 3600.0);
-    field("Period", hours(old.period_secs), hours(new.period_secs));
-    field(
-        "Highest fee",
-        format!("{} sat", old.max_fee_sat),
-        format!("{} sat", new.max_fee_sat),
-    );
-    field(
-        "Highest fee rate",
-        format!("{} sat/vB", old.max_fee_rate_sat_vb),
-        format!("{} sat/vB", new.max_fee_rate_sat_vb),
-    );
-    field(
-        "Delay after approval",
-        format!("{} s", old.min_approval_delay_secs),
-        format!("{} s", new.min_approval_delay_secs),
-    );
+    }
     match (&old.allowlist, &new.allowlist) {
-        (None, None) => {}
-        (Some(_), None) => rows.push((
+        (None, None) => same.push(("Allowlist".into(), "none: any address (unchanged)".into())),
+        (Some(_), None) => changed.push((
             "Allowlist".into(),
             "removed: payments may go to any address".into(),
         )),
         (before, Some(after)) => {
             if before.is_none() {
-                rows.push((
+                changed.push((
                     "Allowlist".into(),
                     format!("new: payments only to its {} entries", after.len()),
                 ));
             }
             let before = before.as_deref().unwrap_or_default();
             for script in after.iter().filter(|s| !before.contains(s)) {
-                rows.push(("Allowlist adds".into(), script_text(script, network)));
+                changed.push(("Allowlist adds".into(), script_text(script, network)));
             }
             for script in before.iter().filter(|s| !after.contains(s)) {
-                rows.push(("Allowlist removes".into(), script_text(script, network)));
+                changed.push(("Allowlist removes".into(), script_text(script, network)));
+            }
+            if after.iter().all(|s| before.contains(s)) && before.len() == after.len() {
+                same.push((
+                    "Allowlist".into(),
+                    format!("{} entries (unchanged)", after.len()),
+                ));
             }
         }
     }
-    if rows.is_empty() {
-        rows.push(("Change".into(), "none: the policy is the same".into()));
+    if changed.is_empty() {
+        changed.push(("Change".into(), "none: the policy is the same".into()));
     }
-    rows
+    changed.extend(same);
+    changed
+}
+
+/// Each rule of the policy but the allowlist, as (name, old value, new value) in words.
+fn rule_values(
+    old: &satcosign_cosigner::policy::Policy,
+    new: &satcosign_cosigner::policy::Policy,
+) -> Vec<(&'static str, String, String)> {
+    use satcosign_cosigner::policy::Policy;
+    type Rule = (&'static str, fn(&Policy) -> String);
+    let rules: [Rule; 13] = [
+        ("Limit per transaction", |p| btc(p.max_per_tx_sat)),
+        ("Limit per period", |p| btc(p.max_per_period_sat)),
+        ("Period", |p| {
+            format!("{} hours", p.period_secs as f64 / 3600.0)
+        }),
+        ("Highest fee", |p| format!("{} sat", p.max_fee_sat)),
+        ("Highest fee rate", |p| {
+            format!("{} sat/vB", p.max_fee_rate_sat_vb)
+        }),
+        ("Delay after approval", |p| {
+            format!("{} s", p.min_approval_delay_secs)
+        }),
+        ("Time between signatures", |p| {
+            format!("{} s", p.min_secs_between_signatures)
+        }),
+        ("Signatures per period", |p| {
+            p.max_signatures_per_period
+                .map_or("no limit".into(), |n| n.to_string())
+        }),
+        ("Change per period", |p| {
+            p.max_change_per_period_sat.map_or("no limit".into(), btc)
+        }),
+        ("Delay for new allowlist entries", |p| {
+            format!("{} s", p.allowlist_add_delay_secs)
+        }),
+        ("Hold spends over", |p| {
+            p.hold_over_sat.map_or("no hold".into(), btc)
+        }),
+        ("Hold for", |p| format!("{} s", p.hold_secs)),
+        ("Lockdown", |p| {
+            if p.locked {
+                "locked: nothing is signed".into()
+            } else {
+                "off".into()
+            }
+        }),
+    ];
+    rules
+        .iter()
+        .map(|(name, f)| (*name, f(old), f(new)))
+        .collect()
 }
 
 /// An output script as people read it: its address on the bridge's network, else hex.
@@ -415,4 +456,73 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
     }
+}
+
+/// The email that tells the owner a large spend is held on the satellite: when the hold
+/// began and when it releases (the satellite's clock), and how to cancel it meanwhile.
+pub fn hold_email(
+    public_url: &str,
+    wallet: &WalletRecord,
+    req: &RequestRecord,
+    hold: &satcosign_cosigner::decision::Hold,
+    network: bitcoin::Network,
+) -> Email {
+    let head = headline(wallet, req);
+    let link = format!("{public_url}/cancel/{}", req.id);
+    let mut rows = summary(wallet, req, None, network);
+    rows.push(("Held since".into(), format_utc(hold.started_at)));
+    rows.push(("Signed from".into(), format_utc(hold.releases_at)));
+    let what = format!(
+        "The satellite holds this spend: it is over the wallet's hold limit. It will be signed \
+         at the first pass after {}, unless you cancel it before.",
+        format_utc(hold.releases_at)
+    );
+    let cancel = format!(
+        "To cancel it, open this link and press Cancel:\n\n  {link}\n\nor cancel request {} \
+         in the satcosign plugin in Electrum.",
+        req.id
+    );
+    Email {
+        to: wallet.email.clone(),
+        subject: format!(
+            "Held until {}: {head} (request {})",
+            format_utc(hold.releases_at),
+            &req.id.to_string()[..8]
+        ),
+        text: format!("{head}\n\n{what}\n\n{}\n{cancel}\n", text_rows(&rows)),
+        html: format!(
+            "<html><body style=\"font-family:sans-serif\"><h2>{}</h2><p>{}</p><table>{}</table>\
+             <p><a href=\"{}\">Review and cancel</a> (the page asks once more), or cancel request \
+             <code>{}</code> in the satcosign plugin in Electrum.</p></body></html>\n",
+            html_escape(&head),
+            html_escape(&what),
+            html_rows(&rows),
+            html_escape(&link),
+            req.id
+        ),
+    }
+}
+
+/// The page behind a hold email's link: the summary, the hold's times and a POST button
+/// that cancels. A GET changes nothing.
+pub fn cancel_page(
+    wallet: &WalletRecord,
+    req: &RequestRecord,
+    network: bitcoin::Network,
+) -> String {
+    let mut rows = summary(wallet, req, None, network);
+    if let Some(hold) = &req.hold {
+        rows.push(("Held since".into(), format_utc(hold.started_at)));
+        rows.push(("Signed from".into(), format_utc(hold.releases_at)));
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>satcosign: cancel</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:2em auto\">\n<h1>Cancel: {}?</h1>\n\
+         <table>\n{}</table>\n<form method=\"post\" action=\"/cancel/{}\">\n\
+         <button id=\"cancel\" type=\"submit\" name=\"action\" value=\"cancel\">Cancel this spend</button>\n\
+         </form>\n</body></html>\n",
+        html_escape(&headline(wallet, req)),
+        html_rows(&rows),
+        req.id,
+    )
 }

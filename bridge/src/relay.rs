@@ -23,12 +23,13 @@ use satcosign_link::link::LinkHandle;
 use satcosign_link::store::LinkStore;
 
 use crate::lifecycle::Step;
-use crate::service::{Service, ServiceError};
+use crate::service::{unix_now, Service, ServiceError};
 use crate::state::State;
 use crate::store::StoreError;
 
 mod deliver;
 mod inbound;
+mod lockdown;
 mod outbound;
 
 /// How often every active request is looked at, besides the wake-ups (transitions, the
@@ -240,6 +241,9 @@ where
         let r = self.service.request(id).await?;
         match r.state {
             State::Received => self.service.send_confirmation(&r).await,
+            // A held spend is asked for again from its release (the sweep comes back for it).
+            State::Confirmed if r.hold.is_some_and(|h| unix_now() < h.releases_at) => Ok(()),
+            State::Confirmed if self.locks_down(&r) => self.lock_down(&r).await,
             State::Confirmed => self.queue(&r).await,
             State::Queued => {
                 let Some(msg) = r.link_msg else { return Ok(()) };
@@ -263,6 +267,11 @@ where
                 Ok(())
             }
             State::Signed | State::Refused | State::Expired | State::Cancelled => {
+                if r.hold.is_some() && r.state != State::Signed {
+                    // The satellite holds it: tell it never to sign (at most twice, after a
+                    // crash here; it records a cancel once).
+                    self.cancel_on_satellite(&r).await?;
+                }
                 self.deliver(r).await
             }
             State::AwaitingEmail | State::Sent | State::Delivered => Ok(()),

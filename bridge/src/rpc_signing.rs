@@ -271,6 +271,17 @@ pub fn register(
             }))
         },
     )?;
+    for (method, locked) in [("wallet.lockdown", true), ("wallet.unlock", false)] {
+        module.register_async_method(
+            method,
+            move |params, ctx: Arc<ApiContext>, _| async move {
+                let values = positional(&params, method, 1, 1)?;
+                let id = wallet_id(&values, 0)?;
+                let rid = ctx.service()?.set_lockdown(id, locked).await?;
+                Ok::<_, RpcError>(json!({"request_id": rid.to_string(), "needs_email": true}))
+            },
+        )?;
+    }
     module.register_async_method(
         "request.submit",
         |params, ctx: Arc<ApiContext>, _| async move {

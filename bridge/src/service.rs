@@ -610,5 +610,6 @@ pub(crate) fn new_request(
         updated_at: now,
         version: 0,
         link_msg: None,
+        hold: None,
     }
 }

@@ -8,6 +8,7 @@
 use crate::store::tables::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use satcosign_cosigner::decision::Hold;
 use satcosign_cosigner::decision::RequestId;
 use satcosign_cosigner::policy::Policy;
 use satcosign_cosigner::wallet::WalletId;
@@ -372,6 +373,9 @@ pub struct RequestRecord {
     pub version: u32,
     /// The link message that carries it to the cosigner, once queued.
     pub link_msg: Option<u64>,
+    /// The satellite's hold on a large spend: when it began and when it releases (the
+    /// satellite's clock); the bridge asks again from then, and a cancel goes up the link.
+    pub hold: Option<Hold>,
 }
 
 /// Reads a request inside a write transaction.

@@ -99,6 +99,7 @@ pub fn request_json(r: &RequestRecord, watch: Option<&Watch>) -> Value {
         "created_at": r.created_at,
         "updated_at": r.updated_at,
         "approved_at": r.approved_at,
+        "hold": r.hold.map(|h| json!({"started_at": h.started_at, "releases_at": h.releases_at})),
     })
 }
 

@@ -242,6 +242,39 @@ impl Service {
         Ok((id, tightening))
     }
 
+    /// `wallet.lockdown` and `wallet.unlock`: the wallet's policy with signing frozen (or
+    /// not), confirmed by email like any change. Once confirmed, a lockdown stops every
+    /// request that has not reached the satellite and applies there at once; an unlock is a
+    /// loosening, applied after the satellite's delay.
+    pub async fn set_lockdown(
+        &self,
+        wallet_id: WalletId,
+        locked: bool,
+    ) -> Result<RequestId, ServiceError> {
+        let wallet = self.wallet_record(wallet_id).await?;
+        if wallet.state != WalletState::Active {
+            return Err(ServiceError::WalletNotActive {
+                wallet_id,
+                state: wallet_state_name(wallet.state),
+            });
+        }
+        if wallet.policy.locked == locked {
+            return Err(ServiceError::Invalid {
+                field: "wallet_id",
+                reason: format!(
+                    "wallet {wallet_id} is {} already",
+                    if locked { "locked down" } else { "unlocked" }
+                ),
+            });
+        }
+        let policy = Policy {
+            locked,
+            ..wallet.policy
+        };
+        self.new_wallet_request(wallet_id, Action::SetPolicy { policy })
+            .await
+    }
+
     /// Opens a change of wallet `wallet_id` (email or policy), within the wallet's daily
     /// allowance of changes: each one emails the owner.
     pub(crate) async fn new_wallet_request(

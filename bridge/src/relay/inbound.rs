@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use satcosign_cosigner::policy::PolicyChange;
 use satcosign_cosigner::protocol::{
-    open_envelope, CompactOutcome, PolicyOutcome, RegisterOutcome, Response, SignOutcome,
+    open_envelope, CancelOutcome, CompactOutcome, PolicyOutcome, RegisterOutcome, Response,
+    SignOutcome,
 };
+use satcosign_cosigner::refusal::Refusal;
 use satcosign_link::store::LinkStore;
 
 use crate::answer::{merge_compact, merge_psbt, IntakeChecks};
@@ -15,8 +17,9 @@ use crate::notice;
 use crate::service::ServiceError;
 use crate::state::{
     load_wallet, mirror_policy_change, save_wallet, Action, Outcome, RequestRecord, State,
-    WalletState,
+    WalletRecord, WalletState,
 };
+use satcosign_cosigner::decision::Hold;
 
 use super::Relay;
 
@@ -64,6 +67,19 @@ where
                 return Ok(());
             }
         };
+        if let Response::Cancel(outcome) = &response {
+            // The request was cancelled (or locked down) on the ground before this was
+            // sent; the satellite says whether the cancel came in time.
+            match outcome {
+                CancelOutcome::Cancelled => {
+                    tracing::info!(request = %id, "the satellite recorded the cancel")
+                }
+                other => {
+                    tracing::warn!(request = %id, outcome = ?other, "the satellite could not cancel")
+                }
+            }
+            return Ok(());
+        }
         let _claim = loop {
             if let Some(c) = self.service.claim(id) {
                 break c;
@@ -100,6 +116,20 @@ where
             },
             _ => None,
         };
+        if let Some(Refusal::Held {
+            started_at,
+            releases_at,
+        }) = satellite_refusal
+        {
+            let hold = Hold {
+                started_at,
+                releases_at,
+            };
+            let record = self.service.wallet_record(r.wallet_id).await?;
+            return self.held(&r, &record, hold).await;
+        }
+        // A cancel is the user's doing, not a rule broken.
+        let satellite_refusal = satellite_refusal.filter(|r| *r != Refusal::Cancelled);
         let checks = self.service.intake_checks(&r, &wallet).await?;
         let outcome = self.outcome_of(&r, checks.as_ref(), response);
         let step = match outcome {
@@ -150,6 +180,37 @@ where
                     )?;
                 }
                 r.outcome = Some(outcome);
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The satellite holds large spend `r`: the request goes back to confirmed, to be asked
+    /// again at the release; the owner is told once, when the hold begins, how to cancel.
+    async fn held(
+        &self,
+        r: &RequestRecord,
+        wallet: &WalletRecord,
+        hold: Hold,
+    ) -> Result<(), ServiceError> {
+        if r.hold.is_none() {
+            let email = notice::hold_email(
+                &self.service.public_url(),
+                wallet,
+                r,
+                &hold,
+                self.service.network,
+            );
+            if let Err(e) = self.service.send_mail(email).await {
+                tracing::warn!(request = %r.id, error = %e, "cannot email the hold");
+            }
+        }
+        tracing::info!(request = %r.id, releases_at = hold.releases_at, "held on the satellite");
+        self.service
+            .take(r.id, Step::Held, move |_, r| {
+                r.hold = Some(hold);
+                r.link_msg = None;
                 Ok(())
             })
             .await?;
