@@ -441,23 +441,6 @@ pub fn message_page(title: &str, message: &str) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_and_amounts() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
-        assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06 UTC");
-        assert_eq!(btc(400_000), "0.00400000 BTC");
-        assert_eq!(btc(2_100_000_000_000_000), "21000000.00000000 BTC");
-        assert_eq!(
-            html_escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
-    }
-}
-
 /// The email that tells the owner a large spend is held on the satellite: when the hold
 /// began and when it releases (the satellite's clock), and how to cancel it meanwhile.
 pub fn hold_email(
@@ -525,4 +508,21 @@ pub fn cancel_page(
         html_rows(&rows),
         req.id,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_amounts() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06 UTC");
+        assert_eq!(btc(400_000), "0.00400000 BTC");
+        assert_eq!(btc(2_100_000_000_000_000), "21000000.00000000 BTC");
+        assert_eq!(
+            html_escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
 }
