@@ -620,6 +620,21 @@ impl Cosigner {
         Ok(entries)
     }
 
+    /// A wallet's policy state: the policy in force, a loosening that waits, and the
+    /// allowlist destinations that wait for their delay (for operators and tests).
+    pub fn policy_state(
+        &self,
+        wallet: &WalletId,
+    ) -> Result<Option<crate::policy::PolicyState>, StateError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(WALLETS).map_err(db_err)?;
+        let record: Option<WalletRecord> = match table.get(&wallet.0).map_err(db_err)? {
+            Some(v) => Some(from_bytes("wallets", v.value())?),
+            None => None,
+        };
+        Ok(record.map(|r| r.policy))
+    }
+
     /// The whole audit log, oldest first.
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StateError> {
         let txn = self.db.begin_read().map_err(db_err)?;

@@ -350,8 +350,9 @@ fn decide_inner(input: &DecisionInput<'_>, secp: &Secp256k1<All>) -> Result<Deci
 
 /// Checks a spend against a policy: lockdown, fees, per-transaction and rolling-period
 /// limits, velocity and the change cap (over `history`'s ledger, leaving out the request
-/// `supersedes` replaces) and the allowlist. The bridge calls it too, with the history it
-/// knows ([`History::none`]), to refuse early what the cosigner would.
+/// `supersedes` replaces) and the allowlist. The bridge calls it too: at submit with
+/// [`History::none`], to refuse early what no later pass could allow, and in its dry run
+/// with its copy of what the satellite signed, to say what the satellite would refuse.
 /// A spend that breaks one rule is refused with that rule's refusal; one that breaks
 /// several, with [`Refusal::PolicyViolations`] listing every one.
 pub fn check_policy(

@@ -157,6 +157,33 @@ pub enum PolicyError {
 }
 
 impl Policy {
+    /// A policy of amount and fee limits alone: no allowlist, no delays, no velocity, no
+    /// change cap, no hold, not locked (each of those rules is off until set).
+    pub fn of_limits(
+        max_per_tx_sat: u64,
+        max_per_period_sat: u64,
+        period_secs: u64,
+        max_fee_sat: u64,
+        max_fee_rate_sat_vb: u64,
+    ) -> Policy {
+        Policy {
+            max_per_tx_sat,
+            max_per_period_sat,
+            period_secs,
+            max_fee_sat,
+            max_fee_rate_sat_vb,
+            allowlist: None,
+            min_approval_delay_secs: 0,
+            min_secs_between_signatures: 0,
+            max_signatures_per_period: None,
+            max_change_per_period_sat: None,
+            allowlist_add_delay_secs: 0,
+            hold_over_sat: None,
+            hold_secs: 0,
+            locked: false,
+        }
+    }
+
     /// Checks internal consistency.
     pub fn check(&self) -> Result<(), PolicyError> {
         let invalid = |field, reason: &str| {
@@ -377,22 +404,7 @@ mod tests {
     use super::*;
 
     fn base() -> Policy {
-        Policy {
-            max_per_tx_sat: 1_000_000,
-            max_per_period_sat: 5_000_000,
-            period_secs: 86_400,
-            max_fee_sat: 50_000,
-            max_fee_rate_sat_vb: 200,
-            allowlist: None,
-            min_approval_delay_secs: 0,
-            min_secs_between_signatures: 0,
-            max_signatures_per_period: None,
-            max_change_per_period_sat: None,
-            allowlist_add_delay_secs: 0,
-            hold_over_sat: None,
-            hold_secs: 0,
-            locked: false,
-        }
+        Policy::of_limits(1_000_000, 5_000_000, 86_400, 50_000, 200)
     }
 
     #[test]

@@ -52,22 +52,7 @@ pub fn key(tag: &str) -> CosignerKey {
 
 /// A policy that lets any reasonable test spend through.
 pub fn generous_policy() -> Policy {
-    Policy {
-        max_per_tx_sat: 10_000_000_000,
-        max_per_period_sat: 10_000_000_000,
-        period_secs: 86_400,
-        max_fee_sat: 10_000_000,
-        max_fee_rate_sat_vb: 10_000,
-        allowlist: None,
-        min_approval_delay_secs: 0,
-        min_secs_between_signatures: 0,
-        max_signatures_per_period: None,
-        max_change_per_period_sat: None,
-        allowlist_add_delay_secs: 0,
-        hold_over_sat: None,
-        hold_secs: 0,
-        locked: false,
-    }
+    Policy::of_limits(10_000_000_000, 10_000_000_000, 86_400, 10_000_000, 10_000)
 }
 
 /// What a test spend looks like.
@@ -106,6 +91,13 @@ impl Default for TestWallet {
 pub fn foreign_script(n: u8) -> ScriptBuf {
     let hash = bitcoin::WPubkeyHash::from_byte_array([n; 20]);
     ScriptBuf::new_p2wpkh(&hash)
+}
+
+/// A stranger's P2WPKH output script for any index, for spends with thousands of payments.
+pub fn stranger_script(n: u32) -> ScriptBuf {
+    let mut hash = [0xa5u8; 20];
+    hash[..4].copy_from_slice(&n.to_be_bytes());
+    ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array(hash))
 }
 
 impl TestWallet {
@@ -345,6 +337,34 @@ impl TestWallet {
             inputs: (0..n).map(|i| (0, salt * 1000 + i, 100_000)).collect(),
             payments: vec![(foreign_script(7), pay)],
             change: Some((salt, total - pay - fee)),
+        };
+        let mut psbt = self.psbt(&spec);
+        self.sign_with(&self.user, &mut psbt);
+        psbt
+    }
+
+    /// A spend at Coldcard's tested capacity: `inputs` coins of 1,000,000 sat each,
+    /// `outputs - 1` payments of 10,000 sat to distinct strangers and the change, at about
+    /// 1 sat/vB, signed by the user.
+    pub fn large_signed_psbt(&self, inputs: u32, outputs: u32, salt: u32) -> Psbt {
+        let total = u64::from(inputs) * 1_000_000;
+        let payments: Vec<(ScriptBuf, u64)> = (1..outputs)
+            .map(|i| {
+                (
+                    stranger_script(salt.wrapping_mul(100_000).wrapping_add(i)),
+                    10_000,
+                )
+            })
+            .collect();
+        // 2-of-3 P2WSH inputs weigh about 105 vB each once signed; P2WPKH outputs 31 vB.
+        let fee = u64::from(inputs) * 105 + u64::from(outputs) * 43 + 100;
+        let paid: u64 = payments.iter().map(|(_, v)| v).sum();
+        let spec = SpendSpec {
+            inputs: (0..inputs)
+                .map(|i| (0, salt * 10_000 + i, 1_000_000))
+                .collect(),
+            payments,
+            change: Some((salt, total - paid - fee)),
         };
         let mut psbt = self.psbt(&spec);
         self.sign_with(&self.user, &mut psbt);

@@ -52,7 +52,7 @@ impl Case {
     /// Expects `code`, with nothing debited; returns the refusal.
     fn refuses(&self, req: &SignRequest, now: u64, code: &str) -> Refusal {
         let before = self.c.ledger(&self.tw.wallet.id, 0).expect("ledger");
-        let refusal = common::refusal(common::sign(&self.c, req, now));
+        let refusal = common::refused_as_the_dry_run_said(&self.c, &self.tw.wallet, req, now);
         assert_eq!(refusal.code(), code, "{refusal}");
         assert_eq!(
             self.c.ledger(&self.tw.wallet.id, 0).expect("ledger"),

@@ -53,7 +53,7 @@ impl Case {
     /// Sends `req`, expects the refusal `code`, and checks nothing was debited.
     fn expect_refused(&self, req: &SignRequest, code: &str) {
         let before = self.c.ledger(&self.wallet_id, 0).expect("ledger").len();
-        let refusal = common::refusal(common::sign(&self.c, req, NOW));
+        let refusal = common::refused_as_the_dry_run_said(&self.c, &self.tw.wallet, req, NOW);
         assert_eq!(refusal.code(), code, "{refusal}");
         assert_eq!(
             self.c.ledger(&self.wallet_id, 0).expect("ledger").len(),
@@ -229,7 +229,7 @@ fn unknown_wallet() {
     let psbt = k.signed_by_user(&spec());
     let mut req = k.tw.request(&psbt, 1, NOW);
     req.wallet_id = WalletId([7; 16]);
-    let refusal = common::refusal(common::sign(&k.c, &req, NOW));
+    let refusal = common::refused_as_the_dry_run_said(&k.c, &k.tw.wallet, &req, NOW);
     assert_eq!(refusal.code(), "unknown_wallet");
 }
 
@@ -370,7 +370,12 @@ fn a_payment_to_oneself_is_not_spending_but_the_claim_is_checked() {
     // 0.5 BTC to a stranger is over the limits, per transaction and per period both.
     let stranger = k.signed_by_user(&spec(foreign_script(3), 1));
     k.expect_refused(&k.tw.request(&stranger, 2, NOW), "policy_violations");
-    let refusal = common::refusal(common::sign(&k.c, &k.tw.request(&stranger, 2, NOW), NOW));
+    let refusal = common::refused_as_the_dry_run_said(
+        &k.c,
+        &k.tw.wallet,
+        &k.tw.request(&stranger, 2, NOW),
+        NOW,
+    );
     let rules: Vec<&str> = refusal.violations().iter().map(|v| v.rule).collect();
     assert_eq!(rules, ["over_tx_limit", "over_period_limit"], "{refusal}");
 
@@ -454,7 +459,8 @@ fn a_spend_breaking_several_rules_is_refused_with_every_one_and_its_figures() {
         ..testkit::generous_policy()
     });
     let psbt = k.signed_by_user(&spec()); // pays foreign_script(1)
-    let refusal = common::refusal(common::sign(&k.c, &k.tw.request(&psbt, 1, NOW), NOW));
+    let refusal =
+        common::refused_as_the_dry_run_said(&k.c, &k.tw.wallet, &k.tw.request(&psbt, 1, NOW), NOW);
     assert_eq!(refusal.code(), "policy_violations", "{refusal}");
     let broken = refusal.violations();
     let rules: Vec<&str> = broken.iter().map(|v| v.rule).collect();

@@ -103,3 +103,70 @@ pub fn finalize_and_verify(mut psbt: Psbt) -> Transaction {
         .unwrap_or_else(|e| panic!("Bitcoin Core's script interpreter rejects it: {e}"));
     tx
 }
+
+/// Rules of the policy: a refusal with one of these codes comes from `check_policy`.
+pub const POLICY_CODES: [&str; 11] = [
+    "fee_too_high",
+    "fee_rate_too_high",
+    "over_tx_limit",
+    "over_period_limit",
+    "too_soon",
+    "too_many_signatures",
+    "over_change_limit",
+    "destination_not_allowed",
+    "destination_not_yet_allowed",
+    "locked",
+    "policy_violations",
+];
+
+/// The dry run's verdict on `req` at `now`, as `request.check` reaches it: the PSBT
+/// analysed against the registered wallet, then `check_policy` against the policy in
+/// force, over the satellite's own ledger and allowlist delays. `None` where a dry run
+/// cannot start (no such wallet, no PSBT), which the bridge answers with its own errors.
+pub fn dry_run(
+    c: &Cosigner,
+    wallet: &satcosign_cosigner::wallet::Wallet,
+    req: &SignRequest,
+    now: u64,
+) -> Option<Result<(), Refusal>> {
+    use satcosign_cosigner::decision::{check_policy, History};
+    let state = c.policy_state(&req.wallet_id).expect("policy state")?;
+    let ledger = c.ledger(&req.wallet_id, 0).expect("ledger");
+    let psbt = Psbt::deserialize(&req.psbt).ok()?;
+    let secp = Secp256k1::verification_only();
+    let spend = match satcosign_cosigner::spend::analyze(&secp, wallet, &psbt) {
+        Ok(spend) => spend,
+        Err(refusal) => return Some(Err(refusal)),
+    };
+    let history = History {
+        ledger: &ledger,
+        allowlist_since: &state.allowlist_since,
+    };
+    Some(check_policy(
+        &spend,
+        state.effective(now),
+        history,
+        now,
+        req.replaces,
+    ))
+}
+
+/// Sends `req` at `now` and returns the refusal, having checked that the dry run said the
+/// same beforehand: the same refusal, figures and all, for every rule of the policy; and
+/// for any other refusal, either the same one or (for what only the signing step checks:
+/// approvals, holds, cancels, coins signed before) no objection.
+pub fn refused_as_the_dry_run_said(
+    c: &Cosigner,
+    wallet: &satcosign_cosigner::wallet::Wallet,
+    req: &SignRequest,
+    now: u64,
+) -> Refusal {
+    let dry = dry_run(c, wallet, req, now);
+    let refusal = refusal(sign(c, req, now));
+    if POLICY_CODES.contains(&refusal.code()) {
+        assert_eq!(dry, Some(Err(refusal.clone())), "the dry run disagrees");
+    } else if let Some(Err(said)) = dry {
+        assert_eq!(said, refusal, "the dry run disagrees");
+    }
+    refusal
+}
