@@ -5,13 +5,15 @@
 //! email would show. Nothing is stored, no email goes out, nothing is counted against the
 //! wallet's hourly requests, and the satellite is not asked.
 //!
-//! The bridge does not keep the satellite's spend ledger: the rolling-period limit is
-//! checked against this spend alone, as a submit is; the satellite checks it against what
-//! it has signed.
+//! The rules that read the wallet's history (velocity, the rolling limits, the change cap,
+//! allowlist delays) are judged against the ground's copy of what the satellite signed and
+//! applied ([`crate::signed_history`]); a violation that time will lift says from when
+//! (`ready_at`). A submit does not refuse for these (the pass that carries it may be late
+//! enough); the satellite's own ledger has the last word.
 
 use serde_json::{json, Value};
 
-use satcosign_cosigner::decision::{check_policy, policy_violations, History, RequestId};
+use satcosign_cosigner::decision::{check_policy, policy_violations, RequestId};
 use satcosign_cosigner::spend::analyze;
 use satcosign_cosigner::wallet::WalletId;
 
@@ -41,8 +43,11 @@ impl Service {
         // A PSBT that is not this wallet's (or is malformed) is refused as a submit is.
         let spend = analyze(&self.secp, &wallet, &psbt).map_err(ServiceError::Refused)?;
         let now = unix_now();
-        let broken = policy_violations(&spend, &record.policy, History::none(), now, None);
-        let refusal = check_policy(&spend, &record.policy, History::none(), now, None).err();
+        let history = self
+            .satellite_history(wallet_id, &record.policy, now)
+            .await?;
+        let broken = policy_violations(&spend, &record.policy, history.view(), now, None);
+        let refusal = check_policy(&spend, &record.policy, history.view(), now, None).err();
         let violations: Vec<_> = broken.iter().flat_map(|r| r.violations()).collect();
         let summary = summarize(&spend, self.network);
         let shown = new_request(

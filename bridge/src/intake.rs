@@ -291,6 +291,9 @@ impl Service {
                 (Some(id), None) => ServiceError::UnknownWallet(id),
             });
         };
+        // Judged on the spend alone: what the wallet's history forbids now (velocity, the
+        // rolling limits, a destination's delay) may be allowed by the pass that carries it,
+        // so only the satellite refuses for it. `request.check` reports it beforehand.
         let refused = check_policy(&spend, &record.policy, History::none(), now, replaces).err();
         if let Some(refusal) = &refused {
             self.note_refused_spend(record.id, refusal).await;

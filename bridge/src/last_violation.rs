@@ -41,6 +41,8 @@ struct Kept1 {
     used: Option<u64>,
     would_be: Option<u64>,
     output: Option<u64>,
+    /// From when time lifts the violation, if it will.
+    ready_at: Option<u64>,
 }
 
 impl From<Violation> for Kept1 {
@@ -51,6 +53,7 @@ impl From<Violation> for Kept1 {
             used: v.used,
             would_be: v.would_be,
             output: v.output.map(|o| o as u64),
+            ready_at: v.ready_at,
         }
     }
 }
@@ -121,6 +124,7 @@ impl Service {
                     "used": v.used,
                     "would_be": v.would_be,
                     "output": v.output,
+                    "ready_at": v.ready_at,
                 })).collect::<Vec<_>>(),
             })
         }))

@@ -98,6 +98,7 @@ pub mod rpc;
 pub mod rpc_error;
 pub mod rpc_signing;
 pub mod service;
+pub mod signed_history;
 pub mod state;
 pub mod status_page;
 pub mod store;

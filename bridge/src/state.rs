@@ -51,6 +51,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), crate::store::tables:
     txn.open_table(crate::watch::WATCHES)?;
     txn.open_table(crate::last_violation::LAST_VIOLATIONS)?;
     crate::wallet_keys::create_tables(txn)?;
+    crate::signed_history::create_tables(txn)?;
     Ok(())
 }
 

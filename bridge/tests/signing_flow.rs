@@ -198,12 +198,7 @@ async fn a_request_submitted_by_script_refused_by_policy_never_reaches_the_link(
         .await;
     assert_eq!(code, satcosign_bridge::rpc_error::REFUSED);
     assert_eq!(data["reason"], "policy_violations", "{msg}");
-    let rules: Vec<&str> = data["violations"]
-        .as_array()
-        .expect("violations")
-        .iter()
-        .filter_map(|v| v["rule"].as_str())
-        .collect();
+    let rules = common::flow::rules_of(&data["violations"]);
     assert_eq!(
         rules,
         ["fee_too_high", "over_tx_limit", "over_period_limit"],

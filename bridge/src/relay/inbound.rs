@@ -15,11 +15,12 @@ use crate::answer::{merge_compact, merge_psbt, IntakeChecks};
 use crate::lifecycle::Step;
 use crate::notice;
 use crate::service::ServiceError;
+use crate::signed_history;
 use crate::state::{
     load_wallet, mirror_policy_change, save_wallet, Action, Outcome, RequestRecord, State,
     WalletRecord, WalletState,
 };
-use satcosign_cosigner::decision::Hold;
+use satcosign_cosigner::decision::{Hold, LedgerEntry};
 
 use super::Relay;
 
@@ -154,8 +155,29 @@ where
             }
             _ => None,
         };
+        // The ground's copy of the satellite's ledger, for the next submit's checks.
+        let signed = match (&r.action, &outcome) {
+            (
+                Action::Sign {
+                    summary, replaces, ..
+                },
+                Outcome::Signed { .. },
+            ) => Some((
+                LedgerEntry {
+                    at: crate::service::unix_now(),
+                    amount_sat: summary.leaving_sat,
+                    request_id: r.id,
+                    change_sat: summary.change_sat,
+                },
+                *replaces,
+            )),
+            _ => None,
+        };
         self.service
             .take(id, step, move |txn, r| {
+                if let Some((entry, replaces)) = &signed {
+                    signed_history::record_signed(txn, &r.wallet_id, entry, *replaces)?;
+                }
                 if wallet_change.is_some() || new_policy.is_some() {
                     if let Some(mut w) = load_wallet(txn, &r.wallet_id)? {
                         if let Some((s, why)) = wallet_change {
@@ -163,6 +185,12 @@ where
                             w.refusal = why;
                         }
                         if let Some((p, deferred_until)) = new_policy {
+                            if deferred_until.is_none() {
+                                let now = crate::service::unix_now();
+                                signed_history::record_policy_applied(
+                                    txn, &w.id, &w.policy, &p, now,
+                                )?;
+                            }
                             mirror_policy_change(txn, &mut w, p, deferred_until)?;
                         }
                         save_wallet(txn, &w)?;

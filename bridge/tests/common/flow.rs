@@ -202,6 +202,17 @@ pub struct Flow {
 }
 
 /// A sky that is always in view, with `loss`.
+/// The rules named in a list of violations (`data.violations`, a dry run's, the last
+/// violation's), in order.
+pub fn rules_of(violations: &Value) -> Vec<&str> {
+    violations
+        .as_array()
+        .expect("a list of violations")
+        .iter()
+        .filter_map(|v| v["rule"].as_str())
+        .collect()
+}
+
 pub fn sky(loss: f64) -> Sky {
     Sky {
         pass_up: Duration::from_secs(3600),
