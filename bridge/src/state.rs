@@ -36,6 +36,47 @@ pub const PENDING_POLICIES: TableDefinition<&[u8; 16], &[u8]> =
 /// What each satellite signature of a signing request must verify against, computed at
 /// intake: request id -> postcard [`crate::answer::IntakeChecks`]. Removed on delivery.
 pub const INTAKE_CHECKS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("intake_checks");
+/// The database's own facts: `layout` -> [`LAYOUT`] (big-endian u32).
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The layout of the records this bridge writes. 1: before the satellite's guards (no
+/// record of it); 2: policies carry their layout version and the new rules, requests a
+/// satellite hold, violations their `ready_at`.
+pub const LAYOUT: u32 = 2;
+
+/// Refuses a database whose records are in another layout, never misreading them; stamps
+/// a new one with [`LAYOUT`].
+pub fn check_layout(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    let found = match meta.get("layout").map_err(db_err)? {
+        Some(v) => Some(
+            <[u8; 4]>::try_from(v.value())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Database("corrupt record: meta layout".into()))?,
+        ),
+        None => None,
+    };
+    match found {
+        Some(LAYOUT) => Ok(()),
+        Some(found) => Err(StoreError::Layout {
+            found,
+            expected: LAYOUT,
+        }),
+        None => {
+            // Wallets written without a stamp are layout 1's.
+            let wallets = txn.open_table(WALLETS).map_err(db_err)?;
+            if wallets.iter().map_err(db_err)?.next().is_some() {
+                return Err(StoreError::Layout {
+                    found: 1,
+                    expected: LAYOUT,
+                });
+            }
+            meta.insert("layout", LAYOUT.to_be_bytes().as_slice())
+                .map_err(db_err)?;
+            Ok(())
+        }
+    }
+}
+
 /// The [`REGISTRATIONS`] key counting every address.
 pub const ALL_REGISTRATIONS: [u8; 32] = [0; 32];
 

@@ -41,6 +41,18 @@ pub enum StoreError {
         /// redb's message.
         message: String,
     },
+    /// The database holds records in a layout this bridge does not read.
+    #[error(
+        "the database holds the bridge's records in layout {found}; this bridge reads layout \
+         {expected} and will not misread them: start it on a new data folder or database, or \
+         run the bridge version that wrote them"
+    )]
+    Layout {
+        /// The layout found.
+        found: u32,
+        /// The layout this bridge reads.
+        expected: u32,
+    },
     /// A transaction failed (or the database server could not be reached).
     #[error("database error: {0}")]
     Database(String),
@@ -99,9 +111,11 @@ impl Store {
     /// Connects to PostgreSQL at `url` with at most `pool_size` connections, and brings
     /// its schema up to date.
     pub async fn connect_postgres(url: &str, pool_size: usize) -> Result<Store, StoreError> {
-        Ok(Store {
+        let store = Store {
             engine: Engine::Postgres(PgStore::connect(url, pool_size).await?),
-        })
+        };
+        store.write(crate::state::check_layout).await?;
+        Ok(store)
     }
 
     /// Which engine keeps the state: `"redb"` or `"postgres"`.

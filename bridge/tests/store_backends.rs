@@ -400,3 +400,57 @@ async fn a_holder_that_goes_silent_for_a_whole_lease_is_ended_and_its_lease_take
         "{refused}"
     );
 }
+
+/// Makes `store` look like one written before layouts were recorded: a wallet row and no
+/// stamp.
+async fn make_layout_1(store: &Store) {
+    store
+        .write(|txn| {
+            txn.open_table(satcosign_bridge::state::WALLETS)?
+                .insert(&[7u8; 16], b"a wallet of layout 1".as_slice())?;
+            txn.open_table(satcosign_bridge::state::META)?
+                .remove("layout")?;
+            Ok(())
+        })
+        .await
+        .expect("write");
+}
+
+fn assert_refused_as_layout_1(opened: Result<Store, StoreError>) {
+    match opened {
+        Err(e @ StoreError::Layout { found: 1, expected }) => {
+            assert_eq!(expected, satcosign_bridge::state::LAYOUT);
+            assert!(e.to_string().contains("layout 1"), "{e}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a database of layout 1 was opened"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_in_an_older_layout_is_refused_at_open_never_misread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("old.redb");
+    let store = Store::open(&path).expect("a new database opens");
+    make_layout_1(&store).await;
+    let released = store.released().file(&path);
+    drop(store);
+    assert!(released.wait(std::time::Duration::from_secs(30)).await);
+    assert_refused_as_layout_1(Store::open(&path));
+    // A new database of this layout opens again and again.
+    let fresh = dir.path().join("new.redb");
+    let store = Store::open(&fresh).expect("opens");
+    let released = store.released().file(&fresh);
+    drop(store);
+    assert!(released.wait(std::time::Duration::from_secs(30)).await);
+    Store::open(&fresh).expect("reopens");
+
+    let pg = tokio::task::spawn_blocking(satcosign_bridge::dev_postgres::Postgres::start)
+        .await
+        .expect("postgres");
+    let store = Store::connect_postgres(&pg.url(), 2)
+        .await
+        .expect("connect");
+    make_layout_1(&store).await;
+    assert_refused_as_layout_1(Store::connect_postgres(&pg.url(), 2).await);
+}

@@ -111,6 +111,7 @@ impl RedbEngine {
         txn.open_table(MAILBOX).map_err(|e| open_err(&e))?;
         index_mailbox(&txn).map_err(|e| open_err(&e))?;
         crate::state::create_tables(&txn).map_err(|e| open_err(&e))?;
+        crate::state::check_layout(&txn)?;
         let txn = txn.into_redb().ok_or(StoreError::WriterStopped)?;
         txn.commit().map_err(|e| open_err(&e))?;
 
