@@ -10,6 +10,7 @@
 //! `tests/expected_pass.rs`). The queue ahead is what the link still has to send of each
 //! older message. It is
 //! computed afresh at every look, so it moves when a pass is missed or the queue drains.
+//! A spend held on the satellite is expected at the first pass after its release.
 //! Shown for a request that is confirmed and not yet answered (`confirmed`, `queued`,
 //! `sent`) in `request.status` and its pushes, on the confirmation page, and (as the wait
 //! after confirming) in the confirmation email.
@@ -79,7 +80,14 @@ pub fn expected(sky: &Sky, r: &RequestRecord, state: State, now: SystemTime) -> 
         (_, Some(m)) => bytes_through(&status, m),
         (_, None) => behind_everything(&status),
     };
-    pass_with_room(sky, &status, ahead, now)
+    // A spend the satellite holds goes up again at the first pass after its release.
+    let from = match r.hold {
+        Some(h) => now.max(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(h.releases_at)),
+        None => now,
+    };
+    let mut e = pass_with_room(sky, &status, ahead, from)?;
+    e.in_view &= from <= now;
+    Some(e)
 }
 
 /// The expected time for the queued link message `msg_id` to reach the satellite.

@@ -81,6 +81,13 @@ async fn a_held_spend_is_cancelled_from_the_hold_emails_page_and_never_signed(st
         hold["releases_at"].as_u64().expect("release"),
     );
     assert_eq!(releases - started, 3600, "{status}");
+    // It is expected up again at the first pass after the release, not now.
+    let expected = &status["expected"];
+    assert!(
+        expected["at"].as_u64().expect("expected at") >= releases,
+        "{status}"
+    );
+    assert_eq!(expected["in_view"], false, "{status}");
     // The owner is told when it began and when it releases, and where to cancel.
     let link = format!("/cancel/{id}");
     let mail = flow
