@@ -509,15 +509,30 @@ async fn email_changes_are_confirmed_at_the_old_address_and_policy_loosening_wai
         before,
         "nothing applies before the owner confirms"
     );
-    // The email names every changed field, old and new, and only those, and its warning
-    // is true for a change (no one need hold a key to ask for one).
+    // The email shows every rule, the changed ones first with old and new, the others
+    // marked unchanged, and its warning is true for a change (no one need hold a key to
+    // ask for one).
     let mail = flow.inbox.to("carol@example.org").pop().expect("the email");
     assert!(mail.contains("Tighten the limits"), "{mail}");
     assert!(mail.contains("Limit per transaction"), "{mail}");
     assert!(mail.contains("100 sat/vB (now"), "{mail}");
+    let text = satcosign_bridge::demo::decode_quoted_printable(&mail);
+    for rule in [
+        "Highest fee  ",
+        "Limit per period",
+        "Time between signatures",
+        "Change per period",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(rule))
+            .unwrap_or_else(|| panic!("{rule} missing: {text}"));
+        assert!(line.trim_end().ends_with("(unchanged)"), "{line}");
+    }
+    let changed = text.find("Highest fee rate").expect("fee rate row");
     assert!(
-        !mail.contains("Highest fee</th>"),
-        "unchanged fields are left out: {mail}"
+        changed < text.find("Highest fee  ").expect("fee row"),
+        "changed rules come first: {text}"
     );
     assert!(!mail.contains("holds one of your wallet's keys"), "{mail}");
     assert!(
@@ -822,9 +837,7 @@ async fn health_reports_the_writer_the_link_and_the_upstream_server_each_with_it
 
     // An upstream server nobody listens on: the bridge still works (200), degraded, and
     // says why.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("tcp://{}", dead.local_addr().expect("addr"));
-    drop(dead);
+    let url = format!("tcp://{}", common::nobody_listens());
     let flow = Flow::start_on(&store, sky(0.0), move |c| {
         c.upstream.url = url;
         c.upstream.poll_secs = 1;
@@ -836,7 +849,7 @@ async fn health_reports_the_writer_the_link_and_the_upstream_server_each_with_it
     assert!(
         body["upstream"]["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("127.0.0.1")),
+            .is_some_and(|e| e.contains("127.0.0.2")),
         "{body}"
     );
     assert_eq!(body["writer"]["state"], "ok", "{body}");

@@ -201,6 +201,15 @@ pub fn keyhash(label: &str) -> String {
 }
 
 /// Base64 of `bytes`.
+/// An address where nothing listens, and where nothing a test starts will: the bridges,
+/// servers and proxies of the tests bind 127.0.0.1, so a port of 127.0.0.2 freed here is
+/// not taken again by another test while this one uses it (a freed 127.0.0.1 port can be).
+pub fn nobody_listens() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.2:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.2")
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
