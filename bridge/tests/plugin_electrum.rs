@@ -203,6 +203,10 @@ async fn headless_flow(suite: &str, version: &str) {
         "{stages:?}"
     );
     assert_eq!(r["final_text"], "Signed by the satellite.");
+    // The plugin's emergency lockdown, confirmed with the emailed code, locks the wallet
+    // on the bridge at once and on the satellite at the next pass.
+    assert_eq!(r["locked_at_once"], true, "{r}");
+    assert_eq!(r["lockdown_final"], "signed", "{r}");
 
     // Bitcoin Core's interpreter accepts the final transaction.
     let tx: Transaction = tx_at(&r, "tx");
@@ -263,10 +267,7 @@ async fn failures_named(suite: &str) {
     .await;
     let tcp = flow.system.bridge.electrum_tcp.expect("tcp").to_string();
     // A stopped bridge: a port where nothing listens.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    let dead = common::nobody_listens().to_string();
     // A bridge with no satellite behind it (mailbox only).
     let mailbox_only = common::start_bridge(|_| {}).await;
     let work = flow.dir.path().join("plugin");
@@ -554,10 +555,7 @@ async fn a_wallet_registered_by_json_rpc_shows_its_real_status_in_the_plugin() {
 async fn with_electrums_proxy_set_the_plugin_connects_only_through_it() {
     let flow = Flow::start(short_passes(), |_| {}).await;
     let bridge = flow.system.bridge.electrum_tcp.expect("tcp");
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    };
+    let dead = common::nobody_listens().to_string();
     for (suite, version) in [("bookworm", "4.3."), ("trixie", "4.5."), ("sid", "4.8.")] {
         let proxy = common::socks::SocksProxy::start().await;
         let program = session_py_in(suite);

@@ -278,6 +278,12 @@ class BridgeClient:
     def wallet_status(self, wallet_id):
         return self.call("wallet.status", wallet_id)
 
+    def wallet_lockdown(self, wallet_id):
+        return self.call("wallet.lockdown", wallet_id)
+
+    def wallet_unlock(self, wallet_id):
+        return self.call("wallet.unlock", wallet_id)
+
     def request_status(self, request_id):
         return self.call("request.status", request_id)
 

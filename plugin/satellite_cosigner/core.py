@@ -251,6 +251,28 @@ class WalletSession:
     def wallet_id(self):
         return self.record()["wallet_id"]
 
+    def lockdown(self):
+        """Asks the bridge to freeze signing for this wallet; the bridge emails a code, and
+        once it is confirmed every pending spend is refused and the satellite locks. The
+        user's own two keys can still spend without the satellite. Returns the request id."""
+        return self._wallet_change(self.service.client.wallet_lockdown)
+
+    def unlock(self):
+        """Asks to lift a lockdown: confirmed by email, then the satellite's delay."""
+        return self._wallet_change(self.service.client.wallet_unlock)
+
+    def _wallet_change(self, call):
+        wallet_id = self.wallet_id()
+        if not wallet_id:
+            raise WalletNotRegistered()
+        request_id = call(wallet_id)["request_id"]
+        rec = self.record()
+        rec["requests"][request_id] = {"txid": "", "created": int(time.time()),
+                                       "label": "", "state": "received"}
+        self._save(rec)
+        self.watch(request_id)
+        return request_id
+
     def registration_status(self):
         """``wallet.status`` (state pending/active/refused), or raises WalletNotRegistered.
 

@@ -131,6 +131,8 @@ class Plugin(BasePlugin):
         menu.addAction(_("Show satellite key"), partial(self.show_satellite_key, window))
         menu.addAction(_("Register with satellite"), partial(self.register_dialog, window))
         menu.addAction(_("Registration status"), partial(self.registration_status, window))
+        menu.addAction(_("Emergency lockdown"), partial(self.lockdown_dialog, window, True))
+        menu.addAction(_("Lift the lockdown"), partial(self.lockdown_dialog, window, False))
         menu.addAction(_("Settings"), partial(self.settings_dialog, window))
 
     @hook
@@ -180,6 +182,27 @@ class Plugin(BasePlugin):
             return
         self._run(window, _("Asking the bridge..."), sw.session.registration_text,
                   window.show_message)
+
+    def lockdown_dialog(self, window, lock):
+        """Locks the wallet down (or asks to unlock it): the bridge emails a code, entered
+        in the request's window like any other."""
+        sw = self.wallets.get(window.wallet)
+        if sw is None:
+            window.show_error(_("Only multisig wallets can use the satellite."))
+            return
+        if lock:
+            question = _("Freeze signing for this wallet on the satellite? Every spend not yet "
+                         "signed is refused. Your own two keys can still spend without the "
+                         "satellite. The bridge emails a code to confirm.")
+            task, title = sw.session.lockdown, _("Emergency lockdown")
+        else:
+            question = _("Ask to lift the lockdown? After you confirm by email, the satellite "
+                         "waits its delay for loosening before it signs again.")
+            task, title = sw.session.unlock, _("Lift the lockdown")
+        if not window.question(question):
+            return
+        self._run(window, _("Asking the bridge..."), task,
+                  lambda request_id: sw.open_request(request_id, title))
 
     def register_dialog(self, window):
         sw = self.wallets.get(window.wallet)

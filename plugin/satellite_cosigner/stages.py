@@ -130,6 +130,11 @@ def describe(status, next_pass=None, current_pass=None):
     if state in ("received", "awaiting_email"):
         return (f"Waiting for you: confirm the {what} with the code or the link in the email "
                 "the bridge sent.")
+    hold = status.get("hold")
+    if state == "confirmed" and hold:
+        return (f"Held on the satellite: a large spend, held since {when(hold['started_at'])}. "
+                f"It is signed at the first pass after {when(hold['releases_at'])}, unless "
+                "you cancel it before then.")
     expected = expected_text(status.get("expected"))
     if state in ("confirmed", "queued") and expected:
         if status["expected"].get("in_view"):

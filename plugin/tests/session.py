@@ -277,6 +277,18 @@ def flow(bridge, workdir):
             "mailbox_after": [service.client.cosigner_get(k)
                               for k in wallet_keys.mailbox_keyhashes(wallet)],
         }
+        # Emergency lockdown from the plugin, confirmed with the emailed code: the bridge
+        # locks at once, and the satellite at its next pass.
+        lock_id = session.lockdown()
+        session.confirm(lock_id, ask_code(lock_id))
+        result["locked_at_once"] = session.registration_status()["policy"]["locked"]
+        deadline = time.time() + 120
+        while session.status(lock_id)["state"] != "delivered":
+            if time.time() > deadline:
+                raise SystemExit("the lockdown never reached the satellite: %r"
+                                 % session.status(lock_id))
+            time.sleep(0.2)
+        result["lockdown_final"] = session.status(lock_id)["final_state"]
         session.stop()
         service.close()
         say("RESULT", json.dumps(result))

@@ -134,6 +134,16 @@ class Stages(unittest.TestCase):
                                {"start": now - 5, "end": now + 300})
         self.assertIn("during this pass", text)
 
+    def test_a_held_spend_says_when_it_releases_and_that_it_can_be_cancelled(self):
+        hold = {"started_at": 1_800_000_000, "releases_at": 1_800_086_400}
+        text = stages.describe({"state": "confirmed", "hold": hold,
+                                "expected": {"at": 1_800_000_600, "in_secs": 600}})
+        self.assertIn("Held on the satellite", text)
+        self.assertIn(stages.when(hold["started_at"]), text)
+        self.assertIn(stages.when(hold["releases_at"]), text)
+        self.assertIn("cancel", text)
+        self.assertNotIn("Held", stages.describe({"state": "confirmed", "hold": None}))
+
 
 class SettingsAndAddresses(unittest.TestCase):
     def test_bad_settings_are_named(self):
