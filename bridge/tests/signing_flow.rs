@@ -304,7 +304,7 @@ async fn the_satellites_refusal_is_the_wallets_last_violation_with_its_figures(s
         assert_eq!(
             last["violations"],
             json!([{"rule": "over_period_limit", "limit": 80_000, "used": 50_700,
-                    "would_be": 101_400, "output": null}]),
+                    "would_be": 101_400, "output": null, "ready_at": null}]),
             "{last}"
         );
     }
