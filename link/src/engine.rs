@@ -348,19 +348,24 @@ impl<S: LinkStore> Engine<S> {
     }
 
     /// Takes back queued message `id` if no fragment of it was ever transmitted, so the
-    /// peer cannot have it; returns whether it was taken back (false: it went, wholly or in
-    /// part, or is no longer queued).
+    /// peer cannot have it; returns whether it is taken back (false: it went, wholly or in
+    /// part). Asking again, after a crash too, answers true for a message taken back.
     pub fn withdraw(&mut self, id: u64) -> Result<bool, StoreError> {
         let untouched = self
             .out
             .get(&id)
             .is_some_and(|m| !m.ever_sent.iter().any(|s| *s));
         if untouched {
-            // Out of the persisted outbox first: a crash after it cannot send it again.
-            self.store.acknowledged(id)?;
+            // Out of the persisted outbox, and recorded, first: a crash after it can
+            // neither send it again nor forget that it was taken back.
+            self.store.withdraw(id)?;
             self.out.remove(&id);
+            return Ok(true);
         }
-        Ok(untouched)
+        if self.out.contains_key(&id) {
+            return Ok(false);
+        }
+        self.store.was_withdrawn(id)
     }
 
     /// Queues a message durably; it goes at the next chance.

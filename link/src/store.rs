@@ -32,6 +32,11 @@ pub trait LinkStore: Send + Sync + 'static {
     fn is_queued(&self, id: u64) -> Result<bool, StoreError>;
     /// Forgets an acknowledged message.
     fn acknowledged(&self, id: u64) -> Result<(), StoreError>;
+    /// Takes message `id`, never transmitted, out of the outbox and records that it was
+    /// withdrawn, in one transaction: asked again after a crash, the answer is the same.
+    fn withdraw(&self, id: u64) -> Result<(), StoreError>;
+    /// Whether message `id` was withdrawn.
+    fn was_withdrawn(&self, id: u64) -> Result<bool, StoreError>;
     /// Reserves `n` counters; returns the first. Durable before it returns.
     fn reserve_counters(&self, n: u64) -> Result<u64, StoreError>;
     /// Whether message `id` from the peer was delivered before.
@@ -53,6 +58,7 @@ struct MemState {
     outbox: BTreeMap<u64, Vec<u8>>,
     counters: u64,
     delivered: BTreeSet<u64>,
+    withdrawn: BTreeSet<u64>,
     inbox: BTreeMap<u64, Vec<u8>>,
     rx_high: u64,
 }
@@ -93,6 +99,15 @@ impl LinkStore for MemStore {
     fn acknowledged(&self, id: u64) -> Result<(), StoreError> {
         self.lock().outbox.remove(&id);
         Ok(())
+    }
+    fn withdraw(&self, id: u64) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        s.outbox.remove(&id);
+        s.withdrawn.insert(id);
+        Ok(())
+    }
+    fn was_withdrawn(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.lock().withdrawn.contains(&id))
     }
     fn reserve_counters(&self, n: u64) -> Result<u64, StoreError> {
         let mut s = self.lock();
@@ -142,6 +157,12 @@ impl<T: LinkStore> LinkStore for Arc<T> {
     fn acknowledged(&self, id: u64) -> Result<(), StoreError> {
         (**self).acknowledged(id)
     }
+    fn withdraw(&self, id: u64) -> Result<(), StoreError> {
+        (**self).withdraw(id)
+    }
+    fn was_withdrawn(&self, id: u64) -> Result<bool, StoreError> {
+        (**self).was_withdrawn(id)
+    }
     fn reserve_counters(&self, n: u64) -> Result<u64, StoreError> {
         (**self).reserve_counters(n)
     }
@@ -166,6 +187,7 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("link_outbox");
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("link_inbox");
 const DELIVERED: TableDefinition<u64, ()> = TableDefinition::new("link_delivered");
 const META: TableDefinition<&str, u64> = TableDefinition::new("link_meta");
+const WITHDRAWN: TableDefinition<u64, ()> = TableDefinition::new("link_withdrawn");
 
 /// The link's state in a redb file (two-phase commit on).
 pub struct RedbStore {
@@ -182,6 +204,7 @@ impl RedbStore {
         txn.open_table(INBOX).map_err(err)?;
         txn.open_table(DELIVERED).map_err(err)?;
         txn.open_table(META).map_err(err)?;
+        txn.open_table(WITHDRAWN).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(RedbStore { db })
     }
@@ -240,6 +263,24 @@ impl LinkStore for RedbStore {
                 .map_err(err)?;
             Ok(())
         })
+    }
+    fn withdraw(&self, id: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(OUTBOX)
+                .map_err(err)?
+                .remove(id)
+                .map_err(err)?;
+            txn.open_table(WITHDRAWN)
+                .map_err(err)?
+                .insert(id, ())
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+    fn was_withdrawn(&self, id: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(WITHDRAWN).map_err(err)?;
+        Ok(t.get(id).map_err(err)?.is_some())
     }
     fn reserve_counters(&self, n: u64) -> Result<u64, StoreError> {
         self.write(|txn| {

@@ -1,6 +1,7 @@
 //! Taking a message back: one queued while the satellite is out of view can be withdrawn,
-//! and the satellite never receives it; one that went on the air cannot, and arrives. The
-//! bridge withdraws the queued requests of a wallet that is locked down.
+//! and the satellite never receives it, and asking again (after a restart too) answers the
+//! same; one that went on the air cannot, and arrives. The bridge withdraws the queued
+//! requests of a wallet that is locked down.
 
 mod common;
 
@@ -35,9 +36,21 @@ fn a_message_not_yet_on_the_air_is_withdrawn_and_never_arrives() {
             !ground_store.is_queued(sign).expect("store"),
             "gone from the persisted outbox too"
         );
+        // Asked again, after a crash too, the answer stands: the bridge may have crashed
+        // between taking it back and recording so.
         assert!(
-            !ground.withdraw(sign).await.expect("link runs"),
-            "only once"
+            ground.withdraw(sign).await.expect("link runs"),
+            "asked again"
+        );
+        ground.stop();
+        let ground = common::start(0, &channel, &ground_store, &sim);
+        assert!(
+            ground.withdraw(sign).await.expect("link runs"),
+            "asked again after a restart"
+        );
+        assert!(
+            !ground.withdraw(lock + 100).await.expect("link runs"),
+            "a message never queued is not one taken back"
         );
 
         // The pass: only the lockdown crosses.

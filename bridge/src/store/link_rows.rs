@@ -17,6 +17,7 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("link_outbox");
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("link_inbox");
 const DELIVERED: TableDefinition<u64, ()> = TableDefinition::new("link_delivered");
 const META: TableDefinition<&str, u64> = TableDefinition::new("link_meta");
+const WITHDRAWN: TableDefinition<u64, ()> = TableDefinition::new("link_withdrawn");
 
 fn link_err(e: StoreError) -> LinkStoreError {
     LinkStoreError(e.to_string())
@@ -111,6 +112,21 @@ impl LinkStore for LinkRows {
         })
     }
 
+    fn withdraw(&self, id: u64) -> Result<(), LinkStoreError> {
+        self.write(move |txn| {
+            txn.open_table(OUTBOX)?.remove(id)?;
+            txn.open_table(WITHDRAWN)?.insert(id, ())?;
+            Ok(())
+        })
+    }
+
+    fn was_withdrawn(&self, id: u64) -> Result<bool, LinkStoreError> {
+        self.wait(
+            self.store
+                .read(move |txn| Ok(txn.open_table(WITHDRAWN)?.get(id)?.is_some())),
+        )
+    }
+
     fn reserve_counters(&self, n: u64) -> Result<u64, LinkStoreError> {
         self.write(move |txn| {
             let mut meta = txn.open_table(META)?;
@@ -192,6 +208,12 @@ impl LinkStore for LinkState {
     }
     fn acknowledged(&self, id: u64) -> Result<(), LinkStoreError> {
         delegate!(self, s => s.acknowledged(id))
+    }
+    fn withdraw(&self, id: u64) -> Result<(), LinkStoreError> {
+        delegate!(self, s => s.withdraw(id))
+    }
+    fn was_withdrawn(&self, id: u64) -> Result<bool, LinkStoreError> {
+        delegate!(self, s => s.was_withdrawn(id))
     }
     fn reserve_counters(&self, n: u64) -> Result<u64, LinkStoreError> {
         delegate!(self, s => s.reserve_counters(n))
