@@ -23,6 +23,7 @@ use crate::state::{
     self, db_err, load_wallet, save_wallet, Action, State, WalletRecord, WalletState,
     WALLET_BY_FINGERPRINT,
 };
+use crate::store::tables::ReadableTable as _;
 
 impl Service {
     /// `satellite.new_key`: a fresh satellite key for a wallet about to be created, after
@@ -271,8 +272,61 @@ impl Service {
             locked,
             ..wallet.policy
         };
+        if locked {
+            return self.open_lockdown(wallet_id, policy).await;
+        }
         self.new_wallet_request(wallet_id, Action::SetPolicy { policy })
             .await
+    }
+
+    /// Opens lockdown `policy` for wallet `wallet_id`. An emergency must not wait on an
+    /// allowance a stranger could use up, so a lockdown counts against none; instead, while
+    /// one awaits its email, asking again answers that one (its email is in the owner's
+    /// inbox), so strangers cause at most one email per code's lifetime.
+    async fn open_lockdown(
+        &self,
+        wallet_id: WalletId,
+        policy: Policy,
+    ) -> Result<RequestId, ServiceError> {
+        let id = RequestId(random_id());
+        let now = unix_now();
+        let (id, opened) = self
+            .store
+            .write(move |txn| {
+                let active = txn.open_table(state::ACTIVE).map_err(db_err)?;
+                let mut ids = Vec::new();
+                for row in active.iter().map_err(db_err)? {
+                    ids.push(RequestId(*row.map_err(db_err)?.0.value()));
+                }
+                drop(active);
+                for other in ids {
+                    let Some(r) = state::load_request(txn, &other)? else {
+                        continue;
+                    };
+                    let pending_lockdown = r.wallet_id == wallet_id
+                        && matches!(r.state, State::Received | State::AwaitingEmail)
+                        && matches!(&r.action, Action::SetPolicy { policy } if policy.locked);
+                    if pending_lockdown {
+                        return Ok((r.id, false));
+                    }
+                }
+                open_in(
+                    txn,
+                    &new_request(
+                        id,
+                        wallet_id,
+                        Action::SetPolicy { policy },
+                        State::Received,
+                        now,
+                    ),
+                )?;
+                Ok((id, true))
+            })
+            .await?;
+        if opened {
+            self.transitioned(id, State::Received).await;
+        }
+        Ok(id)
     }
 
     /// Opens a change of wallet `wallet_id` (email or policy), within the wallet's daily

@@ -257,6 +257,60 @@ async fn a_lockdown_stops_requests_awaiting_email_queued_and_held_and_unlock_wai
     flow.system.stop().await;
 }
 
+/// A stranger who knows a wallet's id uses up its daily allowance of changes and asks for
+/// lockdowns over and over: the owner can still lock it down, and the owner's inbox gets one
+/// lockdown email, whose code confirms it.
+async fn a_stranger_cannot_use_up_the_owners_lockdown(store: TestStore) {
+    let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
+    let w = test_wallet(&flow).await;
+    let wid = flow
+        .register_with_policy(&w.descriptor, &generous_policy())
+        .await;
+    let tighter = serde_json::to_value(Policy {
+        max_per_tx_sat: 1_000,
+        ..generous_policy()
+    })
+    .expect("policy");
+    let mut asked = Vec::new();
+    loop {
+        match flow
+            .call("wallet.set_policy", vec![json!(wid), tighter.clone()])
+            .await
+        {
+            Ok(r) => asked.push(r["request_id"].as_str().expect("id").to_owned()),
+            Err(jsonrpsee::core::client::Error::Call(e)) => {
+                assert_eq!(e.code(), satcosign_bridge::rpc_error::RATE_LIMITED, "{e}");
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(asked.len() <= 50, "the changes allowance never ran out");
+    }
+    for id in &asked {
+        flow.inbox.code(id).await;
+    }
+    let before = flow.inbox.to("alice@example.org").len();
+    let first = flow.ok("wallet.lockdown", vec![json!(wid)]).await;
+    let lock_id = first["request_id"].as_str().expect("id").to_owned();
+    for _ in 0..5 {
+        let again = flow.ok("wallet.lockdown", vec![json!(wid)]).await;
+        assert_eq!(again["request_id"], json!(lock_id), "{again}");
+    }
+    let code = flow.inbox.code(&lock_id).await;
+    assert_eq!(
+        flow.inbox.to("alice@example.org").len(),
+        before + 1,
+        "one lockdown email, however often it is asked for"
+    );
+    flow.ok("request.confirm", vec![json!(lock_id), json!(code)])
+        .await;
+    let done = flow.wait_state(&lock_id, "delivered", 120).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    let status = flow.ok("wallet.status", vec![json!(wid)]).await;
+    assert_eq!(status["policy"]["locked"], true, "{status}");
+    flow.system.stop().await;
+}
+
 fn b64(psbt: &bitcoin::Psbt) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
@@ -266,4 +320,5 @@ crate::on_each_store!(
     a_held_spend_is_cancelled_from_the_hold_emails_page_and_never_signed,
     a_held_spend_is_signed_after_its_release_on_the_satellites_clock,
     a_lockdown_stops_requests_awaiting_email_queued_and_held_and_unlock_waits,
+    a_stranger_cannot_use_up_the_owners_lockdown,
 );
