@@ -109,7 +109,11 @@ impl Inbox {
         if login.is_some() {
             server.with_auth(mailin_embedded::AuthMechanism::Plain);
         }
+        // A real mail server takes many sessions at once; this one's default is 4 threads,
+        // which the bridge's pool of idle SMTP connections (lettre keeps up to 10 open) can
+        // fill, leaving the next email waiting for a minute.
         server
+            .with_num_threads(32)
             .with_name("mail.test")
             .with_ssl(tls)
             .expect("tls setup")
