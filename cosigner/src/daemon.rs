@@ -156,6 +156,11 @@ impl Cosigner {
         })
     }
 
+    /// A read transaction on the satellite's database.
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, StateError> {
+        self.db.begin_read().map_err(db_err)
+    }
+
     pub(crate) fn begin(&self) -> Result<WriteTransaction, StateError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_two_phase_commit(true);
@@ -606,44 +611,5 @@ impl Cosigner {
         txn.commit().map_err(db_err)?;
         tracing::info!(request = %req.request_id, reason = refusal.code(), "refused");
         Ok(SignOutcome::Refused(refusal))
-    }
-
-    /// The wallet's ledger entries after `since` (for operators and tests).
-    pub fn ledger(
-        &self,
-        wallet: &WalletId,
-        since: u64,
-    ) -> Result<Vec<decision::LedgerEntry>, StateError> {
-        let txn = self.begin()?;
-        let entries = state::ledger_since(&txn, wallet, since)?;
-        txn.abort().map_err(db_err)?;
-        Ok(entries)
-    }
-
-    /// A wallet's policy state: the policy in force, a loosening that waits, and the
-    /// allowlist destinations that wait for their delay (for operators and tests).
-    pub fn policy_state(
-        &self,
-        wallet: &WalletId,
-    ) -> Result<Option<crate::policy::PolicyState>, StateError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(WALLETS).map_err(db_err)?;
-        let record: Option<WalletRecord> = match table.get(&wallet.0).map_err(db_err)? {
-            Some(v) => Some(from_bytes("wallets", v.value())?),
-            None => None,
-        };
-        Ok(record.map(|r| r.policy))
-    }
-
-    /// The whole audit log, oldest first.
-    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StateError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(state::AUDIT).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db_err)? {
-            let (_, v) = row.map_err(db_err)?;
-            out.push(from_bytes("audit", v.value())?);
-        }
-        Ok(out)
     }
 }

@@ -12,6 +12,7 @@
 //! - [`air`]: the compact form of signing requests and answers for the radio;
 //! - [`state`]: redb tables; [`daemon`]: the request handler that makes decisions durable;
 //! - [`cancel`]: a user's cancel of a request, recorded so it is never signed;
+//! - [`records`]: the ledger, policy state and audit log, read back;
 //! - [`link_service`]: answers requests arriving over the radio link;
 //! - [`config`]: the daemon's TOML configuration.
 //!
@@ -31,6 +32,8 @@ pub mod keys;
 pub mod link_service;
 pub mod policy;
 pub mod protocol;
+#[cfg(feature = "daemon")]
+pub mod records;
 pub mod refusal;
 pub mod spend;
 #[cfg(feature = "daemon")]
