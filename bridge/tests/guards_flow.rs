@@ -311,6 +311,65 @@ async fn a_stranger_cannot_use_up_the_owners_lockdown(store: TestStore) {
     flow.system.stop().await;
 }
 
+/// A spend whose message is already on the air when the owner locks down cannot be taken
+/// back, and the satellite signs it; its signature is discarded when it comes down, so it
+/// too ends refused `locked` and its owner never receives it.
+async fn a_spend_on_the_air_at_lockdown_is_refused_and_its_signature_discarded(store: TestStore) {
+    // A slow channel: a 30-input spend is on the air for many seconds.
+    let flow = Flow::start_on(
+        &store,
+        Sky {
+            bitrate: 1_200,
+            ..sky(0.0)
+        },
+        |_| {},
+    )
+    .await;
+    let w = test_wallet(&flow).await;
+    let wid = flow
+        .register_with_policy(&w.descriptor, &generous_policy())
+        .await;
+    let id = confirmed(&flow, &wid, &w.typical_signed_psbt(30, 1)).await;
+    // Wait until its first fragments went up: from then it cannot be taken back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = flow.ok("satellite.info", vec![]).await;
+        let head = &info["link"]["head"];
+        if head["fragments_sent"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never on the air: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lock = flow.ok("wallet.lockdown", vec![json!(wid)]).await;
+    let lock_id = lock["request_id"].as_str().expect("id").to_owned();
+    let code = flow.inbox.code(&lock_id).await;
+    flow.ok("request.confirm", vec![json!(lock_id), json!(code)])
+        .await;
+    assert_eq!(
+        flow.status(&id).await["state"],
+        "queued",
+        "on the air: still going up while the lockdown is confirmed"
+    );
+    let done = flow.wait_state(&id, "delivered", 180).await;
+    assert_eq!(done["final_state"], "refused", "{done}");
+    assert_eq!(done["outcome"]["refused"]["code"], "locked", "{done}");
+    assert!(done["outcome"]["signed"].is_null(), "{done}");
+    // The satellite did sign it (it was asked before the lockdown reached it): that is in
+    // its audit, and only there.
+    assert!(
+        audit_of(&flow, &id).iter().any(|(_, o, _)| o == "signed"),
+        "{:?}",
+        audit_of(&flow, &id)
+    );
+    let done = flow.wait_state(&lock_id, "delivered", 180).await;
+    assert_eq!(done["final_state"], "signed", "{done}");
+    flow.system.stop().await;
+}
+
 fn b64(psbt: &bitcoin::Psbt) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(psbt.serialize())
@@ -321,4 +380,5 @@ crate::on_each_store!(
     a_held_spend_is_signed_after_its_release_on_the_satellites_clock,
     a_lockdown_stops_requests_awaiting_email_queued_and_held_and_unlock_waits,
     a_stranger_cannot_use_up_the_owners_lockdown,
+    a_spend_on_the_air_at_lockdown_is_refused_and_its_signature_discarded,
 );

@@ -133,6 +133,37 @@ where
         let satellite_refusal = satellite_refusal.filter(|r| *r != Refusal::Cancelled);
         let checks = self.service.intake_checks(&r, &wallet).await?;
         let outcome = self.outcome_of(&r, checks.as_ref(), response);
+        // The ground's copy of the satellite's ledger, for the dry run's checks.
+        let signed = match (&r.action, &outcome) {
+            (
+                Action::Sign {
+                    summary, replaces, ..
+                },
+                Outcome::Signed { .. },
+            ) => Some((
+                LedgerEntry {
+                    at: crate::service::unix_now(),
+                    amount_sat: summary.leaving_sat,
+                    request_id: r.id,
+                    change_sat: summary.change_sat,
+                },
+                *replaces,
+            )),
+            _ => None,
+        };
+        // A signature that comes down after the owner locked the wallet down is not handed
+        // out: the request ends refused `locked`, as every other pending one did. (Its message
+        // was on the air before the lockdown, so the satellite signed it and counts it.)
+        let outcome = match outcome {
+            Outcome::Signed { .. }
+                if matches!(r.action, Action::Sign { .. })
+                    && self.service.wallet_record(r.wallet_id).await?.policy.locked =>
+            {
+                tracing::warn!(request = %id, "signature discarded: the wallet is locked down");
+                super::lockdown::discarded()
+            }
+            other => other,
+        };
         let step = match outcome {
             Outcome::Refused { .. } => Step::Refused,
             _ => Step::Signed,
@@ -153,24 +184,6 @@ where
             (Action::SetPolicy { policy }, Some(PolicyChange::Deferred { effective_at })) => {
                 Some((policy.clone(), Some(*effective_at)))
             }
-            _ => None,
-        };
-        // The ground's copy of the satellite's ledger, for the next submit's checks.
-        let signed = match (&r.action, &outcome) {
-            (
-                Action::Sign {
-                    summary, replaces, ..
-                },
-                Outcome::Signed { .. },
-            ) => Some((
-                LedgerEntry {
-                    at: crate::service::unix_now(),
-                    amount_sat: summary.leaving_sat,
-                    request_id: r.id,
-                    change_sat: summary.change_sat,
-                },
-                *replaces,
-            )),
             _ => None,
         };
         self.service

@@ -6,8 +6,10 @@
 //! once too, so new requests are refused at submit. The satellite locks when the lockdown
 //! reaches it, and refuses whatever it is asked for the wallet from then.
 //!
-//! A request whose message already went on the air cannot be stopped from the ground: the
-//! satellite judges it before the lockdown, which follows it on the link.
+//! A request whose message already went on the air cannot be taken back: the satellite
+//! judges it before the lockdown, which follows it on the link. If it signs, the signature
+//! is not handed out when it comes down: that request too ends refused `locked` (the
+//! satellite's audit and ledger show the signature).
 
 use satcosign_cosigner::protocol::{seal_envelope, Cancel, Request};
 use satcosign_link::store::LinkStore;
@@ -24,6 +26,17 @@ fn locked() -> Outcome {
     Outcome::Refused {
         code: "locked".into(),
         reason: "the wallet was locked down before the satellite signed; nothing was signed".into(),
+    }
+}
+
+/// The outcome of a request signed on the satellite after its wallet was locked down on
+/// the ground: the signature is discarded.
+pub(super) fn discarded() -> Outcome {
+    Outcome::Refused {
+        code: "locked".into(),
+        reason: "the wallet was locked down before the signature came down; the bridge \
+                 discarded it"
+            .into(),
     }
 }
 
@@ -74,7 +87,7 @@ where
             };
             if !stoppable {
                 tracing::warn!(request = %id, state = other.state.as_str(),
-                    "lockdown: already on the air, the satellite judges it first");
+                    "lockdown: already on the air; a signature for it will be discarded");
                 continue;
             }
             self.service
