@@ -7,8 +7,7 @@ mod common;
 
 use serde_json::json;
 
-use common::flow::{assert_final_tx, sky, test_wallet, Flow};
-use satcosign_bridge::dev::Sky;
+use common::flow::{assert_final_tx, registered_wallet, sky_at, Flow};
 use satcosign_bridge::notice::{btc, SHOWN_PAYMENTS};
 use satcosign_cosigner::testkit::generous_policy;
 
@@ -18,18 +17,8 @@ const OUTPUTS: u32 = 2_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_250_input_2000_output_spend_is_summarized_readably_signed_and_accepted_by_core() {
     // A fast channel: the test is about size, not air time (the link's own tests cover that).
-    let flow = Flow::start(
-        Sky {
-            bitrate: 2_000_000,
-            ..sky(0.0)
-        },
-        |_| {},
-    )
-    .await;
-    let w = test_wallet(&flow).await;
-    let wid = flow
-        .register_with_policy(&w.descriptor, &generous_policy())
-        .await;
+    let flow = Flow::start(sky_at(2_000_000), |_| {}).await;
+    let (wid, w) = registered_wallet(&flow, &generous_policy()).await;
     let psbt = w.large_signed_psbt(INPUTS, OUTPUTS, 1);
     let txid = psbt.unsigned_tx.compute_txid().to_string();
     let id = flow.submit(&wid, &psbt).await;

@@ -9,7 +9,7 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::flow::{rules_of, sky, test_wallet, Flow};
+use common::flow::{registered_wallet, rules_of, sky, Flow};
 use common::stores::TestStore;
 use satcosign_cosigner::policy::Policy;
 use satcosign_cosigner::testkit::{foreign_script, generous_policy, SpendSpec, TestWallet};
@@ -76,14 +76,13 @@ async fn the_dry_run_agrees_with_the_satellite_on_every_rule_of_history(store: T
     let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
 
     // Velocity, signatures per period and the change cap: room for one typical spend.
-    let w = test_wallet(&flow).await;
     let policy = Policy {
         min_secs_between_signatures: 3_600,
         max_signatures_per_period: Some(1),
         max_change_per_period_sat: Some(60_000),
         ..generous_policy()
     };
-    let wid = flow.register_with_policy(&w.descriptor, &policy).await;
+    let (wid, w) = registered_wallet(&flow, &policy).await;
     let first = w.typical_signed_psbt(1, 1);
     let dry = flow
         .ok("request.check", vec![json!(wid), json!(b64(&first))])
@@ -114,7 +113,6 @@ async fn the_dry_run_agrees_with_the_satellite_on_every_rule_of_history(store: T
     assert_agree(&dry["violations"], &satellite);
 
     // An allowlist destination added under a delay waits for it, on both sides.
-    let w = test_wallet(&flow).await;
     let known = foreign_script(7);
     let added = foreign_script(9);
     let policy = Policy {
@@ -122,7 +120,7 @@ async fn the_dry_run_agrees_with_the_satellite_on_every_rule_of_history(store: T
         allowlist_add_delay_secs: 86_400,
         ..generous_policy()
     };
-    let wid = flow.register_with_policy(&w.descriptor, &policy).await;
+    let (wid, w) = registered_wallet(&flow, &policy).await;
     let more = Policy {
         allowlist: Some(vec![known.to_bytes(), added.to_bytes()]),
         ..policy

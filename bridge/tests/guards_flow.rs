@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::flow::{assert_final_tx, http_raw, sky, test_wallet, Flow};
+use common::flow::{assert_final_tx, http_raw, registered_wallet, sky, sky_at, Flow};
 use common::stores::TestStore;
 use satcosign_bridge::dev::Sky;
 use satcosign_cosigner::policy::Policy;
@@ -19,13 +19,12 @@ use satcosign_cosigner::testkit::{generous_policy, TestWallet};
 
 /// A wallet that holds every spend over 10,000 sat for `hold_secs`.
 async fn holding_wallet(flow: &Flow, hold_secs: u64) -> (String, TestWallet) {
-    let w = test_wallet(flow).await;
     let policy = Policy {
         hold_over_sat: Some(10_000),
         hold_secs,
         ..generous_policy()
     };
-    (flow.register_with_policy(&w.descriptor, &policy).await, w)
+    registered_wallet(flow, &policy).await
 }
 
 /// Submits and confirms `psbt` by its emailed code; returns the request id.
@@ -154,15 +153,12 @@ async fn a_held_spend_is_signed_after_its_release_on_the_satellites_clock(store:
         .expect("signed");
     assert!(signed >= began + 2, "signed at {signed}, held from {began}");
     // A small spend is not held.
-    let (wid2, w2) = {
-        let w = test_wallet(&flow).await;
-        let policy = Policy {
-            hold_over_sat: Some(1_000_000),
-            hold_secs: 3600,
-            ..generous_policy()
-        };
-        (flow.register_with_policy(&w.descriptor, &policy).await, w)
+    let policy = Policy {
+        hold_over_sat: Some(1_000_000),
+        hold_secs: 3600,
+        ..generous_policy()
     };
+    let (wid2, w2) = registered_wallet(&flow, &policy).await;
     let id2 = confirmed(&flow, &wid2, &w2.typical_signed_psbt(1, 3)).await;
     let done = flow.wait_state(&id2, "delivered", 120).await;
     assert_eq!(done["final_state"], "signed", "{done}");
@@ -262,10 +258,7 @@ async fn a_lockdown_stops_requests_awaiting_email_queued_and_held_and_unlock_wai
 /// lockdown email, whose code confirms it.
 async fn a_stranger_cannot_use_up_the_owners_lockdown(store: TestStore) {
     let flow = Flow::start_on(&store, sky(0.0), |_| {}).await;
-    let w = test_wallet(&flow).await;
-    let wid = flow
-        .register_with_policy(&w.descriptor, &generous_policy())
-        .await;
+    let (wid, _) = registered_wallet(&flow, &generous_policy()).await;
     let tighter = serde_json::to_value(Policy {
         max_per_tx_sat: 1_000,
         ..generous_policy()
@@ -316,19 +309,8 @@ async fn a_stranger_cannot_use_up_the_owners_lockdown(store: TestStore) {
 /// too ends refused `locked` and its owner never receives it.
 async fn a_spend_on_the_air_at_lockdown_is_refused_and_its_signature_discarded(store: TestStore) {
     // A slow channel: a 30-input spend is on the air for many seconds.
-    let flow = Flow::start_on(
-        &store,
-        Sky {
-            bitrate: 1_200,
-            ..sky(0.0)
-        },
-        |_| {},
-    )
-    .await;
-    let w = test_wallet(&flow).await;
-    let wid = flow
-        .register_with_policy(&w.descriptor, &generous_policy())
-        .await;
+    let flow = Flow::start_on(&store, sky_at(1_200), |_| {}).await;
+    let (wid, w) = registered_wallet(&flow, &generous_policy()).await;
     let id = confirmed(&flow, &wid, &w.typical_signed_psbt(30, 1)).await;
     // Wait until its first fragments went up: from then it cannot be taken back.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -442,6 +442,23 @@ pub async fn test_wallet(flow: &Flow) -> satcosign_cosigner::testkit::TestWallet
     satcosign_cosigner::testkit::TestWallet::with_satellite(new_satellite_key(flow).await)
 }
 
+/// A new test wallet registered with `policy` and confirmed: its id, and the wallet.
+pub async fn registered_wallet(
+    flow: &Flow,
+    policy: &satcosign_cosigner::policy::Policy,
+) -> (String, satcosign_cosigner::testkit::TestWallet) {
+    let w = test_wallet(flow).await;
+    (flow.register_with_policy(&w.descriptor, policy).await, w)
+}
+
+/// Always in view with no loss, at `bitrate` bit/s.
+pub fn sky_at(bitrate: u64) -> Sky {
+    Sky {
+        bitrate,
+        ..sky(0.0)
+    }
+}
+
 /// Runs Debian's Electrum helper script.
 pub fn electrum(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/electrum/wallet.py");
