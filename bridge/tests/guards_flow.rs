@@ -198,8 +198,9 @@ async fn a_lockdown_stops_requests_awaiting_email_queued_and_held_and_unlock_wai
     flow.wait_state(&queued, "queued", 10).await;
     // Awaiting its email's confirmation.
     let awaiting = flow.submit(&wid, &w.typical_signed_psbt(1, 3)).await;
+    // The email goes before its code is recorded: wait for the record, not the email.
     flow.inbox.code(&awaiting).await;
-    assert_eq!(flow.status(&awaiting).await["state"], "awaiting_email");
+    flow.wait_state(&awaiting, "awaiting_email", 10).await;
 
     // The owner locks the wallet down, confirming by the emailed code.
     let lock = flow.ok("wallet.lockdown", vec![json!(wid)]).await;
