@@ -129,6 +129,19 @@ async fn a_held_spend_is_cancelled_from_the_hold_emails_page_and_never_signed(st
     // Too late to cancel twice.
     let (code, _, _) = flow.err("request.cancel", vec![json!(id)]).await;
     assert_eq!(code, satcosign_bridge::rpc_error::WRONG_STATE);
+    // The plugin's way: request.cancel while it is held goes up the link the same way.
+    let id = confirmed(&flow, &wid, &w.typical_signed_psbt(1, 9)).await;
+    flow.wait_for(&id, 120, held).await;
+    let cancelled = flow.ok("request.cancel", vec![json!(id)]).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let done = flow.wait_state(&id, "delivered", 60).await;
+    assert_eq!(done["final_state"], "cancelled", "{done}");
+    satellite_recorded(&flow, &id, "cancel", "cancelled").await;
+    assert!(
+        !audit_of(&flow, &id).iter().any(|(_, o, _)| o == "signed"),
+        "{:?}",
+        audit_of(&flow, &id)
+    );
     flow.system.stop().await;
 }
 
