@@ -26,9 +26,7 @@ fn b64(psbt: &bitcoin::Psbt) -> String {
 /// Submits and confirms `psbt`; waits for the satellite's answer and returns the status.
 async fn through_the_satellite(flow: &Flow, wid: &str, psbt: &bitcoin::Psbt) -> Value {
     let id = flow.submit(wid, psbt).await;
-    let code = flow.inbox.code(&id).await;
-    flow.ok("request.confirm", vec![json!(id), json!(code)])
-        .await;
+    flow.confirm_by_email(&id).await;
     flow.wait_state(&id, "delivered", 120).await
 }
 
@@ -132,9 +130,7 @@ async fn the_dry_run_agrees_with_the_satellite_on_every_rule_of_history(store: T
         )
         .await;
     let rid = change["request_id"].as_str().expect("id").to_owned();
-    let code = flow.inbox.code(&rid).await;
-    flow.ok("request.confirm", vec![json!(rid), json!(code)])
-        .await;
+    flow.confirm_by_email(&rid).await;
     let done = flow.wait_state(&rid, "delivered", 120).await;
     assert_eq!(done["final_state"], "signed", "{done}");
     let to_added = signed_payment(&w, added, 3);

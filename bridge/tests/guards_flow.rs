@@ -30,9 +30,7 @@ async fn holding_wallet(flow: &Flow, hold_secs: u64) -> (String, TestWallet) {
 /// Submits and confirms `psbt` by its emailed code; returns the request id.
 async fn confirmed(flow: &Flow, wid: &str, psbt: &bitcoin::Psbt) -> String {
     let id = flow.submit(wid, psbt).await;
-    let code = flow.inbox.code(&id).await;
-    flow.ok("request.confirm", vec![json!(id), json!(code)])
-        .await;
+    flow.confirm_by_email(&id).await;
     id
 }
 
@@ -63,6 +61,19 @@ async fn satellite_recorded(flow: &Flow, id: &str, action: &str, outcome: &str) 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Request `id` ends cancelled; the cancel went up the link and the satellite recorded it;
+/// it never signed.
+async fn cancelled_on_the_satellite(flow: &Flow, id: &str) {
+    let done = flow.wait_state(id, "delivered", 60).await;
+    assert_eq!(done["final_state"], "cancelled", "{done}");
+    satellite_recorded(flow, id, "cancel", "cancelled").await;
+    assert!(
+        !audit_of(flow, id).iter().any(|(_, o, _)| o == "signed"),
+        "{:?}",
+        audit_of(flow, id)
+    );
 }
 
 fn held(status: &Value) -> bool {
@@ -117,15 +128,7 @@ async fn a_held_spend_is_cancelled_from_the_hold_emails_page_and_never_signed(st
     );
     let (code, page) = http_raw(addr, &post).await;
     assert_eq!(code, 200, "{page}");
-    let done = flow.wait_state(&id, "delivered", 60).await;
-    assert_eq!(done["final_state"], "cancelled", "{done}");
-    // The cancel went up the link and the satellite recorded it; it never signed.
-    satellite_recorded(&flow, &id, "cancel", "cancelled").await;
-    assert!(
-        !audit_of(&flow, &id).iter().any(|(_, o, _)| o == "signed"),
-        "{:?}",
-        audit_of(&flow, &id)
-    );
+    cancelled_on_the_satellite(&flow, &id).await;
     // Too late to cancel twice.
     let (code, _, _) = flow.err("request.cancel", vec![json!(id)]).await;
     assert_eq!(code, satcosign_bridge::rpc_error::WRONG_STATE);
@@ -134,14 +137,7 @@ async fn a_held_spend_is_cancelled_from_the_hold_emails_page_and_never_signed(st
     flow.wait_for(&id, 120, held).await;
     let cancelled = flow.ok("request.cancel", vec![json!(id)]).await;
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
-    let done = flow.wait_state(&id, "delivered", 60).await;
-    assert_eq!(done["final_state"], "cancelled", "{done}");
-    satellite_recorded(&flow, &id, "cancel", "cancelled").await;
-    assert!(
-        !audit_of(&flow, &id).iter().any(|(_, o, _)| o == "signed"),
-        "{:?}",
-        audit_of(&flow, &id)
-    );
+    cancelled_on_the_satellite(&flow, &id).await;
     flow.system.stop().await;
 }
 
@@ -218,9 +214,7 @@ async fn a_lockdown_stops_requests_awaiting_email_queued_and_held_and_unlock_wai
     // The owner locks the wallet down, confirming by the emailed code.
     let lock = flow.ok("wallet.lockdown", vec![json!(wid)]).await;
     let lock_id = lock["request_id"].as_str().expect("id").to_owned();
-    let code = flow.inbox.code(&lock_id).await;
-    flow.ok("request.confirm", vec![json!(lock_id), json!(code)])
-        .await;
+    flow.confirm_by_email(&lock_id).await;
     for id in [&awaiting, &queued, &on_satellite] {
         let done = flow.wait_state(id, "delivered", 30).await;
         assert_eq!(done["final_state"], "refused", "{done}");
@@ -252,9 +246,7 @@ async fn a_lockdown_stops_requests_awaiting_email_queued_and_held_and_unlock_wai
     // Unlocking is a loosening: confirmed by email, then the satellite's delay.
     let unlock = flow.ok("wallet.unlock", vec![json!(wid)]).await;
     let unlock_id = unlock["request_id"].as_str().expect("id").to_owned();
-    let code = flow.inbox.code(&unlock_id).await;
-    flow.ok("request.confirm", vec![json!(unlock_id), json!(code)])
-        .await;
+    flow.confirm_by_email(&unlock_id).await;
     let asked_at = satcosign_bridge::service::unix_now();
     let done = flow.wait_state(&unlock_id, "delivered", 120).await;
     assert_eq!(done["final_state"], "signed", "{done}");
@@ -342,9 +334,7 @@ async fn a_spend_on_the_air_at_lockdown_is_refused_and_its_signature_discarded(s
     }
     let lock = flow.ok("wallet.lockdown", vec![json!(wid)]).await;
     let lock_id = lock["request_id"].as_str().expect("id").to_owned();
-    let code = flow.inbox.code(&lock_id).await;
-    flow.ok("request.confirm", vec![json!(lock_id), json!(code)])
-        .await;
+    flow.confirm_by_email(&lock_id).await;
     assert_eq!(
         flow.status(&id).await["state"],
         "queued",

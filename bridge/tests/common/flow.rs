@@ -337,6 +337,13 @@ impl Flow {
         self.ok("request.status", vec![json!(id)]).await
     }
 
+    /// Confirms request `id` with the code its email carries, as its owner would.
+    pub async fn confirm_by_email(&self, id: &str) {
+        let code = self.inbox.code(id).await;
+        self.ok("request.confirm", vec![json!(id), json!(code)])
+            .await;
+    }
+
     /// Waits until request `id` is in `state` (or fails after `secs`).
     pub async fn wait_state(&self, id: &str, state: &str, secs: u64) -> Value {
         self.wait_for(id, secs, |s| s["state"] == state).await
@@ -403,9 +410,7 @@ impl Flow {
         }
         let r = self.ok("wallet.register", params).await;
         let rid = r["request_id"].as_str().expect("id").to_owned();
-        let code = self.inbox.code(&rid).await;
-        self.ok("request.confirm", vec![json!(rid), json!(code)])
-            .await;
+        self.confirm_by_email(&rid).await;
         let done = self.wait_state(&rid, "delivered", 120).await;
         assert_eq!(done["final_state"], "signed", "{done}");
         let wid = r["wallet_id"].as_str().expect("wallet").to_owned();
